@@ -1,0 +1,1 @@
+"""buttoncast scheduler side: campaigns, CSV import, the dispatcher and the recovery sweep."""

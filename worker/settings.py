@@ -1,0 +1,248 @@
+"""One settings object, built once from the environment and passed into constructors.
+
+Defaults are named constants with their unit in the name. No other module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+from worker.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
+EMBEDDED_BROKER_URL = "memory://"
+DEFAULT_RATE_LIMIT = "1000/h"          # documented plan: Send Button Message, 1000 per hour
+DEFAULT_RATE_BURST = 1                 # requests that may go back to back before pacing starts
+SEND_CONNECT_TIMEOUT_S = 3.05
+SEND_READ_TIMEOUT_S = 15.0
+SEND_RETRY_ATTEMPTS = 3                # in-client tenacity tries for transient failures (seconds)
+SEND_RETRY_MAX_WAIT_S = 2.0
+MESSAGE_MAX_ATTEMPTS = 8               # retry budget per message across requeues (429s don't count)
+REQUEUE_BACKOFF_BASE_S = 15.0          # transient failure -> queued, not before base * 2**n (capped)
+REQUEUE_BACKOFF_MAX_S = 900.0
+RATE_WAIT_MAX_S = 5.0                  # longer waits for a rate slot go back to the database
+WORKER_CONCURRENCY = 16
+DISPATCH_INTERVAL_S = 5.0
+DISPATCH_BATCH_SIZE = 1000
+DISPATCH_LOOKAHEAD_TICKS = 3           # enqueue what the rate limit can send in this many ticks
+DISPATCH_MIN_PER_TICK = 1              # always let at least this many through per tick
+SWEEP_INTERVAL_S = 30.0
+QUEUED_TASK_TIMEOUT_S = 600.0          # a queued message whose task has not run for this long is re-enqueued
+SENDING_TIMEOUT_S = 120.0              # a message `sending` for this long lost its worker -> unknown
+AUTO_PAUSE_CONSECUTIVE_FAILURES = 25
+RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result for this long
+WEBHOOK_PATH = "/webhooks/awal"
+METRICS_PORT = 9808
+LOG_FORMAT = "text"
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
+_UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`limit` requests per `period_s` seconds, e.g. "1000/h" or "80/s" (also "100/10s")."""
+
+    limit: float
+    period_s: float
+
+    @classmethod
+    def parse(cls, text: str, setting: str = "AWAL_RATE_LIMIT") -> "RateLimit":
+        match = _RATE_RE.match(text or "")
+        if not match:
+            raise ConfigError(
+                f"{setting}={text!r} is not a rate; write requests per period, e.g. 1000/h, 80/s, 100/10s"
+            )
+        count, multiplier, unit = match.groups()
+        limit = float(count)
+        period = float(multiplier or 1) * _UNIT_S[unit.lower()]
+        if limit <= 0 or period <= 0:
+            raise ConfigError(f"{setting}={text!r} must allow at least one request per period")
+        return cls(limit=limit, period_s=period)
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.period_s
+
+    def __str__(self) -> str:
+        count = int(self.limit) if self.limit == int(self.limit) else self.limit
+        for unit, seconds in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            if self.period_s == seconds:
+                return f"{count}/{unit}"
+        return f"{count}/{self.period_s:g}s"
+
+
+class Secret:
+    """A credential: its repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def normalize_database_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = EMBEDDED_BROKER_URL
+    redis_url: str | None = None
+    awal_base_url: str | None = None
+    awal_client_id: str | None = None
+    awal_domain: str | None = None
+    awal_hmac_secret: Secret = field(default_factory=lambda: Secret(""))
+    awal_phone_number_id: str | None = None
+    awal_webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    rate_limit: RateLimit = field(default_factory=lambda: RateLimit.parse(DEFAULT_RATE_LIMIT))
+    rate_burst: int = DEFAULT_RATE_BURST
+    send_connect_timeout_s: float = SEND_CONNECT_TIMEOUT_S
+    send_read_timeout_s: float = SEND_READ_TIMEOUT_S
+    send_retry_attempts: int = SEND_RETRY_ATTEMPTS
+    send_retry_max_wait_s: float = SEND_RETRY_MAX_WAIT_S
+    message_max_attempts: int = MESSAGE_MAX_ATTEMPTS
+    requeue_backoff_base_s: float = REQUEUE_BACKOFF_BASE_S
+    requeue_backoff_max_s: float = REQUEUE_BACKOFF_MAX_S
+    rate_wait_max_s: float = RATE_WAIT_MAX_S
+    worker_concurrency: int = WORKER_CONCURRENCY
+    dispatch_interval_s: float = DISPATCH_INTERVAL_S
+    dispatch_batch_size: int = DISPATCH_BATCH_SIZE
+    dispatch_lookahead_ticks: float = DISPATCH_LOOKAHEAD_TICKS
+    sweep_interval_s: float = SWEEP_INTERVAL_S
+    queued_task_timeout_s: float = QUEUED_TASK_TIMEOUT_S
+    sending_timeout_s: float = SENDING_TIMEOUT_S
+    auto_pause_consecutive_failures: int = AUTO_PAUSE_CONSECUTIVE_FAILURES
+    record_retry_max_s: float = RECORD_RETRY_MAX_S
+    webhook_path: str = WEBHOOK_PATH
+    metrics_port: int = METRICS_PORT
+    log_format: str = LOG_FORMAT
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker lives inside this process (no CELERY_BROKER_URL set)."""
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """Read every setting; raise ConfigError naming the first malformed one."""
+        env = os.environ if env is None else env
+        broker = env.get("CELERY_BROKER_URL") or EMBEDDED_BROKER_URL
+        redis_url = env.get("REDIS_URL") or (broker if broker.startswith(("redis://", "rediss://")) else None)
+        log_format = (env.get("LOG_FORMAT") or LOG_FORMAT).lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT={log_format!r} must be text or json")
+        base_url = env.get("AWAL_BASE_URL") or None
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"AWAL_BASE_URL={base_url!r} must start with http:// or https://")
+        webhook_path = env.get("WEBHOOK_PATH") or WEBHOOK_PATH
+        if not webhook_path.startswith("/"):
+            raise ConfigError(f"WEBHOOK_PATH={webhook_path!r} must start with /")
+        return cls(
+            database_url=normalize_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            broker_url=broker,
+            redis_url=redis_url,
+            awal_base_url=base_url.rstrip("/") if base_url else None,
+            awal_client_id=env.get("AWAL_CLIENT_ID") or None,
+            awal_domain=env.get("AWAL_DOMAIN") or None,
+            awal_hmac_secret=Secret(env.get("AWAL_HMAC_SECRET") or ""),
+            awal_phone_number_id=env.get("AWAL_PHONE_NUMBER_ID") or None,
+            awal_webhook_secret=Secret(env.get("AWAL_WEBHOOK_SECRET") or ""),
+            rate_limit=RateLimit.parse(env.get("AWAL_RATE_LIMIT") or DEFAULT_RATE_LIMIT),
+            rate_burst=_int(env, "AWAL_RATE_BURST", DEFAULT_RATE_BURST, 1),
+            send_connect_timeout_s=_float(env, "SEND_CONNECT_TIMEOUT_S", SEND_CONNECT_TIMEOUT_S, 0.01),
+            send_read_timeout_s=_float(env, "SEND_READ_TIMEOUT_S", SEND_READ_TIMEOUT_S, 0.01),
+            send_retry_attempts=_int(env, "SEND_RETRY_ATTEMPTS", SEND_RETRY_ATTEMPTS, 1),
+            send_retry_max_wait_s=_float(env, "SEND_RETRY_MAX_WAIT_S", SEND_RETRY_MAX_WAIT_S),
+            message_max_attempts=_int(env, "MESSAGE_MAX_ATTEMPTS", MESSAGE_MAX_ATTEMPTS, 1),
+            requeue_backoff_base_s=_float(env, "REQUEUE_BACKOFF_BASE_S", REQUEUE_BACKOFF_BASE_S),
+            requeue_backoff_max_s=_float(env, "REQUEUE_BACKOFF_MAX_S", REQUEUE_BACKOFF_MAX_S),
+            rate_wait_max_s=_float(env, "RATE_WAIT_MAX_S", RATE_WAIT_MAX_S),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", WORKER_CONCURRENCY, 1),
+            dispatch_interval_s=_float(env, "DISPATCH_INTERVAL_S", DISPATCH_INTERVAL_S, 0.05),
+            dispatch_batch_size=_int(env, "DISPATCH_BATCH_SIZE", DISPATCH_BATCH_SIZE, 1),
+            dispatch_lookahead_ticks=_float(env, "DISPATCH_LOOKAHEAD_TICKS", DISPATCH_LOOKAHEAD_TICKS, 1),
+            sweep_interval_s=_float(env, "SWEEP_INTERVAL_S", SWEEP_INTERVAL_S, 0.05),
+            queued_task_timeout_s=_float(env, "QUEUED_TASK_TIMEOUT_S", QUEUED_TASK_TIMEOUT_S, 0.1),
+            sending_timeout_s=_float(env, "SENDING_TIMEOUT_S", SENDING_TIMEOUT_S, 0.1),
+            auto_pause_consecutive_failures=_int(env, "AUTO_PAUSE_CONSECUTIVE_FAILURES", AUTO_PAUSE_CONSECUTIVE_FAILURES, 1),
+            record_retry_max_s=_float(env, "RECORD_RETRY_MAX_S", RECORD_RETRY_MAX_S),
+            webhook_path=webhook_path,
+            metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
+            log_format=log_format,
+        )
+
+    def require_awal(self) -> None:
+        """Sending needs the vendor settings; name every missing one (never a secret's value)."""
+        missing = [
+            name
+            for name, value in (
+                ("AWAL_BASE_URL", self.awal_base_url),
+                ("AWAL_CLIENT_ID", self.awal_client_id),
+                ("AWAL_DOMAIN", self.awal_domain),
+                ("AWAL_HMAC_SECRET", self.awal_hmac_secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"missing setting{'s' if len(missing) > 1 else ''}: {', '.join(missing)} (needed to send to the Awal API)")
+
+    def replace(self, **changes: object) -> "Settings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)  # type: ignore[arg-type]
