@@ -1,0 +1,97 @@
+"""Test and admin endpoints under `/_sandbox/` (no authentication: the sandbox is local only).
+
+GET  /_sandbox/received[?phone=]  -> {"received": [record, ...]}  (answered 200 or stalled)
+GET  /_sandbox/stats              -> {"counts": {...}, "accepted": n, "requests": n,
+                                      "fault_events": {phone: [...]}, "webhooks": {...},
+                                      "scripts_pending": {phone: [...]}, "config": {...}}
+POST /_sandbox/reset              -> forget records, counts, scripts, the rate window, forced 429s
+POST /_sandbox/config             -> JSON of runtime options (config.RUNTIME_OPTIONS), plus the
+                                      actions force_429_for_s (seconds) with optional retry_after
+POST /_sandbox/script             -> {"phone": "...", "responses": ["503", "503"]}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from worker.errors import ConfigError
+from worker.sandbox.faults import ScriptError
+
+if TYPE_CHECKING:
+    from worker.sandbox.server import SandboxApp
+
+ADMIN_PREFIX = "/_sandbox"
+_HIDDEN = {"secret", "webhook_secret", "parsed_rate"}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(data).encode(), content_type="application/json")
+
+
+def _bad(message: str) -> web.Response:
+    return _json({"error": "bad_request", "message": message}, status=400)
+
+
+def public_config(sandbox: "SandboxApp") -> dict[str, Any]:
+    """The configuration without its secrets."""
+    return {k: v for k, v in vars(sandbox.config).items() if k not in _HIDDEN}
+
+
+def add_admin_routes(app: web.Application, sandbox: "SandboxApp") -> None:
+    async def received(request: web.Request) -> web.Response:
+        return _json({"received": sandbox.state.received(request.query.get("phone"))})
+
+    async def stats(_request: web.Request) -> web.Response:
+        out = sandbox.state.stats()
+        out["scripts_pending"] = sandbox.faults.pending()
+        out["config"] = public_config(sandbox)
+        return _json(out)
+
+    async def reset(_request: web.Request) -> web.Response:
+        sandbox.webhooks.cancel_pending()
+        sandbox.state.reset()
+        sandbox.limiter.reset()
+        sandbox.faults.reset(sandbox.config.seed)
+        return _json({"reset": True})
+
+    async def configure(request: web.Request) -> web.Response:
+        try:
+            options = await request.json()
+        except ValueError:
+            return _bad("the body must be a JSON object of options")
+        if not isinstance(options, dict):
+            return _bad("the body must be a JSON object of options")
+        force_s = options.pop("force_429_for_s", None)
+        retry_after = options.pop("retry_after", None)
+        try:
+            changed = sandbox.config.update(options)
+        except ConfigError as exc:
+            return _bad(str(exc))
+        if "seed" in options:
+            sandbox.faults.reseed(sandbox.config.seed)
+        if force_s is not None:
+            sandbox.limiter.force(float(force_s), int(retry_after) if retry_after is not None else None)
+            changed.append("force_429_for_s")
+        return _json({"changed": changed, "config": public_config(sandbox)})
+
+    async def script(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            phone, responses = str(data["phone"]), data["responses"]
+            if not isinstance(responses, list):
+                raise TypeError
+            sandbox.faults.script(phone, responses)
+        except ScriptError as exc:  # a ValueError too: catch it first
+            return _bad(str(exc))
+        except (ValueError, KeyError, TypeError):
+            return _bad('send {"phone": "...", "responses": ["503", ...]}')
+        return _json({"scripted": sandbox.faults.pending().get(phone, [])})
+
+    app.router.add_get(ADMIN_PREFIX + "/received", received)
+    app.router.add_get(ADMIN_PREFIX + "/stats", stats)
+    app.router.add_post(ADMIN_PREFIX + "/reset", reset)
+    app.router.add_post(ADMIN_PREFIX + "/config", configure)
+    app.router.add_post(ADMIN_PREFIX + "/script", script)

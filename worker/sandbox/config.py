@@ -1,0 +1,135 @@
+"""The sandbox's settings: one dataclass, set at start; the fault and rate options also at runtime.
+
+Defaults are named constants with their unit in the name. Nothing here reads the environment: the
+CLI layer (`worker/sandbox/cli.py`) does that for its defaults only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from worker.errors import ConfigError
+from worker.settings import RateLimit
+
+DEFAULT_SECRET = "sandbox-secret"
+DEFAULT_CLIENT_ID = "sandbox-client"
+DEFAULT_DOMAIN = "sandbox.local"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8099
+TIMESTAMP_TOLERANCE_S = 300            # the vendor rejects a timestamp more than 5 minutes off
+STALL_S = 30.0                         # a read-timeout fault holds the connection this long
+FIRST_VENDOR_ID = 10001                # message.id of the first accepted message
+DELIVERED_AFTER_S = 0.5
+READ_AFTER_S = 1.0
+WEBHOOK_ATTEMPTS = 4                   # one POST plus three retries
+WEBHOOK_RETRY_BASE_S = 0.2             # backoff 0.2, 0.4, 0.8 s between webhook attempts
+WEBHOOK_TIMEOUT_S = 5.0
+FORCED_RETRY_AFTER_S = 1
+
+_SHARES = ("error_rate_500", "error_rate_503", "timeout_rate", "drop_rate", "read_share", "tap_share")
+
+
+@dataclass
+class SandboxConfig:
+    """Everything the sandbox can be told. Shares are probabilities in 0..1."""
+
+    secret: str = DEFAULT_SECRET
+    client_id: str = DEFAULT_CLIENT_ID
+    domain: str = DEFAULT_DOMAIN
+    host: str = DEFAULT_HOST
+    port: int = 0                      # 0 = a free port
+    path_prefix: str = ""              # e.g. "/api/v1": the endpoint is then /api/v1/w/message/button
+    phone_number_ids: tuple[str, ...] | None = None   # allow-list; None accepts any id
+    timestamp_tolerance_s: int = TIMESTAMP_TOLERANCE_S
+    # --- runtime-settable (POST /_sandbox/config) ---
+    rate_limit: str | None = None      # "50/s", "1000/h"; None = unlimited
+    remaining_override: int | None = None
+    latency_ms: float = 0.0
+    error_rate_500: float = 0.0
+    error_rate_503: float = 0.0
+    timeout_rate: float = 0.0
+    drop_rate: float = 0.0
+    stall_s: float = STALL_S
+    fail_phone_prefixes: tuple[str, ...] = ()
+    seed: int | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    delivered_after_s: float = DELIVERED_AFTER_S
+    read_after_s: float = READ_AFTER_S
+    read_share: float = 1.0
+    tap_share: float = 0.0
+    tap_button_id: str | None = None
+    webhook_attempts: int = WEBHOOK_ATTEMPTS
+    webhook_retry_base_s: float = WEBHOOK_RETRY_BASE_S
+    # Parsed once, so the request path never re-parses the rate string.
+    parsed_rate: RateLimit | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad option; refresh derived values."""
+        for name in _SHARES:
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"sandbox option {name}={value!r} must be a share between 0 and 1")
+        for name in ("latency_ms", "stall_s", "delivered_after_s", "read_after_s", "webhook_retry_base_s"):
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"sandbox option {name}={getattr(self, name)!r} must not be negative")
+        if self.remaining_override is not None and int(self.remaining_override) < 0:
+            raise ConfigError(f"sandbox option remaining_override={self.remaining_override!r} must not be negative")
+        if self.path_prefix and not self.path_prefix.startswith("/"):
+            raise ConfigError(f"sandbox option path_prefix={self.path_prefix!r} must start with /")
+        self.path_prefix = self.path_prefix.rstrip("/")
+        self.fail_phone_prefixes = tuple(self.fail_phone_prefixes or ())
+        self.parsed_rate = RateLimit.parse(self.rate_limit, "sandbox rate_limit") if self.rate_limit else None
+
+    def update(self, changes: Mapping[str, Any]) -> list[str]:
+        """Apply runtime changes (only RUNTIME_OPTIONS); return the names changed.
+
+        All-or-nothing: on a bad value nothing is changed and ConfigError names the option.
+        """
+        unknown = sorted(set(changes) - RUNTIME_OPTIONS)
+        if unknown:
+            raise ConfigError(f"not runtime-settable sandbox options: {', '.join(unknown)}")
+        before = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        try:
+            for name, value in changes.items():
+                setattr(self, name, _coerce(name, value))
+            self.validate()
+        except (TypeError, ValueError, ConfigError) as exc:
+            for name, value in before.items():
+                setattr(self, name, value)
+            self.validate()
+            raise exc if isinstance(exc, ConfigError) else ConfigError(f"bad sandbox option: {exc}") from None
+        return sorted(changes)
+
+
+RUNTIME_OPTIONS = frozenset(
+    {
+        "rate_limit", "remaining_override", "latency_ms", "error_rate_500", "error_rate_503",
+        "timeout_rate", "drop_rate", "stall_s", "fail_phone_prefixes", "seed", "webhook_url",
+        "webhook_secret", "delivered_after_s", "read_after_s", "read_share", "tap_share",
+        "tap_button_id", "phone_number_ids",
+    }
+)
+_FLOATS = {"latency_ms", "stall_s", "delivered_after_s", "read_after_s", *_SHARES}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if value is None:
+        return None if name not in _FLOATS and name != "fail_phone_prefixes" else _reject(name)
+    if name in _FLOATS:
+        return float(value)
+    if name in ("remaining_override", "seed"):
+        return int(value)
+    if name in ("fail_phone_prefixes", "phone_number_ids"):
+        if isinstance(value, str):
+            value = [value]
+        return tuple(str(v) for v in value)
+    return str(value)
+
+
+def _reject(name: str) -> Any:
+    raise ConfigError(f"sandbox option {name} cannot be null")
