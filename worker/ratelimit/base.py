@@ -1,0 +1,97 @@
+"""The rate-limiter protocol the send task depends on, and the value types it returns.
+
+One budget per scope ("<workspace>:<endpoint>", built by the caller): the Awal limit belongs to the
+account, so every worker process on every machine draws from the same budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.settings import RateLimit
+
+REASON_OK = "ok"                          # granted, no wait
+REASON_PACED = "paced"                    # our pacing (or the vendor-remaining spread) sets the wait
+REASON_BLOCKED = "blocked"                # a 429 told every worker to stop until a time
+REASON_VENDOR_EXHAUSTED = "vendor_exhausted"  # the vendor reported remaining=0 until its reset
+
+SCOPES_TTL_S = 7 * 86400                  # a scope unused this long drops out of `scopes()`
+VENDOR_GRACE_S = 3600.0                   # keep a finished vendor window this long, for `limits`
+VENDOR_NO_RESET_TTL_S = 86400.0           # vendor numbers that came without a reset time
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The answer to `acquire`.
+
+    granted: a slot is yours; sleep `wait_s` (never more than the caller's max_wait_s), then send.
+    Not granted: nothing was reserved; `wait_s` is how long until a slot could be had, so the caller
+    puts the message back with not_before = now + wait_s.
+    """
+
+    granted: bool
+    wait_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class LimiterState:
+    """One scope as the limiter sees it, for `buttoncast limits`.
+
+    Times are unix seconds on the limiter's clock (the Redis server's, for RedisRateLimiter);
+    `as_of` is "now" on that clock. `vendor_remaining` is the last vendor report minus the slots
+    granted since. `next_free_at` is when an acquire would get its slot, all constraints counted.
+    """
+
+    scope: str
+    limit: str
+    burst: int
+    vendor_limit: int | None
+    vendor_remaining: int | None
+    vendor_reset_at: float | None
+    blocked_until: float | None
+    next_free_at: float
+    as_of: float | None = None
+    blocked_reason: str | None = None
+
+
+class RateLimiter(Protocol):
+    def acquire(self, scope: str, *, max_wait_s: float) -> Reservation:
+        """Reserve the next slot if it is at most max_wait_s away; otherwise reserve nothing."""
+        ...
+
+    def observe(self, scope: str, *, limit: int | None, remaining: int | None, reset_at: float | None) -> None:
+        """Feed in a vendor response's X-RateLimit-* headers (None where a header was missing)."""
+        ...
+
+    def block(self, scope: str, *, until: float, reason: str = "429") -> None:
+        """A 429: every worker stops until `until` (unix time). Never shortens a longer block."""
+        ...
+
+    def state(self, scope: str) -> LimiterState:
+        ...
+
+    def scopes(self) -> list[str]:
+        """Scopes configured or used recently, sorted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """GCRA parameters: one slot every `interval_s`; `tolerance_s` lets `burst` go back to back."""
+
+    rate: RateLimit
+    burst: int
+
+    def __post_init__(self) -> None:
+        if self.burst < 1:
+            raise ValueError(f"burst must be at least 1, got {self.burst}")
+
+    @property
+    def interval_s(self) -> float:
+        return self.rate.period_s / self.rate.limit
+
+    @property
+    def tolerance_s(self) -> float:
+        return (self.burst - 1) * self.interval_s
