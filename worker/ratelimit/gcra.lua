@@ -1,0 +1,173 @@
+--[[ buttoncast's shared rate limiter: every check and the reservation in one atomic step.
+
+One scope ("<workspace>:<endpoint>") = one budget shared by every worker on every machine.
+Times are unix seconds on the Redis server's clock (TIME), so machines with skewed clocks agree;
+ARGV[2] may carry a clock for tests ("" = TIME).
+
+KEYS[1] <prefix>:tat      string  GCRA theoretical arrival time; expires when it passes
+KEYS[2] <prefix>:vendor   hash    limit, remaining, reset_at, last_at (last slot granted in the window)
+KEYS[3] <prefix>:blocked  hash    until, reason; expires at `until`
+KEYS[4] scopes index      zset    scope -> last use, for `scopes()`
+
+ARGV[1] op, ARGV[2] now or "", ARGV[3] scope, ARGV[4..6] the TTLs named below (from base.py), then per op:
+  acquire  interval_s tolerance_s max_wait_s   -> {granted 0|1, wait_s, reason}
+  observe  limit remaining reset_at ("" = missing header)
+  block    until reason
+  state    interval_s tolerance_s              -> {next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason}
+  (numbers go out as strings: Redis would truncate a Lua number to an integer)
+
+The rules (MemoryRateLimiter in memory.py mirrors them line for line):
+- pacing: a slot at max(now, tat - tolerance); granting moves tat to max(tat, slot) + interval.
+- vendor window (reset_at in the future, remaining known): remaining 0 means no slot before
+  reset_at; otherwise, if spreading what is left evenly until reset_at is slower than our pacing,
+  the next slot is last_at + (reset_at - last_at) / (remaining + 1). A slot granted inside the
+  window decrements remaining.
+- block: no slot before `until`.
+- the slot is the latest of the three; granted only if slot - now <= max_wait_s, else nothing is
+  written.
+]]
+
+if redis.replicate_commands then pcall(redis.replicate_commands) end  -- TIME before writes on Redis < 5
+
+local SCOPES_TTL_S = tonumber(ARGV[4])
+local VENDOR_GRACE_S = tonumber(ARGV[5])
+local VENDOR_NO_RESET_TTL_S = tonumber(ARGV[6])
+
+local op, scope = ARGV[1], ARGV[3]
+local now
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+
+local function num(value)
+  if value == nil or value == false or value == '' then return nil end
+  return tonumber(value)
+end
+
+local function fmt(value)
+  if value == nil then return '' end
+  return string.format('%.6f', value)
+end
+
+local function ttl_ms(seconds)
+  return math.max(1, math.ceil(seconds * 1000))
+end
+
+local function touch_scope()
+  redis.call('ZADD', KEYS[4], now, scope)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - SCOPES_TTL_S)
+  redis.call('EXPIRE', KEYS[4], SCOPES_TTL_S)
+end
+
+local function load_vendor()
+  local v = redis.call('HMGET', KEYS[2], 'limit', 'remaining', 'reset_at', 'last_at')
+  return {limit = num(v[1]), remaining = num(v[2]), reset_at = num(v[3]), last_at = num(v[4])}
+end
+
+local function save_vendor(v)
+  redis.call('DEL', KEYS[2])
+  local fields = {}
+  if v.limit ~= nil then table.insert(fields, 'limit'); table.insert(fields, string.format('%d', v.limit)) end
+  if v.remaining ~= nil then table.insert(fields, 'remaining'); table.insert(fields, string.format('%d', v.remaining)) end
+  if v.reset_at ~= nil then table.insert(fields, 'reset_at'); table.insert(fields, fmt(v.reset_at)) end
+  if v.last_at ~= nil then table.insert(fields, 'last_at'); table.insert(fields, fmt(v.last_at)) end
+  if #fields == 0 then return end
+  redis.call('HSET', KEYS[2], unpack(fields))
+  local ttl = VENDOR_NO_RESET_TTL_S
+  if v.reset_at ~= nil then ttl = math.max(0, v.reset_at - now) + VENDOR_GRACE_S end
+  redis.call('PEXPIRE', KEYS[2], ttl_ms(ttl))
+end
+
+local function window_open(v)
+  return v.remaining ~= nil and v.reset_at ~= nil and v.reset_at > now
+end
+
+local function vendor_at(v, interval)
+  if not window_open(v) then return now, false end
+  if v.remaining <= 0 then return v.reset_at, true end
+  if v.last_at ~= nil then
+    local spread = (v.reset_at - v.last_at) / (v.remaining + 1)
+    if spread > interval then return math.max(now, v.last_at + spread), false end
+  end
+  return now, false
+end
+
+local function load_block()
+  local b = redis.call('HMGET', KEYS[3], 'until', 'reason')
+  local until_ = num(b[1])
+  if until_ ~= nil and until_ > now then return until_, b[2] end
+  return nil, nil
+end
+
+-- When the next slot could go and which constraint decides it.
+local function earliest(interval, tolerance)
+  local tat = num(redis.call('GET', KEYS[1])) or now
+  local v = load_vendor()
+  local at = math.max(now, tat - tolerance)
+  local reason = 'paced'
+  local v_at, exhausted = vendor_at(v, interval)
+  if v_at > at then
+    at = v_at
+    if exhausted then reason = 'vendor_exhausted' else reason = 'paced' end
+  end
+  local blocked_until, blocked_reason = load_block()
+  if blocked_until ~= nil and blocked_until >= at then at = blocked_until; reason = 'blocked' end
+  if at <= now then reason = 'ok' end
+  return at, reason, tat, v, blocked_until, blocked_reason
+end
+
+if op == 'acquire' then
+  local interval, tolerance, max_wait = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  touch_scope()
+  local at, reason, tat, v = earliest(interval, tolerance)
+  local wait = at - now
+  if wait > math.max(0, max_wait) then return {0, fmt(wait), reason} end
+  local new_tat = math.max(tat, at) + interval
+  redis.call('SET', KEYS[1], fmt(new_tat), 'PX', ttl_ms(new_tat - now))
+  if window_open(v) and at < v.reset_at and v.remaining > 0 then
+    v.remaining = v.remaining - 1
+    v.last_at = at
+    save_vendor(v)
+  end
+  return {1, fmt(wait), reason}
+
+elseif op == 'observe' then
+  local limit, remaining, reset_at = num(ARGV[7]), num(ARGV[8]), num(ARGV[9])
+  touch_scope()
+  local v = load_vendor()
+  if limit ~= nil then v.limit = limit end
+  if reset_at ~= nil and (v.reset_at == nil or reset_at > v.reset_at) then
+    v.reset_at = reset_at
+    if remaining ~= nil then v.remaining = math.max(0, remaining) else v.remaining = nil end
+    v.last_at = nil
+  elseif remaining ~= nil and (reset_at == nil or reset_at == v.reset_at) then
+    -- same window: responses arrive out of order, so a report can only lower the count
+    if v.remaining == nil or remaining < v.remaining then v.remaining = math.max(0, remaining) end
+  end
+  -- else: a report from an older window says nothing about this one
+  save_vendor(v)
+  return 1
+
+elseif op == 'block' then
+  local until_, reason = tonumber(ARGV[7]), ARGV[8]
+  touch_scope()
+  local current = num(redis.call('HGET', KEYS[3], 'until'))
+  if until_ > now and (current == nil or until_ > current) then
+    redis.call('HSET', KEYS[3], 'until', fmt(until_), 'reason', reason)
+    redis.call('PEXPIRE', KEYS[3], ttl_ms(until_ - now))
+  end
+  return 1
+
+elseif op == 'state' then
+  local interval, tolerance = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local at, _, _, v, blocked_until, blocked_reason = earliest(interval, tolerance)
+  local limit, remaining = '', ''
+  if v.limit ~= nil then limit = string.format('%d', v.limit) end
+  if v.remaining ~= nil then remaining = string.format('%d', v.remaining) end
+  return {fmt(at), fmt(now), limit, remaining, fmt(v.reset_at), fmt(blocked_until), blocked_reason or ''}
+end
+
+return redis.error_reply('unknown op ' .. tostring(op))

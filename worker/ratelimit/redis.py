@@ -1,0 +1,124 @@
+"""Rate limiter shared by every worker on every machine, in Redis.
+
+All the logic is one Lua script (gcra.lua), run with EVALSHA: each call is one round trip and one
+atomic step on the Redis server's clock. A worker never polls: it gets a slot with a wait, or a
+time to come back.
+
+Errors: when Redis is unreachable every method raises redis.exceptions.ConnectionError or
+redis.exceptions.TimeoutError (both redis.exceptions.RedisError); the caller decides what to do.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Callable, Iterable
+
+import redis
+
+from worker.ratelimit.base import (
+    SCOPES_TTL_S,
+    VENDOR_GRACE_S,
+    VENDOR_NO_RESET_TTL_S,
+    LimiterState,
+    Pacing,
+    Reservation,
+)
+from worker.settings import RateLimit
+
+KEY_PREFIX = "buttoncast:ratelimit:"
+SCOPES_KEY = KEY_PREFIX + "scopes"       # zset; a scope named "scopes" would not clash: its keys get a suffix
+REDIS_SOCKET_TIMEOUT_S = 2.0
+
+_SCRIPT = resources.files(__package__).joinpath("gcra.lua").read_text(encoding="utf-8")
+
+
+def _number(value: float | int | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _optional_float(raw: bytes | str) -> float | None:
+    return float(raw) if raw not in (b"", "") else None
+
+
+def _optional_int(raw: bytes | str) -> int | None:
+    return int(raw) if raw not in (b"", "") else None
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class RedisRateLimiter:
+    """RateLimiter in Redis.
+
+    `clock` is for tests only: None (the default) uses the Redis server's clock so that machines
+    with skewed clocks agree; a callable returning unix seconds replaces it.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        rate: RateLimit,
+        burst: int,
+        scopes: Iterable[str] = (),
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._client = client
+        self._pacing = Pacing(rate=rate, burst=burst)
+        self._configured = set(scopes)
+        self._clock = clock
+        self._script = client.register_script(_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, *, rate: RateLimit, burst: int, scopes: Iterable[str] = ()) -> "RedisRateLimiter":
+        client = redis.Redis.from_url(
+            url, socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S
+        )
+        return cls(client, rate=rate, burst=burst, scopes=scopes)
+
+    def acquire(self, scope: str, *, max_wait_s: float) -> Reservation:
+        granted, wait, reason = self._run(
+            "acquire", scope, self._pacing.interval_s, self._pacing.tolerance_s, max_wait_s
+        )
+        return Reservation(granted=bool(granted), wait_s=float(wait), reason=_text(reason))
+
+    def observe(self, scope: str, *, limit: int | None, remaining: int | None, reset_at: float | None) -> None:
+        self._run(
+            "observe", scope,
+            "" if limit is None else str(int(limit)),
+            "" if remaining is None else str(int(remaining)),
+            _number(reset_at),
+        )
+
+    def block(self, scope: str, *, until: float, reason: str = "429") -> None:
+        self._run("block", scope, until, reason)
+
+    def state(self, scope: str) -> LimiterState:
+        next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason = self._run(
+            "state", scope, self._pacing.interval_s, self._pacing.tolerance_s
+        )
+        return LimiterState(
+            scope=scope,
+            limit=str(self._pacing.rate),
+            burst=self._pacing.burst,
+            vendor_limit=_optional_int(limit),
+            vendor_remaining=_optional_int(remaining),
+            vendor_reset_at=_optional_float(reset_at),
+            blocked_until=_optional_float(blocked_until),
+            next_free_at=float(next_free_at),
+            as_of=float(now),
+            blocked_reason=_text(blocked_reason) or None,
+        )
+
+    def scopes(self) -> list[str]:
+        used = {_text(s) for s in self._client.zrange(SCOPES_KEY, 0, -1)}
+        return sorted(self._configured | used)
+
+    def _run(self, op: str, scope: str, *args: object) -> list:
+        prefix = f"{KEY_PREFIX}{scope}:"
+        keys = [prefix + "tat", prefix + "vendor", prefix + "blocked", SCOPES_KEY]
+        now = "" if self._clock is None else _number(self._clock())
+        argv = [op, now, scope, SCOPES_TTL_S, VENDOR_GRACE_S, VENDOR_NO_RESET_TTL_S]
+        argv += [_number(a) if isinstance(a, (int, float)) else a for a in args]
+        return self._script(keys=keys, args=argv)
