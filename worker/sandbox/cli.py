@@ -1,0 +1,78 @@
+"""`buttoncast sandbox` (and `python -m worker.sandbox`): run the Awal sandbox in the foreground.
+
+The first line on stdout is the bound base URL (flushed), so a parent process can read it; with
+`--port 0` the port is a free one. The HMAC secret is never printed.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from worker.errors import ConfigError
+from worker.sandbox.config import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_DOMAIN,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_SECRET,
+    DELIVERED_AFTER_S,
+    READ_AFTER_S,
+    STALL_S,
+    SandboxConfig,
+)
+from worker.sandbox.runner import SandboxServer
+
+_share = click.FloatRange(0.0, 1.0)
+
+
+@click.command("sandbox")
+@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="0 = a free port")
+@click.option("--secret", envvar="AWAL_HMAC_SECRET", default=DEFAULT_SECRET, show_default=False,
+              help="HMAC secret (default: $AWAL_HMAC_SECRET, else a sandbox default); never printed")
+@click.option("--client-id", default=DEFAULT_CLIENT_ID, show_default=True)
+@click.option("--domain", default=DEFAULT_DOMAIN, show_default=True)
+@click.option("--path-prefix", default="", help="serve under this prefix, e.g. /api/v1")
+@click.option("--phone-number-id", "phone_number_ids", multiple=True,
+              help="allowed sender ids (repeatable); others get 404. Default: any")
+@click.option("--rate-limit", default=None, help="e.g. 50/s or 1000/h; default unlimited")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True)
+@click.option("--error-rate-500", type=_share, default=0.0, show_default=True)
+@click.option("--error-rate-503", type=_share, default=0.0, show_default=True)
+@click.option("--timeout-rate", type=_share, default=0.0, show_default=True,
+              help="share recorded as sent, then left unanswered")
+@click.option("--drop-rate", type=_share, default=0.0, show_default=True,
+              help="share of connections closed before the request is read")
+@click.option("--stall-s", type=float, default=STALL_S, show_default=True)
+@click.option("--fail-phone-prefix", "fail_phone_prefixes", multiple=True,
+              help="phones starting with this get 400 invalid_phone_number (repeatable)")
+@click.option("--seed", type=int, default=None, help="seed for fault decisions")
+@click.option("--webhook-url", default=None)
+@click.option("--webhook-secret", envvar="AWAL_WEBHOOK_SECRET", default=None,
+              help="signs webhook events (default: $AWAL_WEBHOOK_SECRET); never printed")
+@click.option("--delivered-after-s", type=float, default=DELIVERED_AFTER_S, show_default=True)
+@click.option("--read-after-s", type=float, default=READ_AFTER_S, show_default=True)
+@click.option("--read-share", type=_share, default=1.0, show_default=True)
+@click.option("--tap-share", type=_share, default=0.0, show_default=True)
+@click.option("--tap-button-id", default=None)
+def sandbox_command(**options: object) -> None:
+    """Run a local stand-in for the Awal Chat API (send button messages, faults, webhooks)."""
+    for name in ("fail_phone_prefixes",):
+        options[name] = tuple(options[name])  # type: ignore[arg-type]
+    options["phone_number_ids"] = tuple(options["phone_number_ids"]) or None  # type: ignore[arg-type]
+    try:
+        config = SandboxConfig(**options)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    def announce(base_url: str) -> None:
+        click.echo(base_url)
+        sys.stdout.flush()
+        click.echo(
+            f"awal sandbox on {base_url} (client id {config.client_id!r}, domain {config.domain!r},"
+            f" rate limit {config.rate_limit or 'none'}); admin at /_sandbox/", err=True
+        )
+
+    SandboxServer(config).serve_forever(announce)
