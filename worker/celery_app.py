@@ -1,0 +1,55 @@
+"""The Celery application, configured from the settings object.
+
+`celery -A worker.celery_app worker` and `celery -A worker.celery_app beat` use the module-level
+`app`, built from the environment when this module is imported.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, TASK_DISPATCH, TASK_SWEEP
+from worker.settings import Settings
+
+# Redis broker: a task not acked within this time is delivered again. Send tasks finish in seconds
+# and no task carries a long ETA, so an hour only matters for a worker that died mid-task.
+VISIBILITY_TIMEOUT_S = 3600
+PREFETCH_MULTIPLIER = 4
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("buttoncast", broker=settings.broker_url, include=["worker.tasks", "scheduler.tasks"])
+    uses_redis = settings.broker_url.startswith(("redis://", "rediss://"))
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        result_backend=settings.redis_url if uses_redis and settings.redis_url else None,
+        result_expires=3600,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        task_default_queue=QUEUE_CAMPAIGN,
+        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_create_missing_queues=True,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "dispatch": {"task": TASK_DISPATCH, "schedule": settings.dispatch_interval_s,
+                         "options": {"queue": QUEUE_CONTROL, "expires": settings.dispatch_interval_s * 2}},
+            "sweep": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_s,
+                      "options": {"queue": QUEUE_CONTROL, "expires": settings.sweep_interval_s * 2}},
+        },
+    )
+    return app
+
+
+app = create_celery(Settings.from_env())

@@ -1,0 +1,79 @@
+"""`buttoncast send` and `buttoncast message show`."""
+
+from __future__ import annotations
+
+import click
+import sqlalchemy as sa
+
+from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.enqueue import enqueue_message
+from worker.message import parse_button_spec
+from worker.models import Attempt, Message, MessageEvent
+
+
+@click.command("send")
+@click.option("--phone", required=True, help="Recipient, international format (e.g. 96650000000).")
+@click.option("--body", "body_text", required=True, help="Body text, at most 1024 characters.")
+@click.option("--button", "buttons", multiple=True, required=True, metavar="ID:TITLE", help="1 to 3 buttons, e.g. --button yes:Yes.")
+@click.option("--header", "header_text", default=None, help="Header text, at most 60 characters.")
+@click.option("--footer", "footer_text", default=None, help="Footer text, at most 60 characters.")
+@click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
+@click.option("--idempotency-key", default=None, help="The same key twice creates one message.")
+@friendly_errors
+def send_command(phone, body_text, buttons, header_text, footer_text, phone_number_id, idempotency_key) -> None:  # noqa: ANN001
+    """Enqueue one button message; prints its id alone on standard output."""
+    runtime = load_runtime()
+    ensure_schema(runtime)
+    message_id = enqueue_message(
+        phone=phone, body_text=body_text, buttons=[parse_button_spec(b) for b in buttons],
+        header_text=header_text, footer_text=footer_text, phone_number_id=phone_number_id,
+        idempotency_key=idempotency_key, runtime=runtime,
+    )
+    click.echo(f"queued message {message_id}", err=True)
+    click.echo(message_id)
+
+
+@click.group("message")
+def message_group() -> None:
+    """Inspect single messages."""
+
+
+def _fmt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+@message_group.command("show")
+@click.argument("message_id", type=int)
+@friendly_errors
+def message_show(message_id: int) -> None:
+    """Status, ids, last error, and the audit trail: every attempt and status change."""
+    runtime = load_runtime()
+    with runtime.session_factory() as session:
+        msg = session.get(Message, message_id)
+        if msg is None:
+            fail(f"no message {message_id}", 1)
+        attempts = session.scalars(sa.select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)).all()
+        events = session.scalars(sa.select(MessageEvent).where(MessageEvent.message_id == message_id).order_by(MessageEvent.id)).all()
+    lines = [
+        f"message {msg.id}" + (f" (campaign {msg.campaign_id})" if msg.campaign_id else " (ad-hoc)"),
+        f"  status:        {msg.status}",
+        f"  phone:         {msg.phone}  from phone_number_id {msg.phone_number_id}",
+        f"  attempts:      {msg.attempts} (429s not counted)",
+        f"  vendor id:     {_fmt(msg.vendor_id)}",
+        f"  messageId:     {_fmt(msg.vendor_message_id)}",
+        f"  vendor status: {_fmt(msg.vendor_status)}   delivery: {_fmt(msg.delivery_status)}",
+        f"  created:       {_fmt(msg.created_at)}",
+        f"  queued:        {_fmt(msg.queued_at)}   not before: {_fmt(msg.not_before)}",
+        f"  sent:          {_fmt(msg.sent_at)}",
+    ]
+    if msg.last_error_code or msg.last_error_message:
+        lines.append(f"  last error:    {_fmt(msg.last_error_code)}: {_fmt(msg.last_error_message)} (request {_fmt(msg.last_request_id)})")
+    if msg.idempotency_key:
+        lines.append(f"  idempotency key: {msg.idempotency_key}")
+    trail = [(a.started_at, f"attempt  HTTP {_fmt(a.http_status):>4} {a.outcome:<20} {a.duration_ms:>6} ms  "
+                            f"{_fmt(a.error_code)} {_fmt(a.error_message) if a.error_code else _fmt(a.vendor_message_id)}"
+                            f"  request {_fmt(a.request_id)}  worker {_fmt(a.worker)}") for a in attempts]
+    trail += [(e.at, f"status   {_fmt(e.from_status)} -> {e.to_status}: {e.reason}  by {_fmt(e.actor)}") for e in events]
+    lines.append(f"  history ({len(attempts)} attempts, {len(events)} status changes):")
+    lines += [f"    {at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"  {text}" for at, text in sorted(trail, key=lambda t: t[0])] or ["    (none)"]
+    click.echo("\n".join(lines))

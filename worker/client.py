@@ -1,0 +1,345 @@
+"""The Awal API client: sign, send, parse, and classify every outcome into worker.errors.
+
+The task never looks at `requests` exceptions or status codes; `classify_response` and
+`classify_transport_error` are the only places that do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from worker.errors import (
+    AmbiguousError,
+    AuthenticationFailed,
+    AwalError,
+    ConnectionNotMade,
+    PermanentError,
+    RateLimited,
+    ServerError,
+    TransientError,
+)
+from worker.message import ButtonMessage
+from worker.signing import (
+    CLIENT_ID_HEADER,
+    DOMAIN_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign_request,
+)
+
+SEND_BUTTON_PATH = "/w/message/button"
+ENDPOINT_BUTTON = "button"
+# Assumption (AWAL_API.md): a 429 without Retry-After and without a usable reset waits this long.
+DEFAULT_RETRY_AFTER_S = 60.0
+POOL_CONNECTIONS = 4
+POOL_MAXSIZE = 64
+
+
+@dataclass(frozen=True)
+class RateHeaders:
+    """The vendor's X-RateLimit-* headers from one response (None when absent or malformed)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset_at: float | None = None
+
+    @classmethod
+    def parse(cls, headers: "requests.structures.CaseInsensitiveDict[str]") -> "RateHeaders":
+        def number(name: str) -> float | None:
+            try:
+                return float(headers[name])
+            except (KeyError, TypeError, ValueError):
+                return None
+
+        limit, remaining, reset = (number(h) for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"))
+        return cls(
+            limit=int(limit) if limit is not None else None,
+            remaining=int(remaining) if remaining is not None else None,
+            reset_at=reset,
+        )
+
+    @property
+    def present(self) -> bool:
+        return self.remaining is not None or self.reset_at is not None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """A success: what the vendor returned for the message."""
+
+    vendor_id: int | None
+    message_id: str
+    vendor_status: str | None
+    http_status: int
+    rate: RateHeaders = field(default_factory=RateHeaders)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One HTTP attempt, as it will be stored: when, how long, what came back."""
+
+    started_at: datetime
+    duration_ms: int
+    http_status: int | None
+    outcome: str                     # "sent" or the error's code class name, e.g. "ServerError"
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    vendor_id: int | None = None
+    vendor_message_id: str | None = None
+    rate: RateHeaders = field(default_factory=RateHeaders)
+
+
+class BeforeRequest(Protocol):
+    def __call__(self) -> None:
+        """Called before every HTTP request (first try and retries): waits for a rate slot or raises."""
+
+
+def _error_fields(response: requests.Response) -> tuple[str | None, str | None, str | None, dict]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, (response.text or "")[:300] or None, None, {}
+    if not isinstance(body, dict):
+        return None, None, None, {}
+    details = body.get("details") if isinstance(body.get("details"), dict) else {}
+    return body.get("error"), body.get("message"), body.get("request_id"), details
+
+
+def retry_after_seconds(response: requests.Response, rate: RateHeaders, now: float) -> float:
+    raw = response.headers.get("Retry-After")
+    if raw:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            pass
+    if rate.reset_at and rate.reset_at > now:
+        return rate.reset_at - now
+    return DEFAULT_RETRY_AFTER_S
+
+
+def classify_response(response: requests.Response, now: float | None = None) -> SendResult:
+    """Turn one HTTP response into a SendResult, or raise the matching AwalError."""
+    now = time.time() if now is None else now
+    rate = RateHeaders.parse(response.headers)
+    status = response.status_code
+    if status == 200:
+        try:
+            body = response.json()
+            message = body["message"]
+            ok = body.get("status") is True and isinstance(message.get("messageId"), str) and message["messageId"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+            body = None
+        if not ok:
+            # Assumption (AWAL_API.md): a 200 whose `status` is not true is a failure. The vendor
+            # answered, so this is not ambiguous; it is permanent for this message.
+            code, text, request_id, _ = _error_fields(response)
+            raise PermanentError(
+                text or "HTTP 200 without status true and a messageId",
+                code=code or "unexpected_response",
+                http_status=status,
+                request_id=request_id,
+            )
+        vendor_id = message.get("id")
+        return SendResult(
+            vendor_id=int(vendor_id) if isinstance(vendor_id, (int, str)) and str(vendor_id).isdigit() else None,
+            message_id=message["messageId"],
+            vendor_status=message.get("status"),
+            http_status=status,
+            rate=rate,
+        )
+    code, text, request_id, details = _error_fields(response)
+    kwargs = dict(http_status=status, request_id=request_id, details=details)
+    if status == 429:
+        retry_after = retry_after_seconds(response, rate, now)
+        raise RateLimited(text or "rate limit exceeded", retry_after=retry_after, code=code or "rate_limit_exceeded", **kwargs)
+    if status == 401:
+        raise AuthenticationFailed(text or "authentication failed", code=code or "authentication_failed", **kwargs)
+    if 400 <= status < 500:
+        raise PermanentError(text or f"HTTP {status}", code=code or f"http_{status}", **kwargs)
+    if status >= 500:
+        raise ServerError(text or f"HTTP {status}", code=code or f"http_{status}", **kwargs)
+    raise PermanentError(text or f"unexpected HTTP {status}", code=code or f"http_{status}", **kwargs)
+
+
+def classify_transport_error(exc: requests.RequestException) -> AwalError:
+    """Connection never made -> transient; request sent but no answer -> ambiguous."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return ConnectionNotMade(f"connect timeout: {exc.__class__.__name__}", code="connect_timeout")
+    if isinstance(exc, requests.ReadTimeout):
+        return AmbiguousError("read timeout after the request was sent", code="read_timeout")
+    if isinstance(exc, requests.ConnectionError):
+        text = repr(exc)
+        # urllib3 names a connection it could not open NewConnectionError / NameResolutionError;
+        # anything else under ConnectionError happened on an open connection (reset, aborted).
+        if "NewConnectionError" in text or "NameResolutionError" in text or "Failed to establish" in text:
+            return ConnectionNotMade("connection could not be opened", code="connection_failed")
+        return AmbiguousError("connection dropped after the request was sent", code="connection_dropped")
+    return AmbiguousError(f"transport error: {exc.__class__.__name__}", code="transport_error")
+
+
+class AwalClient:
+    """Sends button messages. One per process: it pools connections (requests.Session)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        client_id: str,
+        domain: str,
+        hmac_secret: bytes,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        retry_attempts: int,
+        retry_max_wait_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        parts = urlsplit(base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        # Assumption (AWAL_API.md): a path prefix in base_url is part of the signed PATH.
+        self._path = parts.path.rstrip("/") + SEND_BUTTON_PATH
+        self._client_id = client_id
+        self._domain = domain
+        self._secret = hmac_secret
+        self._timeout = (connect_timeout_s, read_timeout_s)
+        self._retry_attempts = retry_attempts
+        self._retry_max_wait_s = retry_max_wait_s
+        self._clock = clock
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"AwalClient(origin={self._origin!r}, client_id={self._client_id!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def send(
+        self,
+        message: ButtonMessage,
+        phone_number_id: str,
+        *,
+        before_request: BeforeRequest | None = None,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
+    ) -> SendResult:
+        """Send one message; retry only transient failures, briefly, with jittered backoff.
+
+        Raises PermanentError, RateLimited, AmbiguousError, or the last TransientError.
+        """
+        body = message.body_bytes()
+        retrying = Retrying(
+            stop=stop_after_attempt(self._retry_attempts),
+            wait=wait_random_exponential(multiplier=0.25, max=self._retry_max_wait_s),
+            retry=retry_if_exception_type((ConnectionNotMade, ServerError)),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if before_request is not None:
+                    before_request()
+                return self.send_once(body, phone_number_id, on_attempt=on_attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def send_once(
+        self, body: bytes, phone_number_id: str, *, on_attempt: Callable[[AttemptRecord], None] | None = None
+    ) -> SendResult:
+        """One signed HTTP request with the exact bytes `body`."""
+        query = "?phone_number_id=" + quote(str(phone_number_id), safe="")
+        timestamp = str(int(self._clock()))
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign_request(
+                secret=self._secret, method="POST", path=self._path, query_string=query, timestamp=timestamp, body=body
+            ),
+            TIMESTAMP_HEADER: timestamp,
+            DOMAIN_HEADER: self._domain,
+            CLIENT_ID_HEADER: self._client_id,
+        }
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        response: requests.Response | None = None
+        try:
+            response = self._session.post(self._origin + self._path + query, data=body, headers=headers, timeout=self._timeout)
+            result = classify_response(response)
+        except requests.RequestException as exc:
+            error = classify_transport_error(exc)
+            self._report(on_attempt, started, t0, None, error=error)
+            raise error from None
+        except AwalError as error:
+            self._report(on_attempt, started, t0, response, error=error)
+            raise
+        self._report(on_attempt, started, t0, response, result=result)
+        return result
+
+    @staticmethod
+    def _report(
+        on_attempt: Callable[[AttemptRecord], None] | None,
+        started: datetime,
+        t0: float,
+        response: requests.Response | None,
+        *,
+        result: SendResult | None = None,
+        error: AwalError | None = None,
+    ) -> None:
+        if on_attempt is None:
+            return
+        rate = RateHeaders.parse(response.headers) if response is not None else RateHeaders()
+        on_attempt(
+            AttemptRecord(
+                started_at=started,
+                duration_ms=int((time.perf_counter() - t0) * 1000),
+                http_status=response.status_code if response is not None else None,
+                outcome="sent" if result else type(error).__name__,
+                error_code=error.code if error else None,
+                error_message=error.message[:500] if error else None,
+                request_id=error.request_id if error else None,
+                vendor_id=result.vendor_id if result else None,
+                vendor_message_id=result.message_id if result else None,
+                rate=rate,
+            )
+        )
+
+
+def build_client(settings) -> AwalClient:  # noqa: ANN001 - worker.settings.Settings
+    """The client for the configured vendor; raises ConfigError naming any missing setting."""
+    settings.require_awal()
+    return AwalClient(
+        base_url=settings.awal_base_url,
+        client_id=settings.awal_client_id,
+        domain=settings.awal_domain,
+        hmac_secret=settings.awal_hmac_secret.reveal().encode("utf-8"),
+        connect_timeout_s=settings.send_connect_timeout_s,
+        read_timeout_s=settings.send_read_timeout_s,
+        retry_attempts=settings.send_retry_attempts,
+        retry_max_wait_s=settings.send_retry_max_wait_s,
+    )
+
+
+def workspace_scope(settings, endpoint: str = ENDPOINT_BUTTON) -> str:  # noqa: ANN001
+    """Assumption (AWAL_API.md): one rate budget per workspace and endpoint."""
+    return f"{settings.awal_domain or 'default'}:{endpoint}"
+
+
+__all__ = [
+    "AttemptRecord",
+    "AwalClient",
+    "RateHeaders",
+    "SendResult",
+    "TransientError",
+    "build_client",
+    "classify_response",
+    "classify_transport_error",
+    "workspace_scope",
+]

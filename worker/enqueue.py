@@ -1,0 +1,164 @@
+"""Enqueue one message from another application.
+
+(a) `enqueue_message(...)` for code that shares the database: validates, inserts, publishes,
+    returns the message id; invalid input raises MessageInvalid and stores nothing.
+(b) the Celery task `buttoncast.enqueue_message` (worker.tasks) for apps that share only the
+    broker: an invalid payload is stored as a `rejected` row and the task's result says so.
+The same `idempotency_key` twice creates one message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from worker.errors import FieldProblem, MessageInvalid
+from worker.message import ButtonMessage
+from worker.models import Message, utcnow
+from worker.publish import hand_back_to_dispatcher, publish_send_tasks
+from worker.queues import QUEUE_ADHOC
+from worker.runtime import Runtime, get_runtime
+from worker.status import MessageStatus
+
+log = logging.getLogger("buttoncast.enqueue")
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+PAYLOAD_FIELDS = ("phone", "body_text", "buttons", "header_text", "footer_text", "phone_number_id", "idempotency_key")
+
+
+def _sender(phone_number_id: str | None, runtime: Runtime) -> str:
+    sender = phone_number_id or runtime.settings.awal_phone_number_id
+    if not sender:
+        raise MessageInvalid([FieldProblem("phone_number_id", "is required: pass it or set AWAL_PHONE_NUMBER_ID")])
+    if len(str(sender)) > 64:
+        raise MessageInvalid([FieldProblem("phone_number_id", f"is {len(str(sender))} characters; the limit is 64")])
+    return str(sender)
+
+
+def _check_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX_CHARS:
+        raise MessageInvalid([FieldProblem("idempotency_key", f"must be a non-empty string of at most {IDEMPOTENCY_KEY_MAX_CHARS} characters")])
+    return key
+
+
+def enqueue_message(
+    *,
+    phone: Any,
+    body_text: Any,
+    buttons: Any,
+    header_text: Any = None,
+    footer_text: Any = None,
+    phone_number_id: str | None = None,
+    idempotency_key: str | None = None,
+    runtime: Runtime | None = None,
+) -> int:
+    """Validate, store as `queued` and publish to the ad-hoc queue. Returns the message id."""
+    runtime = runtime or get_runtime()
+    problems: list[FieldProblem] = []
+    try:
+        message = ButtonMessage.build(phone=phone, body_text=body_text, buttons=buttons or [],
+                                      header_text=header_text, footer_text=footer_text)
+    except MessageInvalid as exc:
+        problems.extend(exc.problems)
+    for check in (lambda: _sender(phone_number_id, runtime), lambda: _check_key(idempotency_key)):
+        try:
+            check()
+        except MessageInvalid as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise MessageInvalid(problems)
+    sender = _sender(phone_number_id, runtime)
+
+    existing = _by_key(runtime, idempotency_key)
+    if existing is not None:
+        return existing
+    now = utcnow()
+    try:
+        with runtime.session_factory.begin() as session:
+            row = Message(
+                phone_number_id=sender, phone=message.phone, content=message.content.as_dict(),
+                status=MessageStatus.QUEUED.value, idempotency_key=idempotency_key,
+                created_at=now, queued_at=now, enqueued_at=now, updated_at=now,
+            )
+            session.add(row)
+            session.flush()
+            message_id = row.id
+    except IntegrityError:
+        existing = _by_key(runtime, idempotency_key)
+        if existing is None:
+            raise
+        return existing
+    publish_now(runtime, [message_id])
+    return message_id
+
+
+def publish_now(runtime: Runtime, message_ids: list[int]) -> None:
+    """Publish ad-hoc sends; without a reachable broker the dispatcher picks them up instead."""
+    if runtime.settings.embedded and not runtime.in_process_worker:
+        hand_back_to_dispatcher(runtime.session_factory, message_ids)
+        return
+    try:
+        publish_send_tasks(runtime.celery, message_ids, queue=QUEUE_ADHOC)
+    except Exception as exc:  # noqa: BLE001 - broker down: the dispatcher republishes
+        log.warning("broker unavailable (%s); message(s) %s left for the dispatcher", type(exc).__name__, message_ids)
+        hand_back_to_dispatcher(runtime.session_factory, message_ids)
+
+
+def _by_key(runtime: Runtime, key: str | None) -> int | None:
+    if key is None:
+        return None
+    with runtime.session_factory() as session:
+        return session.scalar(sa.select(Message.id).where(Message.idempotency_key == key))
+
+
+def enqueue_payload(payload: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
+    """The broker-only path: never raises for bad input; an invalid payload becomes a `rejected` row."""
+    runtime = runtime or get_runtime()
+    if not isinstance(payload, Mapping):
+        payload = {}
+        problems = [FieldProblem("payload", "must be a JSON object")]
+    else:
+        problems = [FieldProblem(k, "is not a known field") for k in payload if k not in PAYLOAD_FIELDS]
+    if not problems:
+        try:
+            message_id = enqueue_message(**{k: payload.get(k) for k in PAYLOAD_FIELDS}, runtime=runtime)
+            return {"status": "queued", "message_id": message_id}
+        except MessageInvalid as exc:
+            problems = exc.problems
+    return {"status": MessageStatus.REJECTED.value, "message_id": _store_rejected(runtime, payload, problems),
+            "errors": [{"field": p.field, "problem": p.problem} for p in problems]}
+
+
+def _store_rejected(runtime: Runtime, payload: Mapping[str, Any], problems: list[FieldProblem]) -> int:
+    key = payload.get("idempotency_key") if isinstance(payload.get("idempotency_key"), str) else None
+    existing = _by_key(runtime, key) if key and len(key) <= IDEMPOTENCY_KEY_MAX_CHARS else None
+    if existing is not None:
+        return existing
+    now = utcnow()
+    content = {k: payload.get(k) for k in ("body_text", "buttons", "header_text", "footer_text") if k in payload}
+    with runtime.session_factory.begin() as session:
+        row = Message(
+            phone_number_id=str(payload.get("phone_number_id") or runtime.settings.awal_phone_number_id or "")[:64],
+            phone=str(payload.get("phone") or "")[:64], content=_jsonable(content), status=MessageStatus.REJECTED.value,
+            idempotency_key=key if key and len(key) <= IDEMPOTENCY_KEY_MAX_CHARS else None,
+            last_error_code="validation_failed", last_error_message="; ".join(str(p) for p in problems),
+            created_at=now, finished_at=now, updated_at=now,
+        )
+        session.add(row)
+        session.flush()
+        log.warning("rejected enqueue request: %s", row.last_error_message, extra={"message_id": row.id, "status": "rejected"})
+        return row.id
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return {"unserializable": repr(value)[:500]}

@@ -1,0 +1,38 @@
+"""Prometheus metrics a worker exposes (port: METRICS_PORT, default 9808; 0 disables).
+
+buttoncast_messages_total{outcome}      messages by outcome: sent, failed, unknown, requeued, deferred, skipped, paused
+buttoncast_rate_limited_total           429 answers from the vendor
+buttoncast_send_seconds                 histogram of one HTTP request to the vendor
+buttoncast_rate_wait_seconds            histogram of time spent waiting for a rate slot
+buttoncast_queue_depth{campaign,status} messages pending/queued/sending per campaign (set by the dispatcher)
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MESSAGES = Counter("buttoncast_messages_total", "Send task outcomes", ["outcome"])
+RATE_LIMITED = Counter("buttoncast_rate_limited_total", "HTTP 429 answers from the vendor")
+SEND_SECONDS = Histogram(
+    "buttoncast_send_seconds", "One HTTP request to the vendor",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RATE_WAIT_SECONDS = Histogram(
+    "buttoncast_rate_wait_seconds", "Time a worker slept for a rate slot",
+    buckets=(0, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10),
+)
+QUEUE_DEPTH = Gauge("buttoncast_queue_depth", "Messages not yet final, per campaign and status", ["campaign", "status"])
+
+_started_ports: set[int] = set()
+
+
+def serve_metrics(port: int) -> bool:
+    """Start the /metrics HTTP endpoint once per process; 0 disables. False if the port is taken."""
+    if port <= 0 or port in _started_ports:
+        return False
+    try:
+        start_http_server(port)
+    except OSError:
+        return False
+    _started_ports.add(port)
+    return True

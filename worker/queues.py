@@ -1,0 +1,14 @@
+"""Queue and task names: the stable contract between the scheduler, workers and other apps."""
+
+from __future__ import annotations
+
+# Ad-hoc (transactional) messages go through their own queue so campaigns never delay them.
+QUEUE_ADHOC = "buttoncast.adhoc"
+QUEUE_CAMPAIGN = "buttoncast.campaign"
+QUEUE_CONTROL = "buttoncast.control"   # dispatch and sweep ticks: never stuck behind sends
+ALL_QUEUES = (QUEUE_ADHOC, QUEUE_CAMPAIGN, QUEUE_CONTROL)
+
+TASK_SEND = "buttoncast.send_message"
+TASK_ENQUEUE = "buttoncast.enqueue_message"
+TASK_DISPATCH = "buttoncast.dispatch"
+TASK_SWEEP = "buttoncast.sweep"

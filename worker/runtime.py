@@ -1,0 +1,99 @@
+"""Per-process collaborators (engine, client, limiter, Celery app), built once from the settings.
+
+Rebuilt in a child after fork: connections must never be shared across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cached_property
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.client import build_client, workspace_scope
+from worker.db import make_engine, make_session_factory
+from worker.settings import Settings
+
+
+class Runtime:
+    def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
+        self.settings = settings
+        self._celery = celery
+        #: True where a worker consumes the in-process broker (buttoncast run); see worker.publish
+        self.in_process_worker = False
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.database_url)
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def celery(self) -> Celery:
+        if self._celery is not None:
+            return self._celery
+        from worker.celery_app import app, create_celery
+
+        return app if app.conf.broker_url == self.settings.broker_url else create_celery(self.settings)
+
+    @cached_property
+    def limiter(self):  # noqa: ANN201 - worker.ratelimit.RateLimiter
+        from worker.ratelimit import build_rate_limiter
+
+        return build_rate_limiter(self.settings)
+
+    @cached_property
+    def client(self):  # noqa: ANN201 - worker.client.AwalClient
+        return build_client(self.settings)
+
+    @property
+    def scope(self) -> str:
+        return workspace_scope(self.settings)
+
+    def send_deps(self):  # noqa: ANN201 - worker.send.SendDeps
+        from worker.send import SendDeps
+
+        return SendDeps(
+            session_factory=self.session_factory, client=self.client, limiter=self.limiter,
+            scope=self.scope, settings=self.settings,
+        )
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+        if "client" in self.__dict__:
+            self.client.close()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, from the environment's settings unless one was installed."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(Settings.from_env())
+        return _runtime
+
+
+def install_runtime(runtime: Runtime | None) -> None:
+    """Use this runtime in this process (embedded mode, tests)."""
+    global _runtime
+    with _lock:
+        _runtime = runtime
+
+
+def _forget_after_fork() -> None:
+    global _runtime, _lock
+    _lock = threading.Lock()
+    _runtime = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,273 @@
+"""The send task's body: load, skip if stopped, wait for a rate slot, claim, send, record.
+
+It depends on two small protocols owned here (a client and a rate limiter), so tests hand in the
+sandbox-backed client or a stub, and the Redis and in-memory limiters are interchangeable.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from sqlalchemy.exc import OperationalError, InterfaceError
+
+from worker import metrics, store
+from worker.client import AttemptRecord, SendResult
+from worker.errors import (
+    AmbiguousError,
+    AuthenticationFailed,
+    AwalError,
+    MessageInvalid,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+from worker.logs import log_outcome
+from worker.message import ButtonMessage, MessageContent
+from worker.models import utcnow
+from worker.settings import Settings
+from worker.status import CampaignStatus, MessageStatus
+
+log = logging.getLogger("buttoncast.send")
+
+
+class Outcome(str, enum.Enum):
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    REQUEUED = "requeued"    # transient failure or 429: queued again with a not-before time
+    DEFERRED = "deferred"    # no rate slot soon: back to the database before sending
+    PAUSED = "paused"        # campaign paused (or 401): back to pending, untouched
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"      # not ours to send: duplicate delivery, already final, not yet due
+
+
+class Client(Protocol):
+    def send(self, message: ButtonMessage, phone_number_id: str, *, before_request=None, on_attempt=None) -> SendResult: ...  # noqa: ANN001,E501
+
+
+class Limiter(Protocol):
+    def acquire(self, scope: str, *, max_wait_s: float): ...  # noqa: ANN201
+    def observe(self, scope: str, *, limit, remaining, reset_at) -> None: ...  # noqa: ANN001
+    def block(self, scope: str, *, until: float, reason: str = "429") -> None: ...
+
+
+class RateSlotUnavailable(TransientError):
+    """No rate slot within RATE_WAIT_MAX_S before an in-client retry: stop and go back to the DB."""
+
+    code = "rate_wait"
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"no rate slot for {wait_s:.1f}s")
+        self.wait_s = wait_s
+
+
+@dataclass
+class SendDeps:
+    session_factory: sessionmaker[Session]
+    client: Client
+    limiter: Limiter
+    scope: str
+    settings: Settings
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    sleep: Callable[[float], None] = time.sleep
+
+
+def send_message(message_id: int, deps: SendDeps) -> Outcome:
+    """Take one message as far as it can go now. Safe to call twice for the same id."""
+    s = deps.settings
+    with deps.session_factory.begin() as session:
+        job = store.load_job(session, message_id)
+        if job is None or job.status != MessageStatus.QUEUED.value:
+            return _done(Outcome.SKIPPED, job, message_id)
+        if job.not_before is not None and job.not_before > utcnow():
+            return _done(Outcome.SKIPPED, job, message_id)  # a stale copy; the dispatcher re-publishes when due
+        if job.campaign_status == CampaignStatus.PAUSED.value:
+            store.return_to_pending(session, job.id, reason="campaign paused", actor=deps.worker_name)
+            return _done(Outcome.PAUSED, job, message_id)
+        if job.campaign_status == CampaignStatus.CANCELLED.value:
+            store.cancel_one(session, job.id, actor=deps.worker_name)
+            return _done(Outcome.CANCELLED, job, message_id)
+
+    message = _build(job)
+    if message is None:
+        return _record_invalid(job, deps)
+
+    reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
+    if not reservation.granted:
+        with deps.session_factory.begin() as session:
+            store.defer(session, job.id, not_before=utcnow() + timedelta(seconds=reservation.wait_s), reason=reservation.reason)
+        return _done(Outcome.DEFERRED, job, message_id)
+    if reservation.wait_s > 0:
+        deps.sleep(reservation.wait_s)
+    metrics.RATE_WAIT_SECONDS.observe(reservation.wait_s)
+
+    with deps.session_factory.begin() as session:
+        token = store.claim(session, job.id, worker=deps.worker_name)
+    if token is None:
+        return _done(Outcome.SKIPPED, job, message_id)
+
+    attempts: list[AttemptRecord] = []
+    try:
+        result = deps.client.send(
+            message, job.phone_number_id,
+            before_request=_pace_retries(deps),
+            on_attempt=lambda a: _observe(deps, attempts, a),
+        )
+    except AwalError as error:
+        return _record_error(job, token, error, attempts, deps)
+    _record(deps, lambda session: _sent(session, job, token, result, attempts, deps), job, result)
+    log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
+                vendor_message_id=result.message_id, attempts=len(attempts))
+    return _done(Outcome.SENT, job, message_id)
+
+
+def _build(job: store.SendJob) -> ButtonMessage | None:
+    content = MessageContent.from_dict(job.content, validate=False)
+    try:
+        return ButtonMessage.build(phone=job.phone, **content.as_dict())
+    except MessageInvalid:
+        return None
+
+
+def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
+    """Stored content that no longer validates never reaches the vendor (e.g. limits tightened)."""
+    content = MessageContent.from_dict(job.content, validate=False)
+    try:
+        ButtonMessage.build(phone=job.phone, **content.as_dict())
+    except MessageInvalid as exc:
+        problem = str(exc)
+    with deps.session_factory.begin() as session:
+        token = store.claim(session, job.id, worker=deps.worker_name)
+        if token:
+            store.record_error(session, job.id, token, status=MessageStatus.REJECTED,
+                               error=PermanentError(problem, code="invalid_message"), attempts=[], worker=deps.worker_name)
+    return _done(Outcome.FAILED, job, job.id)
+
+
+def _pace_retries(deps: SendDeps) -> Callable[[], None]:
+    """The first request already holds a slot; every in-client retry needs a slot of its own."""
+    first = [True]
+
+    def before_request() -> None:
+        if first[0]:
+            first[0] = False
+            return
+        reservation = deps.limiter.acquire(deps.scope, max_wait_s=deps.settings.rate_wait_max_s)
+        if not reservation.granted:
+            raise RateSlotUnavailable(reservation.wait_s)
+        if reservation.wait_s > 0:
+            deps.sleep(reservation.wait_s)
+
+    return before_request
+
+
+def _observe(deps: SendDeps, attempts: list[AttemptRecord], attempt: AttemptRecord) -> None:
+    attempts.append(attempt)
+    metrics.SEND_SECONDS.observe(attempt.duration_ms / 1000)
+    if attempt.rate.present:
+        deps.limiter.observe(deps.scope, limit=attempt.rate.limit, remaining=attempt.rate.remaining, reset_at=attempt.rate.reset_at)
+
+
+def _sent(session: Session, job: store.SendJob, token: str, result: SendResult, attempts: list[AttemptRecord], deps: SendDeps) -> None:
+    store.record_sent(session, job.id, token, result, attempts, deps.worker_name)
+    if job.campaign_id is not None:
+        store.note_campaign_success(session, job.campaign_id)
+
+
+def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: list[AttemptRecord], deps: SendDeps) -> Outcome:
+    """Map an error class to the message's next state. Reads as the state machine's failure edges."""
+    s = deps.settings
+    fields = dict(campaign_id=job.campaign_id, message_id=job.id, error_code=error.code, request_id=error.request_id)
+    counted = job.attempts + sum(1 for a in attempts if a.http_status != 429)
+
+    if isinstance(error, RateLimited):
+        metrics.RATE_LIMITED.inc()
+        deps.limiter.block(deps.scope, until=time.time() + error.retry_after)
+        due = utcnow() + timedelta(seconds=error.retry_after)
+        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
+                                                    attempts=attempts, worker=deps.worker_name, not_before=due), job)
+        log_outcome(log, logging.INFO, f"rate limited; retry after {error.retry_after:.0f}s", status="queued", **fields)
+        return _done(Outcome.REQUEUED, job, job.id)
+
+    if isinstance(error, RateSlotUnavailable):
+        due = utcnow() + timedelta(seconds=error.wait_s)
+        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
+                                                    attempts=attempts, worker=deps.worker_name, not_before=due), job)
+        return _done(Outcome.DEFERRED, job, job.id)
+
+    if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:
+        def pause(ss: Session) -> None:
+            store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts, worker=deps.worker_name)
+            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
+                            "authentication failed (401): not the recipient's fault", deps.worker_name)
+            store.pause_campaign(ss, job.campaign_id, reason=f"authentication failed (401) {error.code}: {error.message}")
+        _record(deps, pause, job)
+        log_outcome(log, logging.ERROR, "authentication failed; campaign paused", status="pending", **fields)
+        return _done(Outcome.PAUSED, job, job.id)
+
+    if isinstance(error, PermanentError):
+        def fail(ss: Session) -> None:
+            store.record_error(ss, job.id, token, status=MessageStatus.FAILED, error=error, attempts=attempts, worker=deps.worker_name)
+            if job.campaign_id is not None:
+                store.note_campaign_failure(ss, job.campaign_id, threshold=s.auto_pause_consecutive_failures,
+                                            reason=f"{error.code}: {error.message}")
+        _record(deps, fail, job)
+        log_outcome(log, logging.WARNING, f"failed: {error.message}", status="failed", **fields)
+        return _done(Outcome.FAILED, job, job.id)
+
+    if isinstance(error, AmbiguousError):
+        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
+                                                    attempts=attempts, worker=deps.worker_name), job)
+        log_outcome(log, logging.WARNING, "unknown: request sent, no answer; not resent automatically", status="unknown", **fields)
+        return _done(Outcome.UNKNOWN, job, job.id)
+
+    # TransientError: the vendor did not act. Retry later, until the budget runs out.
+    if counted >= s.message_max_attempts:
+        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.FAILED, error=error,
+                                                    attempts=attempts, worker=deps.worker_name), job)
+        log_outcome(log, logging.WARNING, f"failed after {counted} attempts: {error.message}", status="failed", **fields)
+        return _done(Outcome.FAILED, job, job.id)
+    due = store.backoff_until(counted, base_s=s.requeue_backoff_base_s, max_s=s.requeue_backoff_max_s)
+    _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
+                                                attempts=attempts, worker=deps.worker_name, not_before=due), job)
+    log_outcome(log, logging.INFO, f"transient failure; retry at {due:%H:%M:%S}", status="queued", **fields)
+    return _done(Outcome.REQUEUED, job, job.id)
+
+
+def _record(deps: SendDeps, write: Callable[[Session], object], job: store.SendJob, result: SendResult | None = None) -> None:
+    """Write an outcome, retrying while the database is unreachable (RECORD_RETRY_MAX_S).
+
+    If it still fails, the evidence goes to an ERROR log line with the ids needed to reconcile;
+    the message stays `sending` and the sweeper later marks it `unknown` (never resent on its own).
+    """
+    try:
+        for attempt in Retrying(
+            stop=stop_after_delay(deps.settings.record_retry_max_s),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            retry=retry_if_exception_type((OperationalError, InterfaceError)),
+            reraise=True,
+        ):
+            with attempt, deps.session_factory.begin() as session:
+                write(session)
+    except (OperationalError, InterfaceError):
+        log.error(
+            "RECONCILE: could not record the outcome of message %s (campaign %s): vendor messageId=%s vendor id=%s",
+            job.id, job.campaign_id, result.message_id if result else None, result.vendor_id if result else None,
+        )
+        raise
+
+
+def _done(outcome: Outcome, job: store.SendJob | None, message_id: int) -> Outcome:
+    metrics.MESSAGES.labels(outcome=outcome.value).inc()
+    if outcome in (Outcome.SKIPPED,):
+        log.debug("message %s skipped (status %s)", message_id, job.status if job else "missing")
+    return outcome

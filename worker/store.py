@@ -1,0 +1,232 @@
+"""Every write the send path makes to a message row, each one conditional and atomic.
+
+A claim is one conditional UPDATE (only a `queued` row becomes `sending`), and every outcome write
+is guarded by the claim token, so a task delivered twice, a sweeper racing a live worker, or a stale
+worker coming back cannot move a message it no longer owns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from worker.client import AttemptRecord, SendResult
+from worker.errors import AwalError
+from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
+from worker.status import CampaignStatus, MessageStatus
+
+Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
+
+
+@dataclass(frozen=True)
+class SendJob:
+    """What a worker needs to send one message, read in one query."""
+
+    id: int
+    status: str
+    campaign_id: int | None
+    campaign_status: str | None
+    phone_number_id: str
+    phone: str
+    content: dict
+    attempts: int
+    not_before: datetime | None
+
+
+def load_job(session: Session, message_id: int) -> SendJob | None:
+    row = session.execute(
+        sa.select(
+            Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
+            Message.phone, Message.content, Message.attempts, Message.not_before,
+        )
+        .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+        .where(Message.id == message_id)
+    ).one_or_none()
+    return SendJob(*row) if row else None
+
+
+def claim(session: Session, message_id: int, *, worker: str, now: datetime | None = None) -> str | None:
+    """queued -> sending, atomically. Returns the claim token, or None if someone else has it."""
+    now = now or utcnow()
+    token = uuid.uuid4().hex
+    result = session.execute(
+        sa.update(Message)
+        .where(
+            Message.id == message_id,
+            Message.status == Q,
+            sa.or_(Message.not_before.is_(None), Message.not_before <= now),
+        )
+        .values(status=S, claim_token=token, claimed_by=worker, sending_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return token if result.rowcount == 1 else None
+
+
+def _owned(message_id: int, token: str):  # noqa: ANN202
+    # `unknown` is included: a sweeper may have given up on a slow worker that then got an answer;
+    # a definite answer from the vendor is better evidence than the sweeper's guess.
+    return sa.and_(
+        Message.id == message_id,
+        Message.claim_token == token,
+        Message.status.in_([S, MessageStatus.UNKNOWN.value]),
+    )
+
+
+def _add_attempts(session: Session, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
+    if not attempts:
+        return
+    session.execute(
+        sa.insert(Attempt),
+        [
+            dict(
+                message_id=message_id, started_at=a.started_at, duration_ms=a.duration_ms,
+                http_status=a.http_status, outcome=a.outcome, error_code=a.error_code,
+                error_message=a.error_message, request_id=a.request_id,
+                vendor_message_id=a.vendor_message_id, worker=worker,
+            )
+            for a in attempts
+        ],
+    )
+
+
+def _counted(attempts: list[AttemptRecord]) -> int:
+    """HTTP attempts that count against the retry budget: 429s are not the message's fault."""
+    return sum(1 for a in attempts if a.http_status != 429)
+
+
+def record_sent(
+    session: Session, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str
+) -> bool:
+    now = utcnow()
+    done = session.execute(
+        sa.update(Message)
+        .where(_owned(message_id, token))
+        .values(
+            status=MessageStatus.SENT.value, vendor_id=result.vendor_id, vendor_message_id=result.message_id,
+            vendor_status=result.vendor_status, sent_at=now, finished_at=now, updated_at=now,
+            attempts=Message.attempts + _counted(attempts), last_error_code=None, last_error_message=None,
+            last_request_id=None, not_before=None,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    _add_attempts(session, message_id, attempts, worker)
+    return done == 1
+
+
+def record_error(
+    session: Session,
+    message_id: int,
+    token: str,
+    *,
+    status: MessageStatus,
+    error: AwalError,
+    attempts: list[AttemptRecord],
+    worker: str,
+    not_before: datetime | None = None,
+) -> bool:
+    """Record a failure outcome: failed, unknown, or back to queued/pending with a not-before time."""
+    now = utcnow()
+    values: dict = dict(
+        status=status.value, updated_at=now, attempts=Message.attempts + _counted(attempts),
+        last_error_code=error.code, last_error_message=error.message[:1000], last_request_id=error.request_id,
+        not_before=not_before,
+    )
+    if status in (MessageStatus.QUEUED, MessageStatus.PENDING):
+        values.update(claim_token=None, enqueued_at=None)
+    if status.is_final:
+        values["finished_at"] = now
+    done = session.execute(
+        sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    _add_attempts(session, message_id, attempts, worker)
+    return done == 1
+
+
+def defer(session: Session, message_id: int, *, not_before: datetime, reason: str, from_status: str = Q) -> bool:
+    """A queued message that could not get a rate slot soon: back to the database, due later.
+
+    Its task is done; the dispatcher publishes a new one when `not_before` has passed.
+    """
+    done = session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id, Message.status == from_status)
+        .values(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return done == 1
+
+
+def return_to_pending(session: Session, message_id: int, *, reason: str, actor: str, token: str | None = None) -> bool:
+    """Paused campaign (or a 401): the message goes back untouched, to be dispatched on resume."""
+    cond = _owned(message_id, token) if token else sa.and_(Message.id == message_id, Message.status == Q)
+    from_status = S if token else Q
+    done = session.execute(
+        sa.update(Message)
+        .where(cond)
+        .values(status=MessageStatus.PENDING.value, claim_token=None, enqueued_at=None, queued_at=None,
+                not_before=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        add_event(session, message_id, from_status, MessageStatus.PENDING.value, reason, actor)
+    return done == 1
+
+
+def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
+    done = session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id, Message.status == Q)
+        .values(status=MessageStatus.CANCELLED.value, finished_at=utcnow(), updated_at=utcnow(), enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        add_event(session, message_id, Q, MessageStatus.CANCELLED.value, "campaign cancelled", actor)
+    return done == 1
+
+
+def add_event(session: Session, message_id: int, from_status: str | None, to_status: str, reason: str, actor: str | None) -> None:
+    session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor))
+
+
+def note_campaign_success(session: Session, campaign_id: int) -> None:
+    # Matches no row (and takes no lock) unless a failure streak is being broken.
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.consecutive_failures != 0)
+        .values(consecutive_failures=0)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def note_campaign_failure(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
+    """Count a permanent failure; pause the campaign when the streak reaches `threshold`."""
+    session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values(consecutive_failures=Campaign.consecutive_failures + 1)
+        .execution_options(synchronize_session=False)
+    )
+    streak = session.scalar(sa.select(Campaign.consecutive_failures).where(Campaign.id == campaign_id)) or 0
+    if streak >= threshold:
+        return pause_campaign(session, campaign_id, reason=f"{streak} consecutive permanent failures; last: {reason}")
+    return False
+
+
+def pause_campaign(session: Session, campaign_id: int, *, reason: str) -> bool:
+    """running/scheduled -> paused with the reason shown to operators."""
+    done = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
+        .values(status=CampaignStatus.PAUSED.value, pause_reason=reason, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return done == 1
+
+
+def backoff_until(attempts: int, *, base_s: float, max_s: float, now: datetime | None = None) -> datetime:
+    delay = min(max_s, base_s * (2 ** max(0, attempts - 1)))
+    return (now or utcnow()) + timedelta(seconds=delay)
