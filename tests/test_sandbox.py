@@ -1,0 +1,335 @@
+"""The Awal sandbox, over real HTTP: a fresh sandbox per test, started in a thread on a free port."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
+from worker.sandbox.client import signed_headers
+from worker.signing import SIGNATURE_HEADER, sign_body, signatures_match
+
+SECRET = "test-sandbox-secret"
+PHONE = "96650000000"
+MESSAGE = {"phone": PHONE, "body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]}
+
+
+@pytest.fixture
+def start() -> Iterator[Any]:
+    """start(**config) -> (server, client); every server started is stopped after the test."""
+    servers: list[SandboxServer] = []
+
+    def _start(**options: Any) -> tuple[SandboxServer, SandboxClient]:
+        server = SandboxServer(SandboxConfig(secret=SECRET, **options))
+        servers.append(server)
+        return server, SandboxClient(server.start_in_thread(), secret=SECRET)
+
+    yield _start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def client(start: Any) -> SandboxClient:
+    return start()[1]
+
+
+def body_of(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def assert_error(response: requests.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "message", "details", "request_id"}
+    assert body["error"] == code
+    assert body["request_id"].startswith("req_") and len(body["request_id"]) > 4
+    return body
+
+
+# --- authentication -------------------------------------------------------------------------
+def test_signed_request_is_accepted_with_increasing_ids_and_recorded(client: SandboxClient) -> None:
+    first, second = client.send(MESSAGE).json(), client.send(MESSAGE).json()
+    assert first["status"] is True and first["message"]["status"] == "sent"
+    assert first["message"]["messageId"].startswith("wamid.")
+    assert second["message"]["id"] == first["message"]["id"] + 1
+    records = client.received(phone=PHONE)
+    assert [r["message_id"] for r in records] == [first["message"]["messageId"], second["message"]["messageId"]]
+    assert records[0]["body"] == MESSAGE and records[0]["phone_number_id"] == "123456"
+    assert client.counts_per_phone() == {PHONE: 2}
+
+
+def test_wrong_secret_is_rejected(client: SandboxClient) -> None:
+    other = SandboxClient(client.base_url, secret="not-the-secret")
+    assert_error(other.send(MESSAGE), 401, "authentication_failed")
+    assert client.received() == []
+
+
+def test_tampered_body_is_rejected(client: SandboxClient) -> None:
+    url = client.send_url("123456")
+    headers = signed_headers(url=url, body=body_of(MESSAGE), secret=SECRET,
+                             client_id="sandbox-client", domain="sandbox.local")
+    tampered = body_of({**MESSAGE, "body_text": "Hellp"})
+    assert_error(requests.post(url, data=tampered, headers=headers, timeout=5), 401, "authentication_failed")
+
+
+def test_missing_header_is_listed(client: SandboxClient) -> None:
+    url = client.send_url("123456")
+    headers = signed_headers(url=url, body=body_of(MESSAGE), secret=SECRET,
+                             client_id="sandbox-client", domain="sandbox.local")
+    del headers["X-Domain"]
+    body = assert_error(requests.post(url, data=body_of(MESSAGE), headers=headers, timeout=5), 401, "authentication_failed")
+    assert body["details"]["missing_headers"] == ["X-Domain"]
+
+
+@pytest.mark.parametrize("skew_s", [-301, 400])
+def test_stale_or_future_timestamp_is_rejected(client: SandboxClient, skew_s: int) -> None:
+    url = client.send_url("123456")
+    headers = signed_headers(url=url, body=body_of(MESSAGE), secret=SECRET, client_id="sandbox-client",
+                             domain="sandbox.local", timestamp=int(time.time()) + skew_s)
+    assert_error(requests.post(url, data=body_of(MESSAGE), headers=headers, timeout=5), 401, "authentication_failed")
+
+
+@pytest.mark.parametrize("override", [{"X-Client-ID": "someone-else"}, {"X-Domain": "other.example"}])
+def test_wrong_client_id_or_domain_is_rejected(client: SandboxClient, override: dict[str, str]) -> None:
+    assert_error(client.send(MESSAGE, headers=override), 401, "authentication_failed")
+
+
+def test_path_prefix_is_part_of_the_signed_path(start: Any) -> None:
+    _, client = start(path_prefix="/api/v1")
+    assert client.base_url.endswith("/api/v1")
+    assert client.send(MESSAGE).status_code == 200
+
+
+# --- validation -----------------------------------------------------------------------------
+def test_limits_are_reported_per_field(client: SandboxClient) -> None:
+    buttons = [{"id": f"b{i}", "title": f"Title {i}"} for i in range(4)]
+    buttons[0]["title"] = "x" * 21
+    body = assert_error(client.send({**MESSAGE, "buttons": buttons}), 400, "validation_failed")
+    assert "buttons" in body["details"] and "3" in body["details"]["buttons"]
+    assert "20" in body["details"]["buttons[0].title"]
+    assert client.received() == []
+
+
+def test_body_that_is_not_json_is_a_validation_failure(client: SandboxClient) -> None:
+    assert_error(client.send(b"{not json"), 400, "validation_failed")
+
+
+def test_bad_phone_and_fail_prefix_are_invalid_phone_number(start: Any) -> None:
+    _, client = start(fail_phone_prefixes=("99900",))
+    assert_error(client.send({**MESSAGE, "phone": "12ab"}), 400, "invalid_phone_number")
+    assert_error(client.send({**MESSAGE, "phone": "999001234567"}), 400, "invalid_phone_number")
+    assert client.received() == []
+    assert client.stats()["counts"] == {"400:invalid_phone_number": 2}
+
+
+def test_unknown_phone_number_id_is_not_found(start: Any) -> None:
+    _, client = start(phone_number_ids=("123456",))
+    assert client.send(MESSAGE, phone_number_id="123456").status_code == 200
+    assert_error(client.send(MESSAGE, phone_number_id="777"), 404, "resource_not_found")
+
+
+# --- rate limit -----------------------------------------------------------------------------
+def test_rate_limit_answers_429_and_every_response_carries_the_headers(start: Any) -> None:
+    # Given 3 requests per hour (an epoch-aligned window: crossing it mid-test is ~1 in 100,000)
+    _, client = start(rate_limit="3/h")
+    wrong = SandboxClient(client.base_url, secret="wrong")
+    responses = [client.send(MESSAGE), wrong.send(MESSAGE), client.send({**MESSAGE, "phone": "1"}),
+                 client.send(MESSAGE), client.send(MESSAGE)]
+    reset_at = math.ceil((math.floor(time.time() / 3600) + 1) * 3600)
+    for response in responses:
+        assert response.headers["X-RateLimit-Limit"] == "3"
+        assert response.headers["X-RateLimit-Reset"] == str(reset_at)
+    # Then a failed signature does not spend the budget, a validation failure does
+    assert [r.headers["X-RateLimit-Remaining"] for r in responses] == ["2", "2", "1", "0", "0"]
+    assert [r.status_code for r in responses] == [200, 401, 400, 200, 429]
+    assert_error(responses[-1], 429, "rate_limit_exceeded")
+    assert 1 <= int(responses[-1].headers["Retry-After"]) <= 3600
+
+
+def test_forced_429_burst_and_remaining_override(start: Any) -> None:
+    _, client = start(rate_limit="100/h")
+    client.configure(force_429_for_s=30, retry_after=7)
+    response = client.send(MESSAGE)
+    assert_error(response, 429, "rate_limit_exceeded")
+    assert response.headers["Retry-After"] == "7"
+    client.configure(force_429_for_s=0, remaining_override=2)
+    response = client.send(MESSAGE)
+    assert response.status_code == 200 and response.headers["X-RateLimit-Remaining"] == "2"
+
+
+def test_bad_runtime_option_is_refused(client: SandboxClient) -> None:
+    with pytest.raises(ValueError, match="error_rate_503"):
+        client.configure(error_rate_503=2)
+    with pytest.raises(ValueError, match="not runtime-settable"):
+        client.configure(secret="x")
+
+
+# --- faults ---------------------------------------------------------------------------------
+def test_scripted_503_twice_then_normal(client: SandboxClient) -> None:
+    client.script(PHONE, ["503", "503"])
+    statuses = [client.send(MESSAGE).status_code for _ in range(3)]
+    assert statuses == [503, 503, 200]
+    stats = client.stats()
+    assert stats["counts"] == {"503": 2, "200": 1}
+    assert [e["fault"] for e in stats["fault_events"][PHONE]] == ["503", "503"]
+    assert client.counts_per_phone() == {PHONE: 1}
+
+
+def test_read_timeout_records_the_message_and_the_client_times_out(client: SandboxClient) -> None:
+    client.script(PHONE, ["timeout"])
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        client.send(MESSAGE, timeout=0.3)
+    [record] = client.received(phone=PHONE)
+    assert record["outcome"] == "timeout"
+    assert client.stats()["counts"] == {"timeout": 1}
+
+
+def test_drop_closes_without_recording(start: Any) -> None:
+    _, client = start(rate_limit="10/h")
+    client.script(PHONE, ["drop"])
+    with pytest.raises(requests.exceptions.ConnectionError):
+        client.send(MESSAGE)
+    client.configure(drop_rate=1.0)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        client.send(MESSAGE)
+    client.configure(drop_rate=0.0)
+    response = client.send(MESSAGE)
+    assert [r["outcome"] for r in client.received()] == ["sent"]
+    assert client.stats()["counts"] == {"drop": 2, "200": 1}
+    # the scripted drop was authenticated (counted); the random one was never read (not counted)
+    assert response.headers["X-RateLimit-Remaining"] == "8"
+
+
+def test_random_faults_repeat_with_the_same_seed(start: Any) -> None:
+    def run() -> list[int]:
+        _, client = start(seed=42, error_rate_500=0.2, error_rate_503=0.3)
+        return [client.send(MESSAGE).status_code for _ in range(20)]
+
+    first = run()
+    assert first == run()
+    assert {500, 503, 200} <= set(first)
+
+
+def test_latency_does_not_serialize_concurrent_requests(start: Any) -> None:
+    _, client = start(latency_ms=300)
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda: statuses.append(
+        SandboxClient(client.base_url, secret=SECRET).send(MESSAGE).status_code)) for _ in range(8)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - began
+    assert statuses == [200] * 8
+    assert 0.3 <= elapsed < 1.5
+
+
+# --- webhooks -------------------------------------------------------------------------------
+class Receiver:
+    """A tiny webhook endpoint that records (headers, raw body) and can fail its first N posts."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.events: list[tuple[dict[str, str], bytes]] = []
+        self.fail_first = fail_first
+        self.arrived = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with outer.arrived:
+                    if outer.fail_first > 0:
+                        outer.fail_first -= 1
+                        status = 500
+                    else:
+                        outer.events.append((dict(self.headers), raw))
+                        status = 200
+                    outer.arrived.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/webhooks/awal"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.events) >= count, timeout_s), self.events
+        for headers, raw in self.events:
+            assert signatures_match(sign_body(secret=b"hook-secret", body=raw), headers.get(SIGNATURE_HEADER))
+        return [json.loads(raw) for _, raw in self.events]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_webhooks_deliver_read_and_tap_in_order_signed(start: Any, receiver: Receiver) -> None:
+    _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.05,
+                      read_after_s=0.1, tap_share=1.0, tap_button_id="no")
+    wamid = client.send(MESSAGE).json()["message"]["messageId"]
+    delivered, read, tap = receiver.wait_for(3)
+    assert (delivered["event"], delivered["data"]["status"], delivered["data"]["message_id"]) == (
+        "message.status.updated", "delivered", wamid)
+    assert (read["data"]["status"], read["data"]["message_id"]) == ("read", wamid)
+    assert tap["event"] == "message.received"
+    data = tap["data"]
+    assert data["type"] == "button_reply" and data["button"] == {"id": "no", "title": "No"}
+    assert data["context"] == {"message_id": wamid}
+    assert (data["from"], data["to"]) == (PHONE, "123456")
+
+
+def test_webhook_post_is_retried_after_a_failure(start: Any) -> None:
+    receiver = Receiver(fail_first=1)
+    try:
+        _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.0,
+                          read_share=0.0)
+        client.send(MESSAGE)
+        [delivered] = receiver.wait_for(1)
+        assert delivered["data"]["status"] == "delivered"
+        # the sandbox counts the delivery once it has read the answer, just after the receiver saw it
+        deadline = time.monotonic() + 5
+        while client.stats()["webhooks"].get("delivered") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.stats()["webhooks"] == {"retried": 1, "delivered": 1}
+    finally:
+        receiver.close()
+
+
+# --- run as a subprocess --------------------------------------------------------------------
+def test_cli_prints_its_url_first_and_serves(tmp_path: Any) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker.sandbox", "--port", "0", "--secret", SECRET, "--rate-limit", "5/s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        base_url = process.stdout.readline().strip()  # type: ignore[union-attr]
+        assert base_url.startswith("http://127.0.0.1:")
+        assert SandboxClient(base_url, secret=SECRET).send(MESSAGE).status_code == 200
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert SECRET not in stderr
