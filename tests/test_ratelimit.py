@@ -1,0 +1,351 @@
+"""The shared rate limiter: the same test bodies run against the in-memory and the Redis limiter.
+
+Time-dependent tests drive an injected clock, so they are exact; the contention tests use real
+time (and, for Redis, the server's clock) with many threads and OS processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import redis
+
+from worker.ratelimit import (
+    LimiterState,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    Reservation,
+    build_rate_limiter,
+)
+from worker.settings import RateLimit, Settings
+
+HOUR_RATE = "1000/h"        # the documented plan: a slot every 3.6 s
+SLOT_S = 3.6
+CONTENTION_RATE = "50/s"
+CONTENTION_DURATION_S = 3.0
+
+
+class FakeClock:
+    """Unix time that moves only when told; starts at the real time so Redis TTLs stay sane."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Backend:
+    """Builds limiters of one kind; `peer` is another worker's view of the same shared state."""
+
+    kind: str
+    redis_url: str | None
+    clock: FakeClock
+
+    def limiter(self, rate: str = HOUR_RATE, burst: int = 1, *, real_clock: bool = False, scopes: tuple[str, ...] = ()) -> RateLimiter:
+        clock = None if real_clock else self.clock
+        if self.kind == "memory":
+            return MemoryRateLimiter(rate=RateLimit.parse(rate), burst=burst, scopes=scopes, clock=clock or time.time)
+        client = redis.Redis.from_url(self.redis_url)
+        return RedisRateLimiter(client, rate=RateLimit.parse(rate), burst=burst, scopes=scopes, clock=clock)
+
+    def peer(self, limiter: RateLimiter, rate: str = HOUR_RATE, burst: int = 1) -> RateLimiter:
+        # In memory, "every worker" is every thread of one process: the same object.
+        return limiter if self.kind == "memory" else self.limiter(rate, burst)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return Backend(kind=request.param, redis_url=url, clock=FakeClock())
+
+
+@pytest.fixture
+def scope() -> str:
+    # Tests share one Redis db per run: each gets its own workspace.
+    return f"ws-{uuid.uuid4().hex[:8]}:button"
+
+
+def approx(value: float) -> object:
+    return pytest.approx(value, abs=1e-4)
+
+
+def test_paces_at_the_configured_rate(backend: Backend, scope: str) -> None:
+    # Given 1000/h with burst 1, when three workers ask at once,
+    # then the first goes now, the second in 3.6 s, the third (7.2 s away) is told to come back.
+    limiter = backend.limiter()
+    first = limiter.acquire(scope, max_wait_s=5)
+    second = limiter.acquire(scope, max_wait_s=5)
+    third = limiter.acquire(scope, max_wait_s=5)
+    assert (first.granted, first.wait_s, first.reason) == (True, 0.0, "ok")
+    assert (second.granted, second.wait_s, second.reason) == (True, approx(SLOT_S), "paced")
+    assert (third.granted, third.wait_s, third.reason) == (False, approx(2 * SLOT_S), "paced")
+    # One slot every 3.6 s from then on.
+    backend.clock.advance(2 * SLOT_S)
+    assert limiter.acquire(scope, max_wait_s=0) == Reservation(True, 0.0, "ok")
+    backend.clock.advance(SLOT_S)
+    assert limiter.acquire(scope, max_wait_s=0) == Reservation(True, 0.0, "ok")
+    assert limiter.acquire(scope, max_wait_s=0).wait_s == approx(SLOT_S)
+
+
+def test_burst_goes_back_to_back_then_paces(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter(burst=3)
+    assert [limiter.acquire(scope, max_wait_s=0).granted for _ in range(3)] == [True, True, True]
+    fourth = limiter.acquire(scope, max_wait_s=0)
+    assert (fourth.granted, fourth.wait_s) == (False, approx(SLOT_S))
+    # An idle period refills the burst, but never beyond it.
+    backend.clock.advance(100 * SLOT_S)
+    assert [limiter.acquire(scope, max_wait_s=0).granted for _ in range(4)] == [True, True, True, False]
+
+
+def test_not_granted_reserves_nothing(backend: Backend, scope: str) -> None:
+    # Given one slot taken, when many callers refuse to wait, the next slot is still 3.6 s away.
+    limiter = backend.limiter()
+    limiter.acquire(scope, max_wait_s=0)
+    refused = [limiter.acquire(scope, max_wait_s=1.0) for _ in range(20)]
+    assert all(not r.granted and r.wait_s == approx(SLOT_S) for r in refused)
+    granted = limiter.acquire(scope, max_wait_s=SLOT_S)
+    assert (granted.granted, granted.wait_s) == (True, approx(SLOT_S))
+
+
+def test_scopes_have_separate_budgets(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter()
+    other = scope.replace(":button", ":text")
+    assert limiter.acquire(scope, max_wait_s=0).granted
+    assert limiter.acquire(other, max_wait_s=0).granted
+
+
+def test_block_stops_every_worker_until_it_expires(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter()
+    other_worker = backend.peer(limiter)
+    now = backend.clock.now
+    limiter.block(scope, until=now + 60)
+    refused = other_worker.acquire(scope, max_wait_s=5)
+    assert (refused.granted, refused.wait_s, refused.reason) == (False, approx(60), "blocked")
+    # A later, shorter block never shortens the longer one.
+    other_worker.block(scope, until=now + 10)
+    assert limiter.acquire(scope, max_wait_s=5).wait_s == approx(60)
+    # Within max_wait_s: granted, with the wait.
+    backend.clock.advance(58)
+    waiting = other_worker.acquire(scope, max_wait_s=5)
+    assert (waiting.granted, waiting.wait_s, waiting.reason) == (True, approx(2), "blocked")
+    # After it passes, pacing alone decides (the slot above went at the block's end).
+    backend.clock.advance(2 + SLOT_S)
+    assert limiter.acquire(scope, max_wait_s=0) == Reservation(True, 0.0, "ok")
+    assert limiter.state(scope).blocked_until is None
+
+
+def test_a_longer_block_extends_the_shorter_one(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter()
+    limiter.block(scope, until=backend.clock.now + 10)
+    limiter.block(scope, until=backend.clock.now + 3600, reason="429")
+    assert limiter.acquire(scope, max_wait_s=0).wait_s == approx(3600)
+
+
+def test_vendor_exhausted_waits_for_reset(backend: Backend, scope: str) -> None:
+    # Given the vendor says 0 left until reset in 100 s (another system shares the account),
+    limiter = backend.limiter()
+    reset_at = backend.clock.now + 100
+    limiter.observe(scope, limit=1000, remaining=0, reset_at=reset_at)
+    # then nobody sends before the reset, although our own pacing would allow it,
+    refused = limiter.acquire(scope, max_wait_s=5)
+    assert (refused.granted, refused.wait_s, refused.reason) == (False, approx(100), "vendor_exhausted")
+    # a caller willing to wait gets the first slot of the new window, and pacing follows it,
+    first = limiter.acquire(scope, max_wait_s=200)
+    assert (first.granted, first.wait_s, first.reason) == (True, approx(100), "vendor_exhausted")
+    second = limiter.acquire(scope, max_wait_s=200)
+    assert (second.granted, second.wait_s) == (True, approx(100 + SLOT_S))
+    # and once the reset passes, the old window's zero no longer counts.
+    backend.clock.advance(100 + 2 * SLOT_S)
+    assert limiter.acquire(scope, max_wait_s=0) == Reservation(True, 0.0, "ok")
+
+
+def test_vendor_remaining_lower_than_ours_is_spread_until_reset(backend: Backend, scope: str) -> None:
+    # Given 10 left and 360 s to reset (our pacing would allow 100), the 10 are spread 36 s apart
+    # rather than burnt in 36 s, and the 11th waits for the reset.
+    limiter = backend.limiter()
+    reset_at = backend.clock.now + 360
+    limiter.observe(scope, limit=1000, remaining=10, reset_at=reset_at)
+    waits = [limiter.acquire(scope, max_wait_s=1000) for _ in range(11)]
+    assert [w.wait_s for w in waits[:10]] == [approx(36 * k) for k in range(10)]
+    assert [w.reason for w in waits[:2]] == ["ok", "paced"]
+    assert (waits[10].wait_s, waits[10].reason) == (approx(360), "vendor_exhausted")
+    assert limiter.state(scope).vendor_remaining == 0
+
+
+def test_vendor_remaining_is_spread_as_time_passes(backend: Backend, scope: str) -> None:
+    # The send task does not queue 10 sleepers: it asks again later. The spacing holds.
+    limiter = backend.limiter()
+    limiter.observe(scope, limit=1000, remaining=4, reset_at=backend.clock.now + 100)
+    assert limiter.acquire(scope, max_wait_s=5).granted
+    refused = limiter.acquire(scope, max_wait_s=5)
+    assert (refused.granted, refused.wait_s, refused.reason) == (False, approx(25), "paced")
+    backend.clock.advance(25)
+    assert limiter.acquire(scope, max_wait_s=0).granted
+    # The vendor reports fewer left (someone else sent): the spacing slows further.
+    limiter.observe(scope, limit=1000, remaining=1, reset_at=backend.clock.now + 75)
+    assert limiter.acquire(scope, max_wait_s=0).wait_s == approx(75 / 2)
+
+
+def test_plentiful_vendor_remaining_leaves_our_pacing_alone(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter(burst=3)
+    limiter.observe(scope, limit=1000, remaining=900, reset_at=backend.clock.now + 3000)
+    assert [limiter.acquire(scope, max_wait_s=0).granted for _ in range(3)] == [True, True, True]
+    assert limiter.acquire(scope, max_wait_s=0).wait_s == approx(SLOT_S)
+    assert limiter.state(scope).vendor_remaining == 897
+
+
+def test_out_of_order_reports_never_raise_remaining(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter()
+    reset_at = backend.clock.now + 1800
+    limiter.observe(scope, limit=1000, remaining=50, reset_at=reset_at)
+    limiter.observe(scope, limit=1000, remaining=60, reset_at=reset_at)   # an older response, late
+    assert limiter.state(scope).vendor_remaining == 50
+    limiter.observe(scope, limit=1000, remaining=40, reset_at=reset_at)
+    assert limiter.state(scope).vendor_remaining == 40
+    limiter.observe(scope, limit=None, remaining=45, reset_at=None)       # headers missing a reset
+    assert limiter.state(scope).vendor_remaining == 40
+
+
+def test_a_new_window_starts_from_the_reported_remaining(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter()
+    reset_at = backend.clock.now + 30
+    limiter.observe(scope, limit=1000, remaining=0, reset_at=reset_at)
+    limiter.observe(scope, limit=1000, remaining=999, reset_at=reset_at + 3600)
+    assert limiter.acquire(scope, max_wait_s=0) == Reservation(True, 0.0, "ok")
+    # A straggler from the old window says nothing about the new one.
+    limiter.observe(scope, limit=1000, remaining=0, reset_at=reset_at)
+    state = limiter.state(scope)
+    assert (state.vendor_remaining, state.vendor_reset_at) == (998, approx(reset_at + 3600))
+
+
+def test_state_reports_everything(backend: Backend, scope: str) -> None:
+    limiter = backend.limiter(burst=2, scopes=("configured:button",))
+    now = backend.clock.now
+    fresh = limiter.state(scope)
+    assert fresh == LimiterState(
+        scope=scope, limit="1000/h", burst=2, vendor_limit=None, vendor_remaining=None,
+        vendor_reset_at=None, blocked_until=None, next_free_at=approx(now), as_of=approx(now),
+    )
+    limiter.observe(scope, limit=1000, remaining=700, reset_at=now + 3000)
+    for _ in range(3):
+        limiter.acquire(scope, max_wait_s=10)
+    limiter.block(scope, until=now + 30, reason="429")
+    state = limiter.state(scope)
+    assert (state.vendor_limit, state.vendor_remaining, state.vendor_reset_at) == (1000, 697, approx(now + 3000))
+    assert (state.blocked_until, state.blocked_reason) == (approx(now + 30), "429")
+    assert state.next_free_at == approx(now + 30)
+    backend.clock.advance(40)
+    # Three slots went at 0, 0 and 3.6 s: the next is free now.
+    assert limiter.state(scope).next_free_at == approx(now + 40)
+    assert {"configured:button", scope} <= set(limiter.scopes())
+
+
+def test_build_rate_limiter_picks_redis_when_configured(redis_url: str) -> None:
+    settings = Settings(rate_limit=RateLimit.parse("80/s"), rate_burst=4)
+    assert isinstance(build_rate_limiter(settings), MemoryRateLimiter)
+    shared = build_rate_limiter(settings.replace(redis_url=redis_url))
+    assert isinstance(shared, RedisRateLimiter)
+    assert (shared.state("ws:button").limit, shared.state("ws:button").burst) == ("80/s", 4)
+
+
+def test_redis_keys_expire_when_idle(redis_url: str, scope: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(client, rate=RateLimit.parse(HOUR_RATE), burst=1)
+    limiter.acquire(scope, max_wait_s=0)
+    limiter.observe(scope, limit=1000, remaining=10, reset_at=time.time() + 60)
+    limiter.block(scope, until=time.time() + 5)
+    keys = client.keys(f"buttoncast:ratelimit:{scope}:*")
+    assert len(keys) == 3
+    assert all(0 < client.pttl(key) for key in keys)
+    assert client.pttl(f"buttoncast:ratelimit:{scope}:tat") <= SLOT_S * 1000
+
+
+def test_redis_unreachable_raises_connection_error(scope: str) -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    limiter = RedisRateLimiter(dead, rate=RateLimit.parse(HOUR_RATE), burst=1)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        limiter.acquire(scope, max_wait_s=5)
+
+
+# --- contention: real time, many threads and processes ------------------------------------------
+
+def _hammer(acquire: Callable[[], Reservation], stop_at: float, slots: list[tuple[float, float]]) -> None:
+    """Ask for slots until stop_at; record when each granted slot is due, as (earliest, latest).
+
+    The limiter's clock read happens somewhere inside the call, so the slot lies between
+    before + wait and after + wait (local and Redis clocks are the same machine's here).
+    """
+    while time.time() < stop_at:
+        before = time.time()
+        reservation = acquire()
+        after = time.time()
+        if reservation.granted:
+            slots.append((before + reservation.wait_s, after + reservation.wait_s))
+            time.sleep(reservation.wait_s)
+        else:
+            time.sleep(min(reservation.wait_s, 0.01))
+
+
+def _hammer_process(args: tuple[str, str, float, int]) -> list[tuple[float, float]]:
+    """One worker process: its own RedisRateLimiter, four threads."""
+    redis_url, scope, start_at, threads = args
+    limiter = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(CONTENTION_RATE), burst=1)
+    limiter.state(scope)  # connect and load the script before the start
+    slots: list[tuple[float, float]] = []
+    time.sleep(max(0.0, start_at - time.time()))
+    _run_threads(lambda: limiter.acquire(scope, max_wait_s=0.1), start_at + CONTENTION_DURATION_S, slots, threads)
+    return slots
+
+
+def _run_threads(acquire: Callable[[], Reservation], stop_at: float, slots: list[tuple[float, float]], count: int) -> None:
+    workers = [threading.Thread(target=_hammer, args=(acquire, stop_at, slots)) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def _assert_within_rate(slots: list[tuple[float, float]], per_second: float, burst: int) -> None:
+    """Close to rate * duration in total, and never more than rate + burst in any 1-second window.
+
+    Only slots certainly inside a window count against it (their whole uncertainty interval is),
+    so scheduling jitter in the test cannot fail it, while an over-grant still does.
+    """
+    span = max(latest for _, latest in slots) - min(earliest for earliest, _ in slots)
+    assert len(slots) <= per_second * span + burst + 1
+    assert len(slots) >= 0.9 * per_second * CONTENTION_DURATION_S
+    busiest = max(
+        1 + sum(1 for earliest, latest in slots if earliest >= start_latest and latest < start_earliest + 1.0)
+        for start_earliest, start_latest in slots
+    )
+    print(f"{len(slots)} slots over {span:.2f} s, busiest second {busiest}")
+    assert busiest <= per_second + burst, f"{busiest} slots in one second"
+
+
+def test_contention_memory_threads() -> None:
+    limiter = MemoryRateLimiter(rate=RateLimit.parse(CONTENTION_RATE), burst=1)
+    slots: list[tuple[float, float]] = []
+    _run_threads(lambda: limiter.acquire("ws:button", max_wait_s=0.1), time.time() + CONTENTION_DURATION_S, slots, 8)
+    _assert_within_rate(slots, per_second=50, burst=1)
+
+
+def test_contention_redis_processes(redis_url: str, scope: str) -> None:
+    # Four OS processes, each with its own connection and four threads, on the server's clock.
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 2.0   # spawning takes a moment; everyone starts together
+    with context.Pool(4) as pool:
+        per_process = pool.map(_hammer_process, [(redis_url, scope, start_at, 4)] * 4)
+    assert all(per_process), "every process got slots"
+    _assert_within_rate([slot for slots in per_process for slot in slots], per_second=50, burst=1)
