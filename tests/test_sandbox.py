@@ -128,8 +128,9 @@ def test_bad_phone_and_fail_prefix_are_invalid_phone_number(start: Any) -> None:
     _, client = start(fail_phone_prefixes=("99900",))
     assert_error(client.send({**MESSAGE, "phone": "12ab"}), 400, "invalid_phone_number")
     assert_error(client.send({**MESSAGE, "phone": "999001234567"}), 400, "invalid_phone_number")
+    assert_error(client.send({**MESSAGE, "phone": "+96650000000"}), 400, "invalid_phone_number")
     assert client.received() == []
-    assert client.stats()["counts"] == {"400:invalid_phone_number": 2}
+    assert client.stats()["counts"] == {"400:invalid_phone_number": 3}
 
 
 def test_unknown_phone_number_id_is_not_found(start: Any) -> None:
@@ -299,6 +300,18 @@ def test_webhooks_deliver_read_and_tap_in_order_signed(start: Any, receiver: Rec
     assert data["type"] == "button_reply" and data["button"] == {"id": "no", "title": "No"}
     assert data["context"] == {"message_id": wamid}
     assert (data["from"], data["to"]) == (PHONE, "123456")
+
+
+def test_read_timeout_message_still_gets_its_status_webhooks(start: Any, receiver: Receiver) -> None:
+    # Given the vendor sends the message but its answer is lost, When the status events come,
+    # Then they name a wamid the client never saw: only the sandbox's record links them.
+    _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.0,
+                      read_share=0.0)
+    client.script(PHONE, ["timeout"])
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        client.send(MESSAGE, timeout=0.3)
+    [delivered] = receiver.wait_for(1)
+    assert delivered["data"]["message_id"] == client.received(phone=PHONE)[0]["message_id"]
 
 
 def test_webhook_post_is_retried_after_a_failure(start: Any) -> None:

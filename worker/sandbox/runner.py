@@ -13,6 +13,7 @@ from aiohttp import web
 
 from worker.sandbox.config import SandboxConfig
 from worker.sandbox.server import SandboxApp
+from worker.sandbox.state import SandboxState
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -31,7 +32,8 @@ class SandboxServer:
         self._thread: threading.Thread | None = None
 
     @property
-    def state(self):  # noqa: ANN201 - SandboxState; read it only while no request is in flight
+    def state(self) -> SandboxState:
+        """Records and counts; read them only while no request is in flight (or use SandboxClient)."""
         return self.sandbox.state
 
     async def _start(self) -> str:

@@ -10,7 +10,7 @@ A request goes through, in this order:
 5. the body: JSON -> 400 `validation_failed`; missing/unknown phone_number_id -> 400/404;
    the fields (worker.message.ButtonMessage.build) -> 400 `validation_failed` with details
    {field: problem}, or 400 `invalid_phone_number` when the phone is the only problem or matches a
-   `fail_phone_prefixes` entry;
+   `fail_phone_prefixes` entry, or is not a string of digits only (no '+': the contract);
 6. a scripted fault for the phone, else a random one (500 / 503 / timeout), see faults.py;
 7. accept: record, answer 200, schedule webhooks.
 """
@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from worker.errors import MessageInvalid
-from worker.message import ButtonMessage, phone_problem
+from worker.message import ButtonMessage
 from worker.sandbox.auth import check_request
 from worker.sandbox.config import FIRST_VENDOR_ID, FORCED_RETRY_AFTER_S, SandboxConfig
 from worker.sandbox.faults import FaultPlan
@@ -164,7 +164,12 @@ class SandboxApp:
             return self._error(400, "validation_failed", "the message breaks the contract's limits", details, window)
         if details:
             return self._error(400, "invalid_phone_number", f"phone: {details['phone']}", {"phone": details["phone"]}, window)
-        if phone_problem(phone) is None and str(phone).startswith(self.config.fail_phone_prefixes or ("\0",)):
+        if not (isinstance(phone, str) and phone.isascii() and phone.isdigit()):
+            # The contract: a string of digits only, no '+' or separators (worker.message accepts
+            # those and normalizes them away; the vendor is stricter, so the sandbox is too).
+            return self._error(400, "invalid_phone_number", f"phone {phone!r} must be a string of digits only",
+                               {"phone": "must be a string of digits only, no '+' or separators"}, window)
+        if phone.startswith(self.config.fail_phone_prefixes or ("\0",)):
             return self._error(400, "invalid_phone_number", f"{phone} is not a WhatsApp number",
                                {"phone": "is not registered on WhatsApp"}, window)
         return None
@@ -174,9 +179,10 @@ class SandboxApp:
         if fault == "drop":
             self._drop(request, phone, None)
         if fault == "timeout":
-            self.state.accept(phone=phone, phone_number_id=sender, body=payload,
-                              outcome=OUTCOME_TIMEOUT, request_id=new_request_id())
+            record = self.state.accept(phone=phone, phone_number_id=sender, body=payload,
+                                       outcome=OUTCOME_TIMEOUT, request_id=new_request_id())
             self.state.count("timeout")
+            self.webhooks.schedule(record)  # the vendor did send it: its status events still come
             try:
                 await asyncio.wait_for(self.stopping.wait(), timeout=self.config.stall_s)
             except asyncio.TimeoutError:

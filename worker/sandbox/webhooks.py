@@ -1,7 +1,7 @@
 """Webhook events the sandbox sends after it accepts a message, as the vendor would.
 
-Only when `webhook_url` is set. For each accepted message (answered 200; not a read-timeout fault)
-one background task, never awaited by the send path, POSTs in this order:
+Only when `webhook_url` is set. For each accepted message (answered 200, and also a read-timeout
+fault: the vendor did send that message, only its answer was lost) one background task, never awaited by the send path, POSTs in this order:
 
 1. at `delivered_after_s` after acceptance::
 
