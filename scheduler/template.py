@@ -1,0 +1,100 @@
+"""`{{name}}` placeholders in a campaign's message, filled per recipient from the CSV's columns.
+
+Placeholders may appear in header_text, body_text and footer_text only (button ids and titles are
+what the recipient taps and what replies report back; they stay fixed). `{{ name }}` with spaces
+is the same placeholder as `{{name}}`. Filling never truncates: the filled message is validated
+against the vendor's limits by worker.message, and a row that breaks one is rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from worker.errors import FieldProblem, MessageInvalid
+from worker.message import MessageContent
+
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+FILLABLE_FIELDS = ("header_text", "body_text", "footer_text")
+#: what a placeholder stands for when checking a template before any row is read: the shortest
+#: filled text has at least one character per placeholder (empty values are rejected per row).
+PROBE_VALUE = "x"
+
+
+def placeholders_in(text: Any) -> list[str]:
+    """Placeholder names in order of appearance (repeats kept)."""
+    return PLACEHOLDER_RE.findall(text) if isinstance(text, str) else []
+
+
+@dataclass(frozen=True)
+class _Part:
+    literal: str
+    name: str | None  # None: the literal alone
+
+
+def _compile(text: str) -> tuple[_Part, ...]:
+    parts: list[_Part] = []
+    pos = 0
+    for match in PLACEHOLDER_RE.finditer(text):
+        parts.append(_Part(text[pos:match.start()], match.group(1)))
+        pos = match.end()
+    parts.append(_Part(text[pos:], None))
+    return tuple(parts)
+
+
+class MessageTemplate:
+    """A message.json with placeholders, checked once and compiled so that filling is cheap."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        check_template(data)
+        self.data = dict(data)
+        self._compiled = {f: _compile(data[f]) for f in FILLABLE_FIELDS if isinstance(data.get(f), str)}
+        self.names: tuple[str, ...] = tuple(
+            dict.fromkeys(n for f in FILLABLE_FIELDS for n in placeholders_in(data.get(f)))
+        )
+        # No placeholders: every recipient gets the same, already validated, content.
+        self._constant = None if self.names else MessageContent.from_dict(self.data).as_dict()
+
+    def fill(self, values: Mapping[str, str]) -> dict[str, Any]:
+        """The filled message dict; MessageInvalid naming the field/variable if it breaks a rule."""
+        if self._constant is not None:
+            return self._constant
+        problems = [
+            FieldProblem(f"column {name!r}", f"is empty; {{{{{name}}}}} in the message needs a value")
+            for name in self.names if not values.get(name)
+        ]
+        if problems:
+            raise MessageInvalid(problems)
+        filled = dict(self.data)
+        for field_name, parts in self._compiled.items():
+            filled[field_name] = "".join(p.literal + (values[p.name] if p.name else "") for p in parts)
+        return MessageContent.from_dict(filled).as_dict()
+
+
+def check_template(data: Mapping[str, Any]) -> None:
+    """Validate a message.json before any recipient is read; MessageInvalid lists every problem.
+
+    Placeholders in buttons are refused; an empty `{{}}` is refused; the rest is validated with each
+    placeholder standing for one character, so a template too long for every recipient fails here.
+    """
+    if not isinstance(data, Mapping):
+        raise MessageInvalid([FieldProblem("message", "must be a JSON object")])
+    problems: list[FieldProblem] = []
+    for i, button in enumerate(data.get("buttons") or []):
+        if isinstance(button, Mapping):
+            for key in ("id", "title"):
+                if placeholders_in(button.get(key)):
+                    problems.append(FieldProblem(
+                        f"buttons[{i}].{key}", "has a {{placeholder}}; placeholders are allowed in header_text, body_text and footer_text only"))
+    for field_name in FILLABLE_FIELDS:
+        if "" in placeholders_in(data.get(field_name)):
+            problems.append(FieldProblem(field_name, "has an empty placeholder {{}}; write {{column_name}}"))
+    probe = {k: (PLACEHOLDER_RE.sub(PROBE_VALUE, v) if k in FILLABLE_FIELDS and isinstance(v, str) else v)
+             for k, v in data.items()}
+    try:
+        MessageContent.from_dict(probe)
+    except MessageInvalid as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise MessageInvalid(problems)
