@@ -1,0 +1,233 @@
+"""A campaign's lifecycle: create, schedule, pause, resume, cancel, and its counts per status.
+
+    draft -> scheduled -> running -> completed
+                 |  ^        |  ^
+                 v  |        v  |
+                   paused ----+        (and cancelled from any non-final status but draft)
+
+Every change of status is a guarded UPDATE (`... WHERE status = <what we saw>`), so an operator's
+pause and the dispatcher's "completed" can race without one silently overwriting the other: the
+loser sees the new status and is judged against the table again.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
+from scheduler.template import MessageTemplate, check_template
+from scheduler.window import Window
+from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
+from worker.models import Campaign, Message, utcnow
+from worker.status import CampaignStatus, MessageStatus
+
+S = CampaignStatus
+TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
+    S.DRAFT: frozenset({S.SCHEDULED}),
+    S.SCHEDULED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
+    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.CANCELLED}),
+    S.PAUSED: frozenset({S.RUNNING, S.SCHEDULED, S.CANCELLED}),
+    S.COMPLETED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+NAME_MAX_CHARS = 200
+PHONE_NUMBER_ID_MAX_CHARS = 64
+PAUSED_BY_OPERATOR = "paused by operator"
+#: messages a cancel stops: not yet handed to a worker's HTTP call (`sending` finishes on its own)
+CANCELLABLE = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value)
+_TRANSITION_RETRIES = 3
+
+
+class CampaignNotFound(ButtoncastError):
+    def __init__(self, campaign_id: int) -> None:
+        super().__init__(f"no campaign {campaign_id}")
+        self.campaign_id = campaign_id
+
+
+class IllegalTransition(ButtoncastError):
+    """A status change the lifecycle does not allow; says from where, to where, and what is allowed."""
+
+    def __init__(self, campaign_id: int, current: str, wanted: str) -> None:
+        allowed = sorted(s.value for s in TRANSITIONS.get(CampaignStatus(current), frozenset()))
+        hint = ", ".join(allowed) if allowed else f"nothing: {current} is final"
+        super().__init__(f"campaign {campaign_id} is {current}; it cannot become {wanted} (from {current} it can become: {hint})")
+        self.campaign_id, self.current, self.wanted, self.allowed = campaign_id, current, wanted, allowed
+
+
+def create_campaign(
+    session: Session,
+    *,
+    name: str,
+    phone_number_id: str,
+    template: Mapping[str, Any],
+    scheduled_at: datetime | None = None,
+    window: Window | None = None,
+    draft: bool = False,
+) -> Campaign:
+    """Add a campaign (flushed, not committed): `draft`, or `scheduled` at `scheduled_at` (default now)."""
+    problems = _field_problems(name, phone_number_id, scheduled_at)
+    try:
+        check_template(template)
+    except MessageInvalid as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise MessageInvalid(problems)
+    now = utcnow()
+    campaign = Campaign(
+        name=name.strip(), phone_number_id=str(phone_number_id), template=dict(template),
+        status=(S.DRAFT if draft else S.SCHEDULED).value,
+        scheduled_at=scheduled_at or (None if draft else now),
+        window_start=window.start if window else None, window_end=window.end if window else None,
+        window_tz=window.tz if window else None,
+        consecutive_failures=0, recipients_imported=0, rows_rejected=0, created_at=now, updated_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def _field_problems(name: str, phone_number_id: str, scheduled_at: datetime | None) -> list[FieldProblem]:
+    problems = []
+    if not isinstance(name, str) or not name.strip():
+        problems.append(FieldProblem("name", "is required"))
+    elif len(name.strip()) > NAME_MAX_CHARS:
+        problems.append(FieldProblem("name", f"is {len(name.strip())} characters; the limit is {NAME_MAX_CHARS}"))
+    if not phone_number_id or not str(phone_number_id).strip():
+        problems.append(FieldProblem("phone_number_id", "is required: pass --phone-number-id or set AWAL_PHONE_NUMBER_ID"))
+    elif len(str(phone_number_id)) > PHONE_NUMBER_ID_MAX_CHARS:
+        problems.append(FieldProblem("phone_number_id", f"is {len(str(phone_number_id))} characters; the limit is {PHONE_NUMBER_ID_MAX_CHARS}"))
+    if scheduled_at is not None and scheduled_at.tzinfo is None:
+        problems.append(FieldProblem("scheduled_at", "has no UTC offset; give e.g. 2026-12-01T09:00:00+03:00"))
+    return problems
+
+
+def get_campaign(session: Session, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id, populate_existing=True)
+    if campaign is None:
+        raise CampaignNotFound(campaign_id)
+    return campaign
+
+
+def transition(session: Session, campaign_id: int, to: CampaignStatus, **values: Any) -> Campaign:
+    """Move a campaign to `to` if the table allows it from its current status; set `values` too."""
+    for _ in range(_TRANSITION_RETRIES):
+        current = get_campaign(session, campaign_id).status
+        if to not in TRANSITIONS[CampaignStatus(current)]:
+            raise IllegalTransition(campaign_id, current, to.value)
+        changed = session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id, Campaign.status == current)
+            .values(status=to.value, updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 1:
+            return get_campaign(session, campaign_id)
+    raise ButtoncastError(f"campaign {campaign_id} kept changing status; try again")
+
+
+def schedule(session: Session, campaign_id: int, at: datetime | None = None) -> Campaign:
+    """draft (or paused) -> scheduled at `at` (aware); without `at`, the time stored at creation
+    (`create --draft --at`) or else now, i.e. the next dispatcher tick."""
+    if at is not None and at.tzinfo is None:
+        raise MessageInvalid([FieldProblem("--at", "has no UTC offset; give e.g. 2026-12-01T09:00:00+03:00")])
+    at = at or get_campaign(session, campaign_id).scheduled_at or utcnow()
+    return transition(session, campaign_id, S.SCHEDULED, scheduled_at=at)
+
+
+def pause(session: Session, campaign_id: int, reason: str = PAUSED_BY_OPERATOR) -> Campaign:
+    """scheduled/running -> paused: the dispatcher stops at its next tick; queued sends come back."""
+    return transition(session, campaign_id, S.PAUSED, pause_reason=reason)
+
+
+def resume(session: Session, campaign_id: int) -> Campaign:
+    """paused -> running if it had started, else scheduled; the failure streak starts again."""
+    # started_at only changes on scheduled -> running, never while paused, so reading it first is safe.
+    target = S.RUNNING if get_campaign(session, campaign_id).started_at is not None else S.SCHEDULED
+    return transition(session, campaign_id, target, pause_reason=None, consecutive_failures=0)
+
+
+def cancel(session: Session, campaign_id: int) -> tuple[Campaign, int]:
+    """-> cancelled, and every pending/queued message of it -> cancelled in one UPDATE.
+
+    Returns the campaign and how many messages were cancelled. Messages already `sending` are in
+    a worker's HTTP call; they finish on their own (sent, failed or unknown).
+    """
+    now = utcnow()
+    campaign = transition(session, campaign_id, S.CANCELLED, finished_at=now)
+    cancelled = session.execute(
+        sa.update(Message)
+        .where(Message.campaign_id == campaign_id, Message.status.in_(CANCELLABLE))
+        .values(status=MessageStatus.CANCELLED.value, finished_at=now, updated_at=now, enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return campaign, cancelled
+
+
+def _zeroed() -> dict[str, int]:
+    return {s.value: 0 for s in MessageStatus}
+
+
+def status_counts(session: Session, campaign_id: int) -> dict[str, int]:
+    """Messages per status for one campaign (every status present, zeros included): one grouped query."""
+    return status_counts_many(session, [campaign_id]).get(campaign_id, _zeroed())
+
+
+def status_counts_many(session: Session, campaign_ids: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
+    """Messages per status for many campaigns (all when `campaign_ids` is None): one grouped query."""
+    query = (
+        sa.select(Message.campaign_id, Message.status, sa.func.count())
+        .where(Message.campaign_id.is_not(None))
+        .group_by(Message.campaign_id, Message.status)
+    )
+    ids = None if campaign_ids is None else list(campaign_ids)
+    if ids is not None:
+        query = query.where(Message.campaign_id.in_(ids))
+    counts: dict[int, dict[str, int]] = {i: _zeroed() for i in ids or []}
+    for campaign_id, status, count in session.execute(query):
+        counts.setdefault(campaign_id, _zeroed())[status] = count
+    return counts
+
+
+def create_with_recipients(
+    session_factory: sessionmaker[Session],
+    recipients: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    draft: bool = False,
+    scheduled_at: datetime | None = None,
+    **fields: Any,
+) -> tuple[int, ImportResult]:
+    """Create a campaign and import its CSV; returns (campaign id, import result).
+
+    The campaign is stored as a draft while rows go in (batch by batch, so the dispatcher never
+    starts a half-imported campaign) and only then becomes `scheduled` (unless `draft`). Nothing
+    is left behind when it is not created: a bad header, --strict with an invalid row, no valid row.
+    """
+    template = MessageTemplate(fields["template"])  # validates message.json before the file is read
+    check_header(recipients, template)
+    if strict:
+        refuse_if_invalid(recipients, template)
+    with session_factory.begin() as session:
+        campaign_id = create_campaign(session, draft=True, scheduled_at=scheduled_at, **fields).id
+    try:
+        result = import_recipients(session_factory, campaign_id, recipients)
+        if result.imported == 0:
+            raise ImportRefused("no valid recipient in the file; the campaign was not created", result)
+        if not draft:
+            with session_factory.begin() as session:
+                schedule(session, campaign_id, scheduled_at)
+    except BaseException:
+        _delete_campaign(session_factory, campaign_id)
+        raise
+    return campaign_id, result
+
+
+def _delete_campaign(session_factory: sessionmaker[Session], campaign_id: int) -> None:
+    with session_factory.begin() as session:
+        session.execute(sa.delete(Message).where(Message.campaign_id == campaign_id))
+        session.execute(sa.delete(Campaign).where(Campaign.id == campaign_id))

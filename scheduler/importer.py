@@ -1,0 +1,250 @@
+"""Recipients import: a CSV streamed row by row into `messages` rows of a campaign, in batches.
+
+The CSV has a `phone` column; every other column is a variable for `{{placeholders}}`. Each row is
+normalised and filled, and the filled message validated against the vendor's limits; a row that
+fails is reported with its physical line number (header = line 1) and not imported.
+
+Memory stays bounded: one batch of rows is held at a time. De-duplication is left to the database's
+unique (campaign_id, phone) constraint with ON CONFLICT DO NOTHING RETURNING phone: the rows a batch
+did not return are the duplicates, earlier rows win because batches go in file order, no
+million-entry set of phones lives in the process, and importing more rows into a campaign later
+de-duplicates against what is already stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from scheduler.template import MessageTemplate
+from worker.errors import ButtoncastError, MessageInvalid
+from worker.message import normalize_phone
+from worker.models import Campaign, Message, utcnow
+from worker.status import MessageStatus
+
+BATCH_ROWS = 2_000
+MAX_DETAILS = 1_000        # row problems kept with their line and reason; all are counted
+PHONE_COLUMN = "phone"
+
+
+class RecipientsFileError(ButtoncastError):
+    """The recipients file as a whole cannot be used (no phone column, unknown placeholder, not UTF-8)."""
+
+
+class ImportRefused(RecipientsFileError):
+    """Nothing was imported (--strict and an invalid row, or no valid row at all); `result` says why."""
+
+    def __init__(self, message: str, result: "ImportResult") -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+@dataclass
+class ImportResult:
+    """What an import did: counts of every outcome, and the first MAX_DETAILS problems in detail."""
+
+    imported: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    duplicate_rows: list[RowProblem] = field(default_factory=list)
+
+    def reject(self, problem: RowProblem) -> None:
+        self.rejected += 1
+        if len(self.problems) < MAX_DETAILS:
+            self.problems.append(problem)
+
+    def duplicate(self, problem: RowProblem) -> None:
+        self.duplicates += 1
+        if len(self.duplicate_rows) < MAX_DETAILS:
+            self.duplicate_rows.append(problem)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    line: int
+    phone: str
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the phone and each variable are in a row."""
+
+    width: int
+    phone_index: int
+    variables: tuple[tuple[str, int], ...]
+
+
+def _layout(header: list[str], template: MessageTemplate, path: str) -> _Layout:
+    columns = [c.strip().lstrip("\ufeff").strip() for c in header]
+    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+    if repeated:
+        raise RecipientsFileError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header (line 1)")
+    lowered = [c.lower() for c in columns]
+    if PHONE_COLUMN not in lowered:
+        raise RecipientsFileError(f"{path}: the header (line 1) has no {PHONE_COLUMN!r} column; it has: {', '.join(map(repr, columns)) or 'nothing'}")
+    missing = [n for n in template.names if n not in columns]
+    if missing:
+        raise RecipientsFileError(
+            f"{path}: the message uses {', '.join('{{' + n + '}}' for n in missing)} but no column has that name; "
+            f"columns: {', '.join(map(repr, columns))}"
+        )
+    return _Layout(len(columns), lowered.index(PHONE_COLUMN), tuple((n, columns.index(n)) for n in template.names))
+
+
+def _prepare(cells: list[str], line: int, layout: _Layout, template: MessageTemplate) -> Recipient | RowProblem | None:
+    """One row -> a Recipient, or the reason it is refused; None for a blank line."""
+    if not any(c.strip() for c in cells):
+        return None
+    if len(cells) > layout.width and any(c.strip() for c in cells[layout.width:]):
+        return RowProblem(line, f"has {len(cells)} fields; the header has {layout.width}")
+    try:
+        phone = normalize_phone(cells[layout.phone_index] if layout.phone_index < len(cells) else "")
+        values = {name: (cells[i].strip() if i < len(cells) else "") for name, i in layout.variables}
+        return Recipient(line, phone, template.fill(values))
+    except MessageInvalid as exc:
+        return RowProblem(line, str(exc))
+
+
+def read_recipients(path: str | os.PathLike[str], template: MessageTemplate) -> Iterator[Recipient | RowProblem]:
+    """Stream the file: checks the header first (raises RecipientsFileError), then yields per row.
+
+    UTF-8 with or without a BOM; CRLF or LF; quoted fields may span lines (the line reported is
+    where the row starts).
+    """
+    name = os.fspath(path)
+    with open(name, encoding="utf-8-sig", newline="") as stream:
+        reader = csv.reader(stream)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise RecipientsFileError(f"{name}: the file is empty; line 1 must be a header with a {PHONE_COLUMN!r} column")
+            layout = _layout(header, template, name)
+            start = reader.line_num + 1
+            for cells in reader:
+                item = _prepare(cells, start, layout, template)
+                start = reader.line_num + 1
+                if item is not None:
+                    yield item
+        except UnicodeDecodeError as exc:
+            raise RecipientsFileError(f"{name}: not UTF-8 text after line {reader.line_num} ({exc.reason}); save it as UTF-8") from None
+        except csv.Error as exc:
+            raise RecipientsFileError(f"{name}: line {reader.line_num}: {exc}") from None
+
+
+def check_header(path: str | os.PathLike[str], template: MessageTemplate) -> None:
+    """Raise RecipientsFileError if the header lacks `phone` or a column a placeholder needs."""
+    items = read_recipients(path, template)
+    try:
+        next(items, None)  # the header is judged before the first row is yielded
+    finally:
+        items.close()
+
+
+def check_recipients(path: str | os.PathLike[str], template: MessageTemplate) -> ImportResult:
+    """A dry run: every row judged, nothing stored (what --strict does before importing)."""
+    result = ImportResult()
+    for item in read_recipients(path, template):
+        if isinstance(item, RowProblem):
+            result.reject(item)
+    return result
+
+
+class _BatchWriter:
+    """Inserts recipients BATCH_ROWS at a time, one transaction per batch, counting duplicates."""
+
+    def __init__(self, session_factory: sessionmaker[Session], campaign: Campaign, result: ImportResult,
+                 batch_rows: int, dialect: str) -> None:
+        self.session_factory, self.result, self.batch_rows = session_factory, result, batch_rows
+        self.campaign_id, self.phone_number_id = campaign.id, campaign.phone_number_id
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.statement = insert(Message).on_conflict_do_nothing(index_elements=["campaign_id", "phone"]).returning(Message.phone)
+        self.batch: list[Recipient] = []
+
+    def add(self, recipient: Recipient) -> None:
+        self.batch.append(recipient)
+        if len(self.batch) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        now = utcnow()
+        rows = [
+            {"campaign_id": self.campaign_id, "phone_number_id": self.phone_number_id, "phone": r.phone,
+             "content": r.content, "status": MessageStatus.PENDING.value, "attempts": 0,
+             "created_at": now, "updated_at": now}
+            for r in self.batch
+        ]
+        with self.session_factory.begin() as session:
+            inserted = set(session.execute(self.statement, rows).scalars())
+        for r in self.batch:
+            if r.phone in inserted:
+                inserted.discard(r.phone)  # the first row with this phone took it
+                self.result.imported += 1
+            else:
+                self.result.duplicate(RowProblem(r.line, f"duplicate: phone {r.phone} is already a recipient (first row wins)"))
+        self.batch = []
+
+
+def import_recipients(
+    session_factory: sessionmaker[Session],
+    campaign_id: int,
+    path: str | os.PathLike[str],
+    *,
+    strict: bool = False,
+    batch_rows: int = BATCH_ROWS,
+) -> ImportResult:
+    """Import a CSV into an existing campaign; updates its recipients_imported and rows_rejected.
+
+    With `strict`, the file is checked first and refused (ImportRefused, nothing stored) if any row
+    is invalid. Otherwise valid rows are imported and invalid ones reported in the result.
+    """
+    with session_factory() as session:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None:
+            raise RecipientsFileError(f"no campaign {campaign_id}")
+        session.expunge(campaign)
+        dialect = session.get_bind().dialect.name
+    template = MessageTemplate(campaign.template)
+    if strict:
+        refuse_if_invalid(path, template)
+    result = ImportResult()
+    writer = _BatchWriter(session_factory, campaign, result, batch_rows, dialect)
+    for item in read_recipients(path, template):
+        if isinstance(item, RowProblem):
+            result.reject(item)
+        else:
+            writer.add(item)
+    writer.flush()
+    with session_factory.begin() as session:
+        session.execute(
+            sa.update(Campaign).where(Campaign.id == campaign_id).values(
+                recipients_imported=Campaign.recipients_imported + result.imported,
+                rows_rejected=Campaign.rows_rejected + result.rejected, updated_at=utcnow(),
+            )
+        )
+    return result
+
+
+def refuse_if_invalid(path: str | os.PathLike[str], template: MessageTemplate) -> None:
+    """--strict: raise ImportRefused when any row of the file is invalid."""
+    checked = check_recipients(path, template)
+    if checked.rejected:
+        raise ImportRefused(f"--strict: {checked.rejected} invalid row(s); nothing was imported", checked)
