@@ -83,3 +83,141 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- The stack: a migrated database, the sandbox, runtimes and real worker processes ---------------
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SANDBOX_ENV = {
+    "AWAL_CLIENT_ID": "sandbox-client",
+    "AWAL_DOMAIN": "sandbox.local",
+    "AWAL_HMAC_SECRET": "sandbox-secret",
+    "AWAL_PHONE_NUMBER_ID": "123456",
+}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_url: str) -> str:
+    from worker.db import upgrade
+
+    upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture()
+def sqlite_url(tmp_path: Path) -> str:
+    from worker.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'buttoncast.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test that takes this runs once on SQLite and once on the real Postgres."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("migrated_postgres")
+
+
+@pytest.fixture()
+def sandbox():
+    """A sandbox on a free port for this test: yields (base_url, SandboxClient)."""
+    from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
+
+    server = SandboxServer(SandboxConfig(stall_s=5.0, seed=7))
+    base_url = server.start_in_thread()
+    try:
+        yield base_url, SandboxClient(base_url)
+    finally:
+        server.stop()
+
+
+def stack_env(*, database_url: str, sandbox_url: str, broker_url: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment for a buttoncast process (settings only come from the environment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWAL_", "CELERY_", "REDIS_", "DATABASE_"))}
+    env.update(SANDBOX_ENV)
+    env.update(DATABASE_URL=database_url, AWAL_BASE_URL=sandbox_url, METRICS_PORT="0", PYTHONUNBUFFERED="1")
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def make_runtime(env: dict[str, str]):
+    from worker.runtime import Runtime
+    from worker.settings import Settings
+
+    return Runtime(Settings.from_env(env))
+
+
+class WorkerProcess:
+    """A real `buttoncast worker` (or beat) process; killed and reaped at the end of the test."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", *args], env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=log_path.parent, start_new_session=True,
+        )
+
+    def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"process never logged {text!r}; log:\n{self.log_path.read_text(errors='replace')[-4000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        self._log.close()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+@pytest.fixture()
+def spawn(tmp_path: Path):
+    """spawn(env, "worker", "--concurrency", "4") -> a started WorkerProcess; all reaped after the test."""
+    started: list[WorkerProcess] = []
+
+    def _spawn(env: dict[str, str], *args: str, ready: str | None = "ready.") -> WorkerProcess:
+        proc = WorkerProcess(env, list(args), tmp_path / f"proc-{len(started)}-{args[0]}.log")
+        started.append(proc)
+        if ready:
+            proc.wait_for(ready)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        proc.kill()
+
+
+def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.1, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")

@@ -28,3 +28,7 @@ for _module, _attr in (
     ("worker.sandbox.cli", "sandbox_command"),
 ):
     _optional(_module, _attr)
+
+
+if __name__ == "__main__":
+    main()

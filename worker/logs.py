@@ -46,8 +46,9 @@ def configure_logging(log_format: str = "text", level: int = logging.INFO) -> No
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "celery.worker.strategy", "celery.app.trace", "kombu"):
+    for noisy in ("urllib3", "celery.worker.strategy", "celery.app.trace", "kombu", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)  # "No hostname was supplied" for memory://
 
 
 def log_outcome(logger: logging.Logger, level: int, text: str, **fields: object) -> None:

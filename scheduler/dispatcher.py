@@ -1,0 +1,225 @@
+"""The dispatcher tick: start due campaigns, move pending recipients to the broker, finish campaigns.
+
+Flow control: each tick publishes only what the rate limit can send before the next few ticks
+(DISPATCH_LOOKAHEAD_TICKS), minus what is already on the broker or being sent, so a
+1,000,000-recipient campaign never puts a million tasks on the broker and a pause takes effect
+within one tick.
+
+Fairness: ad-hoc (transactional) messages go first, on their own queue; the rest of the budget is
+split equally between running campaigns, and what a small campaign cannot use goes to the others
+(water-filling).
+
+Safety: rows move pending -> queued in the same statement that selects them (UPDATE ... WHERE id IN
+(SELECT ... FOR UPDATE SKIP LOCKED) AND status = 'pending' RETURNING id), so two dispatchers running
+at once never queue a recipient twice; the send task's claim makes a duplicate task harmless anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from scheduler.window import in_window
+from worker import metrics
+from worker.models import Campaign, Message, utcnow
+from worker.publish import hand_back_to_dispatcher, publish_send_tasks
+from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
+from worker.runtime import Runtime
+from worker.status import CampaignStatus, MessageStatus
+
+log = logging.getLogger("buttoncast.dispatcher")
+PENDING, QUEUED, SENDING = MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value
+RUNNING = CampaignStatus.RUNNING.value
+
+
+@dataclass
+class TickReport:
+    started: list[int] = field(default_factory=list)
+    completed: list[int] = field(default_factory=list)
+    published: dict[str, int] = field(default_factory=dict)   # "adhoc" or campaign id -> tasks published
+    budget: int = 0
+    in_flight: int = 0
+
+    @property
+    def total_published(self) -> int:
+        return sum(self.published.values())
+
+
+def tick_budget(runtime: Runtime, in_flight: int) -> int:
+    """How many tasks this tick may publish: the rate for the look-ahead, less what is in flight."""
+    s = runtime.settings
+    capacity = s.rate_limit.per_second * s.dispatch_interval_s * s.dispatch_lookahead_ticks
+    capacity = max(capacity, float(s.rate_burst))
+    return max(0, math.ceil(capacity) - in_flight)
+
+
+def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
+    """One dispatcher tick. Safe to run concurrently with itself and with live workers."""
+    now = now or utcnow()
+    report = TickReport()
+    with runtime.session_factory.begin() as session:
+        report.started = start_due_campaigns(session, now)
+        report.in_flight = in_flight_count(session)
+    report.budget = tick_budget(runtime, report.in_flight)
+    budget = report.budget
+    if budget > 0:
+        n = _publish(runtime, _claim_adhoc(runtime, now, budget), QUEUE_ADHOC)
+        if n:
+            report.published["adhoc"] = n
+        budget -= n
+    campaigns = _running_in_window(runtime, now)
+    for campaign_id, share in allocate(budget, campaigns).items():
+        n = _publish(runtime, _claim_campaign(runtime, campaign_id, now, share), QUEUE_CAMPAIGN)
+        if n:
+            report.published[str(campaign_id)] = n
+    with runtime.session_factory.begin() as session:
+        report.completed = complete_finished_campaigns(session, now)
+        _update_depth_metric(session)
+    if report.total_published or report.started or report.completed:
+        log.info("dispatch: published %s (budget %s, in flight %s), started %s, completed %s",
+                 report.published, report.budget, report.in_flight, report.started, report.completed)
+    return report
+
+
+def start_due_campaigns(session: Session, now: datetime) -> list[int]:
+    rows = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.status == CampaignStatus.SCHEDULED.value, Campaign.scheduled_at <= now)
+        .values(status=RUNNING, started_at=sa.func.coalesce(Campaign.started_at, now), updated_at=now)
+        .returning(Campaign.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    return list(rows)
+
+
+def in_flight_count(session: Session) -> int:
+    """Messages on the broker or being sent (queued ones waiting for not_before are not)."""
+    return session.scalar(
+        sa.select(sa.func.count()).select_from(Message).where(
+            sa.or_(Message.status == SENDING, sa.and_(Message.status == QUEUED, Message.enqueued_at.is_not(None)))
+        )
+    ) or 0
+
+
+def _running_in_window(runtime: Runtime, now: datetime) -> dict[int, int]:
+    """Running campaigns inside their send window -> how many messages each could send now."""
+    with runtime.session_factory() as session:
+        campaigns = session.execute(
+            sa.select(Campaign.id, Campaign.window_start, Campaign.window_end, Campaign.window_tz)
+            .where(Campaign.status == RUNNING)
+        ).all()
+        open_ids = [c.id for c in campaigns if in_window(c.window_start, c.window_end, c.window_tz, now)]
+        if not open_ids:
+            return {}
+        ready = _ready_filter(now)
+        rows = session.execute(
+            sa.select(Message.campaign_id, sa.func.count())
+            .where(Message.campaign_id.in_(open_ids), ready)
+            .group_by(Message.campaign_id)
+        ).all()
+    return {campaign_id: count for campaign_id, count in rows if count}
+
+
+def _ready_filter(now: datetime) -> sa.ColumnElement[bool]:
+    """Pending recipients, and queued messages whose task is not out and whose not-before passed."""
+    return sa.or_(
+        Message.status == PENDING,
+        sa.and_(
+            Message.status == QUEUED,
+            Message.enqueued_at.is_(None),
+            sa.or_(Message.not_before.is_(None), Message.not_before <= now),
+        ),
+    )
+
+
+def allocate(budget: int, wants: dict[int, int]) -> dict[int, int]:
+    """Split `budget` equally among campaigns; what one cannot use goes to the others."""
+    shares = {cid: 0 for cid in wants}
+    remaining = budget
+    active = sorted(cid for cid, want in wants.items() if want > 0)
+    while remaining > 0 and active:
+        each = max(1, remaining // len(active))
+        for cid in list(active):
+            take = min(each, wants[cid] - shares[cid], remaining)
+            shares[cid] += take
+            remaining -= take
+            if shares[cid] >= wants[cid]:
+                active.remove(cid)
+            if remaining <= 0:
+                break
+    return {cid: n for cid, n in shares.items() if n > 0}
+
+
+def _claim(runtime: Runtime, where: sa.ColumnElement[bool], limit: int, now: datetime) -> list[int]:
+    """Mark up to `limit` ready rows queued-and-published in one statement; returns their ids."""
+    if limit <= 0:
+        return []
+    claimed: list[int] = []
+    batch = runtime.settings.dispatch_batch_size
+    while len(claimed) < limit:
+        take = min(batch, limit - len(claimed))
+        pick = (
+            sa.select(Message.id).where(where, _ready_filter(now)).order_by(Message.id).limit(take)
+            .with_for_update(skip_locked=True)
+        )
+        with runtime.session_factory.begin() as session:
+            ids = session.execute(
+                sa.update(Message)
+                .where(Message.id.in_(pick.scalar_subquery()), _ready_filter(now))
+                .values(status=QUEUED, enqueued_at=now, queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now)
+                .returning(Message.id)
+                .execution_options(synchronize_session=False)
+            ).scalars().all()
+        claimed.extend(ids)
+        if len(ids) < take:
+            break
+    return claimed
+
+
+def _claim_adhoc(runtime: Runtime, now: datetime, limit: int) -> list[int]:
+    return _claim(runtime, Message.campaign_id.is_(None), limit, now)
+
+
+def _claim_campaign(runtime: Runtime, campaign_id: int, now: datetime, limit: int) -> list[int]:
+    return _claim(runtime, Message.campaign_id == campaign_id, limit, now)
+
+
+def _publish(runtime: Runtime, ids: list[int], queue: str) -> int:
+    if not ids:
+        return 0
+    try:
+        publish_send_tasks(runtime.celery, ids, queue=queue)
+    except Exception:
+        hand_back_to_dispatcher(runtime.session_factory, ids)
+        raise
+    return len(ids)
+
+
+def complete_finished_campaigns(session: Session, now: datetime) -> list[int]:
+    busy = sa.select(Message.id).where(
+        Message.campaign_id == Campaign.id, Message.status.in_([PENDING, QUEUED, SENDING])
+    ).exists()
+    rows = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.status == RUNNING, ~busy)
+        .values(status=CampaignStatus.COMPLETED.value, finished_at=now, updated_at=now)
+        .returning(Campaign.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    return list(rows)
+
+
+def _update_depth_metric(session: Session) -> None:
+    rows = session.execute(
+        sa.select(Message.campaign_id, Message.status, sa.func.count())
+        .where(Message.status.in_([PENDING, QUEUED, SENDING]))
+        .group_by(Message.campaign_id, Message.status)
+    ).all()
+    metrics.QUEUE_DEPTH.clear()
+    for campaign_id, status, count in rows:
+        metrics.QUEUE_DEPTH.labels(campaign=str(campaign_id) if campaign_id else "adhoc", status=status).set(count)

@@ -1,0 +1,195 @@
+"""The send task's body, called directly with real collaborators: the sandbox over HTTP, a real
+database (SQLite and Postgres) and both rate limiters. Scenarios from the send-path issue."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import make_runtime, stack_env
+from worker.enqueue import enqueue_message, enqueue_payload
+from worker.models import Attempt, Message, MessageEvent
+from worker.send import Outcome, send_message
+from worker.status import MessageStatus
+
+BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
+_phone_seq = iter(range(10_000_000, 99_999_999))
+
+
+def new_phone() -> str:
+    return f"9665{next(_phone_seq)}"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def runtime(request, database_url, sandbox):  # noqa: ANN001
+    base_url, _ = sandbox
+    extra = {"SEND_READ_TIMEOUT_S": "1", "SEND_RETRY_MAX_WAIT_S": "0.05", "AWAL_RATE_LIMIT": "1000/s", "AWAL_RATE_BURST": "50"}
+    if request.param == "redis":
+        extra["REDIS_URL"] = request.getfixturevalue("redis_url")
+    rt = make_runtime(stack_env(database_url=database_url, sandbox_url=base_url, **extra))
+    yield rt
+    rt.close()
+
+
+def enqueue(rt, phone: str | None = None, **kw) -> int:  # noqa: ANN001
+    # Given a message stored as queued (the embedded runtime hands publishing to the dispatcher)
+    return enqueue_message(phone=phone or new_phone(), body_text="Hello {{x}} 🎉", buttons=BUTTONS, runtime=rt, **kw)
+
+
+def load(rt, message_id: int) -> Message:  # noqa: ANN001
+    with rt.session_factory() as s:
+        return s.get(Message, message_id)
+
+
+def attempts_of(rt, message_id: int) -> list[Attempt]:  # noqa: ANN001
+    with rt.session_factory() as s:
+        return list(s.scalars(sa.select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)))
+
+
+def test_queued_message_is_sent_and_the_vendor_ids_are_recorded(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    mid = enqueue(runtime)
+    assert load(runtime, mid).status == MessageStatus.QUEUED.value
+
+    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+
+    msg = load(runtime, mid)
+    [received] = vendor.received(phone=msg.phone)
+    assert msg.status == "sent"
+    assert msg.vendor_message_id == received["message_id"] and msg.vendor_message_id.startswith("wamid.")
+    assert msg.vendor_id == received["id"] and msg.vendor_status == "sent"
+    assert msg.sent_at is not None and msg.attempts == 1
+    [attempt] = attempts_of(runtime, mid)
+    assert attempt.http_status == 200 and attempt.outcome == "sent" and attempt.worker
+
+
+def test_a_400_ends_failed_with_the_vendors_code(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    phone = new_phone()
+    vendor.script(phone, ["400"])
+    mid = enqueue(runtime, phone)
+
+    assert send_message(mid, runtime.send_deps()) is Outcome.FAILED
+
+    msg = load(runtime, mid)
+    assert msg.status == "failed"
+    assert msg.last_error_code and msg.last_error_code != "permanent"
+    assert msg.last_request_id and msg.last_request_id.startswith("req_")
+    assert [a.http_status for a in attempts_of(runtime, mid)] == [400]
+
+
+def test_two_503s_then_200_ends_sent_with_three_attempt_rows(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    phone = new_phone()
+    vendor.script(phone, ["503", "503"])
+    mid = enqueue(runtime, phone)
+
+    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+
+    assert load(runtime, mid).status == "sent"
+    assert [a.http_status for a in attempts_of(runtime, mid)] == [503, 503, 200]
+    assert len(vendor.received(phone=phone)) == 1
+
+
+def test_a_read_timeout_ends_unknown_and_the_vendor_received_it_exactly_once(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    phone = new_phone()
+    vendor.script(phone, ["timeout"])
+    mid = enqueue(runtime, phone)
+
+    assert send_message(mid, runtime.send_deps()) is Outcome.UNKNOWN
+
+    msg = load(runtime, mid)
+    assert msg.status == "unknown" and msg.last_error_code == "read_timeout"
+    assert len(vendor.received(phone=phone)) == 1
+    # never resent on its own: a second delivery of the task does nothing
+    assert send_message(mid, runtime.send_deps()) is Outcome.SKIPPED
+    assert len(vendor.received(phone=phone)) == 1
+
+
+def test_the_same_task_delivered_twice_sends_once(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    mid = enqueue(runtime)
+    deps = runtime.send_deps()
+
+    assert send_message(mid, deps) is Outcome.SENT
+    assert send_message(mid, deps) is Outcome.SKIPPED
+    assert len(vendor.received(phone=load(runtime, mid).phone)) == 1
+
+
+def test_a_429_requeues_without_spending_the_retry_budget_and_blocks_the_scope(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    phone = new_phone()
+    vendor.script(phone, ["429"])
+    mid = enqueue(runtime, phone)
+
+    assert send_message(mid, runtime.send_deps()) is Outcome.REQUEUED
+
+    msg = load(runtime, mid)
+    assert msg.status == "queued" and msg.attempts == 0 and msg.not_before is not None
+    assert msg.enqueued_at is None  # handed to the dispatcher, no long ETA on the broker
+    state = runtime.limiter.state(runtime.scope)
+    assert state.blocked_until is not None and state.blocked_until > state.as_of
+
+
+def test_transient_failures_past_the_budget_end_failed(runtime, sandbox) -> None:
+    _, vendor = sandbox
+    phone = new_phone()
+    vendor.script(phone, ["503"] * 3)
+    mid = enqueue(runtime, phone)
+    rt = make_runtime({**_env_of(runtime), "MESSAGE_MAX_ATTEMPTS": "3"})
+
+    assert send_message(mid, rt.send_deps()) is Outcome.FAILED
+    msg = load(runtime, mid)
+    assert msg.status == "failed" and msg.attempts == 3 and msg.last_error_code
+    rt.close()
+
+
+def test_the_same_idempotency_key_twice_creates_one_message(runtime) -> None:
+    first = enqueue(runtime, idempotency_key="order-42-confirmation")
+    second = enqueue(runtime, idempotency_key="order-42-confirmation")
+    assert first == second
+    with runtime.session_factory() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Message).where(Message.idempotency_key == "order-42-confirmation")) == 1
+
+
+def test_an_invalid_broker_payload_is_stored_as_rejected_and_the_result_says_why(runtime) -> None:
+    result = enqueue_payload({"phone": "12ab", "body_text": " ", "buttons": [{"id": "a", "title": "x" * 21}]}, runtime)
+    assert result["status"] == "rejected"
+    fields = {e["field"] for e in result["errors"]}
+    assert {"phone", "body_text", "buttons[0].title"} <= fields
+    msg = load(runtime, result["message_id"])
+    assert msg.status == "rejected" and "buttons[0].title" in msg.last_error_message
+
+
+def test_a_paused_campaign_message_goes_back_to_pending_untouched(runtime, sandbox) -> None:
+    from worker.models import Campaign
+
+    _, vendor = sandbox
+    with runtime.session_factory.begin() as s:
+        camp = Campaign(name="c", phone_number_id="123456", template={"body_text": "x", "buttons": BUTTONS}, status="paused")
+        s.add(camp)
+        s.flush()
+        msg = Message(campaign_id=camp.id, phone_number_id="123456", phone=new_phone(),
+                      content={"body_text": "x", "buttons": BUTTONS}, status="queued")
+        s.add(msg)
+        s.flush()
+        mid = msg.id
+
+    assert send_message(mid, runtime.send_deps()) is Outcome.PAUSED
+    row = load(runtime, mid)
+    assert row.status == "pending" and row.attempts == 0
+    assert vendor.received(phone=row.phone) == []
+    with runtime.session_factory() as s:
+        assert s.scalar(sa.select(MessageEvent.to_status).where(MessageEvent.message_id == mid)) == "pending"
+
+
+def _env_of(rt) -> dict[str, str]:  # noqa: ANN001
+    s = rt.settings
+    env = {"DATABASE_URL": s.database_url, "AWAL_BASE_URL": s.awal_base_url, "AWAL_CLIENT_ID": s.awal_client_id,
+           "AWAL_DOMAIN": s.awal_domain, "AWAL_HMAC_SECRET": s.awal_hmac_secret.reveal(),
+           "AWAL_PHONE_NUMBER_ID": s.awal_phone_number_id, "SEND_RETRY_MAX_WAIT_S": "0.05",
+           "AWAL_RATE_LIMIT": str(s.rate_limit), "AWAL_RATE_BURST": str(s.rate_burst)}
+    if s.redis_url:
+        env["REDIS_URL"] = s.redis_url
+    return env
