@@ -1,0 +1,284 @@
+"""`buttoncast campaign ...`: create (with its CSV), schedule, pause, resume, cancel, list, show,
+report, test. Summaries and errors go to standard error; what a script captures (a new id, a
+report) goes to standard output.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any, Callable, TypeVar
+
+import click
+import sqlalchemy as sa
+
+from scheduler import campaigns, report
+from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
+from scheduler.window import WindowInvalid, parse_window
+from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
+from worker.models import Campaign, Message
+from worker.runtime import Runtime
+from worker.status import CampaignStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+SUMMARY_DETAIL_ROWS = 20
+WATCH_REFRESH_S = 1.0
+ENDED = (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
+
+
+def campaign_errors(func: F) -> F:
+    """Our own errors as one line: exit 2 for input to fix, 1 for a refusal (not found, illegal
+    transition, nothing importable)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ImportRefused as exc:
+            _print_problems("rejected", exc.result.problems, exc.result.rejected)
+            fail(str(exc), 1)
+        except (ConfigError, MessageInvalid):
+            raise  # friendly_errors words these
+        except (RecipientsFileError, WindowInvalid) as exc:
+            fail(str(exc), 2)  # fix the input and run again
+        except ButtoncastError as exc:
+            fail(str(exc), 1)  # refused: not found, illegal transition
+
+    return friendly_errors(wrapper)  # type: ignore[return-value]
+
+
+def parse_at(text: str | None, option: str = "--at") -> datetime | None:
+    """ISO 8601 with an offset ('Z' or +03:00); a naive time is refused rather than guessed."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MessageInvalid([FieldProblem(option, f"{text!r} is not an ISO 8601 time; write e.g. 2026-12-01T09:00:00+03:00")]) from None
+    if value.tzinfo is None:
+        raise MessageInvalid([FieldProblem(option, f"{text!r} has no UTC offset; add one, e.g. {text.strip()}+03:00 or {text.strip()}Z")])
+    return value
+
+
+def _load_message(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise MessageInvalid([FieldProblem("--message", f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}")]) from None
+    except UnicodeDecodeError:
+        raise MessageInvalid([FieldProblem("--message", f"{path} is not UTF-8 text")]) from None
+    if not isinstance(data, dict):
+        raise MessageInvalid([FieldProblem("--message", f"{path} must hold a JSON object with body_text and buttons")])
+    return data
+
+
+def _print_result(result: ImportResult) -> None:
+    click.echo(f"imported {result.imported} recipient(s); rejected {result.rejected} row(s); "
+               f"skipped {result.duplicates} duplicate(s)", err=True)
+    _print_problems("rejected", result.problems, result.rejected)
+    _print_problems("duplicates", result.duplicate_rows, result.duplicates)
+
+
+def _print_problems(title: str, rows: list[RowProblem], total: int) -> None:
+    if rows:
+        click.echo(f"{title} (first {min(SUMMARY_DETAIL_ROWS, len(rows))} of {total}):", err=True)
+        for problem in rows[:SUMMARY_DETAIL_ROWS]:
+            click.echo(f"  {problem}", err=True)
+
+
+@click.group("campaign")
+def campaign_group() -> None:
+    """Campaigns: one button message to every recipient of a CSV, scheduled and paced."""
+
+
+@campaign_group.command("create")
+@click.option("--name", required=True, help="A name operators recognise (at most 200 characters).")
+@click.option("--message", "message_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="message.json: header_text, body_text, footer_text, buttons; {{column}} placeholders allowed in the texts.")
+@click.option("--recipients", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV (UTF-8) with a 'phone' column; other columns fill the placeholders.")
+@click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with offset (default: the next dispatcher tick).")
+@click.option("--window", default=None, metavar="HH:MM-HH:MM", help="Daily send window, e.g. 09:00-21:00 (22:00-06:00 crosses midnight).")
+@click.option("--tz", default=None, help="IANA time zone of --window, e.g. Asia/Riyadh.")
+@click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
+@click.option("--draft", is_flag=True, help="Create it as a draft; start it later with `campaign schedule ID`.")
+@click.option("--strict", is_flag=True, help="Refuse the whole file if any row is invalid.")
+@campaign_errors
+def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict) -> None:  # noqa: ANN001
+    """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
+    at = parse_at(at_text)
+    send_window = parse_window(window, tz)
+    template = _load_message(message_path)
+    runtime = load_runtime()
+    sender = phone_number_id or runtime.settings.awal_phone_number_id
+    if not sender:
+        raise ConfigError("no sender: pass --phone-number-id or set AWAL_PHONE_NUMBER_ID")
+    ensure_schema(runtime)
+    campaign_id, result = campaigns.create_with_recipients(
+        runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=at,
+        name=name, phone_number_id=sender, template=template, window=send_window,
+    )
+    _print_result(result)
+    with runtime.session_factory() as session:
+        campaign = campaigns.get_campaign(session, campaign_id)
+    when = "draft: start it with `buttoncast campaign schedule %d`" % campaign_id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
+    click.echo(f"campaign {campaign_id} created ({when})", err=True)
+    click.echo(campaign_id)
+
+
+def _change(campaign_id: int, action: Callable[..., Any], *args: Any) -> Campaign:
+    runtime = load_runtime()
+    with runtime.session_factory.begin() as session:
+        outcome = action(session, campaign_id, *args)
+    return outcome[0] if isinstance(outcome, tuple) else outcome
+
+
+@campaign_group.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with offset (default: the time given at creation, else now).")
+@campaign_errors
+def schedule_command(campaign_id: int, at_text: str | None) -> None:
+    """Schedule a draft (or a paused campaign that never started)."""
+    campaign = _change(campaign_id, campaigns.schedule, parse_at(at_text))
+    click.echo(f"campaign {campaign_id} scheduled for {report.format_utc(campaign.scheduled_at)}")
+
+
+@campaign_group.command("pause")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default=campaigns.PAUSED_BY_OPERATOR, show_default=True, help="Shown by `campaign show`.")
+@campaign_errors
+def pause_command(campaign_id: int, reason: str) -> None:
+    """Stop dispatching; queued sends return to pending. Takes effect within one dispatcher tick."""
+    _change(campaign_id, campaigns.pause, reason)
+    click.echo(f"campaign {campaign_id} paused")
+
+
+@campaign_group.command("resume")
+@click.argument("campaign_id", type=int)
+@campaign_errors
+def resume_command(campaign_id: int) -> None:
+    """Continue a paused campaign where it stopped (running, or scheduled if it never started)."""
+    campaign = _change(campaign_id, campaigns.resume)
+    click.echo(f"campaign {campaign_id} {campaign.status}")
+
+
+@campaign_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@campaign_errors
+def cancel_command(campaign_id: int) -> None:
+    """Cancel: every pending or queued message becomes cancelled; those mid-send finish on their own."""
+    runtime = load_runtime()
+    with runtime.session_factory.begin() as session:
+        _, cancelled = campaigns.cancel(session, campaign_id)
+    click.echo(f"campaign {campaign_id} cancelled; {cancelled} unsent message(s) cancelled")
+
+
+@campaign_group.command("list")
+@campaign_errors
+def list_command() -> None:
+    """Every campaign with its status, start time and message counts (one grouped query)."""
+    runtime = load_runtime()
+    with runtime.session_factory() as session:
+        rows = session.execute(sa.select(Campaign.id, Campaign.name, Campaign.status, Campaign.scheduled_at).order_by(Campaign.id)).all()
+        counts = campaigns.status_counts_many(session)
+    click.echo(f"{'id':>6}  {'status':<10} {'scheduled (UTC)':<19}  {'total':>8} {'pending':>8} {'queued':>7} {'sending':>7} {'sent':>8} {'failed':>7} {'other':>6}  name")
+    for cid, name, status, scheduled in rows:
+        c = counts.get(cid) or campaigns.empty_counts()
+        other = c["unknown"] + c["cancelled"] + c["rejected"]
+        when = scheduled.strftime("%Y-%m-%d %H:%M:%S") if scheduled else "-"
+        click.echo(f"{cid:>6}  {status:<10} {when:<19}  {sum(c.values()):>8} {c['pending']:>8} {c['queued']:>7} "
+                   f"{c['sending']:>7} {c['sent']:>8} {c['failed']:>7} {other:>6}  {name}")
+
+
+def _progress(runtime: Runtime, campaign_id: int) -> report.Progress:
+    with runtime.session_factory() as session:
+        return report.progress(session, campaign_id, runtime.settings.rate_limit.per_second)
+
+
+@campaign_group.command("show")
+@click.argument("campaign_id", type=int)
+@click.option("--watch", is_flag=True, help="Keep a live progress bar until the campaign completes or is cancelled.")
+@campaign_errors
+def show_command(campaign_id: int, watch: bool) -> None:
+    """Status, schedule, window, counts, sending rate, estimated finish, pause reason and funnel."""
+    runtime = load_runtime()
+    if watch:
+        _watch(runtime, campaign_id)
+    click.echo("\n".join(report.describe(_progress(runtime, campaign_id))))
+
+
+def _watch(runtime: Runtime, campaign_id: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"))
+    try:
+        with Progress(*columns, refresh_per_second=4) as bar:
+            task = bar.add_task(f"campaign {campaign_id}", total=None, detail="")
+            while True:
+                p = _progress(runtime, campaign_id)
+                status = p.campaign.status
+                label = f"paused ({p.campaign.pause_reason}), still watching" if status == CampaignStatus.PAUSED.value else status
+                eta = p.eta()
+                detail = f"{p.rate_per_minute}/min" + (f", ETA {eta:%H:%M:%S} UTC" if eta and status != "paused" else "")
+                bar.update(task, total=p.total or None, completed=p.done, description=f"campaign {campaign_id} {label}", detail=detail)
+                if status in ENDED or status == CampaignStatus.DRAFT.value:
+                    break  # a draft does nothing until `campaign schedule`
+                time.sleep(WATCH_REFRESH_S)
+    except KeyboardInterrupt:
+        click.echo("stopped watching (the campaign goes on)", err=True)
+
+
+@campaign_group.command("report")
+@click.argument("campaign_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
+@campaign_errors
+def report_command(campaign_id: int, fmt: str, output: str | None) -> None:
+    """One row per recipient: ids, status, attempts, last error, sent time, delivery and reply."""
+    runtime = load_runtime()
+    write = report.write_csv if fmt == "csv" else report.write_json
+    with runtime.session_factory() as session:
+        rows = report.report_rows(session, campaign_id)
+        first = next(rows, None)  # raises CampaignNotFound before a file is created
+        stream = _chain(first, rows)
+        if output:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                count = write(stream, out)
+        else:
+            count = write(stream, click.get_text_stream("stdout"))
+    click.echo(f"{count} row(s) written" + (f" to {output}" if output else ""), err=True)
+
+
+def _chain(first: dict | None, rest: Any) -> Any:
+    if first is not None:
+        yield first
+        yield from rest
+
+
+@campaign_group.command("test")
+@click.argument("campaign_id", type=int)
+@click.option("--phone", required=True, help="Where the test goes, international format.")
+@campaign_errors
+def test_command(campaign_id: int, phone: str) -> None:
+    """Send the campaign's message, filled with the first recipient's variables, to PHONE now.
+
+    It goes through the normal send path as an ad-hoc message (rate limit, retries, audit trail),
+    so the campaign's counts are untouched. Prints the message id; see `buttoncast message show`.
+    """
+    from worker.enqueue import enqueue_message
+
+    runtime = load_runtime()
+    with runtime.session_factory() as session:
+        campaign = campaigns.get_campaign(session, campaign_id)
+        content = session.scalar(sa.select(Message.content).where(Message.campaign_id == campaign_id).order_by(Message.id).limit(1))
+    if content is None:
+        fail(f"campaign {campaign_id} has no recipients to take the variables from", 1)
+    message_id = enqueue_message(phone=phone, phone_number_id=campaign.phone_number_id, runtime=runtime, **content)
+    note = " (no broker configured: it goes out when `buttoncast run` or a dispatcher picks it up)" if runtime.settings.embedded else ""
+    click.echo(f"test message {message_id} to {phone} queued{note}", err=True)
+    click.echo(message_id)

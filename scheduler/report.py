@@ -1,0 +1,184 @@
+"""What a campaign did: progress (counts, rate, ETA), the reply funnel, and one report row per recipient.
+
+Every figure comes from a set-based query over `messages` (counts grouped by status, the funnel as
+conditional counts in one query); the per-recipient report is streamed with `yield_per` so a
+million-row campaign is written without holding it in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import IO, Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from scheduler.campaigns import get_campaign, status_counts
+from worker.models import Campaign, Message, utcnow
+from worker.status import DeliveryStatus, MessageStatus
+
+RATE_WINDOW_S = 60
+REPORT_YIELD_ROWS = 1_000
+REPORT_COLUMNS = (
+    "message_id", "phone", "status", "vendor_id", "vendor_message_id", "attempts", "last_error_code",
+    "last_error_message", "sent_at", "delivery_status", "delivered_at", "read_at", "replied_at",
+    "reply_button_id", "reply_button_title",
+)
+#: still to go out: the estimate counts these against the rate limit
+LEFT_STATUSES = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value)
+#: nothing more will happen to these
+DONE_STATUSES = tuple(s.value for s in MessageStatus if s.is_final)
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """Sent -> delivered -> read -> replied, and taps per button (id, title) -> count."""
+
+    sent: int
+    delivered: int
+    read: int
+    replied: int
+    sent_last_minute: int
+    taps: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+
+    def rate(self, count: int) -> float | None:
+        """`count` as a share of sent messages (None before anything was sent)."""
+        return count / self.sent if self.sent else None
+
+
+def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> Funnel:
+    """The funnel in two queries: conditional counts, then taps grouped by button."""
+    since = (now or utcnow()) - timedelta(seconds=RATE_WINDOW_S)
+    reached = (DeliveryStatus.DELIVERED.value, DeliveryStatus.READ.value)
+    # A read receipt can arrive without (or before) its delivered one: read implies delivered.
+    delivered = sa.or_(Message.delivered_at.is_not(None), Message.read_at.is_not(None), Message.delivery_status.in_(reached))
+    read = sa.or_(Message.read_at.is_not(None), Message.delivery_status == DeliveryStatus.READ.value)
+    row = session.execute(
+        sa.select(
+            sa.func.count(Message.sent_at),
+            sa.func.count(sa.case((delivered, 1))),
+            sa.func.count(sa.case((read, 1))),
+            sa.func.count(Message.replied_at),
+            sa.func.count(sa.case((Message.sent_at >= since, 1))),
+        ).where(Message.campaign_id == campaign_id)
+    ).one()
+    taps = session.execute(
+        sa.select(Message.reply_button_id, Message.reply_button_title, sa.func.count())
+        .where(Message.campaign_id == campaign_id, Message.replied_at.is_not(None))
+        .group_by(Message.reply_button_id, Message.reply_button_title)
+        .order_by(sa.func.count().desc())
+    ).all()
+    return Funnel(*row, taps=[tuple(t) for t in taps])  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A campaign's state for `campaign show` and `--watch`."""
+
+    campaign: Campaign
+    counts: dict[str, int]
+    funnel: Funnel
+    per_second_limit: float
+    now: datetime
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts[s] for s in DONE_STATUSES)
+
+    @property
+    def left(self) -> int:
+        return sum(self.counts[s] for s in LEFT_STATUSES)
+
+    @property
+    def rate_per_minute(self) -> int:
+        return self.funnel.sent_last_minute
+
+    def eta(self) -> datetime | None:
+        """Finish time if the whole rate limit went to this campaign (a best case: the budget is
+        shared with other campaigns and ad-hoc sends, and a send window pauses it)."""
+        if not self.left or self.per_second_limit <= 0:
+            return None
+        start = max(self.now, self.campaign.scheduled_at or self.now)
+        return start + timedelta(seconds=self.left / self.per_second_limit)
+
+
+def progress(session: Session, campaign_id: int, per_second_limit: float, now: datetime | None = None) -> Progress:
+    now = now or utcnow()
+    campaign = get_campaign(session, campaign_id)
+    return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now)
+
+
+def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
+    """One dict per recipient in import order, streamed (server-side cursor on Postgres)."""
+    get_campaign(session, campaign_id)
+    columns = [Message.id.label("message_id")] + [getattr(Message, c) for c in REPORT_COLUMNS[1:]]
+    query = (
+        sa.select(*columns).where(Message.campaign_id == campaign_id).order_by(Message.id)
+        .execution_options(yield_per=REPORT_YIELD_ROWS)
+    )
+    for row in session.execute(query):
+        yield dict(row._mapping)
+
+
+def _text(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    """CSV with a header row; times as ISO 8601 UTC. Returns the number of rows written."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    count = 0
+    for row in rows:
+        writer.writerow(["" if row[c] is None else _text(row[c]) for c in REPORT_COLUMNS])
+        count += 1
+    return count
+
+
+def write_json(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
+    """A JSON array, one object per line, written as rows arrive. Returns the number of rows."""
+    count = 0
+    out.write("[")
+    for row in rows:
+        out.write(("\n" if count == 0 else ",\n") + json.dumps({c: _text(row[c]) for c in REPORT_COLUMNS}, ensure_ascii=False))
+        count += 1
+    out.write("\n]\n" if count else "]\n")
+    return count
+
+
+def format_utc(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _share(f: Funnel, count: int) -> str:
+    rate = f.rate(count)
+    return f"{count}" + ("" if rate is None else f" ({rate:.1%} of sent)")
+
+
+def describe(p: Progress) -> list[str]:
+    """The lines of `campaign show`: status, schedule, window, counts, rate, ETA, funnel."""
+    c, f = p.campaign, p.funnel
+    window = f"{c.window_start}-{c.window_end} {c.window_tz}" if c.window_start else "any time"
+    eta = p.eta()
+    lines = [
+        f"campaign {c.id}: {c.name}",
+        f"  status:     {c.status}" + (f" (reason: {c.pause_reason})" if c.pause_reason else ""),
+        f"  sender:     phone_number_id {c.phone_number_id}",
+        f"  scheduled:  {format_utc(c.scheduled_at)}   started: {format_utc(c.started_at)}   finished: {format_utc(c.finished_at)}",
+        f"  window:     {window}",
+        f"  imported:   {c.recipients_imported} recipient(s), {c.rows_rejected} row(s) rejected at import",
+        "  messages:   " + ", ".join(f"{s} {n}" for s, n in p.counts.items()) + f"  (total {p.total})",
+        f"  progress:   {p.done}/{p.total} done, {p.left} left; sent in the last minute: {p.rate_per_minute}",
+        f"  estimate:   " + (f"finishes around {format_utc(eta)} at the rate limit of {p.per_second_limit * 3600:g}/h "
+                             "(best case: the budget is shared, and the window is not counted)" if eta else "nothing left to send"),
+        f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
+    ]
+    lines += [f"    tapped {title or '?'} [{button_id or '?'}]: {_share(f, n)}" for button_id, title, n in f.taps]
+    return lines
