@@ -250,7 +250,7 @@ def report_command(campaign_id: int, fmt: str, output: str | None) -> None:
             with open(output, "w", encoding="utf-8", newline="") as out:
                 count = write(stream, out)
         else:
-            count = write(stream, click.get_text_stream("stdout"))
+            count = write(stream, sys.stdout)
     click.echo(f"{count} row(s) written" + (f" to {output}" if output else ""), err=True)
 
 
