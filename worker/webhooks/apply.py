@@ -1,0 +1,192 @@
+"""Apply webhook events to messages: delivery status forward only, button replies earliest first.
+
+Every write is one conditional UPDATE, so duplicates, out-of-order arrival and concurrent
+receivers or sweepers cannot move a message backwards:
+- status: NULL/sent -> delivered -> read; `failed` only from NULL or sent (a message the vendor
+  already called delivered or read stays so) and records the reason; nothing leaves `failed`.
+  Times keep the earliest evidence: delivered_at/read_at = min(stored, event time); a read with no
+  delivered_at sets delivered_at too (read implies delivered).
+- reply: the earliest tap (by the event's time) wins; later taps stay in webhook_events only.
+  A reply does not change delivery_status: the columns say what the vendor reported.
+Functions here never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from worker.models import Message, UTCDateTime, utcnow
+from worker.status import DeliveryStatus
+from worker.webhooks.events import Event, parse_body
+from worker.webhooks.models import EventKind, WebhookEvent
+from worker.webhooks.store import insert_event, mark_matched
+
+#: a reply without context may be linked to a message sent up to this long after the reply's time
+#: (the vendor's clock and ours differ a little); later messages cannot be what it answers
+REPLY_CLOCK_SKEW_S = 60.0
+#: recent messages to one phone considered when a reply carries no context
+REPLY_CANDIDATES = 5
+PENDING_BATCH = 500
+BUTTON_ID_MAX_CHARS = 256
+BUTTON_TITLE_MAX_CHARS = 64
+
+_DELIVERED, _READ, _FAILED = DeliveryStatus.DELIVERED, DeliveryStatus.READ, DeliveryStatus.FAILED
+_RANK = sa.case({s.value: s.rank for s in DeliveryStatus}, value=Message.delivery_status, else_=-1)
+
+
+class Outcome(str, enum.Enum):
+    """What the receiver did with one event."""
+
+    MATCHED = "matched"      # recorded and applied to its message
+    PENDING = "pending"      # recorded; its message is not known yet
+    IGNORED = "ignored"      # recorded; nothing to apply (a non-button inbound message)
+    DUPLICATE = "duplicate"  # already recorded earlier: nothing done
+
+
+def record_and_apply(session: Session, event: Event, body: bytes) -> Outcome:
+    """Record an event and, when its message is known, apply it in the same transaction."""
+    message_id = find_message(session, event) if event.kind != EventKind.INBOUND else None
+    if insert_event(session, event, body, message_id=message_id) is None:
+        return Outcome.DUPLICATE
+    if event.kind == EventKind.INBOUND:
+        return Outcome.IGNORED
+    if message_id is None:
+        return Outcome.PENDING
+    apply_to_message(session, event, message_id)
+    return Outcome.MATCHED
+
+
+def find_message(session: Session, event: Event) -> int | None:
+    """The id of the message an event is about, or None when it is not (yet) recorded."""
+    if event.vendor_message_id:
+        return session.execute(
+            sa.select(Message.id).where(Message.vendor_message_id == event.vendor_message_id)
+        ).scalar_one_or_none()
+    if event.kind == EventKind.REPLY and event.phone:
+        return _latest_message_to(session, event)
+    return None
+
+
+def _latest_message_to(session: Session, event: Event) -> int | None:
+    """A reply with no context answers the latest message sent to its phone before it; among the
+    last few, prefer one that offered the tapped button id."""
+    latest_send = event.occurred_at + timedelta(seconds=REPLY_CLOCK_SKEW_S)
+    rows = session.execute(
+        sa.select(Message.id, Message.content)
+        .where(Message.phone == event.phone, Message.sent_at.is_not(None), Message.sent_at <= latest_send)
+        .order_by(Message.sent_at.desc(), Message.id.desc())
+        .limit(REPLY_CANDIDATES)
+    ).all()
+    for message_id, content in rows:
+        buttons = (content or {}).get("buttons") or []
+        if any(isinstance(b, dict) and b.get("id") == event.button_id for b in buttons):
+            return message_id
+    return rows[0][0] if rows else None
+
+
+def apply_to_message(session: Session, event: Event, message_id: int) -> bool:
+    """Apply a status or reply event to one message; True if the row changed."""
+    if event.kind == EventKind.STATUS:
+        return _apply_status(session, event, message_id)
+    if event.kind == EventKind.REPLY:
+        return _apply_reply(session, event, message_id)
+    return False
+
+
+def _earliest(column: sa.orm.InstrumentedAttribute, when: sa.ColumnElement) -> sa.ColumnElement:
+    return sa.case((sa.or_(column.is_(None), column > when), when), else_=column)
+
+
+def _apply_status(session: Session, event: Event, message_id: int) -> bool:
+    status = DeliveryStatus(event.status)
+    when = sa.literal(event.occurred_at, UTCDateTime())
+    where = [Message.id == message_id]
+    values: dict = {}
+    if status is _FAILED:
+        where.append(_RANK < _DELIVERED.rank)
+        values.update(delivery_status=status.value, delivery_error=event.reason)
+    else:
+        where.append(_RANK != _FAILED.rank)
+        values["delivery_status"] = sa.case((_RANK < status.rank, status.value), else_=Message.delivery_status)
+        if status.rank >= _DELIVERED.rank:
+            values["delivered_at"] = _earliest(Message.delivered_at, when)
+        if status is _READ:
+            values["read_at"] = _earliest(Message.read_at, when)
+    done = session.execute(
+        sa.update(Message).where(*where).values(**values).execution_options(synchronize_session=False)
+    ).rowcount
+    return done == 1
+
+
+def _apply_reply(session: Session, event: Event, message_id: int) -> bool:
+    title = event.button_title[:BUTTON_TITLE_MAX_CHARS] if event.button_title else None
+    done = session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id, sa.or_(Message.replied_at.is_(None), Message.replied_at > event.occurred_at))
+        .values(
+            replied_at=event.occurred_at, reply_button_id=(event.button_id or "")[:BUTTON_ID_MAX_CHARS],
+            reply_button_title=title,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return done == 1
+
+
+def match_pending_events(session: Session, limit: int = PENDING_BATCH) -> int:
+    """Apply up to `limit` unmatched status/reply events whose message now exists; returns how many.
+
+    For the sweeper (beat schedule): an event can arrive before the send path records the wamid.
+    Safe to run concurrently with the receiver and with itself (every write is conditional).
+    Does not commit: call inside the sweeper's transaction.
+    """
+    by_wamid = session.execute(
+        sa.select(WebhookEvent.id, WebhookEvent.body, WebhookEvent.received_at, Message.id)
+        .join(Message, Message.vendor_message_id == WebhookEvent.vendor_message_id)
+        .where(WebhookEvent.matched.is_(False), WebhookEvent.kind.in_([EventKind.STATUS, EventKind.REPLY]))
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    ).all()
+    matched = 0
+    for event_id, body, received_at, message_id in by_wamid:
+        matched += _apply_pending(session, event_id, body, received_at, message_id)
+    if len(by_wamid) < limit:
+        matched += _match_replies_by_phone(session, limit - len(by_wamid))
+    return matched
+
+
+def _match_replies_by_phone(session: Session, limit: int) -> int:
+    """Replies without context whose phone now has a sent message."""
+    # sent_at <= occurred_at (no skew) guarantees find_message succeeds, so no row is picked forever
+    has_message = sa.exists().where(
+        Message.phone == WebhookEvent.phone, Message.sent_at.is_not(None), Message.sent_at <= WebhookEvent.occurred_at
+    )
+    rows = session.execute(
+        sa.select(WebhookEvent.id, WebhookEvent.body, WebhookEvent.received_at)
+        .where(
+            WebhookEvent.matched.is_(False), WebhookEvent.kind == EventKind.REPLY,
+            WebhookEvent.vendor_message_id.is_(None), has_message,
+        )
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    ).all()
+    matched = 0
+    for event_id, body, received_at in rows:
+        matched += _apply_pending(session, event_id, body, received_at, None)
+    return matched
+
+
+def _apply_pending(
+    session: Session, event_id: int, body: str, received_at: datetime, message_id: int | None
+) -> int:
+    event = parse_body(body.encode("utf-8"), received_at=received_at)
+    if not isinstance(event, Event):
+        raise ValueError(f"webhook_events row {event_id} holds a verification body, not an event")
+    message_id = message_id or find_message(session, event)
+    if message_id is None or not mark_matched(session, event_id, message_id, utcnow()):
+        return 0
+    apply_to_message(session, event, message_id)
+    return 1
