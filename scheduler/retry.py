@@ -1,0 +1,243 @@
+"""Operator retry: put `failed` or `unknown` messages back in the queue, with the reason on record.
+
+A retried message becomes `queued` with no task out (enqueued_at NULL) and no not-before time, so
+the dispatcher publishes it on its next tick under the same rate limit and flow control as any
+other. Nothing the vendor accepted is ever requeued: only `failed` and `unknown` rows qualify, and
+never one with a recorded vendor messageId or a `sent` attempt. Attempt rows are kept; the attempts
+counter (the retry budget) starts again from 0, and a MessageEvent by "operator" says why, with the
+filter that selected it. Each batch is one conditional UPDATE that repeats the whole filter, so a
+message that changed meanwhile (a late worker answer, a second operator) is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.errors import ButtoncastError
+from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
+from worker.status import CampaignStatus, MessageStatus
+
+log = logging.getLogger("buttoncast.retry")
+ACTOR = "operator"
+RETRYABLE = (MessageStatus.FAILED, MessageStatus.UNKNOWN)
+RETRY_BATCH_SIZE = 500
+NO_ERROR_CODE = "(no error code)"
+DUPLICATE_WARNING = (
+    "duplicates are possible: unknown messages were sent to the vendor without an answer, the vendor "
+    "may already have delivered them, and retrying can deliver the same message twice to those recipients"
+)
+
+
+class RetryRefused(ButtoncastError):
+    """The selection cannot be retried (a sent message, a cancelled campaign, ...); says why."""
+
+
+@dataclass(frozen=True)
+class RetrySelection:
+    """Which messages to retry: one message, or a campaign's messages in one status (plus filters)."""
+
+    campaign_id: int | None = None
+    status: MessageStatus | None = None
+    error_code: str | None = None
+    since: datetime | None = None        # finished at or after (aware)
+    message_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.message_id is None) == (self.campaign_id is None):
+            raise RetryRefused("give either a campaign (with --status) or one message")
+        if self.campaign_id is not None and self.status not in RETRYABLE:
+            raise RetryRefused("--status must be failed or unknown; sent messages are never requeued")
+        if self.message_id is not None and (self.error_code or self.since):
+            raise RetryRefused("--error-code and --since filter a campaign's messages, not one message")
+        if self.since is not None and self.since.tzinfo is None:
+            raise RetryRefused("--since needs a UTC offset, e.g. 2026-12-01T09:00:00+03:00")
+
+    def describe(self) -> str:
+        if self.message_id is not None:
+            return f"message {self.message_id}"
+        parts = [f"campaign {self.campaign_id}", f"status {self.status.value}"]
+        if self.error_code:
+            parts.append(f"error code {self.error_code}")
+        if self.since:
+            parts.append(f"finished since {self.since.isoformat()}")
+        return ", ".join(parts)
+
+    def where(self) -> sa.ColumnElement[bool]:
+        """The whole filter, repeated in every UPDATE so a concurrent change is never overwritten."""
+        statuses = [self.status.value] if self.status else [s.value for s in RETRYABLE]
+        conditions = [
+            Message.status.in_(statuses),
+            # Belt and braces: whatever its status says, a message the vendor accepted stays put.
+            Message.vendor_message_id.is_(None),
+            ~sa.select(Attempt.id).where(Attempt.message_id == Message.id, Attempt.outcome == "sent").exists(),
+        ]
+        if self.message_id is not None:
+            conditions.append(Message.id == self.message_id)
+        else:
+            conditions.append(Message.campaign_id == self.campaign_id)
+        if self.error_code:
+            conditions.append(Message.last_error_code == self.error_code)
+        if self.since:
+            conditions.append(Message.finished_at >= self.since)
+        return sa.and_(*conditions)
+
+
+@dataclass
+class RetryPlan:
+    """What a retry would do: how many, why (by last error code), and the campaign's situation."""
+
+    selection: RetrySelection
+    total: int = 0
+    by_error_code: dict[str, int] = field(default_factory=dict)
+    unknown: int = 0
+    campaign_id: int | None = None
+    campaign_status: str | None = None
+
+    @property
+    def risks_duplicates(self) -> bool:
+        return self.unknown > 0
+
+    def campaign_note(self) -> str | None:
+        """What the operator must know about the campaign for the requeued messages to go out."""
+        if self.campaign_id is None or self.total == 0:
+            return None
+        status = self.campaign_status
+        if status == CampaignStatus.COMPLETED.value:
+            return f"campaign {self.campaign_id} is completed: it goes back to running so the dispatcher sends them"
+        if status == CampaignStatus.PAUSED.value:
+            return f"campaign {self.campaign_id} is paused: the messages wait until `buttoncast campaign resume {self.campaign_id}`"
+        if status in (CampaignStatus.SCHEDULED.value, CampaignStatus.DRAFT.value):
+            return f"campaign {self.campaign_id} is {status}: the messages go out once it runs"
+        return None
+
+
+@dataclass
+class RetryResult:
+    requeued: int = 0
+    left_alone: int = 0                  # matched the plan but changed before the UPDATE reached them
+    campaign_reopened: bool = False
+
+
+def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
+    """Count what `selection` matches, grouped by last error code; refuse what may not be retried."""
+    plan = RetryPlan(selection=selection)
+    if selection.message_id is not None:
+        _check_one_message(session, selection.message_id)
+        plan.campaign_id = session.scalar(sa.select(Message.campaign_id).where(Message.id == selection.message_id))
+    else:
+        plan.campaign_id = selection.campaign_id
+    if plan.campaign_id is not None:
+        plan.campaign_status = session.scalar(sa.select(Campaign.status).where(Campaign.id == plan.campaign_id))
+        if plan.campaign_status is None:
+            raise RetryRefused(f"no campaign {plan.campaign_id}")
+        if plan.campaign_status == CampaignStatus.CANCELLED.value:
+            raise RetryRefused(f"campaign {plan.campaign_id} is cancelled: its messages are not sent again")
+    rows = session.execute(
+        sa.select(Message.status, Message.last_error_code, sa.func.count())
+        .where(selection.where())
+        .group_by(Message.status, Message.last_error_code)
+    ).all()
+    codes: Counter[str] = Counter()
+    for status, code, count in rows:
+        codes[code or NO_ERROR_CODE] += count
+        plan.total += count
+        if status == MessageStatus.UNKNOWN.value:
+            plan.unknown += count
+    plan.by_error_code = dict(codes.most_common())
+    return plan
+
+
+def _check_one_message(session: Session, message_id: int) -> None:
+    row = session.execute(
+        sa.select(Message.status, Message.vendor_message_id).where(Message.id == message_id)
+    ).one_or_none()
+    if row is None:
+        raise RetryRefused(f"no message {message_id}")
+    status, vendor_message_id = row
+    if status == MessageStatus.SENT.value:
+        raise RetryRefused(f"message {message_id} was sent (messageId {vendor_message_id}); sent messages are never requeued")
+    if status not in {s.value for s in RETRYABLE}:
+        raise RetryRefused(f"message {message_id} is {status}; only failed or unknown messages can be retried")
+
+
+def requeue(
+    session_factory: sessionmaker[Session],
+    selection: RetrySelection,
+    *,
+    batch_size: int = RETRY_BATCH_SIZE,
+    now: datetime | None = None,
+) -> RetryResult:
+    """Requeue what `selection` matches, batch by batch; reopen a completed campaign with the first batch.
+
+    The campaign is reopened in the same transaction as the first requeued batch, so the
+    dispatcher never sees a running campaign with nothing to send (it would complete it again)
+    nor queued messages in a completed campaign (it would never send them).
+    """
+    result = RetryResult()
+    after_id = 0
+    while True:
+        with session_factory.begin() as session:
+            batch = session.execute(
+                sa.select(Message.id, Message.status, Message.attempts)
+                .where(selection.where(), Message.id > after_id)
+                .order_by(Message.id)
+                .limit(batch_size)
+            ).all()
+            if not batch:
+                break
+            after_id = batch[-1].id
+            changed = _requeue_batch(session, selection, [row.id for row in batch], now or utcnow())
+            result.requeued += len(changed)
+            result.left_alone += len(batch) - len(changed)
+            reopened = bool(changed) and not result.campaign_reopened and _reopen_campaign(session, selection, now or utcnow())
+            result.campaign_reopened = result.campaign_reopened or reopened
+            _record_events(session, selection, [row for row in batch if row.id in changed], reopened)
+    log.info("retry (%s): %s requeued, %s changed meanwhile and left alone%s", selection.describe(),
+             result.requeued, result.left_alone, "; campaign reopened" if result.campaign_reopened else "")
+    return result
+
+
+def _requeue_batch(session: Session, selection: RetrySelection, ids: list[int], now: datetime) -> set[int]:
+    return set(session.execute(
+        sa.update(Message)
+        .where(Message.id.in_(ids), selection.where())
+        .values(status=MessageStatus.QUEUED.value, enqueued_at=None, not_before=None, claim_token=None,
+                finished_at=None, attempts=0, queued_at=now, updated_at=now)
+        .returning(Message.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all())
+
+
+def _reopen_campaign(session: Session, selection: RetrySelection, now: datetime) -> bool:
+    """completed -> running (guarded), so the dispatcher picks the requeued messages up."""
+    campaign_id = selection.campaign_id
+    if campaign_id is None and selection.message_id is not None:
+        campaign_id = session.scalar(sa.select(Message.campaign_id).where(Message.id == selection.message_id))
+    if campaign_id is None:
+        return False
+    done = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.COMPLETED.value)
+        .values(status=CampaignStatus.RUNNING.value, finished_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        log.warning("campaign %s reopened (completed -> running) by an operator retry (%s)", campaign_id, selection.describe())
+    return done == 1
+
+
+def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Row], reopened: bool) -> None:
+    if not rows:
+        return
+    suffix = "; campaign reopened: completed -> running" if reopened else ""
+    session.execute(sa.insert(MessageEvent), [
+        dict(message_id=row.id, from_status=row.status, to_status=MessageStatus.QUEUED.value, actor=ACTOR,
+             reason=f"operator retry ({selection.describe()}); retry budget reset (attempts counter was {row.attempts}){suffix}")
+        for row in rows
+    ])
