@@ -26,7 +26,7 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 
 @pytest.fixture()
 def env(database_url: str) -> dict[str, str]:
-    return stack_env(database_url=database_url, sandbox_url="http://127.0.0.1:9")
+    return stack_env(database_url=database_url, sandbox_url="http://127.0.0.1:9", AWAL_RATE_LIMIT="1000/s")
 
 
 @pytest.fixture()
