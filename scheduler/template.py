@@ -55,6 +55,8 @@ class MessageTemplate:
         )
         # No placeholders: every recipient gets the same, already validated, content.
         self._constant = None if self.names else MessageContent.from_dict(self.data).as_dict()
+        # Buttons never change per row: parse them once (check_template validated them).
+        self._buttons = MessageContent.from_dict(self.data, validate=False).buttons
 
     def fill(self, values: Mapping[str, str]) -> dict[str, Any]:
         """The filled message dict; MessageInvalid naming the field/variable if it breaks a rule."""
@@ -69,7 +71,13 @@ class MessageTemplate:
         filled = dict(self.data)
         for field_name, parts in self._compiled.items():
             filled[field_name] = "".join(p.literal + (values[p.name] if p.name else "") for p in parts)
-        return MessageContent.from_dict(filled).as_dict()
+        # The vendor's limits, from worker.message, on every filled text (buttons included: cheap).
+        content = MessageContent(body_text=filled.get("body_text"), buttons=self._buttons,
+                                 header_text=filled.get("header_text"), footer_text=filled.get("footer_text"))
+        problems = content.problems()
+        if problems:
+            raise MessageInvalid(problems)
+        return filled
 
 
 def check_template(data: Mapping[str, Any]) -> None:

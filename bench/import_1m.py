@@ -1,0 +1,138 @@
+"""Import benchmark: a 1,000,000-row recipients CSV into SQLite and into Postgres.
+
+    /tmp/venv/bin/python bench/import_1m.py [--rows 1000000] [--pg-admin-url URL]
+
+Each stage runs in its own child process so that its peak RSS (ru_maxrss) is its own:
+  csv.reader   a plain csv.reader pass over the file (the floor: reading and splitting)
+  validate     read_recipients: normalise, fill the placeholders, validate every message (no DB)
+  sqlite       create_with_recipients into a fresh SQLite file
+  postgres     create_with_recipients into a scratch database, created and dropped here
+About 0.5% of rows are invalid and 0.5% are duplicates, so the error paths are exercised too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TEMPLATE = {
+    "header_text": "Offer for {{name}}",
+    "body_text": "Hello {{name}}! Your {{city}} store has 20% off this weekend. Reserve a slot?",
+    "footer_text": "Reply STOP to opt out",
+    "buttons": [{"id": "reserve", "title": "Reserve"}, {"id": "later", "title": "Later"}],
+}
+NAMES = ["Aisha", "Omar", "Fatimah", "Khalid", "Noura", "Zoë", "José", "محمد"]
+CITIES = ["Riyadh", "Jeddah", "Dammam", "Abha"]
+
+
+def generate(path: Path, rows: int) -> None:
+    """Unique phones, with every 200th row invalid and every 200th (offset) a duplicate."""
+    rng = random.Random(1)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["phone", "name", "city", "customer_id"])
+        for i in range(rows):
+            phone = f"+966 5{i:08d}"
+            if i % 200 == 7:
+                phone = "not-a-phone"
+            elif i % 200 == 99 and i > 0:
+                phone = f"9665{i - 1:08d}"
+            writer.writerow([phone, rng.choice(NAMES), rng.choice(CITIES), f"C{i}"])
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def stage(name: str, csv_path: str, url: str | None) -> dict:
+    """Run one stage in this (child) process; return its figures (imports are not timed)."""
+    from scheduler.campaigns import create_with_recipients
+    from scheduler.importer import RowProblem, read_recipients
+    from scheduler.template import MessageTemplate
+    from worker.db import make_engine, make_session_factory, upgrade
+
+    start = time.perf_counter()
+    if name == "csv.reader":
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            rows = sum(1 for _ in csv.reader(fh)) - 1
+        outcome = {"rows": rows}
+    elif name == "validate":
+        valid = bad = 0
+        for item in read_recipients(csv_path, MessageTemplate(TEMPLATE)):
+            bad += isinstance(item, RowProblem)
+            valid += not isinstance(item, RowProblem)
+        outcome = {"rows": valid + bad, "valid": valid, "rejected": bad}
+    else:
+        upgrade(url)
+        engine = make_engine(url)
+        start = time.perf_counter()  # migrations are not the import
+        _, result = create_with_recipients(make_session_factory(engine), csv_path, name="bench",
+                                           phone_number_id="123456", template=TEMPLATE)
+        engine.dispose()
+        outcome = {"rows": result.imported + result.rejected + result.duplicates, "imported": result.imported,
+                   "rejected": result.rejected, "duplicates": result.duplicates}
+    seconds = time.perf_counter() - start
+    return {"stage": name, **outcome, "seconds": round(seconds, 2),
+            "rows_per_s": round(outcome["rows"] / seconds), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def run_child(name: str, csv_path: Path, url: str | None = None) -> dict:
+    args = [sys.executable, __file__, "--stage", name, "--csv", str(csv_path)] + (["--url", url] if url else [])
+    out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def with_scratch_pg(admin_url: str, fn):  # noqa: ANN001, ANN201
+    import sqlalchemy as sa
+
+    name = f"buttoncast_bench_{os.getpid()}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        return fn(admin_url.rsplit("/", 1)[0] + "/" + name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
+    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    parser.add_argument("--csv", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps(stage(args.stage, args.csv, args.url)))
+        return
+    with tempfile.TemporaryDirectory(prefix="buttoncast-bench-") as tmp:
+        csv_path = Path(tmp) / "recipients.csv"
+        t0 = time.perf_counter()
+        generate(csv_path, args.rows)
+        print(f"generated {args.rows:,} rows ({csv_path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
+        results = [run_child("csv.reader", csv_path), run_child("validate", csv_path),
+                   run_child("sqlite", csv_path, f"sqlite:///{Path(tmp) / 'bench.db'}"),
+                   with_scratch_pg(args.pg_admin_url, lambda url: run_child("postgres", csv_path, url))]
+    print(f"{'stage':<11} {'rows':>9} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13}  outcome")
+    for r in results:
+        extra = {k: r[k] for k in ("imported", "rejected", "duplicates", "valid") if k in r}
+        print(f"{r['stage']:<11} {r['rows']:>9,} {r['seconds']:>8} {r['rows_per_s']:>9,} {r['peak_rss_mb']:>13}  {extra or ''}")
+
+
+if __name__ == "__main__":
+    main()
