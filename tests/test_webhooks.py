@@ -303,6 +303,8 @@ def test_non_button_inbound_message_is_recorded_and_ignored(app: Any, sessions: 
     {"event": "message.status.updated", "data": {"message_id": 42, "status": "read"}},
     {"event": "message.status.updated", "data": {"message_id": "wamid.A", "status": "read", "timestamp": "yesterday"}},
     {"event": "message.received", "data": {"type": "button_reply", "button": {"id": "yes"}}},
+    {"event": "message.status.updated", "data": {"message_id": "wamid." + "x" * 300, "status": "read"}},
+    {"event": "message.received", "data": {"type": "button_reply", "from": "1" * 80, "button": {"id": "yes"}}},
     {"event": "conversation.closed", "data": {}},
     {"type": "verification"},
 ], ids=lambda b: (b if isinstance(b, bytes) else json.dumps(b))[:50])

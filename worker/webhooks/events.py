@@ -28,6 +28,8 @@ RECEIVED_EVENT = "message.received"
 BUTTON_REPLY_TYPES = frozenset({"button_reply", "interactive", "button"})
 STATUSES = frozenset(s.value for s in DeliveryStatus)
 REASON_MAX_CHARS = 1000
+WAMID_MAX_CHARS = 200   # webhook_events.vendor_message_id and messages.vendor_message_id
+PHONE_MAX_DIGITS = 64   # webhook_events.phone
 
 
 class ShapeError(ValueError):
@@ -88,6 +90,7 @@ def _status_event(data: dict[str, Any], when: datetime) -> Event:
     wamid = _text(data, "message_id", STATUS_EVENT) or _text(data, "messageId", STATUS_EVENT)
     if not wamid:
         raise ShapeError(f"{STATUS_EVENT}: missing data.message_id")
+    _check_wamid(wamid, "data.message_id")
     status = _text(data, "status", STATUS_EVENT)
     if status not in STATUSES:
         raise ShapeError(f"{STATUS_EVENT}: data.status={status!r} is not one of {sorted(STATUSES)}")
@@ -107,6 +110,8 @@ def _received_event(data: dict[str, Any], when: datetime, body: bytes) -> Event:
         return Event(event_type=RECEIVED_EVENT, kind=EventKind.INBOUND, dedupe_key=key, occurred_at=when, phone=phone)
     context = data.get("context") if isinstance(data.get("context"), dict) else {}
     replied_to = _text(context, "message_id", "data.context") or _text(context, "id", "data.context")
+    if replied_to:
+        _check_wamid(replied_to, "data.context.message_id")
     if not replied_to and not phone:
         raise ShapeError(f"{RECEIVED_EVENT}: a button reply needs data.context.message_id or data.from")
     button_id, title = button
@@ -131,6 +136,11 @@ def _button(data: dict[str, Any]) -> tuple[str, str | None] | None:
             title = title if isinstance(title, str) else (data.get("body") if isinstance(data.get("body"), str) else None)
             return button_id, title
     return None
+
+
+def _check_wamid(wamid: str, field: str) -> None:
+    if len(wamid) > WAMID_MAX_CHARS:
+        raise ShapeError(f"{field} is {len(wamid)} characters; a message id has at most {WAMID_MAX_CHARS}")
 
 
 def _failure_reason(data: dict[str, Any]) -> str:
@@ -177,6 +187,8 @@ def normalize_phone(value: Any) -> str | None:
     if not isinstance(value, (str, int)):
         return None
     digits = re.sub(r"\D", "", str(value))
+    if len(digits) > PHONE_MAX_DIGITS:
+        raise ShapeError(f"phone {str(value)[:20]!r}... has {len(digits)} digits; at most {PHONE_MAX_DIGITS}")
     return digits or None
 
 
