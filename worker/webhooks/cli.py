@@ -6,6 +6,7 @@ it; with `--port 0` the port is a free one. The webhook secret is never printed.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -33,6 +34,8 @@ def webhooks_command(host: str, port: int, threads: int) -> None:
     from waitress.server import create_server
 
     runtime = load_runtime()
+    # waitress logs a warning for every request that waits for a thread: a flood in any burst
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     settings = runtime.settings
     if not settings.awal_webhook_secret.reveal():
         fail("AWAL_WEBHOOK_SECRET is not set: the receiver could not verify the vendor's signatures, so it will not start")
