@@ -248,3 +248,18 @@ def test_cli_draft_then_schedule_pause_resume_cancel_report(db_url, tmp_path):
     watched = cli(db_url, "show", campaign_id, "--watch")  # ended campaign: one frame, then the summary
     assert watched.exit_code == 0 and "status:     cancelled" in watched.stdout
     assert cli(db_url, "show", "999999").exit_code == 1
+
+
+def test_cli_test_send_is_an_ad_hoc_message_with_the_first_recipients_variables(db_url, sf):
+    created = cli(db_url, *create_args())
+    campaign_id = int(created.stdout.strip().splitlines()[-1])
+    with sf() as session:
+        before = c.status_counts(session, campaign_id)
+        first = session.scalar(sa.select(Message.content).where(Message.campaign_id == campaign_id).order_by(Message.id).limit(1))
+    sent = cli(db_url, "test", str(campaign_id), "--phone", "+966 500 000 999")
+    assert sent.exit_code == 0, sent.stderr
+    with sf() as session:
+        message = session.get(Message, int(sent.stdout.strip().splitlines()[-1]))
+        assert (message.campaign_id, message.phone, message.content) == (None, "966500000999", first)
+        assert message.phone_number_id == "123456" and message.status == MessageStatus.QUEUED.value
+        assert c.status_counts(session, campaign_id) == before
