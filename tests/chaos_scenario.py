@@ -181,10 +181,6 @@ class ChaosConfig:
     pg_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     workdir: Path = field(default_factory=lambda: Path("/tmp") / f"buttoncast-chaos-{uuid.uuid4().hex[:6]}")
 
-    @property
-    def expected_run_s(self) -> float:
-        return self.recipients / self.rate_per_s
-
 
 @dataclass
 class ChaosReport:
@@ -289,15 +285,10 @@ class Stack:
 
 
 def _plan_chaos(cfg: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]:
-    """(seconds after start, action), spread over the campaign's expected run."""
-    span = max(cfg.expected_run_s, 10.0)
-    events = [(rng.uniform(0.1, 0.85) * span, "kill_worker") for _ in range(cfg.worker_kills)]
-    events.append((rng.uniform(0.3, 0.5) * span, "kill_redis"))
-    events.append((rng.uniform(0.55, 0.75) * span, "kill_beat"))
-    t = cfg.burst_every_s
-    while t < span:
-        events.append((t, "burst_429"))
-        t += cfg.burst_every_s
+    """(share of recipients final, action): the chaos lands at random points of the campaign's progress."""
+    events = [(rng.uniform(0.05, 0.8), "kill_worker") for _ in range(cfg.worker_kills)]
+    events.append((rng.uniform(0.3, 0.5), "kill_redis"))
+    events.append((rng.uniform(0.55, 0.75), "kill_beat"))
     return sorted(events)
 
 
@@ -345,49 +336,55 @@ def _drive(cfg: ChaosConfig, stack: Stack, sandbox: SandboxProcess, sessions, ca
     """Fire the planned chaos while the campaign runs; True once every message is final."""
     plan = _plan_chaos(cfg, rng)
     restarts: list[tuple[float, str, int]] = []     # (when, what, worker slot)
-    next_check = 0.0
+    next_check = next_burst = 0.0
+    progress = 0.0
     while True:
         now = time.monotonic() - started
-        while plan and plan[0][0] <= now:
-            _, action = plan.pop(0)
-            if action == "kill_worker":
-                alive = [i for i, w in enumerate(stack.workers) if w is not None]
-                if alive:
-                    slot = rng.choice(alive)
-                    stack.kill_worker(slot)
-                    report.worker_kills += 1
-                    restarts.append((now + rng.uniform(0.5, 2.0), "worker", slot))
-            elif action == "kill_redis":
-                stack.redis.kill()
-                report.redis_restarts += 1
-                restarts.append((now + 1.5, "redis", -1))
-            elif action == "kill_beat":
-                stack.beat.kill(signal.SIGKILL)
-                report.beat_restarts += 1
-                restarts.append((now + 1.0, "beat", -1))
-            elif action == "burst_429":
-                sandbox.client.configure(force_429_for_s=cfg.burst_s, retry_after=1)
-                report.bursts_429 += 1
+        if now >= next_check:
+            next_check = now + 0.5
+            progress, done = _progress(sessions, campaign_id, cfg.recipients)
+            if done and not plan and not restarts:
+                return True
+        while plan and plan[0][0] <= progress:
+            restarts.append(_strike(plan.pop(0)[1], stack, rng, report, now))
+        if now >= next_burst and progress < 0.9:
+            sandbox.client.configure(force_429_for_s=cfg.burst_s, retry_after=1)
+            report.bursts_429 += 1
+            next_burst = now + cfg.burst_every_s
         for item in [r for r in restarts if r[0] <= now]:
             restarts.remove(item)
             {"worker": lambda: stack.start_worker(item[2]), "redis": stack.redis.start, "beat": stack.start_beat}[item[1]]()
-        if now >= next_check and not plan and not restarts:
-            next_check = now + 1.0
-            if _all_final(sessions, campaign_id):
-                return True
         if now > cfg.deadline_s:
             return False
         time.sleep(0.05)
 
 
-def _all_final(sessions, campaign_id: int) -> bool:  # noqa: ANN001
+def _strike(action: str, stack: Stack, rng: random.Random, report: ChaosReport, now: float) -> tuple[float, str, int]:
+    """Kill one thing with SIGKILL; returns when and what to restart."""
+    if action == "kill_worker":
+        slot = rng.choice([i for i, w in enumerate(stack.workers) if w is not None])
+        stack.kill_worker(slot)
+        report.worker_kills += 1
+        return now + rng.uniform(0.5, 2.0), "worker", slot
+    if action == "kill_redis":
+        stack.redis.kill()
+        report.redis_restarts += 1
+        return now + 1.5, "redis", -1
+    stack.beat.kill(signal.SIGKILL)
+    report.beat_restarts += 1
+    return now + 1.0, "beat", -1
+
+
+def _progress(sessions, campaign_id: int, recipients: int) -> tuple[float, bool]:  # noqa: ANN001
+    """(share of recipients in a final state, whether the campaign is completed with nothing in flight)."""
     from worker.models import Campaign, Message
 
     with sessions() as s:
-        busy = s.scalar(sa.select(sa.func.count()).select_from(Message).where(
-            Message.campaign_id == campaign_id, Message.status.in_(["pending", "queued", "sending"])))
+        counts = dict(s.execute(sa.select(Message.status, sa.func.count()).where(Message.campaign_id == campaign_id)
+                                .group_by(Message.status)).all())
         status = s.scalar(sa.select(Campaign.status).where(Campaign.id == campaign_id))
-    return busy == 0 and status == "completed"
+    busy = sum(counts.get(k, 0) for k in ("pending", "queued", "sending"))
+    return (recipients - busy) / max(1, recipients), busy == 0 and status == "completed"
 
 
 def verify(sessions, campaign_id: int, vendor, killed_at: dict[int, float], report: ChaosReport) -> None:  # noqa: ANN001
