@@ -463,12 +463,24 @@ def test_classify_200_with_status_false_is_permanent() -> None:
 @pytest.mark.parametrize(
     "body",
     [{"status": "true", "message": {"id": 1, "messageId": "wamid.X"}}, {"status": True, "message": {"id": 1}},
-     {"status": True, "message": {"id": 1, "messageId": ""}}, {"status": True}, [1, 2], b"<html>ok</html>"],
-    ids=["status-string", "no-message-id", "empty-message-id", "no-message", "json-list", "not-json"],
+     {"status": True, "message": {"id": 1, "messageId": ""}}, {"status": True}, [1, 2]],
+    ids=["status-string", "no-message-id", "empty-message-id", "no-message", "json-list"],
 )
 def test_classify_200_without_status_true_and_message_id_is_permanent(body: Any) -> None:
     with pytest.raises(PermanentError):
         classify_response(response(200, body))
+
+
+def test_classify_200_with_an_unreadable_body_is_ambiguous_since_the_vendor_may_have_sent_it() -> None:
+    with pytest.raises(AmbiguousError) as info:
+        classify_response(response(200, b"<html>ok</html>"))
+    assert info.value.code == "unreadable_response"
+
+
+def test_classify_a_redirect_is_permanent_never_followed() -> None:
+    with pytest.raises(PermanentError) as info:
+        classify_response(response(307, b"", {"Location": "https://elsewhere.example/w/message/button"}))
+    assert info.value.http_status == 307
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 409, 422])

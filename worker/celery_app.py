@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, TASK_DISPATCH, TASK_SWEEP
 from worker.settings import Settings
@@ -38,7 +38,11 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
         task_default_queue=QUEUE_CAMPAIGN,
-        task_queues=[Queue(name) for name in ALL_QUEUES],
+        # One direct exchange per queue: queues that shared the default exchange and routing key
+        # would each get a copy of every task.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL_QUEUES],
+        task_default_exchange=QUEUE_CAMPAIGN,
+        task_default_routing_key=QUEUE_CAMPAIGN,
         task_create_missing_queues=True,
         timezone="UTC",
         enable_utc=True,

@@ -26,6 +26,8 @@ def _optional(module: str, attr: str) -> None:
 
 for _module, _attr in (
     ("worker.sandbox.cli", "sandbox_command"),
+    ("worker.webhooks.cli", "webhooks_command"),
+    ("scheduler.cli_retry", "retry_command"),
 ):
     _optional(_module, _attr)
 

@@ -99,13 +99,13 @@ def limits_command() -> None:
     runtime = load_runtime()
     limiter = runtime.limiter
     scopes = sorted(set(limiter.scopes()) | {runtime.scope})
-    now = time.time()
     for scope in scopes:
         st = limiter.state(scope)
+        now = st.as_of or time.time()  # the limiter's clock (Redis server time when shared)
         blocked = f"blocked until {_when(st.blocked_until)}" if st.blocked_until and st.blocked_until > now else "not blocked"
         click.echo(
             f"{scope}\n"
-            f"  configured limit:  {st.limit} (burst {st.burst})\n"
+            f"  configured limit:  {runtime.settings.rate_limit} (paced at {st.limit}, burst {st.burst})\n"
             f"  vendor limit:      {st.vendor_limit if st.vendor_limit is not None else '-'}\n"
             f"  vendor remaining:  {st.vendor_remaining if st.vendor_remaining is not None else '- (no response seen yet)'}\n"
             f"  vendor reset:      {_when(st.vendor_reset_at)}\n"

@@ -136,9 +136,13 @@ def classify_response(response: requests.Response, now: float | None = None) -> 
             body = response.json()
             message = body["message"]
             ok = body.get("status") is True and isinstance(message.get("messageId"), str) and message["messageId"]
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except ValueError:
+            ok, body = False, None
+        except (KeyError, TypeError, AttributeError):
             ok = False
-            body = None
+        if body is None:
+            # A 200 we cannot read: the vendor may well have sent the WhatsApp message.
+            raise AmbiguousError("HTTP 200 with an unreadable body", code="unreadable_response", http_status=status)
         if not ok:
             # Assumption (AWAL_API.md): a 200 whose `status` is not true is a failure. The vendor
             # answered, so this is not ambiguous; it is permanent for this message.
@@ -271,7 +275,10 @@ class AwalClient:
         t0 = time.perf_counter()
         response: requests.Response | None = None
         try:
-            response = self._session.post(self._origin + self._path + query, data=body, headers=headers, timeout=self._timeout)
+            # No redirects: one would re-send to a path the signature does not cover.
+            response = self._session.post(
+                self._origin + self._path + query, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            )
             result = classify_response(response)
         except requests.RequestException as exc:
             error = classify_transport_error(exc)

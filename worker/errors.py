@@ -9,6 +9,7 @@ AwalError
     AuthenticationFailed 401: configuration is wrong; every other message fails too
   AmbiguousError       the request was sent, no answer came back: the vendor may have sent it
 
+LimiterUnavailable (a TransientError) says the shared rate limiter could not be reached.
 Other errors: ConfigError (a setting is missing or malformed) and MessageInvalid (our own
 validation; nothing invalid reaches the vendor).
 """
@@ -100,6 +101,12 @@ class RateLimited(TransientError):
     def __init__(self, message: str, *, retry_after: float, **kwargs) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class LimiterUnavailable(TransientError):
+    """The shared rate limiter (Redis) could not be reached. Not the vendor's doing: try later."""
+
+    code = "limiter_unavailable"
 
 
 class PermanentError(AwalError):

@@ -69,6 +69,10 @@ def _text_problem(name: str, value: Any, limit: int, required: bool) -> FieldPro
         return FieldProblem(name, "is required") if required else None
     if not isinstance(value, str):
         return FieldProblem(name, f"must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return FieldProblem(name, "contains an unpaired surrogate (half an emoji); it cannot be sent as UTF-8")
     if not value.strip():
         if required:
             return FieldProblem(name, "is empty or whitespace only; it is required")

@@ -26,7 +26,7 @@ def publish_send_tasks(celery: Celery, message_ids: Sequence[int], *, queue: str
         return
     with celery.producer_or_acquire() as producer:
         for message_id in message_ids:
-            celery.send_task(TASK_SEND, args=[message_id], queue=queue, producer=producer)
+            celery.send_task(TASK_SEND, args=[message_id], queue=queue, producer=producer, ignore_result=True)
 
 
 def hand_back_to_dispatcher(session_factory: sessionmaker[Session], message_ids: Iterable[int]) -> None:

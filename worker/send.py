@@ -23,6 +23,7 @@ from worker import metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
     AmbiguousError,
+    LimiterUnavailable,
     AuthenticationFailed,
     AwalError,
     MessageInvalid,
@@ -58,6 +59,7 @@ class Limiter(Protocol):
     def acquire(self, scope: str, *, max_wait_s: float): ...  # noqa: ANN201
     def observe(self, scope: str, *, limit, remaining, reset_at) -> None: ...  # noqa: ANN001
     def block(self, scope: str, *, until: float, reason: str = "429") -> None: ...
+    def state(self, scope: str): ...  # noqa: ANN201
 
 
 class RateSlotUnavailable(TransientError):
@@ -101,14 +103,16 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
     if message is None:
         return _record_invalid(job, deps)
 
-    reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
-    if not reservation.granted:
+    try:
+        reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
+        wait_s = reservation.wait_s if not reservation.granted else _sleep_for_slot(deps, reservation.wait_s)
+    except LimiterUnavailable as exc:
+        log.warning("message %s deferred: %s", job.id, exc.message)
+        wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
+    if wait_s:
         with deps.session_factory.begin() as session:
-            store.defer(session, job.id, not_before=utcnow() + timedelta(seconds=reservation.wait_s), reason=reservation.reason)
+            store.defer(session, job.id, not_before=utcnow() + timedelta(seconds=wait_s), reason="no rate slot")
         return _done(Outcome.DEFERRED, job, message_id)
-    if reservation.wait_s > 0:
-        deps.sleep(reservation.wait_s)
-    metrics.RATE_WAIT_SECONDS.observe(reservation.wait_s)
 
     with deps.session_factory.begin() as session:
         token = store.claim(session, job.id, worker=deps.worker_name)
@@ -150,6 +154,8 @@ def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
         if token:
             store.record_error(session, job.id, token, status=MessageStatus.REJECTED,
                                error=PermanentError(problem, code="invalid_message"), attempts=[], worker=deps.worker_name)
+            store.add_event(session, job.id, MessageStatus.SENDING.value, MessageStatus.REJECTED.value,
+                            f"stored content no longer validates: {problem}", deps.worker_name)
     return _done(Outcome.FAILED, job, job.id)
 
 
@@ -161,20 +167,52 @@ def _pace_retries(deps: SendDeps) -> Callable[[], None]:
         if first[0]:
             first[0] = False
             return
-        reservation = deps.limiter.acquire(deps.scope, max_wait_s=deps.settings.rate_wait_max_s)
-        if not reservation.granted:
-            raise RateSlotUnavailable(reservation.wait_s)
-        if reservation.wait_s > 0:
-            deps.sleep(reservation.wait_s)
+        try:
+            reservation = deps.limiter.acquire(deps.scope, max_wait_s=deps.settings.rate_wait_max_s)
+            if not reservation.granted:
+                raise RateSlotUnavailable(reservation.wait_s)
+            blocked_s = _sleep_for_slot(deps, reservation.wait_s)
+        except LimiterUnavailable:
+            raise RateSlotUnavailable(deps.settings.rate_wait_max_s) from None
+        if blocked_s:
+            raise RateSlotUnavailable(blocked_s)
 
     return before_request
+
+
+def _block_everyone(deps: SendDeps, retry_after_s: float) -> None:
+    """Tell every worker to stop until Retry-After, on the limiter's clock (Redis server time)."""
+    try:
+        limiter_now = deps.limiter.state(deps.scope).as_of or time.time()
+        deps.limiter.block(deps.scope, until=limiter_now + retry_after_s)
+    except LimiterUnavailable as exc:  # this message's not_before still holds it back
+        log.warning("could not share a 429 block with other workers: %s", exc.message)
+
+
+def _sleep_for_slot(deps: SendDeps, wait_s: float) -> float:
+    """Sleep until a reserved slot; return how long a 429 block set meanwhile still lasts (0: go).
+
+    Slots are reserved ahead, so a worker that slept may wake inside a block another worker's
+    429 started; it must not spend the request on a certain 429.
+    """
+    metrics.RATE_WAIT_SECONDS.observe(wait_s)
+    if wait_s <= 0:
+        return 0.0
+    deps.sleep(wait_s)
+    state = deps.limiter.state(deps.scope)
+    now = state.as_of or time.time()
+    return state.blocked_until - now if state.blocked_until and state.blocked_until > now else 0.0
 
 
 def _observe(deps: SendDeps, attempts: list[AttemptRecord], attempt: AttemptRecord) -> None:
     attempts.append(attempt)
     metrics.SEND_SECONDS.observe(attempt.duration_ms / 1000)
     if attempt.rate.present:
-        deps.limiter.observe(deps.scope, limit=attempt.rate.limit, remaining=attempt.rate.remaining, reset_at=attempt.rate.reset_at)
+        try:
+            deps.limiter.observe(deps.scope, limit=attempt.rate.limit, remaining=attempt.rate.remaining,
+                                 reset_at=attempt.rate.reset_at)
+        except LimiterUnavailable as exc:  # advisory: never worth losing the vendor's answer
+            log.warning("could not record the vendor's rate headers: %s", exc.message)
 
 
 def _sent(session: Session, job: store.SendJob, token: str, result: SendResult, attempts: list[AttemptRecord], deps: SendDeps) -> None:
@@ -191,7 +229,7 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
 
     if isinstance(error, RateLimited):
         metrics.RATE_LIMITED.inc()
-        deps.limiter.block(deps.scope, until=time.time() + error.retry_after)
+        _block_everyone(deps, error.retry_after)
         due = utcnow() + timedelta(seconds=error.retry_after)
         _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
                                                     attempts=attempts, worker=deps.worker_name, not_before=due), job)
@@ -200,8 +238,13 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
 
     if isinstance(error, RateSlotUnavailable):
         due = utcnow() + timedelta(seconds=error.wait_s)
-        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
-                                                    attempts=attempts, worker=deps.worker_name, not_before=due), job)
+
+        def put_back(ss: Session) -> None:
+            store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
+                               worker=deps.worker_name, not_before=due)
+            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
+                            f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
+        _record(deps, put_back, job)
         return _done(Outcome.DEFERRED, job, job.id)
 
     if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:

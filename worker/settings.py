@@ -5,6 +5,7 @@ Defaults are named constants with their unit in the name. No other module reads 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -16,6 +17,7 @@ DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
 EMBEDDED_BROKER_URL = "memory://"
 DEFAULT_RATE_LIMIT = "1000/h"          # documented plan: Send Button Message, 1000 per hour
 DEFAULT_RATE_BURST = 1                 # requests that may go back to back before pacing starts
+RATE_HEADROOM = 0.02                   # pace 2 % under the limit: absorbs network jitter at window edges
 SEND_CONNECT_TIMEOUT_S = 3.05
 SEND_READ_TIMEOUT_S = 15.0
 SEND_RETRY_ATTEMPTS = 3                # in-client tenacity tries for transient failures (seconds)
@@ -109,6 +111,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r} is not a finite number")
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
     return value
@@ -124,6 +128,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value >= 0.5:
+        raise ConfigError(f"{name}={value:g} must be below 0.5 (a share of the limit, e.g. 0.02)")
     return value
 
 
@@ -148,6 +159,7 @@ class Settings:
     awal_webhook_secret: Secret = field(default_factory=lambda: Secret(""))
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit.parse(DEFAULT_RATE_LIMIT))
     rate_burst: int = DEFAULT_RATE_BURST
+    rate_headroom: float = RATE_HEADROOM
     send_connect_timeout_s: float = SEND_CONNECT_TIMEOUT_S
     send_read_timeout_s: float = SEND_READ_TIMEOUT_S
     send_retry_attempts: int = SEND_RETRY_ATTEMPTS
@@ -168,6 +180,15 @@ class Settings:
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
     log_format: str = LOG_FORMAT
+
+    @property
+    def pacing_rate(self) -> RateLimit:
+        """What the limiter paces to: the vendor's limit less the headroom.
+
+        A request granted just before the vendor's window closes can arrive just after it; the
+        headroom leaves room for that jitter instead of spending it on a 429.
+        """
+        return RateLimit(limit=self.rate_limit.limit * (1.0 - self.rate_headroom), period_s=self.rate_limit.period_s)
 
     @property
     def embedded(self) -> bool:
@@ -205,6 +226,7 @@ class Settings:
             awal_webhook_secret=Secret(env.get("AWAL_WEBHOOK_SECRET") or ""),
             rate_limit=RateLimit.parse(env.get("AWAL_RATE_LIMIT") or DEFAULT_RATE_LIMIT),
             rate_burst=_int(env, "AWAL_RATE_BURST", DEFAULT_RATE_BURST, 1),
+            rate_headroom=_fraction(env, "AWAL_RATE_HEADROOM", RATE_HEADROOM),
             send_connect_timeout_s=_float(env, "SEND_CONNECT_TIMEOUT_S", SEND_CONNECT_TIMEOUT_S, 0.01),
             send_read_timeout_s=_float(env, "SEND_READ_TIMEOUT_S", SEND_READ_TIMEOUT_S, 0.01),
             send_retry_attempts=_int(env, "SEND_RETRY_ATTEMPTS", SEND_RETRY_ATTEMPTS, 1),

@@ -23,6 +23,7 @@ from worker.ratelimit.base import (
     Pacing,
     Reservation,
 )
+from worker.errors import LimiterUnavailable
 from worker.settings import RateLimit
 
 KEY_PREFIX = "buttoncast:ratelimit:"
@@ -112,7 +113,10 @@ class RedisRateLimiter:
         )
 
     def scopes(self) -> list[str]:
-        used = {_text(s) for s in self._client.zrange(SCOPES_KEY, 0, -1)}
+        try:
+            used = {_text(s) for s in self._client.zrange(SCOPES_KEY, 0, -1)}
+        except redis.RedisError as exc:
+            raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
         return sorted(self._configured | used)
 
     def _run(self, op: str, scope: str, *args: object) -> list:
@@ -121,4 +125,7 @@ class RedisRateLimiter:
         now = "" if self._clock is None else _number(self._clock())
         argv = [op, now, scope, SCOPES_TTL_S, VENDOR_GRACE_S, VENDOR_NO_RESET_TTL_S]
         argv += [_number(a) if isinstance(a, (int, float)) else a for a in args]
-        return self._script(keys=keys, args=argv)
+        try:
+            return self._script(keys=keys, args=argv)
+        except redis.RedisError as exc:
+            raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
