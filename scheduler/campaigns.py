@@ -168,13 +168,13 @@ def cancel(session: Session, campaign_id: int) -> tuple[Campaign, int]:
     return campaign, cancelled
 
 
-def _zeroed() -> dict[str, int]:
+def empty_counts() -> dict[str, int]:
     return {s.value: 0 for s in MessageStatus}
 
 
 def status_counts(session: Session, campaign_id: int) -> dict[str, int]:
     """Messages per status for one campaign (every status present, zeros included): one grouped query."""
-    return status_counts_many(session, [campaign_id]).get(campaign_id, _zeroed())
+    return status_counts_many(session, [campaign_id]).get(campaign_id, empty_counts())
 
 
 def status_counts_many(session: Session, campaign_ids: Iterable[int] | None = None) -> dict[int, dict[str, int]]:
@@ -187,9 +187,9 @@ def status_counts_many(session: Session, campaign_ids: Iterable[int] | None = No
     ids = None if campaign_ids is None else list(campaign_ids)
     if ids is not None:
         query = query.where(Message.campaign_id.in_(ids))
-    counts: dict[int, dict[str, int]] = {i: _zeroed() for i in ids or []}
+    counts: dict[int, dict[str, int]] = {i: empty_counts() for i in ids or []}
     for campaign_id, status, count in session.execute(query):
-        counts.setdefault(campaign_id, _zeroed())[status] = count
+        counts.setdefault(campaign_id, empty_counts())[status] = count
     return counts
 
 
