@@ -16,6 +16,7 @@ from worker.settings import Settings
 # and no task carries a long ETA, so an hour only matters for a worker that died mid-task.
 VISIBILITY_TIMEOUT_S = 3600
 PREFETCH_MULTIPLIER = 4
+MEMORY_POLLING_INTERVAL_S = 0.05
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -36,7 +37,12 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_transport_options=(
+            # kombu's in-memory channel sleeps polling_interval (1 s) whenever it is idle or the
+            # prefetch window is full: far too coarse for the embedded mode.
+            {"polling_interval": MEMORY_POLLING_INTERVAL_S} if settings.embedded
+            else {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+        ),
         task_default_queue=QUEUE_CAMPAIGN,
         # One direct exchange per queue: queues that shared the default exchange and routing key
         # would each get a copy of every task.

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
+from scheduler.cli_campaign import campaign_group
+from scheduler.cli_retry import retry_command
 from worker.cli_ops import beat_command, db_group, limits_command, run_command, worker_command
 from worker.cli_send import message_group, send_command
+from worker.demo import demo_command
+from worker.sandbox.cli import sandbox_command
+from worker.webhooks.cli import webhooks_command
 
 
 @click.group()
@@ -14,22 +19,11 @@ def main() -> None:
     """buttoncast: bulk WhatsApp button messages through the Awal Chat API."""
 
 
-for command in (send_command, message_group, worker_command, beat_command, run_command, db_group, limits_command):
-    main.add_command(command)
-
-
-def _optional(module: str, attr: str) -> None:
-    import importlib
-
-    main.add_command(getattr(importlib.import_module(module), attr))
-
-
-for _module, _attr in (
-    ("worker.sandbox.cli", "sandbox_command"),
-    ("worker.webhooks.cli", "webhooks_command"),
-    ("scheduler.cli_retry", "retry_command"),
+for command in (
+    send_command, message_group, campaign_group, retry_command, worker_command, beat_command, run_command,
+    db_group, limits_command, webhooks_command, sandbox_command, demo_command,
 ):
-    _optional(_module, _attr)
+    main.add_command(command)
 
 
 if __name__ == "__main__":

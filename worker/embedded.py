@@ -57,8 +57,12 @@ def _stop_when_idle(runtime: Runtime, stop: threading.Event) -> None:
             return
 
 
-def run_embedded(runtime: Runtime, *, concurrency: int, until_idle: bool = False, loglevel: str = "INFO") -> None:
-    """Block running worker + beat in this process until SIGTERM/SIGINT (or idle, if asked)."""
+def run_embedded(runtime: Runtime, *, concurrency: int, until_idle: bool = False, loglevel: str = "INFO",
+                 quiet: bool = False) -> None:
+    """Block running worker + beat in this process until SIGTERM/SIGINT (or idle, if asked).
+
+    `quiet` leaves out Celery's startup banner (the demo draws its own progress on stdout).
+    """
     import scheduler.tasks  # noqa: F401 - register tasks on the app
     import worker.tasks  # noqa: F401
 
@@ -70,7 +74,7 @@ def run_embedded(runtime: Runtime, *, concurrency: int, until_idle: bool = False
     if until_idle:
         threading.Thread(target=_stop_when_idle, args=(runtime, stop), name="idle-watch", daemon=True).start()
     try:
-        app.worker_main(worker_argv(concurrency, ALL_QUEUES, loglevel))
+        app.worker_main((["--quiet"] if quiet else []) + worker_argv(concurrency, ALL_QUEUES, loglevel))
     except SystemExit:
         pass
     finally:
