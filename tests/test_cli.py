@@ -1,0 +1,102 @@
+"""The operator's commands as a user runs them: `send`, `message show`, `limits`, `db upgrade`,
+and the one-line errors for bad input and bad settings (never a traceback, never a secret)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import stack_env
+from worker.cli import main
+
+
+@pytest.fixture()
+def env(sqlite_url, sandbox):  # noqa: ANN001
+    return stack_env(database_url=sqlite_url, sandbox_url=sandbox[0])
+
+
+def run(env: dict[str, str], *args: str):  # noqa: ANN201
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_send_prints_the_new_message_id_alone_on_stdout(env) -> None:
+    result = run(env, "send", "--phone", "+966 50 000 0001", "--body", "Hello 🎉", "--button", "yes:Yes", "--button", "no:No")
+    assert result.exit_code == 0
+    assert result.stdout.strip().isdigit()
+    assert "queued message" in result.stderr
+
+
+def test_send_with_invalid_input_names_each_field_and_limit_and_exits_2(env) -> None:
+    result = run(env, "send", "--phone", "12ab", "--body", "x" * 1025, "--button", "a:" + "T" * 21)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "phone" in result.stderr
+    assert "body_text: is 1025 characters; the limit is 1024" in result.stderr
+    assert "buttons[0].title: is 21 characters; the limit is 20" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_malformed_setting_stops_with_one_line_naming_it_and_never_the_secret(env) -> None:
+    result = run({**env, "AWAL_RATE_LIMIT": "lots", "AWAL_HMAC_SECRET": "s3cr3t-value"}, "send", "--phone", "96650000001",
+                 "--body", "x", "--button", "a:A")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: configuration: AWAL_RATE_LIMIT='lots' is not a rate; write requests per period, e.g. 1000/h, 80/s, 100/10s"]
+    assert "s3cr3t-value" not in result.output
+
+
+def test_worker_without_the_vendor_settings_names_every_missing_one(env) -> None:
+    bare = {k: v for k, v in env.items() if not k.startswith("AWAL_")}
+    result = run(bare, "worker")
+    assert result.exit_code == 2
+    assert "AWAL_BASE_URL, AWAL_CLIENT_ID, AWAL_DOMAIN, AWAL_HMAC_SECRET" in result.stderr
+
+
+def test_message_show_prints_status_ids_and_the_audit_trail(env, sqlite_url) -> None:
+    from tests.conftest import make_runtime
+    from worker.send import send_message
+
+    message_id = int(run(env, "send", "--phone", "96650000002", "--body", "Hi", "--button", "yes:Yes").stdout)
+    rt = make_runtime(env)
+    send_message(message_id, rt.send_deps())
+    rt.close()
+
+    result = run(env, "message", "show", str(message_id))
+    assert result.exit_code == 0
+    assert "status:        sent" in result.stdout
+    assert "messageId:     wamid." in result.stdout
+    assert "attempt  HTTP  200 sent" in result.stdout
+
+
+def test_message_show_of_an_unknown_id_says_so(env) -> None:
+    result = run(env, "message", "show", "999999")
+    assert result.exit_code == 1 and "no message 999999" in result.stderr
+
+
+def test_limits_shows_the_configured_limit_the_vendors_report_and_a_429_block(env, redis_url) -> None:
+    from worker.ratelimit import build_rate_limiter
+    from worker.settings import Settings
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {**env, "REDIS_URL": redis_url, "AWAL_RATE_LIMIT": "1000/h"}
+    limiter = build_rate_limiter(Settings.from_env(env))
+    reset = time.time() + 1800
+    limiter.observe("sandbox.local:button", limit=1000, remaining=412, reset_at=reset)
+    limiter.block("sandbox.local:button", until=limiter.state("sandbox.local:button").as_of + 600)
+
+    result = run(env, "limits")
+    assert result.exit_code == 0
+    out = result.stdout
+    assert "sandbox.local:button" in out
+    assert "configured limit:  1000/h (paced at 980/h, burst 1)" in out
+    assert "vendor limit:      1000" in out and "vendor remaining:  412" in out
+    assert "sending:           blocked until" in out
+
+
+def test_db_upgrade_reports_the_revision(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = run({"DATABASE_URL": url}, "db", "upgrade")
+    assert result.exit_code == 0 and "database at revision" in result.stderr
