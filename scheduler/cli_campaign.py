@@ -183,7 +183,7 @@ def cancel_command(campaign_id: int) -> None:
 def list_command() -> None:
     """Every campaign with its status, start time and message counts (one grouped query)."""
     runtime = load_runtime()
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         rows = session.execute(sa.select(Campaign.id, Campaign.name, Campaign.status, Campaign.scheduled_at).order_by(Campaign.id)).all()
         counts = campaigns.status_counts_many(session)
     click.echo(f"{'id':>6}  {'status':<10} {'scheduled (UTC)':<19}  {'total':>8} {'pending':>8} {'queued':>7} {'sending':>7} {'sent':>8} {'failed':>7} {'other':>6}  name")
@@ -196,7 +196,7 @@ def list_command() -> None:
 
 
 def _progress(runtime: Runtime, campaign_id: int) -> report.Progress:
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         return report.progress(session, campaign_id, runtime.settings.rate_limit.per_second)
 
 
@@ -242,7 +242,7 @@ def report_command(campaign_id: int, fmt: str, output: str | None) -> None:
     """One row per recipient: ids, status, attempts, last error, sent time, delivery and reply."""
     runtime = load_runtime()
     write = report.write_csv if fmt == "csv" else report.write_json
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         rows = report.report_rows(session, campaign_id)
         first = next(rows, None)  # raises CampaignNotFound before a file is created
         stream = _chain(first, rows)

@@ -100,3 +100,22 @@ def test_db_upgrade_reports_the_revision(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     result = run({"DATABASE_URL": url}, "db", "upgrade")
     assert result.exit_code == 0 and "database at revision" in result.stderr
+
+
+def test_a_long_read_on_sqlite_does_not_hold_the_write_lock_workers_need(env) -> None:
+    # Given a report-style read transaction left open (a big `campaign report` streaming rows)
+    import sqlalchemy as sa
+
+    from tests.conftest import make_runtime
+    from worker.models import Message
+
+    run(env, "send", "--phone", "96650000003", "--body", "Hi", "--button", "yes:Yes")
+    rt = make_runtime({**env, "SQLITE_BUSY_TIMEOUT_MS": "1000"})
+    with rt.read_sessions() as reader:
+        reader.execute(sa.select(Message.id)).all()  # the read transaction is open
+        # When a worker writes meanwhile, it gets the lock at once
+        started = time.monotonic()
+        with rt.session_factory.begin() as writer:
+            writer.execute(sa.update(Message).values(vendor_status="touched"))
+        assert time.monotonic() - started < 1.0
+    rt.close()

@@ -48,7 +48,7 @@ def _fmt(value: object) -> str:
 def message_show(message_id: int) -> None:
     """Status, ids, last error, and the audit trail: every attempt and status change."""
     runtime = load_runtime()
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         msg = session.get(Message, message_id)
         if msg is None:
             fail(f"no message {message_id}", 1)

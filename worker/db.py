@@ -14,9 +14,12 @@ PG_MAX_OVERFLOW = 20
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(database_url: str) -> Engine:
+def make_engine(database_url: str, *, read_only: bool = False) -> Engine:
     """An engine tuned for the backend. SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE so that
-    concurrent writers in one process queue up instead of failing on a lock upgrade."""
+    concurrent writers in one process queue up instead of failing on a lock upgrade.
+
+    `read_only` (SQLite): plain deferred BEGIN, for long reads (reports) that must not hold the
+    write lock while workers wait for it; WAL lets them read a consistent snapshot meanwhile."""
     if database_url.startswith("sqlite"):
         engine = sa.create_engine(
             database_url,
@@ -35,7 +38,7 @@ def make_engine(database_url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn):  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(

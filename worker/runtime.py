@@ -34,6 +34,13 @@ class Runtime:
         return make_session_factory(self.engine)
 
     @cached_property
+    def read_sessions(self) -> sessionmaker[Session]:
+        """Sessions for reads only (reports, show, list): on SQLite they never take the write lock."""
+        if not self.settings.sqlite:
+            return self.session_factory
+        return make_session_factory(make_engine(self.settings.database_url, read_only=True))
+
+    @cached_property
     def celery(self) -> Celery:
         if self._celery is not None:
             return self._celery
@@ -66,6 +73,8 @@ class Runtime:
     def close(self) -> None:
         if "engine" in self.__dict__:
             self.engine.dispose()
+        if "read_sessions" in self.__dict__ and self.read_sessions is not self.__dict__.get("session_factory"):
+            self.read_sessions.kw["bind"].dispose()
         if "client" in self.__dict__:
             self.client.close()
 
