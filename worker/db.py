@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -11,15 +12,21 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_POOL_SIZE = 10
 PG_MAX_OVERFLOW = 20
+# A pooled connection is pinged before use only after sitting idle this long: a busy worker checks
+# connections out thousands of times a second, and a ping on every checkout (pool_pre_ping) was a
+# database round trip on each of the send path's three transactions.
+PG_PING_IDLE_S = 5.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(database_url: str, *, read_only: bool = False) -> Engine:
+def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = PG_POOL_SIZE) -> Engine:
     """An engine tuned for the backend. SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE so that
     concurrent writers in one process queue up instead of failing on a lock upgrade.
 
     `read_only` (SQLite): plain deferred BEGIN, for long reads (reports) that must not hold the
-    write lock while workers wait for it; WAL lets them read a consistent snapshot meanwhile."""
+    write lock while workers wait for it; WAL lets them read a consistent snapshot meanwhile.
+    `pool_size` (Postgres): connections kept open; a worker passes its thread count, so no thread
+    waits for a connection and none is opened and closed per task (the pool opens them lazily)."""
     if database_url.startswith("sqlite"):
         engine = sa.create_engine(
             database_url,
@@ -41,9 +48,29 @@ def make_engine(database_url: str, *, read_only: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(
-        database_url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW, pool_pre_ping=True
-    )
+    engine = sa.create_engine(database_url, pool_size=max(pool_size, PG_POOL_SIZE), max_overflow=PG_MAX_OVERFLOW)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping, but only for connections idle longer than PG_PING_IDLE_S (a restarted or
+    failed-over database is noticed before use; a busy pool pays nothing). A dead connection is
+    replaced by the pool, as pool_pre_ping would; one that dies while in use raises as before."""
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record):  # noqa: ANN001
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy):  # noqa: ANN001
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PG_PING_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure: let the pool open a fresh connection
+            raise sa.exc.DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -27,7 +27,7 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, pool_size=self.settings.worker_concurrency)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:

@@ -22,6 +22,12 @@ from worker.status import CampaignStatus, MessageStatus
 Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
 
 
+def _core(session: Session) -> sa.Connection:
+    """The session's connection, for the send path's statements: run through Core they skip the
+    ORM's bulk-UPDATE machinery (about 0.8 ms of CPU per statement), same SQL, same transaction."""
+    return session.connection()
+
+
 @dataclass(frozen=True)
 class SendJob:
     """What a worker needs to send one message, read in one query."""
@@ -38,7 +44,7 @@ class SendJob:
 
 
 def load_job(session: Session, message_id: int) -> SendJob | None:
-    row = session.execute(
+    row = _core(session).execute(
         sa.select(
             Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
             Message.phone, Message.content, Message.attempts, Message.not_before,
@@ -53,7 +59,7 @@ def claim(session: Session, message_id: int, *, worker: str, now: datetime | Non
     """queued -> sending, atomically. Returns the claim token, or None if someone else has it."""
     now = now or utcnow()
     token = uuid.uuid4().hex
-    result = session.execute(
+    result = _core(session).execute(
         sa.update(Message)
         .where(
             Message.id == message_id,
@@ -79,7 +85,7 @@ def _owned(message_id: int, token: str):  # noqa: ANN202
 def _add_attempts(session: Session, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
     if not attempts:
         return
-    session.execute(
+    _core(session).execute(
         sa.insert(Attempt),
         [
             dict(
@@ -102,7 +108,7 @@ def record_sent(
     session: Session, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str
 ) -> bool:
     now = utcnow()
-    done = session.execute(
+    done = _core(session).execute(
         sa.update(Message)
         .where(_owned(message_id, token))
         .values(
@@ -139,7 +145,7 @@ def record_error(
         values.update(claim_token=None, enqueued_at=None)
     if status.is_final:
         values["finished_at"] = now
-    done = session.execute(
+    done = _core(session).execute(
         sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
     ).rowcount
     _add_attempts(session, message_id, attempts, worker)
@@ -194,7 +200,7 @@ def add_event(session: Session, message_id: int, from_status: str | None, to_sta
 
 def note_campaign_success(session: Session, campaign_id: int) -> None:
     # Matches no row (and takes no lock) unless a failure streak is being broken.
-    session.execute(
+    _core(session).execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.consecutive_failures != 0)
         .values(consecutive_failures=0)
