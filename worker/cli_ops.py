@@ -30,6 +30,13 @@ def worker_command(concurrency: int | None, queues: str, loglevel: str) -> None:
     runtime.settings.require_awal()
     if runtime.settings.embedded:
         fail("CELERY_BROKER_URL is not set: a separate worker needs a shared broker (use `buttoncast run` for the embedded mode)")
+    if concurrency and concurrency != runtime.settings.worker_concurrency:
+        # The database pool is sized from the settings' thread count: keep the two in step.
+        from dataclasses import replace
+
+        from worker.runtime import Runtime, install_runtime
+
+        install_runtime(Runtime(replace(runtime.settings, worker_concurrency=concurrency), celery=runtime.celery))
     serve_metrics(runtime.settings.metrics_port)
     import worker.tasks  # noqa: F401 - registers the tasks
     import scheduler.tasks  # noqa: F401
