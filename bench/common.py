@@ -1,0 +1,318 @@
+"""Shared helpers for the throughput benches: private services, bulk rows, worker processes, figures.
+
+Every bench runs against its own scratch Postgres database (dropped after) and its own
+redis-server on a free port (stopped after), so it neither disturbs nor is disturbed by other
+people's tests on the shared services; only CPU is shared, which is why each bench measures its
+baseline in the same run and prints the load average.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+PG_ADMIN_URL = os.environ.get("BUTTONCAST_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SANDBOX_ENV = {"AWAL_CLIENT_ID": "sandbox-client", "AWAL_DOMAIN": "sandbox.local",
+               "AWAL_HMAC_SECRET": "sandbox-secret", "AWAL_PHONE_NUMBER_ID": "123456"}
+CONTENT = {"header_text": None, "body_text": "Hello! Your store has 20% off everything this weekend.",
+           "footer_text": "Reply STOP to opt out",
+           "buttons": [{"id": "reserve", "title": "Reserve a slot"}, {"id": "later", "title": "Maybe later"}]}
+NOOP_TASK = "bench.noop"
+NOOP_QUEUE = "bench.noop"
+UNACKED_KEY = "unacked"   # kombu's Redis transport: delivered, not yet acknowledged
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def ratio_line(what: str, ours: float, baseline: float, unit: str, goal: str) -> str:
+    ratio = ours / baseline if baseline else float("inf")
+    return f"{what}: buttoncast {ours:,.0f} {unit}, baseline {baseline:,.0f} {unit}, ratio {ratio:.2f} (goal {goal})"
+
+
+# --- services ------------------------------------------------------------------------------------
+
+@contextmanager
+def private_redis() -> Iterator[str]:
+    """A redis-server of our own on a free port, no persistence; stopped afterwards."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextmanager
+def scratch_postgres(prefix: str = "bench") -> Iterator[str]:
+    """A freshly migrated Postgres database, dropped afterwards."""
+    from worker.db import upgrade
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"buttoncast_{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@contextmanager
+def sandbox(latency_ms: float = 0.0, *extra: str) -> Iterator[str]:
+    """The Awal sandbox in its own process; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "worker.sandbox", "--port", "0", "--latency-ms", str(latency_ms), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT)
+    try:
+        yield proc.stdout.readline().strip()  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+def insert_campaign(database_url: str, recipients: int, *, status: str = "running", message_status: str = "pending",
+                    enqueued: bool = False) -> int:
+    """A campaign with `recipients` messages in one INSERT ... SELECT generate_series (Postgres)."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            campaign_id = conn.execute(sa.text(
+                "INSERT INTO campaigns (name, phone_number_id, template, status, scheduled_at, consecutive_failures,"
+                " recipients_imported, rows_rejected, created_at, started_at, updated_at)"
+                " VALUES ('bench', '123456', CAST(:t AS json), :s, now() at time zone 'utc', 0, :n, 0,"
+                " now() at time zone 'utc', now() at time zone 'utc', now() at time zone 'utc') RETURNING id"),
+                {"t": json.dumps(CONTENT), "s": status, "n": recipients}).scalar_one()
+            add_messages(conn, campaign_id, recipients, status=message_status, enqueued=enqueued)
+    finally:
+        engine.dispose()
+    return campaign_id
+
+
+def add_messages(conn: sa.Connection, campaign_id: int, count: int, *, status: str, enqueued: bool, first_phone: int = 0) -> None:
+    now = "now() at time zone 'utc'"
+    conn.execute(sa.text(
+        "INSERT INTO messages (campaign_id, phone_number_id, phone, content, status, attempts, created_at, updated_at,"
+        " queued_at, enqueued_at)"
+        f" SELECT :c, '123456', (966500000000 + :p + g)::text, CAST(:content AS json), :s, 0, {now}, {now},"
+        f" CASE WHEN :q THEN {now} END, CASE WHEN :e THEN {now} END"
+        " FROM generate_series(1, :n) AS g"),
+        {"c": campaign_id, "content": json.dumps(CONTENT), "s": status, "q": status == "queued", "e": enqueued, "n": count, "p": first_phone})
+    conn.execute(sa.text("ANALYZE messages"))
+
+
+def ids_with_status(database_url: str, campaign_id: int, status: str) -> list[int]:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text("SELECT id FROM messages WHERE campaign_id = :c AND status = :s ORDER BY id"),
+                                     {"c": campaign_id, "s": status}).scalars())
+    finally:
+        engine.dispose()
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+def stack_env(*, database_url: str, broker_url: str, sandbox_url: str, **extra: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWAL_", "CELERY_", "REDIS_", "DATABASE_"))}
+    env.update(SANDBOX_ENV)
+    env.update(DATABASE_URL=database_url, CELERY_BROKER_URL=broker_url, AWAL_BASE_URL=sandbox_url,
+               METRICS_PORT="0", PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class Processes:
+    """Worker processes started by a bench; each is stopped by its own pid at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.log_dir = Path(tempfile.mkdtemp(prefix="buttoncast-bench-"))
+
+    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"proc-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def buttoncast_worker(self, env: dict[str, str], concurrency: int, queues: str = "buttoncast.campaign") -> subprocess.Popen:
+        return self.start([sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(concurrency),
+                           "--queues", queues, "--loglevel", "WARNING"], env)
+
+    def noop_worker(self, broker_url: str, concurrency: int) -> subprocess.Popen:
+        """A stock Celery worker running a do-nothing task, same pool and Celery settings as ours."""
+        env = dict(os.environ, BENCH_NOOP_BROKER_URL=broker_url, PYTHONPATH=str(BENCH_DIR))
+        return self.start([sys.executable, "-m", "celery", "-A", "common:noop_app", "worker", "--pool", "threads",
+                           "--concurrency", str(concurrency), "--queues", NOOP_QUEUE, "--loglevel", "WARNING",
+                           "--without-gossip", "--without-mingle"], env)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs.clear()
+
+    def tail(self, lines: int = 30) -> str:
+        out = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(out)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- broker --------------------------------------------------------------------------------------
+
+def push_tasks(broker_url: str, ids: list[int], queue: str, task: str | None = None) -> None:
+    """Put send tasks (or the no-op task) on a Redis queue through buttoncast's fast publish path."""
+    import redis
+
+    from worker.publish import LPUSH_CHUNK, task_message
+    from worker.queues import TASK_SEND
+
+    client = redis.Redis.from_url(broker_url)
+    origin = f"bench@{socket.gethostname()}"
+    with client.pipeline(transaction=False) as pipe:
+        for start in range(0, len(ids), LPUSH_CHUNK):
+            pipe.lpush(queue, *(task_message(i, queue, origin=origin, task=task or TASK_SEND)
+                                for i in ids[start:start + LPUSH_CHUNK]))
+        pipe.execute()
+
+
+def wait_drained(broker_url: str, queue: str, *, timeout_s: float = 600.0, poll_s: float = 0.02) -> float:
+    """Block until `queue` is empty and nothing is unacknowledged; returns the monotonic time then."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(queue)
+        pipe.hlen(UNACKED_KEY)
+        if pipe.execute() == [0, 0]:
+            return time.monotonic()
+        time.sleep(poll_s)
+    raise TimeoutError(f"{queue} not drained after {timeout_s}s")
+
+
+# --- the stock baseline --------------------------------------------------------------------------
+
+def make_noop_app(broker_url: str):  # noqa: ANN201 - celery.Celery
+    """A plain Celery app with buttoncast's Celery settings and a task that does nothing."""
+    from celery import Celery
+
+    from worker.celery_app import PREFETCH_MULTIPLIER, VISIBILITY_TIMEOUT_S
+
+    app = Celery("bench", broker=broker_url)
+    app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True, task_acks_late=True,
+                    task_reject_on_worker_lost=True, worker_prefetch_multiplier=PREFETCH_MULTIPLIER,
+                    worker_hijack_root_logger=False, worker_send_task_events=False,
+                    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S})
+
+    @app.task(name=NOOP_TASK)
+    def noop(message_id: int) -> None:
+        return None
+
+    return app
+
+
+if os.environ.get("BENCH_NOOP_BROKER_URL"):   # `celery -A common:noop_app worker` in Processes.noop_worker
+    noop_app = make_noop_app(os.environ["BENCH_NOOP_BROKER_URL"])
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+def start_profile(pid: int, duration_s: int, out_path: Path) -> subprocess.Popen | None:
+    """py-spy (if installed) sampling one worker process, all threads, active samples only."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("  (py-spy not installed: no profile)")
+        return None
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(duration_s), "--rate", "250",
+                             "--format", "raw", "--nonblocking", "--output", str(out_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_profile(path: Path, top: int = 25, prefixes: tuple[str, ...] = ()) -> str:
+    """Inclusive share of active samples per function from py-spy's raw (collapsed) output."""
+    from collections import Counter
+
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (", 1)[0] + " (" + frame.split(" (", 1)[-1].split(":")[0].rsplit("/", 1)[-1]
+            if prefixes and not any(p in frame for p in prefixes):
+                continue
+            if name not in seen:
+                seen.add(name)
+                inclusive[name] += n
+    rows = [f"    {100 * n / total:5.1f}%  {name})" for name, n in inclusive.most_common(top)]
+    return f"  {total} active samples; inclusive share per function:\n" + "\n".join(rows)

@@ -1,0 +1,101 @@
+"""Latency hiding: one worker process against a sandbox answering after 200 ms, vs a sequential loop.
+
+Baseline: the sequential loop every first version is, `AwalClient.send` (sign + POST + parse) one
+message after another, in the same run against the same sandbox. buttoncast: ONE `buttoncast
+worker` process (threads pool, `--concurrency`, the database pool sized from it) sending
+`--messages` queued messages end to end (load, rate slot, claim, HTTP, record) on Postgres, timed
+from the push of their tasks until the queue is empty and nothing is unacknowledged. Example:
+
+    /tmp/venv/bin/python bench/latency.py --latency-ms 200 --concurrency 128 --messages 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import sqlalchemy as sa
+
+from common import (
+    Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, ratio_line, rss_mb,
+    sandbox, scratch_postgres, stack_env, wait_drained,
+)
+
+QUEUE = "buttoncast.campaign"
+
+
+def sequential_loop(sandbox_url: str, broker_url: str, count: int) -> float:
+    from worker.client import build_client
+    from worker.message import ButtonMessage
+    from worker.settings import Settings
+
+    settings = Settings.from_env(stack_env(database_url="sqlite://", broker_url=broker_url, sandbox_url=sandbox_url))
+    client = build_client(settings)
+    began = time.perf_counter()
+    for i in range(count):
+        message = ButtonMessage.build(phone=f"96659{i:07d}", body_text="Hello", buttons=[{"id": "a", "title": "A"}])
+        client.send(message, "123456")
+    elapsed = time.perf_counter() - began
+    client.close()
+    return count / elapsed
+
+
+def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argparse.Namespace) -> float:
+    campaign_id = insert_campaign(database_url, args.warmup + args.messages, message_status="queued", enqueued=True)
+    ids = ids_with_status(database_url, campaign_id, "queued")
+    env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url,
+                    AWAL_RATE_LIMIT="100000/s", AWAL_RATE_BURST="1000", WORKER_CONCURRENCY=args.concurrency)
+    procs = Processes()
+    try:
+        [worker] = [procs.buttoncast_worker(env, args.concurrency)]
+        push_tasks(broker_url, ids[:args.warmup], QUEUE)
+        wait_drained(broker_url, QUEUE, timeout_s=120)
+        cpu0 = cpu_s(worker.pid)
+        profiler = start_profile(worker.pid, args.profile, procs.log_dir / "profile.txt") if args.profile else None
+        began = time.monotonic()
+        push_tasks(broker_url, ids[args.warmup:], QUEUE)
+        ended = wait_drained(broker_url, QUEUE)
+        cpu = cpu_s(worker.pid) - cpu0
+        if profiler is not None:
+            profiler.wait(args.profile + 30)
+            print(summarize_profile(procs.log_dir / "profile.txt", top=40))
+        print(f"  worker: CPU {cpu * 1000 / args.messages:.2f} ms/message, RSS {rss_mb(worker.pid):.0f} MB")
+    except TimeoutError:
+        print(procs.tail())
+        raise
+    finally:
+        procs.cleanup()
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        counts = dict(conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status")).all())
+        connections = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+    engine.dispose()
+    print(f"  message statuses after the run: {counts} (connections left on the database: {connections})")
+    if counts.get("sent") != len(ids):
+        raise SystemExit(f"expected {len(ids)} sent, got {counts}")
+    return args.messages / (ended - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--concurrency", type=int, default=128, help="threads of the one worker process")
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--sequential", type=int, default=25, help="messages in the sequential baseline loop")
+    parser.add_argument("--profile", type=int, default=0, metavar="S", help="py-spy the worker for S seconds")
+    args = parser.parse_args()
+    print(f"latency hiding: vendor latency {args.latency_ms:.0f} ms, 1 worker process x {args.concurrency} threads; "
+          f"{load_line()}")
+    with private_redis() as broker_url, scratch_postgres("latency") as database_url, \
+            sandbox(args.latency_ms) as sandbox_url:
+        baseline = sequential_loop(sandbox_url, broker_url, args.sequential)
+        print(f"  baseline: sequential sign + POST loop, {args.sequential} messages: {baseline:,.1f} msg/s")
+        ours = run_worker(broker_url, database_url, sandbox_url, args)
+        print(f"  buttoncast: {args.messages:,} messages: {ours:,.0f} msg/s")
+    print(ratio_line("latency hiding (one process)", ours, baseline, "msg/s", ">= 250 msg/s"))
+    print(f"after: {load_line()}")
+
+
+if __name__ == "__main__":
+    main()
