@@ -263,6 +263,21 @@ def test_build_rate_limiter_picks_redis_when_configured(redis_url: str) -> None:
     assert (shared.state("ws:button").limit, shared.state("ws:button").burst) == ("78.4/s", 4)
 
 
+def test_raising_the_configured_rate_takes_effect_at_once(redis_url: str, scope: str) -> None:
+    # Given a worker under 1/h took a slot: the next one is an hour away
+    clock = FakeClock()
+    slow = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse("1/h"), burst=1, clock=clock)
+    assert slow.acquire(scope, max_wait_s=5).granted
+    assert not slow.acquire(scope, max_wait_s=5).granted
+    # When workers restart with AWAL_RATE_LIMIT=100/s
+    fast = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse("100/s"), burst=1, clock=clock)
+    # Then they wait at most one reservation horizon (max wait + an interval), not the old rate's hour
+    reservation = fast.acquire(scope, max_wait_s=5)
+    assert reservation.wait_s <= 5 + 0.01 + 1e-6
+    clock.advance(reservation.wait_s)
+    assert fast.acquire(scope, max_wait_s=5).granted
+
+
 def test_redis_keys_expire_when_idle(redis_url: str, scope: str) -> None:
     client = redis.Redis.from_url(redis_url)
     limiter = RedisRateLimiter(client, rate=RateLimit.parse(HOUR_RATE), burst=1)

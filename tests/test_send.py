@@ -26,6 +26,9 @@ def runtime(request, database_url, sandbox):  # noqa: ANN001
     extra = {"SEND_READ_TIMEOUT_S": "1", "SEND_RETRY_MAX_WAIT_S": "0.05", "AWAL_RATE_LIMIT": "1000/s", "AWAL_RATE_BURST": "50"}
     if request.param == "redis":
         extra["REDIS_URL"] = request.getfixturevalue("redis_url")
+        import redis
+
+        redis.Redis.from_url(extra["REDIS_URL"]).flushdb()  # no 429 block or vendor window left by another test
     rt = make_runtime(stack_env(database_url=database_url, sandbox_url=base_url, **extra))
     yield rt
     rt.close()

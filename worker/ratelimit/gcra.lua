@@ -122,6 +122,12 @@ end
 if op == 'acquire' then
   local interval, tolerance, max_wait = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   touch_scope()
+  -- A reservation never lies further ahead than max_wait + one interval (+ the burst), so a tat
+  -- beyond that was set under a slower rate: after AWAL_RATE_LIMIT is raised it must not hold
+  -- every worker back until the old rate's slot comes round.
+  local stale = num(redis.call('GET', KEYS[1]))
+  local horizon = now + math.max(0, max_wait) + interval + tolerance
+  if stale ~= nil and stale > horizon then redis.call('SET', KEYS[1], fmt(horizon), 'PX', ttl_ms(horizon - now)) end
   local at, reason, tat, v = earliest(interval, tolerance)
   local wait = at - now
   if wait > math.max(0, max_wait) then return {0, fmt(wait), reason} end
