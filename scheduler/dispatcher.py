@@ -163,22 +163,32 @@ def _claim(runtime: Runtime, where: sa.ColumnElement[bool], limit: int, now: dat
     batch = runtime.settings.dispatch_batch_size
     while len(claimed) < limit:
         take = min(batch, limit - len(claimed))
-        pick = (
-            sa.select(Message.id).where(where, _ready_filter(now)).order_by(Message.id).limit(take)
-            .with_for_update(skip_locked=True)
-        )
         with runtime.session_factory.begin() as session:
-            ids = session.execute(
-                sa.update(Message)
-                .where(Message.id.in_(pick.scalar_subquery()), _ready_filter(now))
-                .values(status=QUEUED, enqueued_at=now, queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now)
-                .returning(Message.id)
-                .execution_options(synchronize_session=False)
-            ).scalars().all()
+            ids = session.execute(_claim_statement(runtime.engine.dialect.name, where, take, now)).scalars().all()
         claimed.extend(ids)
         if len(ids) < take:
             break
     return claimed
+
+
+def _claim_statement(dialect: str, where: sa.ColumnElement[bool], take: int, now: datetime) -> sa.Update:
+    """UPDATE ... pending/due -> queued for at most `take` rows, RETURNING their ids.
+
+    Postgres: the rows are picked in a MATERIALIZED CTE with FOR UPDATE SKIP LOCKED. Written as
+    `id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` the planner may re-run the subquery and
+    update far more than n rows (seen: 1000 instead of 12), which would defeat flow control.
+    SQLite has one writer at a time, so the plain subquery is exact there.
+    """
+    pick = sa.select(Message.id).where(where, _ready_filter(now)).order_by(Message.id).limit(take)
+    update = sa.update(Message).values(
+        status=QUEUED, enqueued_at=now, queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now
+    )
+    if dialect == "postgresql":
+        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        update = update.where(Message.id == picked.c.id, _ready_filter(now))
+    else:
+        update = update.where(Message.id.in_(pick.scalar_subquery()), _ready_filter(now))
+    return update.returning(Message.id).execution_options(synchronize_session=False)
 
 
 def _claim_adhoc(runtime: Runtime, now: datetime, limit: int) -> list[int]:

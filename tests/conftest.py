@@ -127,6 +127,26 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("migrated_postgres")
 
 
+def _empty(database_url: str) -> None:
+    from worker.db import make_engine
+    from worker.models import Base
+
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+@pytest.fixture()
+def empty_database(database_url: str) -> Iterator[str]:
+    """`database_url`, empty before and after: for tests of global behaviour (the dispatcher
+    counts every row), which must neither see nor leave other tests' rows."""
+    _empty(database_url)
+    yield database_url
+    _empty(database_url)
+
+
 @pytest.fixture()
 def sandbox():
     """A sandbox on a free port for this test: yields (base_url, SandboxClient)."""

@@ -1,0 +1,70 @@
+"""The dispatcher's flow control and fairness, on SQLite and Postgres, with publishing observed."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler import dispatcher
+from scheduler.dispatcher import allocate, dispatch_tick
+from tests.conftest import make_runtime, stack_env
+from worker.models import Campaign, Message, utcnow
+
+CONTENT = {"body_text": "Hi", "buttons": [{"id": "a", "title": "A"}]}
+
+
+def test_allocate_splits_equally_and_gives_what_one_cannot_use_to_the_others() -> None:
+    assert allocate(90, {1: 1000, 2: 1000, 3: 1000}) == {1: 30, 2: 30, 3: 30}
+    assert allocate(90, {1: 10, 2: 1000, 3: 1000}) == {1: 10, 2: 40, 3: 40}
+    assert allocate(10, {1: 3, 2: 3}) == {1: 3, 2: 3}
+    assert allocate(0, {1: 5}) == {}
+    assert sum(allocate(7, {1: 100, 2: 100, 3: 100}).values()) == 7
+
+
+@pytest.fixture()
+def published(monkeypatch):  # noqa: ANN001, ANN201
+    sent: list[tuple[str, list[int]]] = []
+    monkeypatch.setattr(dispatcher, "publish_send_tasks", lambda celery, ids, *, queue: sent.append((queue, list(ids))))
+    return sent
+
+
+def seed(rt, *, campaigns: int, per_campaign: int, adhoc: int) -> list[int]:  # noqa: ANN001
+    now = utcnow()
+    ids = []
+    with rt.session_factory.begin() as s:
+        for c in range(campaigns):
+            camp = Campaign(name=f"c{c}", phone_number_id="1", template=CONTENT, status="running", scheduled_at=now, started_at=now)
+            s.add(camp)
+            s.flush()
+            ids.append(camp.id)
+            s.execute(sa.insert(Message), [dict(campaign_id=camp.id, phone_number_id="1", phone=f"9665{c}{i:06d}",
+                                                content=CONTENT, status="pending") for i in range(per_campaign)])
+        if adhoc:
+            s.execute(sa.insert(Message), [dict(phone_number_id="1", phone=f"96659{i:06d}", content=CONTENT, status="queued")
+                                           for i in range(adhoc)])
+    return ids
+
+
+def test_ad_hoc_goes_first_campaigns_share_the_rest_and_the_broker_holds_only_a_few_ticks(empty_database, published) -> None:
+    # Given 10/s, 1-second ticks, 3 ticks of look-ahead: 30 tasks may be out at once
+    rt = make_runtime(stack_env(database_url=empty_database, sandbox_url="http://127.0.0.1:9", AWAL_RATE_LIMIT="10/s",
+                                DISPATCH_INTERVAL_S="1", DISPATCH_LOOKAHEAD_TICKS="3"))
+    c1, c2 = seed(rt, campaigns=2, per_campaign=1000, adhoc=6)
+    # When the dispatcher ticks
+    report = dispatch_tick(rt)
+    # Then the 6 ad-hoc messages went first, and the two campaigns split the other 24 equally
+    assert report.published == {"adhoc": 6, str(c1): 12, str(c2): 12}
+    assert [q for q, _ in published] == ["buttoncast.adhoc", "buttoncast.campaign", "buttoncast.campaign"]
+    # And while those are out, the next tick publishes nothing more (flow control)
+    assert dispatch_tick(rt).total_published == 0
+    rt.close()
+
+
+def test_a_paused_campaign_gets_no_share(empty_database, published) -> None:
+    rt = make_runtime(stack_env(database_url=empty_database, sandbox_url="http://127.0.0.1:9", AWAL_RATE_LIMIT="10/s",
+                                DISPATCH_INTERVAL_S="1", DISPATCH_LOOKAHEAD_TICKS="3"))
+    c1, c2 = seed(rt, campaigns=2, per_campaign=100, adhoc=0)
+    with rt.session_factory.begin() as s:
+        s.execute(sa.update(Campaign).where(Campaign.id == c1).values(status="paused"))
+    assert dispatch_tick(rt).published == {str(c2): 30}
+    rt.close()
