@@ -20,7 +20,7 @@ QUEUE = "bench.baseline"
 settings = Settings.from_env()
 app = Celery("bench_baseline", broker=settings.broker_url)
 app.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True,
-                task_default_queue=QUEUE, worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
+                task_default_queue=QUEUE, broker_connection_retry_on_startup=True)
 _client = None
 
 
