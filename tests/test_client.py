@@ -524,6 +524,20 @@ def test_classify_429_uses_retry_after_seconds() -> None:
     assert info.value.retry_after == 3600.0 and info.value.code == "rate_limit_exceeded"
 
 
+def test_classify_429_whose_retry_after_is_the_reset_rounded_up_waits_only_until_the_reset() -> None:
+    with pytest.raises(RateLimited) as info:
+        classify_response(response(429, vendor_error("rate_limit_exceeded"),
+                                   {"Retry-After": "1", "X-RateLimit-Reset": "1001"}), now=1000.3)
+    assert info.value.retry_after == pytest.approx(0.7)
+
+
+def test_classify_429_with_a_retry_after_longer_than_the_reset_obeys_retry_after() -> None:
+    with pytest.raises(RateLimited) as info:
+        classify_response(response(429, vendor_error("rate_limit_exceeded"),
+                                   {"Retry-After": "3600", "X-RateLimit-Reset": "1001"}), now=1000.3)
+    assert info.value.retry_after == 3600.0
+
+
 def test_classify_429_without_retry_after_waits_until_x_ratelimit_reset() -> None:
     with pytest.raises(RateLimited) as info:
         classify_response(response(429, None, {"X-RateLimit-Reset": "1090"}), now=1000.0)

@@ -115,15 +115,24 @@ def _error_fields(response: requests.Response) -> tuple[str | None, str | None, 
 
 
 def retry_after_seconds(response: requests.Response, rate: RateHeaders, now: float) -> float:
+    """How long a 429 tells every worker to wait.
+
+    Retry-After comes in whole seconds. When it is just the window's reset time rounded up (it lies
+    within a second after X-RateLimit-Reset), the reset time is the precise answer: waiting the
+    rounded-up second would throw away most of the next window. A longer Retry-After (a penalty,
+    or clocks that disagree) is obeyed as given. Without Retry-After the reset time is used.
+    """
+    until_reset = rate.reset_at - now if rate.reset_at and rate.reset_at > now else None
     raw = response.headers.get("Retry-After")
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-    if rate.reset_at and rate.reset_at > now:
-        return rate.reset_at - now
-    return DEFAULT_RETRY_AFTER_S
+    try:
+        retry_after = max(0.0, float(raw)) if raw else None
+    except ValueError:
+        retry_after = None
+    if retry_after is None:
+        return until_reset if until_reset is not None else DEFAULT_RETRY_AFTER_S
+    if until_reset is not None and until_reset <= retry_after < until_reset + 1.0:
+        return until_reset
+    return retry_after
 
 
 def classify_response(response: requests.Response, now: float | None = None) -> SendResult:
