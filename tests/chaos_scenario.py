@@ -200,6 +200,7 @@ class ChaosReport:
     redis_restarts: int = 0
     beat_restarts: int = 0
     bursts_429: int = 0
+    self_exits: int = 0                # workers that exited on their own (broker watchdog) and were restarted
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -207,7 +208,8 @@ class ChaosReport:
         return [
             f"chaos: {self.recipients} recipients in {self.duration_s:.1f}s ({'finished' if self.finished else 'NOT FINISHED'})",
             f"  chaos:    {self.worker_kills} worker SIGKILLs ({self.killed_while_sending} messages lost mid-request), "
-            f"{self.redis_restarts} Redis restart(s), {self.beat_restarts} beat restart(s), {self.bursts_429} 429 burst(s)",
+            f"{self.redis_restarts} Redis restart(s), {self.beat_restarts} beat restart(s), {self.bursts_429} 429 burst(s), "
+            f"{self.self_exits} worker(s) exited by the broker watchdog and restarted",
             f"  database: sent {c.get('sent', 0)}, failed {c.get('failed', 0)}, unknown {c.get('unknown', 0)}"
             f" (by reason {self.unknown_by_reason}), other {sum(v for k, v in c.items() if k not in ('sent', 'failed', 'unknown'))}",
             f"  sandbox:  {self.sandbox_counts}",
@@ -229,6 +231,7 @@ def _env(cfg: ChaosConfig, database_url: str, sandbox_url: str, broker_url: str)
         SEND_READ_TIMEOUT_S=str(cfg.read_timeout_s), SEND_CONNECT_TIMEOUT_S="1", SEND_RETRY_ATTEMPTS="2",
         SEND_RETRY_MAX_WAIT_S="0.1", MESSAGE_MAX_ATTEMPTS="2", REQUEUE_BACKOFF_BASE_S="0.5",
         REQUEUE_BACKOFF_MAX_S="3", RATE_WAIT_MAX_S="2", RECORD_RETRY_MAX_S="5", AUTO_PAUSE_CONSECUTIVE_FAILURES="1000",
+        BROKER_STALL_EXIT_S="10",
     )
     return env
 
@@ -351,6 +354,11 @@ def _drive(cfg: ChaosConfig, stack: Stack, sandbox: SandboxProcess, sessions, ca
             sandbox.client.configure(force_429_for_s=cfg.burst_s, retry_after=1)
             report.bursts_429 += 1
             next_burst = now + cfg.burst_every_s
+        for slot, proc in enumerate(stack.workers):  # the supervisor: a worker that exited is restarted
+            if proc is not None and not proc.alive():
+                report.self_exits += 1
+                stack.killed_at.setdefault(proc.pid, time.time())
+                stack.start_worker(slot)
         for item in [r for r in restarts if r[0] <= now]:
             restarts.remove(item)
             {"worker": lambda: stack.start_worker(item[2]), "redis": stack.redis.start, "beat": stack.start_beat}[item[1]]()

@@ -11,6 +11,7 @@ from kombu import Exchange, Queue
 
 from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, TASK_DISPATCH, TASK_SWEEP
 from worker.settings import Settings
+from worker.watchdog import broker_watchdog_step
 
 # Redis broker: a task not acked within this time is delivered again. Send tasks finish in seconds
 # and no task carries a long ETA, so an hour only matters for a worker that died mid-task.
@@ -59,6 +60,8 @@ def create_celery(settings: Settings) -> Celery:
                       "options": {"queue": QUEUE_CONTROL, "expires": settings.sweep_interval_s * 2}},
         },
     )
+    if not settings.embedded:
+        app.steps["consumer"].add(broker_watchdog_step(settings.broker_stall_exit_s))
     return app
 
 
