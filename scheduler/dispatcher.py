@@ -72,7 +72,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
         if n:
             report.published["adhoc"] = n
         budget -= n
-    campaigns = _running_in_window(runtime, now)
+    campaigns = _running_in_window(runtime, now, budget)
     for campaign_id, share in allocate(budget, campaigns).items():
         n = _publish(runtime, _claim_campaign(runtime, campaign_id, now, share), QUEUE_CAMPAIGN)
         if n:
@@ -106,35 +106,44 @@ def in_flight_count(session: Session) -> int:
     ) or 0
 
 
-def _running_in_window(runtime: Runtime, now: datetime) -> dict[int, int]:
-    """Running campaigns inside their send window -> how many messages each could send now."""
+def _running_in_window(runtime: Runtime, now: datetime, cap: int) -> dict[int, int]:
+    """Running campaigns inside their send window -> how many messages each could send now (<= cap).
+
+    Counting stops at `cap` (this tick's budget): a 1,000,000-recipient campaign costs an index
+    range of `cap` rows per tick, not a count of everything it has left.
+    """
+    if cap <= 0:
+        return {}
     with runtime.session_factory() as session:
         campaigns = session.execute(
             sa.select(Campaign.id, Campaign.window_start, Campaign.window_end, Campaign.window_tz)
             .where(Campaign.status == RUNNING)
         ).all()
         open_ids = [c.id for c in campaigns if in_window(c.window_start, c.window_end, c.window_tz, now)]
-        if not open_ids:
-            return {}
-        ready = _ready_filter(now)
-        rows = session.execute(
-            sa.select(Message.campaign_id, sa.func.count())
-            .where(Message.campaign_id.in_(open_ids), ready)
-            .group_by(Message.campaign_id)
-        ).all()
-    return {campaign_id: count for campaign_id, count in rows if count}
+        wants = {cid: _ready_count(session, cid, now, cap) for cid in open_ids}
+    return {cid: n for cid, n in wants.items() if n}
 
 
-def _ready_filter(now: datetime) -> sa.ColumnElement[bool]:
-    """Pending recipients, and queued messages whose task is not out and whose not-before passed."""
-    return sa.or_(
-        Message.status == PENDING,
-        sa.and_(
-            Message.status == QUEUED,
-            Message.enqueued_at.is_(None),
-            sa.or_(Message.not_before.is_(None), Message.not_before <= now),
-        ),
+def _ready_count(session: Session, campaign_id: int, now: datetime, cap: int) -> int:
+    total = 0
+    for kind in _ready_kinds(now):
+        rows = sa.select(Message.id).where(Message.campaign_id == campaign_id, kind).limit(cap - total).subquery()
+        total += session.scalar(sa.select(sa.func.count()).select_from(rows)) or 0
+        if total >= cap:
+            break
+    return total
+
+
+def _ready_kinds(now: datetime) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """What a tick may publish, in order: queued messages put back whose not-before has passed
+    (their task is not out), then pending recipients. Two filters, not one OR, so each is served
+    by its own index (the pending one is partial: it holds only what is left to send)."""
+    due = sa.and_(
+        Message.status == QUEUED,
+        Message.enqueued_at.is_(None),
+        sa.or_(Message.not_before.is_(None), Message.not_before <= now),
     )
+    return due, Message.status == PENDING
 
 
 def allocate(budget: int, wants: dict[int, int]) -> dict[int, int]:
@@ -156,38 +165,38 @@ def allocate(budget: int, wants: dict[int, int]) -> dict[int, int]:
 
 
 def _claim(runtime: Runtime, where: sa.ColumnElement[bool], limit: int, now: datetime) -> list[int]:
-    """Mark up to `limit` ready rows queued-and-published in one statement; returns their ids."""
-    if limit <= 0:
-        return []
+    """Mark up to `limit` ready rows queued-and-published, a batch per statement; returns their ids."""
     claimed: list[int] = []
     batch = runtime.settings.dispatch_batch_size
-    while len(claimed) < limit:
-        take = min(batch, limit - len(claimed))
-        with runtime.session_factory.begin() as session:
-            ids = session.execute(_claim_statement(runtime.engine.dialect.name, where, take, now)).scalars().all()
-        claimed.extend(ids)
-        if len(ids) < take:
-            break
+    for kind in _ready_kinds(now):
+        while len(claimed) < limit:
+            take = min(batch, limit - len(claimed))
+            with runtime.session_factory.begin() as session:
+                ids = session.execute(_claim_statement(runtime.engine.dialect.name, sa.and_(where, kind), take, now)).scalars().all()
+            claimed.extend(ids)
+            if len(ids) < take:
+                break
     return claimed
 
 
-def _claim_statement(dialect: str, where: sa.ColumnElement[bool], take: int, now: datetime) -> sa.Update:
-    """UPDATE ... pending/due -> queued for at most `take` rows, RETURNING their ids.
+def _claim_statement(dialect: str, ready: sa.ColumnElement[bool], take: int, now: datetime) -> sa.Update:
+    """UPDATE ... -> queued for at most `take` rows matching `ready`, RETURNING their ids.
 
     Postgres: the rows are picked in a MATERIALIZED CTE with FOR UPDATE SKIP LOCKED. Written as
     `id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)` the planner may re-run the subquery and
     update far more than n rows (seen: 1000 instead of 12), which would defeat flow control.
-    SQLite has one writer at a time, so the plain subquery is exact there.
+    SQLite has one writer at a time, so the plain subquery is exact there. `ready` is checked again
+    on the row itself, so a row another dispatcher took meanwhile is left alone.
     """
-    pick = sa.select(Message.id).where(where, _ready_filter(now)).order_by(Message.id).limit(take)
+    pick = sa.select(Message.id).where(ready).order_by(Message.id).limit(take)
     update = sa.update(Message).values(
         status=QUEUED, enqueued_at=now, queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now
     )
     if dialect == "postgresql":
         picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        update = update.where(Message.id == picked.c.id, _ready_filter(now))
+        update = update.where(Message.id == picked.c.id, ready)
     else:
-        update = update.where(Message.id.in_(pick.scalar_subquery()), _ready_filter(now))
+        update = update.where(Message.id.in_(pick.scalar_subquery()), ready)
     return update.returning(Message.id).execution_options(synchronize_session=False)
 
 

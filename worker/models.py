@@ -88,6 +88,10 @@ class Message(Base):
         sa.Index("ix_messages_status_not_before", "status", "not_before"),
         sa.Index("ix_messages_status_updated", "status", "updated_at"),
         sa.Index("ix_messages_phone_sent", "phone", "sent_at"),
+        # Only what is left to send: the dispatcher's claim walks it in id order and never steps
+        # over the rows a big campaign has already sent.
+        sa.Index("ix_messages_pending_campaign_id", "campaign_id", "id",
+                 postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
