@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -76,25 +75,13 @@ def private_redis() -> Iterator[str]:
         proc.wait(10)
 
 
-@contextmanager
-def scratch_postgres(prefix: str = "bench") -> Iterator[str]:
-    """A freshly migrated Postgres database, dropped afterwards."""
-    from worker.db import upgrade
+def scratch_postgres(prefix: str = "bench"):  # noqa: ANN201 - a context manager yielding the URL
+    """A freshly migrated Postgres database, dropped afterwards (the chaos scenario's helper)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from tests.chaos_scenario import fresh_postgres_database
 
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"buttoncast_{prefix}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    return fresh_postgres_database(PG_ADMIN_URL, prefix)
 
 
 @contextmanager

@@ -142,12 +142,12 @@ class SandboxProcess:
 
 
 @contextmanager
-def fresh_postgres_database(admin_url: str) -> Iterator[str]:
+def fresh_postgres_database(admin_url: str, prefix: str = "chaos") -> Iterator[str]:
     """A new, migrated Postgres database for one run, dropped afterwards."""
     from worker.db import upgrade
 
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"buttoncast_chaos_{uuid.uuid4().hex[:8]}"
+    name = f"buttoncast_{prefix}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = admin_url.rsplit("/", 1)[0] + "/" + name
