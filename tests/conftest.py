@@ -148,6 +148,15 @@ def empty_database(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture()
+def clean_postgres(migrated_postgres: str) -> Iterator[str]:
+    """The run's Postgres database, empty before and after: for tests with a real beat, whose
+    dispatcher would otherwise pick up messages other tests left queued."""
+    _empty(migrated_postgres)
+    yield migrated_postgres
+    _empty(migrated_postgres)
+
+
+@pytest.fixture()
 def sandbox():
     """A sandbox on a free port for this test: yields (base_url, SandboxClient)."""
     from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer

@@ -32,11 +32,11 @@ def write_csv(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture()
-def env(migrated_postgres, redis_url, sandbox):  # noqa: ANN001
+def env(clean_postgres, redis_url, sandbox):  # noqa: ANN001
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    return stack_env(database_url=migrated_postgres, sandbox_url=sandbox[0], broker_url=redis_url,
+    return stack_env(database_url=clean_postgres, sandbox_url=sandbox[0], broker_url=redis_url,
                      AWAL_RATE_LIMIT="100/s", AWAL_RATE_BURST="5", DISPATCH_INTERVAL_S="0.5", SWEEP_INTERVAL_S="2",
                      DISPATCH_LOOKAHEAD_TICKS="2")
 

@@ -39,13 +39,13 @@ def all_sent(rt, ids: list[int]) -> bool:  # noqa: ANN001
 
 
 @pytest.fixture()
-def env(migrated_postgres, redis_url, sandbox):  # noqa: ANN001
+def env(clean_postgres, redis_url, sandbox):  # noqa: ANN001
     base_url, vendor = sandbox
     vendor.configure(rate_limit=RATE)
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()  # a fresh limiter state per test
-    return stack_env(database_url=migrated_postgres, sandbox_url=base_url, broker_url=redis_url,
+    return stack_env(database_url=clean_postgres, sandbox_url=base_url, broker_url=redis_url,
                      AWAL_RATE_LIMIT=RATE, AWAL_RATE_BURST="1", SEND_READ_TIMEOUT_S="2", RATE_WAIT_MAX_S="5",
                      DISPATCH_INTERVAL_S="0.5")
 
@@ -122,13 +122,13 @@ def test_a_vendor_reporting_fewer_remaining_than_ours_slows_the_workers(env, san
     rt.close()
 
 
-def test_a_long_wait_puts_the_message_back_in_the_database_not_in_a_sleeping_task(migrated_postgres, redis_url, sandbox, spawn) -> None:
+def test_a_long_wait_puts_the_message_back_in_the_database_not_in_a_sleeping_task(clean_postgres, redis_url, sandbox, spawn) -> None:
     # Given a limit of 1 per hour: the first message takes the slot
     base_url, vendor = sandbox
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()
-    env = stack_env(database_url=migrated_postgres, sandbox_url=base_url, broker_url=redis_url,
+    env = stack_env(database_url=clean_postgres, sandbox_url=base_url, broker_url=redis_url,
                     AWAL_RATE_LIMIT="1/h", RATE_WAIT_MAX_S="2")
     spawn(env, "worker", "--concurrency", "2")
     rt = make_runtime(env)

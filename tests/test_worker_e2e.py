@@ -17,12 +17,12 @@ BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
 
 
 @pytest.fixture()
-def stack(migrated_postgres, redis_url, sandbox, spawn):  # noqa: ANN001
+def stack(clean_postgres, redis_url, sandbox, spawn):  # noqa: ANN001
     base_url, vendor = sandbox
     import redis
 
     redis.Redis.from_url(redis_url).flushdb()  # a clean broker and limiter for this test
-    env = stack_env(database_url=migrated_postgres, sandbox_url=base_url, broker_url=redis_url,
+    env = stack_env(database_url=clean_postgres, sandbox_url=base_url, broker_url=redis_url,
                     SEND_READ_TIMEOUT_S="1", SEND_RETRY_MAX_WAIT_S="0.05", AWAL_RATE_LIMIT="100/s", AWAL_RATE_BURST="20")
     spawn(env, "worker", "--concurrency", "4")
     rt = make_runtime(env)
