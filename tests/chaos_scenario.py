@@ -231,7 +231,7 @@ def _env(cfg: ChaosConfig, database_url: str, sandbox_url: str, broker_url: str)
         SEND_READ_TIMEOUT_S=str(cfg.read_timeout_s), SEND_CONNECT_TIMEOUT_S="1", SEND_RETRY_ATTEMPTS="2",
         SEND_RETRY_MAX_WAIT_S="0.1", MESSAGE_MAX_ATTEMPTS="2", REQUEUE_BACKOFF_BASE_S="0.5",
         REQUEUE_BACKOFF_MAX_S="3", RATE_WAIT_MAX_S="2", RECORD_RETRY_MAX_S="5", AUTO_PAUSE_CONSECUTIVE_FAILURES="1000",
-        BROKER_STALL_EXIT_S="10",
+        BROKER_STALL_EXIT_S="10", BEAT_LOCK_TTL_S="3",
     )
     return env
 

@@ -173,7 +173,8 @@ def stack_env(*, database_url: str, sandbox_url: str, broker_url: str | None = N
     """Environment for a buttoncast process (settings only come from the environment)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWAL_", "CELERY_", "REDIS_", "DATABASE_"))}
     env.update(SANDBOX_ENV)
-    env.update(DATABASE_URL=database_url, AWAL_BASE_URL=sandbox_url, METRICS_PORT="0", PYTHONUNBUFFERED="1")
+    env.update(DATABASE_URL=database_url, AWAL_BASE_URL=sandbox_url, METRICS_PORT="0", PYTHONUNBUFFERED="1",
+               BEAT_LOCK_TTL_S="3")
     if broker_url:
         env["CELERY_BROKER_URL"] = broker_url
     env.update({k: str(v) for k, v in extra.items()})

@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, TASK_DISPATCH, TASK_SWEEP
+from worker.beatlock import hold_beat_lease
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
 
@@ -65,4 +66,12 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-app = create_celery(Settings.from_env())
+def _module_app() -> Celery:
+    settings = Settings.from_env()
+    celery = create_celery(settings)
+    if not settings.embedded and settings.redis_url:
+        hold_beat_lease(celery, settings.redis_url, settings.beat_lock_ttl_s)  # only one beat ticks
+    return celery
+
+
+app = _module_app()

@@ -36,6 +36,7 @@ QUEUED_TASK_TIMEOUT_S = 600.0          # a queued message whose task has not run
 SENDING_TIMEOUT_S = 120.0              # a message `sending` for this long lost its worker -> unknown
 AUTO_PAUSE_CONSECUTIVE_FAILURES = 25
 RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result for this long
+BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long after the first stops renewing
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
 WEBHOOK_PATH = "/webhooks/awal"
 METRICS_PORT = 9808
@@ -179,6 +180,7 @@ class Settings:
     auto_pause_consecutive_failures: int = AUTO_PAUSE_CONSECUTIVE_FAILURES
     record_retry_max_s: float = RECORD_RETRY_MAX_S
     broker_stall_exit_s: float = BROKER_STALL_EXIT_S
+    beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
     log_format: str = LOG_FORMAT
@@ -247,6 +249,7 @@ class Settings:
             auto_pause_consecutive_failures=_int(env, "AUTO_PAUSE_CONSECUTIVE_FAILURES", AUTO_PAUSE_CONSECUTIVE_FAILURES, 1),
             record_retry_max_s=_float(env, "RECORD_RETRY_MAX_S", RECORD_RETRY_MAX_S),
             broker_stall_exit_s=_float(env, "BROKER_STALL_EXIT_S", BROKER_STALL_EXIT_S),
+            beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
             webhook_path=webhook_path,
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             log_format=log_format,
