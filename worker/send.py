@@ -111,7 +111,7 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
     if wait_s:
         with deps.session_factory.begin() as session:
-            store.defer(session, job.id, not_before=utcnow() + timedelta(seconds=wait_s), reason="no rate slot")
+            store.defer(session, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
     with deps.session_factory.begin() as session:

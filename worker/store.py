@@ -152,7 +152,7 @@ def record_error(
     return done == 1
 
 
-def defer(session: Session, message_id: int, *, not_before: datetime, reason: str, from_status: str = Q) -> bool:
+def defer(session: Session, message_id: int, *, not_before: datetime, from_status: str = Q) -> bool:
     """A queued message that could not get a rate slot soon: back to the database, due later.
 
     Its task is done; the dispatcher publishes a new one when `not_before` has passed.
