@@ -176,7 +176,7 @@ def describe(p: Progress) -> list[str]:
         f"  imported:   {c.recipients_imported} recipient(s), {c.rows_rejected} row(s) rejected at import",
         "  messages:   " + ", ".join(f"{s} {n}" for s, n in p.counts.items()) + f"  (total {p.total})",
         f"  progress:   {p.done}/{p.total} done, {p.left} left; sent in the last minute: {p.rate_per_minute}",
-        f"  estimate:   " + (f"finishes around {format_utc(eta)} at the rate limit of {p.per_second_limit * 3600:g}/h "
+        "  estimate:   " + (f"finishes around {format_utc(eta)} at the rate limit of {p.per_second_limit * 3600:g}/h "
                              "(best case: the budget is shared, and the window is not counted)" if eta else "nothing left to send"),
         f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
     ]
