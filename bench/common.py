@@ -128,6 +128,19 @@ def add_messages(conn: sa.Connection, campaign_id: int, count: int, *, status: s
     conn.execute(sa.text("ANALYZE messages"))
 
 
+def check_all_sent(database_url: str, expected: int) -> str:
+    """Fail the bench unless every message ended `sent`; returns a line with the counts per status
+    and the connections still open on the database (a leak would show here)."""
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        counts = dict(conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status")).all())
+        connections = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+    engine.dispose()
+    if counts.get("sent") != expected:
+        raise SystemExit(f"expected {expected} sent, got {counts}")
+    return f"  message statuses after the run: {counts} (connections left on the database: {connections})"
+
+
 def ids_with_status(database_url: str, campaign_id: int, status: str) -> list[int]:
     engine = sa.create_engine(database_url)
     try:

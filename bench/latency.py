@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import sqlalchemy as sa
 
 from common import (
-    Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, ratio_line, rss_mb,
+    check_all_sent, Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, ratio_line, rss_mb,
     sandbox, scratch_postgres, stack_env, wait_drained,
 )
 
@@ -65,14 +64,7 @@ def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argpa
         raise
     finally:
         procs.cleanup()
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        counts = dict(conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status")).all())
-        connections = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar()
-    engine.dispose()
-    print(f"  message statuses after the run: {counts} (connections left on the database: {connections})")
-    if counts.get("sent") != len(ids):
-        raise SystemExit(f"expected {len(ids)} sent, got {counts}")
+    print(check_all_sent(database_url, len(ids)))
     return args.messages / (ended - began)
 
 

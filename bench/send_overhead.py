@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import sqlalchemy as sa
 
 from common import (
-    NOOP_QUEUE, NOOP_TASK, Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks,
+    check_all_sent, NOOP_QUEUE, NOOP_TASK, Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks,
     ratio_line, sandbox, scratch_postgres, stack_env, wait_drained,
 )
 
@@ -64,13 +63,7 @@ def run_buttoncast(broker_url: str, database_url: str, sandbox_url: str, args: a
         raise
     finally:
         procs.cleanup()
-    engine = sa.create_engine(database_url)
-    with engine.connect() as conn:
-        counts = dict(conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status")).all())
-    engine.dispose()
-    print(f"  buttoncast message statuses after the run: {counts}")
-    if counts.get("sent") != len(ids):
-        raise SystemExit(f"expected {len(ids)} sent, got {counts}")
+    print(check_all_sent(database_url, len(ids)))
     return args.messages / (ended - began), cpu * 1000 / args.messages
 
 
