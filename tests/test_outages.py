@@ -66,10 +66,11 @@ def private_redis(tmp_path):  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_with_the_brokers_redis_down_a_dispatch_tick_fails_logs_once_and_marks_nothing(migrated_postgres, private_redis, caplog, monkeypatch) -> None:
+def test_with_the_brokers_redis_down_a_dispatch_tick_fails_logs_once_and_marks_nothing(clean_postgres, private_redis, caplog, monkeypatch) -> None:
     # Given a queued message and a broker whose Redis is down. (Each failing tick takes ~19 s:
     # send_task subscribes to the result backend, whose reconnect policy retries before giving up.)
-    rt = make_runtime(stack_env(database_url=migrated_postgres, sandbox_url="http://127.0.0.1:9",
+    # (an empty database: the tick publishes every due message, not only this test's)
+    rt = make_runtime(stack_env(database_url=clean_postgres, sandbox_url="http://127.0.0.1:9",
                                 broker_url=private_redis.url, AWAL_RATE_LIMIT="1000/s"))
     install_runtime(rt)
     monkeypatch.setattr(tasks, "_failing", {})
