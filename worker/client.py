@@ -231,6 +231,12 @@ class AwalClient:
         adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        # The environment's proxy and CA-bundle settings (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE)
+        # are resolved once here: with trust_env, requests re-read the whole environment on every
+        # request, about 0.5 ms of CPU per message. It also stops ~/.netrc adding an Authorization.
+        env = self._session.merge_environment_settings(self._origin + self._path, {}, None, None, None)
+        self._session.proxies, self._session.verify = env["proxies"], env["verify"]
+        self._session.trust_env = False
 
     def __repr__(self) -> str:
         return f"AwalClient(origin={self._origin!r}, client_id={self._client_id!r})"
