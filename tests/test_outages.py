@@ -99,18 +99,26 @@ def test_with_the_brokers_redis_down_a_dispatch_tick_fails_logs_once_and_marks_n
 
 
 class DatabaseGoesAway:
-    """A session factory whose database becomes unreachable on demand (BEGIN fails)."""
+    """The send path's two ways into the database (transactions and one-statement connections),
+    both failing like an unreachable database on demand."""
 
-    def __init__(self, real) -> None:  # noqa: ANN001
-        self.real, self.down_until = real, 0.0
+    def __init__(self, sessions, connect) -> None:  # noqa: ANN001
+        self.sessions, self.real_connect, self.down_until = sessions, connect, 0.0
 
-    def begin(self):  # noqa: ANN201
+    def _check(self) -> None:
         if time.monotonic() < self.down_until:
             raise OperationalError("BEGIN", {}, ConnectionRefusedError("database unreachable"))
-        return self.real.begin()
+
+    def begin(self):  # noqa: ANN201
+        self._check()
+        return self.sessions.begin()
+
+    def connect(self):  # noqa: ANN201
+        self._check()
+        return self.real_connect()
 
     def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
-        return self.real(*args, **kwargs)
+        return self.sessions(*args, **kwargs)
 
 
 class OutageAfterAnswer:
@@ -127,8 +135,8 @@ class OutageAfterAnswer:
 
 def deps_with_outage(rt, outage_s: float, record_retry_max_s: float):  # noqa: ANN001, ANN201
     deps = rt.send_deps()
-    sessions = DatabaseGoesAway(rt.session_factory)
-    deps.session_factory = sessions
+    sessions = DatabaseGoesAway(rt.session_factory, rt.single_statements)
+    deps.session_factory, deps.connect = sessions, sessions.connect
     deps.client = OutageAfterAnswer(rt.client, sessions, outage_s)
     deps.settings = rt.settings.replace(record_retry_max_s=record_retry_max_s)
     return deps

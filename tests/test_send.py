@@ -196,3 +196,63 @@ def _env_of(rt) -> dict[str, str]:  # noqa: ANN001
     if s.redis_url:
         env["REDIS_URL"] = s.redis_url
     return env
+
+
+def _queued_in_campaign(rt, *, consecutive_failures: int) -> tuple[int, int]:  # noqa: ANN001
+    from worker.models import Campaign
+
+    with rt.session_factory.begin() as s:
+        camp = Campaign(name="c", phone_number_id="123456", template={"body_text": "x", "buttons": BUTTONS},
+                        status="running", consecutive_failures=consecutive_failures)
+        s.add(camp)
+        s.flush()
+        msg = Message(campaign_id=camp.id, phone_number_id="123456", phone=new_phone(),
+                      content={"body_text": "x", "buttons": BUTTONS}, status="queued")
+        s.add(msg)
+        s.flush()
+        return camp.id, msg.id
+
+
+def test_a_success_breaks_the_campaigns_failure_streak_in_the_same_write(runtime, sandbox) -> None:
+    from worker.models import Campaign
+
+    # Given a running campaign with 3 permanent failures in a row
+    campaign_id, mid = _queued_in_campaign(runtime, consecutive_failures=3)
+    with runtime.session_factory() as s:
+        before = s.get(Campaign, campaign_id).updated_at
+
+    # When its next message is sent
+    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+
+    # Then the streak is back to 0 (so auto-pause counts from scratch) and the row says when
+    with runtime.session_factory() as s:
+        camp = s.get(Campaign, campaign_id)
+        assert camp.consecutive_failures == 0 and camp.updated_at is not None and camp.updated_at >= before
+    assert load(runtime, mid).status == "sent"
+
+
+def test_recording_with_a_token_that_no_longer_owns_the_row_changes_nothing_but_keeps_the_evidence(runtime) -> None:
+    from datetime import datetime, timezone
+
+    from worker import store
+    from worker.client import AttemptRecord, RateHeaders, SendResult
+
+    _, mid = _queued_in_campaign(runtime, consecutive_failures=0)
+    with runtime.single_statements() as conn:
+        token = store.claim(conn, mid, worker="w1")
+    assert token
+    with runtime.session_factory.begin() as s:  # e.g. an operator's retry took the message back
+        s.execute(sa.update(Message).where(Message.id == mid).values(status="queued", claim_token=None))
+    attempt = AttemptRecord(started_at=datetime.now(timezone.utc), duration_ms=5, http_status=200, outcome="sent",
+                            vendor_message_id="wamid.late", rate=RateHeaders())
+    result = SendResult(vendor_id=1, message_id="wamid.late", vendor_status="sent", http_status=200, rate=RateHeaders())
+
+    with runtime.single_statements() as conn:   # one attempt: one statement on Postgres
+        owned = store.record_sent(conn, mid, token, result, [attempt], "w1")
+    with runtime.session_factory.begin() as s:   # several: a transaction
+        owned_too = store.record_sent(s, mid, token, result, [attempt, attempt], "w1")
+
+    assert owned is False and owned_too is False
+    row = load(runtime, mid)
+    assert row.status == "queued" and row.vendor_message_id is None
+    assert [a.vendor_message_id for a in attempts_of(runtime, mid)] == ["wamid.late"] * 3

@@ -6,15 +6,18 @@ Rebuilt in a child after fork: connections must never be shared across processes
 from __future__ import annotations
 
 import os
+import socket
 import threading
+from contextlib import AbstractContextManager
 from functools import cached_property
+from typing import Callable
 
 from celery import Celery
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.client import build_client, workspace_scope
-from worker.db import make_engine, make_session_factory
+from worker.db import make_engine, make_session_factory, single_statements
 from worker.settings import Settings
 
 
@@ -66,9 +69,18 @@ class Runtime:
         from worker.send import SendDeps
 
         return SendDeps(
-            session_factory=self.session_factory, client=self.client, limiter=self.limiter,
-            scope=self.scope, settings=self.settings,
+            session_factory=self.session_factory, connect=self.single_statements, client=self.client,
+            limiter=self.limiter, scope=self.scope, settings=self.settings, worker_name=self.worker_name,
         )
+
+    @cached_property
+    def single_statements(self) -> Callable[[], AbstractContextManager[Connection]]:
+        return single_statements(self.engine)
+
+    @cached_property
+    def worker_name(self) -> str:
+        """Who claimed a message (`claimed_by`, attempts, events): host and pid of this process."""
+        return f"{socket.gethostname()}:{os.getpid()}"
 
     def close(self) -> None:
         if "engine" in self.__dict__:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import socket
-import os
 import time
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Protocol
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from sqlalchemy.exc import OperationalError, InterfaceError
@@ -74,30 +74,33 @@ class RateSlotUnavailable(TransientError):
 
 @dataclass
 class SendDeps:
-    session_factory: sessionmaker[Session]
+    session_factory: sessionmaker[Session]                        # transactions of several statements
+    connect: Callable[[], AbstractContextManager[Connection]]     # one statement each (worker.db.single_statements)
     client: Client
     limiter: Limiter
     scope: str
     settings: Settings
-    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    worker_name: str
     sleep: Callable[[float], None] = time.sleep
 
 
 def send_message(message_id: int, deps: SendDeps) -> Outcome:
     """Take one message as far as it can go now. Safe to call twice for the same id."""
     s = deps.settings
-    with deps.session_factory.begin() as session:
-        job = store.load_job(session, message_id)
-        if job is None or job.status != MessageStatus.QUEUED.value:
-            return _done(Outcome.SKIPPED, job, message_id)
-        if job.not_before is not None and job.not_before > utcnow():
-            return _done(Outcome.SKIPPED, job, message_id)  # a stale copy; the dispatcher re-publishes when due
-        if job.campaign_status == CampaignStatus.PAUSED.value:
+    with deps.connect() as conn:
+        job = store.load_job(conn, message_id)
+    if job is None or job.status != MessageStatus.QUEUED.value:
+        return _done(Outcome.SKIPPED, job, message_id)
+    if job.not_before is not None and job.not_before > utcnow():
+        return _done(Outcome.SKIPPED, job, message_id)  # a stale copy; the dispatcher re-publishes when due
+    if job.campaign_status == CampaignStatus.PAUSED.value:
+        with deps.session_factory.begin() as session:  # only if still queued: a conditional UPDATE
             store.return_to_pending(session, job.id, reason="campaign paused", actor=deps.worker_name)
-            return _done(Outcome.PAUSED, job, message_id)
-        if job.campaign_status == CampaignStatus.CANCELLED.value:
+        return _done(Outcome.PAUSED, job, message_id)
+    if job.campaign_status == CampaignStatus.CANCELLED.value:
+        with deps.session_factory.begin() as session:
             store.cancel_one(session, job.id, actor=deps.worker_name)
-            return _done(Outcome.CANCELLED, job, message_id)
+        return _done(Outcome.CANCELLED, job, message_id)
 
     message = _build(job)
     if message is None:
@@ -110,12 +113,12 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         log.warning("message %s deferred: %s", job.id, exc.message)
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
     if wait_s:
-        with deps.session_factory.begin() as session:
-            store.defer(session, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
+        with deps.connect() as conn:
+            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
-    with deps.session_factory.begin() as session:
-        token = store.claim(session, job.id, worker=deps.worker_name)
+    with deps.connect() as conn:
+        token = store.claim(conn, job.id, worker=deps.worker_name)
     if token is None:
         return _done(Outcome.SKIPPED, job, message_id)
 
@@ -128,7 +131,9 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         )
     except AwalError as error:
         return _record_error(job, token, error, attempts, deps)
-    _record(deps, lambda session: _sent(session, job, token, result, attempts, deps), job, result)
+    # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
+    _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id),
+            job, result, unit=deps.connect if len(attempts) == 1 else None)
     log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
                 vendor_message_id=result.message_id, attempts=len(attempts))
     return _done(Outcome.SENT, job, message_id)
@@ -215,12 +220,6 @@ def _observe(deps: SendDeps, attempts: list[AttemptRecord], attempt: AttemptReco
             log.warning("could not record the vendor's rate headers: %s", exc.message)
 
 
-def _sent(session: Session, job: store.SendJob, token: str, result: SendResult, attempts: list[AttemptRecord], deps: SendDeps) -> None:
-    store.record_sent(session, job.id, token, result, attempts, deps.worker_name)
-    if job.campaign_id is not None:
-        store.note_campaign_success(session, job.campaign_id)
-
-
 def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: list[AttemptRecord], deps: SendDeps) -> Outcome:
     """Map an error class to the message's next state. Reads as the state machine's failure edges."""
     s = deps.settings
@@ -286,8 +285,10 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
     return _done(Outcome.REQUEUED, job, job.id)
 
 
-def _record(deps: SendDeps, write: Callable[[Session], object], job: store.SendJob, result: SendResult | None = None) -> None:
-    """Write an outcome, retrying while the database is unreachable (RECORD_RETRY_MAX_S).
+def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.SendJob, result: SendResult | None = None,
+            unit: Callable[[], AbstractContextManager[store.Unit]] | None = None) -> None:
+    """Write an outcome in one unit (a transaction; `deps.connect` for a one-statement write),
+    retrying while the database is unreachable (RECORD_RETRY_MAX_S).
 
     If it still fails, the evidence goes to an ERROR log line with the ids needed to reconcile;
     the message stays `sending` and the sweeper later marks it `unknown` (never resent on its own).
@@ -299,8 +300,8 @@ def _record(deps: SendDeps, write: Callable[[Session], object], job: store.SendJ
             retry=retry_if_exception_type((OperationalError, InterfaceError)),
             reraise=True,
         ):
-            with attempt, deps.session_factory.begin() as session:
-                write(session)
+            with attempt, (unit or deps.session_factory.begin)() as opened:
+                write(opened)
     except (OperationalError, InterfaceError):
         log.error(
             "RECONCILE: could not record the outcome of message %s (campaign %s): vendor messageId=%s vendor id=%s",

@@ -16,16 +16,46 @@ from sqlalchemy.orm import Session
 
 from worker.client import AttemptRecord, SendResult
 from worker.errors import AwalError
-from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
+from worker.models import Attempt, Campaign, Message, MessageEvent, UTCDateTime, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
 Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
 
 
-def _core(session: Session) -> sa.Connection:
-    """The session's connection, for the send path's statements: run through Core they skip the
-    ORM's bulk-UPDATE machinery (about 0.8 ms of CPU per statement), same SQL, same transaction."""
-    return session.connection()
+Unit = Session | sa.Connection   # a transaction, or (Postgres) an autocommit connection for one statement
+
+
+def _core(unit: Unit) -> sa.Connection:
+    """The connection, for the send path's statements: run through Core they skip the ORM's
+    bulk-UPDATE machinery (about 0.8 ms of CPU per statement), same SQL, same transaction."""
+    return unit.connection() if isinstance(unit, Session) else unit
+
+
+def _param(name: str, type_: sa.types.TypeEngine | None = None) -> sa.BindParameter:
+    return sa.bindparam(name, type_=type_)
+
+
+# The hot statements are built once: constructing an UPDATE with its WHERE clause cost more CPU
+# than executing it (about 0.2 ms each, measured with cProfile in bench/send_overhead.py's loop).
+_LOAD_JOB = (
+    sa.select(
+        Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
+        Message.phone, Message.content, Message.attempts, Message.not_before,
+    )
+    .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+    .where(Message.id == _param("p_message_id"))
+)
+_CLAIM = (
+    sa.update(Message)
+    .where(
+        Message.id == _param("p_message_id"),
+        Message.status == Q,
+        sa.or_(Message.not_before.is_(None), Message.not_before <= _param("p_now", UTCDateTime())),
+    )
+    .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
+            sending_at=_param("p_now", UTCDateTime()), updated_at=_param("p_now", UTCDateTime()))
+    .execution_options(synchronize_session=False)
+)
 
 
 @dataclass(frozen=True)
@@ -43,32 +73,16 @@ class SendJob:
     not_before: datetime | None
 
 
-def load_job(session: Session, message_id: int) -> SendJob | None:
-    row = _core(session).execute(
-        sa.select(
-            Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
-            Message.phone, Message.content, Message.attempts, Message.not_before,
-        )
-        .outerjoin(Campaign, Campaign.id == Message.campaign_id)
-        .where(Message.id == message_id)
-    ).one_or_none()
+def load_job(unit: Unit, message_id: int) -> SendJob | None:
+    row = _core(unit).execute(_LOAD_JOB, {"p_message_id": message_id}).one_or_none()
     return SendJob(*row) if row else None
 
 
-def claim(session: Session, message_id: int, *, worker: str, now: datetime | None = None) -> str | None:
+def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = None) -> str | None:
     """queued -> sending, atomically. Returns the claim token, or None if someone else has it."""
-    now = now or utcnow()
     token = uuid.uuid4().hex
-    result = _core(session).execute(
-        sa.update(Message)
-        .where(
-            Message.id == message_id,
-            Message.status == Q,
-            sa.or_(Message.not_before.is_(None), Message.not_before <= now),
-        )
-        .values(status=S, claim_token=token, claimed_by=worker, sending_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    result = _core(unit).execute(_CLAIM, {"p_message_id": message_id, "p_now": now or utcnow(),
+                                          "p_token": token, "p_worker": worker})
     return token if result.rowcount == 1 else None
 
 
@@ -82,21 +96,17 @@ def _owned(message_id: int, token: str):  # noqa: ANN202
     )
 
 
-def _add_attempts(session: Session, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
-    if not attempts:
-        return
-    _core(session).execute(
-        sa.insert(Attempt),
-        [
-            dict(
-                message_id=message_id, started_at=a.started_at, duration_ms=a.duration_ms,
-                http_status=a.http_status, outcome=a.outcome, error_code=a.error_code,
-                error_message=a.error_message, request_id=a.request_id,
-                vendor_message_id=a.vendor_message_id, worker=worker,
-            )
-            for a in attempts
-        ],
-    )
+_ATTEMPT_FIELDS = ("started_at", "duration_ms", "http_status", "outcome", "error_code", "error_message",
+                   "request_id", "vendor_message_id")   # AttemptRecord's fields that are Attempt columns
+
+
+def _attempt_row(message_id: int, a: AttemptRecord, worker: str) -> dict:
+    return dict(message_id=message_id, worker=worker, **{c: getattr(a, c) for c in _ATTEMPT_FIELDS})
+
+
+def _add_attempts(unit: Unit, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
+    if attempts:
+        _core(unit).execute(sa.insert(Attempt), [_attempt_row(message_id, a, worker) for a in attempts])
 
 
 def _counted(attempts: list[AttemptRecord]) -> int:
@@ -104,22 +114,75 @@ def _counted(attempts: list[AttemptRecord]) -> int:
     return sum(1 for a in attempts if a.http_status != 429)
 
 
+def _sent_values() -> dict:
+    now = _param("p_now", UTCDateTime())
+    return dict(
+        status=MessageStatus.SENT.value, vendor_id=_param("p_vendor_id", sa.BigInteger()),
+        vendor_message_id=_param("p_vendor_message_id", sa.String()), vendor_status=_param("p_vendor_status", sa.String()),
+        sent_at=now, finished_at=now, updated_at=now, attempts=Message.attempts + _param("p_counted", sa.Integer()),
+        last_error_code=None, last_error_message=None, last_request_id=None, not_before=None,
+    )
+
+
+def _owned_by_params():  # noqa: ANN202
+    return sa.and_(Message.id == _param("p_message_id"), Message.claim_token == _param("p_token"),
+                   Message.status.in_([S, MessageStatus.UNKNOWN.value]))
+
+
+_RECORD_SENT = sa.update(Message).where(_owned_by_params()).values(**_sent_values()).execution_options(synchronize_session=False)
+_RESET_FAILURE_STREAK = (
+    sa.update(Campaign)
+    .where(Campaign.id == _param("p_campaign_id"), Campaign.consecutive_failures != 0)
+    .values(consecutive_failures=0, updated_at=_param("p_now", UTCDateTime()))
+    .execution_options(synchronize_session=False)
+)
+
+
+def _record_sent_statement() -> sa.Select:
+    """Postgres: the sent-row UPDATE, its attempt row and the failure-streak reset as ONE statement
+    (data-modifying CTEs), so on an autocommit connection the whole record is one round trip and
+    still atomic. Selects how many message rows the claim token still owned (0 or 1)."""
+    sent = sa.update(Message).where(_owned_by_params()).values(**_sent_values()).returning(Message.campaign_id).cte("sent")
+    streak = (
+        sa.update(Campaign)
+        .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), Campaign.consecutive_failures != 0)
+        .values(consecutive_failures=0, updated_at=_param("p_now", UTCDateTime()))
+        .cte("streak")
+    )
+    attempt = sa.insert(Attempt).values(
+        message_id=_param("p_message_id"), worker=_param("p_worker", sa.String()),
+        **{c: _param(f"p_attempt_{c}", Attempt.__table__.c[c].type) for c in _ATTEMPT_FIELDS},
+    ).cte("attempt")
+    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt)
+
+
+_RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
+
+
 def record_sent(
-    session: Session, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str
+    unit: Unit, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str,
+    campaign_id: int | None = None,
 ) -> bool:
-    now = utcnow()
-    done = _core(session).execute(
-        sa.update(Message)
-        .where(_owned(message_id, token))
-        .values(
-            status=MessageStatus.SENT.value, vendor_id=result.vendor_id, vendor_message_id=result.message_id,
-            vendor_status=result.vendor_status, sent_at=now, finished_at=now, updated_at=now,
-            attempts=Message.attempts + _counted(attempts), last_error_code=None, last_error_message=None,
-            last_request_id=None, not_before=None,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    _add_attempts(session, message_id, attempts, worker)
+    """sending -> sent with the vendor's ids, the attempt rows, and the campaign's failure streak
+    broken; only while `token` still owns the row.
+
+    One attempt (the usual case) on a Postgres connection outside a transaction: one statement.
+    Otherwise `unit` must be a transaction (several attempts after in-client retries keep their
+    order in the table only when inserted in order; PostgreSQL runs the parts of one statement in no
+    particular order)."""
+    conn = _core(unit)
+    params = {"p_message_id": message_id, "p_token": token, "p_now": utcnow(), "p_vendor_id": result.vendor_id,
+              "p_vendor_message_id": result.message_id, "p_vendor_status": result.vendor_status,
+              "p_counted": _counted(attempts), "p_worker": worker, "p_campaign_id": campaign_id}
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        if len(attempts) != 1 or conn.dialect.name != "postgresql":
+            raise ValueError(f"recording {len(attempts)} attempts on {conn.dialect.name} needs a transaction")
+        params.update({f"p_attempt_{c}": getattr(attempts[0], c) for c in _ATTEMPT_FIELDS})
+        return conn.execute(_RECORD_SENT_ONE_STATEMENT, params).scalar_one() == 1
+    done = conn.execute(_RECORD_SENT, params).rowcount
+    _add_attempts(conn, message_id, attempts, worker)
+    if campaign_id is not None:
+        conn.execute(_RESET_FAILURE_STREAK, params)
     return done == 1
 
 
@@ -152,12 +215,12 @@ def record_error(
     return done == 1
 
 
-def defer(session: Session, message_id: int, *, not_before: datetime, from_status: str = Q) -> bool:
+def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q) -> bool:
     """A queued message that could not get a rate slot soon: back to the database, due later.
 
     Its task is done; the dispatcher publishes a new one when `not_before` has passed.
     """
-    done = session.execute(
+    done = _core(unit).execute(
         sa.update(Message)
         .where(Message.id == message_id, Message.status == from_status)
         .values(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow())
@@ -196,16 +259,6 @@ def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
 
 def add_event(session: Session, message_id: int, from_status: str | None, to_status: str, reason: str, actor: str | None) -> None:
     session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor))
-
-
-def note_campaign_success(session: Session, campaign_id: int) -> None:
-    # Matches no row (and takes no lock) unless a failure streak is being broken.
-    _core(session).execute(
-        sa.update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.consecutive_failures != 0)
-        .values(consecutive_failures=0)
-        .execution_options(synchronize_session=False)
-    )
 
 
 def note_campaign_failure(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
