@@ -68,3 +68,34 @@ def test_a_paused_campaign_gets_no_share(empty_database, published) -> None:
         s.execute(sa.update(Campaign).where(Campaign.id == c1).values(status="paused"))
     assert dispatch_tick(rt).published == {str(c2): 30}
     rt.close()
+
+
+def test_when_publishing_fails_mid_tick_what_is_on_the_broker_stays_and_the_rest_is_handed_back(empty_database, monkeypatch) -> None:
+    # Given 25 pending recipients claimed in batches of 10 (published while the next is claimed),
+    # and a broker that takes the first batch and then fails
+    rt = make_runtime(stack_env(database_url=empty_database, sandbox_url="http://127.0.0.1:9", AWAL_RATE_LIMIT="100/s",
+                                DISPATCH_INTERVAL_S="1", DISPATCH_LOOKAHEAD_TICKS="1", DISPATCH_BATCH_SIZE="10"))
+    [campaign_id] = seed(rt, campaigns=1, per_campaign=25, adhoc=0)
+    on_broker: list[int] = []
+
+    def flaky(celery, ids, *, queue):  # noqa: ANN001, ANN202
+        if on_broker:
+            raise ConnectionError("broker went away")
+        on_broker.extend(ids)
+
+    monkeypatch.setattr(dispatcher, "publish_send_tasks", flaky)
+    # When the tick runs, it fails loudly
+    with pytest.raises(ConnectionError):
+        dispatch_tick(rt)
+    # Then the first batch is queued with its task out, and every other claimed row was handed back
+    with rt.session_factory() as s:
+        rows = s.execute(sa.select(Message.id, Message.status, Message.enqueued_at).where(Message.campaign_id == campaign_id)).all()
+    out = sorted(r.id for r in rows if r.enqueued_at is not None)
+    assert out == sorted(on_broker) and len(out) == 10
+    assert all(r.status in ("queued", "pending") for r in rows)
+    # And the next tick, with the broker back, publishes every one of the rest exactly once
+    republished: list[int] = []
+    monkeypatch.setattr(dispatcher, "publish_send_tasks", lambda celery, ids, *, queue: republished.extend(ids))
+    dispatch_tick(rt)
+    assert sorted(republished + on_broker) == sorted(r.id for r in rows)
+    rt.close()

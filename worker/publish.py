@@ -95,17 +95,16 @@ class _Template:
                 "delivery_tag": "@@TAG@@",
             },
         }
-        self._text = json.dumps(envelope)
+        text = json.dumps(envelope).replace("%", "%%")
+        for placeholder, slot in (("@@BODY@@", "%(body)s"), ("@@TASK_ID@@", "%(task_id)s"), ("@@ARG@@", "%(arg)d"),
+                                  ("@@TAG@@", "%(tag)s")):
+            text = text.replace(placeholder, slot)
+        self._format = text
 
     def render(self, message_id: int) -> bytes:
-        body = base64.b64encode(b"[[%d], {}, %s]" % (int(message_id), _EMBED)).decode("ascii")
-        return (
-            self._text.replace("@@BODY@@", body)
-            .replace("@@TASK_ID@@", str(uuid.uuid4()))
-            .replace("@@ARG@@", str(int(message_id)))
-            .replace("@@TAG@@", str(uuid.uuid4()))
-            .encode("utf-8")
-        )
+        message_id = int(message_id)
+        body = base64.b64encode(b"[[%d], {}, %s]" % (message_id, _EMBED)).decode("ascii")
+        return (self._format % {"body": body, "task_id": uuid.uuid4(), "arg": message_id, "tag": uuid.uuid4()}).encode()
 
 
 @functools.lru_cache(maxsize=64)
