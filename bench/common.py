@@ -286,33 +286,41 @@ if os.environ.get("BENCH_NOOP_BROKER_URL"):   # `celery -A common:noop_app worke
 # --- profiles ------------------------------------------------------------------------------------
 
 def start_profile(pid: int, duration_s: int, out_path: Path) -> subprocess.Popen | None:
-    """py-spy (if installed) sampling one worker process, all threads, active samples only."""
+    """py-spy (if installed) sampling one worker process: only the thread holding the GIL, i.e. where
+    its Python CPU goes (threads waiting on sockets or the database are not counted)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         print("  (py-spy not installed: no profile)")
         return None
     return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--duration", str(duration_s), "--rate", "250",
-                             "--format", "raw", "--nonblocking", "--output", str(out_path)],
+                             "--format", "raw", "--gil", "--nonblocking", "--output", str(out_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def summarize_profile(path: Path, top: int = 25, prefixes: tuple[str, ...] = ()) -> str:
-    """Inclusive share of active samples per function from py-spy's raw (collapsed) output."""
+    """Inclusive and self (leaf) shares of samples per function from py-spy's raw (collapsed) output."""
     from collections import Counter
 
     inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         total += n
         seen = set()
+        names = []
         for frame in stack.split(";"):
             name = frame.split(" (", 1)[0] + " (" + frame.split(" (", 1)[-1].split(":")[0].rsplit("/", 1)[-1]
             if prefixes and not any(p in frame for p in prefixes):
                 continue
+            names.append(name)
             if name not in seen:
                 seen.add(name)
                 inclusive[name] += n
+        if names:
+            leaf[names[-1]] += n
     rows = [f"    {100 * n / total:5.1f}%  {name})" for name, n in inclusive.most_common(top)]
-    return f"  {total} active samples; inclusive share per function:\n" + "\n".join(rows)
+    leaves = [f"    {100 * n / total:5.1f}%  {name})" for name, n in leaf.most_common(top // 2)]
+    return (f"  {total} samples; inclusive share per function:\n" + "\n".join(rows)
+            + "\n  self share (the function itself was running):\n" + "\n".join(leaves))
