@@ -219,9 +219,46 @@ def rss_mb(pid: int) -> float:
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (all its threads)."""
+    return sum(cpu_split_s(pid))
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of one process (all its threads)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (user + system, all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def component_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of the processes a send involves besides the workers, by name: Postgres
+    (every postgres process: backends, WAL writer, checkpointer), the sandbox, redis-server."""
+    totals = {"postgres": 0.0, "sandbox": 0.0, "redis": 0.0}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ")
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            cpu = cpu_s(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if comm == "postgres":
+            totals["postgres"] += cpu
+        elif b"worker.sandbox" in cmdline:
+            totals["sandbox"] += cpu
+        elif comm == "redis-server":
+            totals["redis"] += cpu
+    return totals
 
 
 # --- broker --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 
 
 from common import (
-    check_all_sent, Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, ratio_line, rss_mb,
+    check_all_sent, Processes, cpu_s, cpu_split_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, ratio_line, rss_mb,
     sandbox, scratch_postgres, stack_env, wait_drained,
 )
 
@@ -49,16 +49,18 @@ def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argpa
         [worker] = [procs.buttoncast_worker(env, args.concurrency)]
         push_tasks(broker_url, ids[:args.warmup], QUEUE)
         wait_drained(broker_url, QUEUE, timeout_s=120)
-        cpu0 = cpu_s(worker.pid)
+        cpu0, split0 = cpu_s(worker.pid), cpu_split_s(worker.pid)
         profiler = start_profile(worker.pid, args.profile, procs.log_dir / "profile.txt") if args.profile else None
         began = time.monotonic()
         push_tasks(broker_url, ids[args.warmup:], QUEUE)
         ended = wait_drained(broker_url, QUEUE)
         cpu = cpu_s(worker.pid) - cpu0
+        user, system = (b - a for a, b in zip(split0, cpu_split_s(worker.pid)))
         if profiler is not None:
             profiler.wait(args.profile + 30)
             print(summarize_profile(procs.log_dir / "profile.txt", top=40))
-        print(f"  worker: CPU {cpu * 1000 / args.messages:.2f} ms/message, RSS {rss_mb(worker.pid):.0f} MB")
+        print(f"  worker: CPU {cpu * 1000 / args.messages:.2f} ms/message (user {user * 1000 / args.messages:.2f}, "
+              f"system {system * 1000 / args.messages:.2f}), RSS {rss_mb(worker.pid):.0f} MB")
     except TimeoutError:
         print(procs.tail())
         raise

@@ -12,11 +12,12 @@ slot (Redis limiter; AWAL_RATE_LIMIT high enough never to wait), claim, signed H
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
 from common import (
-    check_all_sent, NOOP_QUEUE, NOOP_TASK, Processes, cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks,
+    check_all_sent, NOOP_QUEUE, NOOP_TASK, Processes, component_cpu_s, cpu_s, machine_cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks,
     ratio_line, sandbox, scratch_postgres, stack_env, wait_drained,
 )
 
@@ -49,12 +50,17 @@ def run_buttoncast(broker_url: str, database_url: str, sandbox_url: str, args: a
         workers = [procs.buttoncast_worker(env, args.concurrency) for _ in range(args.processes)]
         push_tasks(broker_url, ids[:args.warmup], QUEUE)
         wait_drained(broker_url, QUEUE, timeout_s=120)
-        cpu0 = sum(cpu_s(w.pid) for w in workers)
+        cpu0, others0, machine0 = sum(cpu_s(w.pid) for w in workers), component_cpu_s(), machine_cpu_s()
         profiler = start_profile(workers[0].pid, args.profile, procs.log_dir / "profile.txt") if args.profile else None
         began = time.monotonic()
         push_tasks(broker_url, ids[args.warmup:], QUEUE)
         ended = wait_drained(broker_url, QUEUE)
         cpu = sum(cpu_s(w.pid) for w in workers) - cpu0
+        others, machine = component_cpu_s(), machine_cpu_s() - machine0
+        per = {name: (others[name] - others0[name]) * 1000 / args.messages for name in others}
+        print(f"  CPU per message sent: workers {cpu * 1000 / args.messages:.2f} ms, "
+              + ", ".join(f"{name} {ms:.2f} ms" for name, ms in per.items())
+              + f"; whole machine {machine * 1000 / args.messages:.2f} ms of its {os.cpu_count()} cores")
         if profiler is not None:
             profiler.wait(args.profile + 30)
             print(summarize_profile(procs.log_dir / "profile.txt", top=args.profile_top))
