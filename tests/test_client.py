@@ -607,3 +607,55 @@ def test_client_repr_never_shows_the_secret(base_url: str) -> None:
         assert "very-secret-value" not in repr(awal)
     finally:
         awal.close()
+
+
+def test_every_worker_thread_keeps_its_own_keep_alive_connection() -> None:
+    # Given a vendor answering after 100 ms (so 40 requests really are open at once), and a client
+    # built for a worker with 40 threads
+    from worker.client import build_client
+    from worker.settings import Settings
+
+    server = SandboxServer(SandboxConfig(latency_ms=100))
+    base_url = server.start_in_thread()
+    threads = 40
+    settings = Settings.from_env({"AWAL_BASE_URL": base_url, "AWAL_CLIENT_ID": CLIENT_ID, "AWAL_DOMAIN": DOMAIN,
+                                  "AWAL_HMAC_SECRET": SECRET, "AWAL_PHONE_NUMBER_ID": SENDER,
+                                  "WORKER_CONCURRENCY": str(threads)})
+    awal = build_client(settings)
+    barrier = threading.Barrier(threads)
+
+    def send_twice() -> None:
+        for _ in range(2):
+            barrier.wait()
+            awal.send(message_to(str(next(_phones))), SENDER)
+
+    # When 40 threads send at once, twice
+    workers = [threading.Thread(target=send_twice) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(30)
+    # Then the second round reused the first round's connections: at most one per thread was opened
+    manager = awal._session.get_adapter(base_url).poolmanager
+    [pool] = [manager.pools[key] for key in manager.pools.keys()]  # one host: one pool
+    awal.close()
+    server.stop()
+    assert threads // 2 < pool.num_connections <= threads
+
+
+def test_proxy_settings_come_from_the_environment_read_when_the_client_is_built(base_url: str, phone: str, monkeypatch) -> None:  # noqa: ANN001
+    # Given HTTP_PROXY pointing at a port where nothing listens
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    through_proxy = make_client(base_url, retry_attempts=1)
+    # And NO_PROXY exempting the vendor's host
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = make_client(base_url)
+    monkeypatch.delenv("HTTP_PROXY")   # later changes do not matter: read once, at build time
+
+    with pytest.raises(ConnectionNotMade):  # the proxy could not be reached: nothing was sent
+        through_proxy.send(message_to(phone), SENDER)
+    assert direct.send(message_to(phone), SENDER).message_id
+    through_proxy.close()
+    direct.close()

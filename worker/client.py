@@ -40,7 +40,10 @@ ENDPOINT_BUTTON = "button"
 # Assumption (AWAL_API.md): a 429 without Retry-After and without a usable reset waits this long.
 DEFAULT_RETRY_AFTER_S = 60.0
 POOL_CONNECTIONS = 4
-POOL_MAXSIZE = 64
+#: keep-alive connections kept per host, at least; build_client raises it to WORKER_CONCURRENCY so
+#: that every thread reuses its connection (past the pool's size urllib3 opens a new TCP and TLS
+#: connection per request and throws it away afterwards)
+POOL_MAXSIZE_MIN = 16
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ class AwalClient:
         read_timeout_s: float,
         retry_attempts: int,
         retry_max_wait_s: float,
+        pool_maxsize: int = POOL_MAXSIZE_MIN,
         clock: Callable[[], float] = time.time,
     ) -> None:
         parts = urlsplit(base_url)
@@ -228,7 +232,7 @@ class AwalClient:
         self._retry_max_wait_s = retry_max_wait_s
         self._clock = clock
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         # The environment's proxy and CA-bundle settings (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE)
@@ -346,6 +350,7 @@ def build_client(settings) -> AwalClient:  # noqa: ANN001 - worker.settings.Sett
         read_timeout_s=settings.send_read_timeout_s,
         retry_attempts=settings.send_retry_attempts,
         retry_max_wait_s=settings.send_retry_max_wait_s,
+        pool_maxsize=max(POOL_MAXSIZE_MIN, settings.worker_concurrency),
     )
 
 
