@@ -12,7 +12,7 @@ workers: it empties the queue and marks those messages sent, freeing the budget.
 the queue's length and Redis's used memory: flow control keeps both bounded by one tick's budget,
 whatever the campaign's size. Example:
 
-    /tmp/venv/bin/python bench/dispatch.py --recipients 1000000 --limit 20000 --ticks 10
+    .venv/bin/python bench/dispatch.py --recipients 1000000 --limit 20000 --ticks 10
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Import benchmark: a 1,000,000-row recipients CSV into SQLite and into Postgres.
 
-    /tmp/venv/bin/python bench/import_1m.py [--rows 1000000] [--pg-admin-url URL]
+    .venv/bin/python bench/import_1m.py [--rows 1000000] [--pg-admin-url URL]
 
 Each stage runs in its own child process so that its peak RSS (ru_maxrss) is its own:
   csv.reader   a plain csv.reader pass over the file (the floor: reading and splitting)

@@ -6,7 +6,7 @@ worker` process (threads pool, `--concurrency`, the database pool sized from it)
 `--messages` queued messages end to end (load, rate slot, claim, HTTP, record) on Postgres, timed
 from the push of their tasks until the queue is empty and nothing is unacknowledged. Example:
 
-    /tmp/venv/bin/python bench/latency.py --latency-ms 200 --concurrency 128 --messages 5000
+    .venv/bin/python bench/latency.py --latency-ms 200 --concurrency 80 --messages 5000
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argpa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-ms", type=float, default=200.0)
-    parser.add_argument("--concurrency", type=int, default=128, help="threads of the one worker process")
+    parser.add_argument("--concurrency", type=int, default=80, help="threads of the one worker process")
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--sequential", type=int, default=25, help="messages in the sequential baseline loop")

@@ -5,7 +5,7 @@ keep `--concurrency / --loaders` keep-alive aiohttp connections busy for `--dura
 signing every request properly (fresh timestamp, HMAC over path, query and body). Prints requests/s
 and the status counts. Example:
 
-    /tmp/venv/bin/python bench/sandbox_rps.py --concurrency 64 --duration 10 --loaders 1
+    .venv/bin/python bench/sandbox_rps.py --concurrency 64 --duration 10 --loaders 1
 """
 
 from __future__ import annotations

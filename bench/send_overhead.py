@@ -6,7 +6,7 @@ nothing is unacknowledged). buttoncast's figure includes everything a real send 
 slot (Redis limiter; AWAL_RATE_LIMIT high enough never to wait), claim, signed HTTP to the sandbox
 (which runs on the same two cores), and the recording transaction on Postgres. Example:
 
-    /tmp/venv/bin/python bench/send_overhead.py --messages 20000 --processes 2 --concurrency 8
+    .venv/bin/python bench/send_overhead.py --messages 20000 --processes 2 --concurrency 8
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ connections POST N distinct events (a delivered and a read for each message, shu
 arrive out of order) plus `--duplicates` re-sent ones. Prints events/s and latency percentiles,
 checks the database holds exactly N events and every message ended `read`, and drops the database.
 
-    /tmp/venv/bin/python bench/webhook_burst.py --events 20000 --clients 16 --threads 8
+    .venv/bin/python bench/webhook_burst.py --events 20000 --clients 16 --threads 8
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ memory is not the worker's). The baseline is a stock Celery worker (same pool, t
 running a do-nothing task over the same number of tasks. Growth is measured from the sample at
 `--first` messages to the last. Example:
 
-    /tmp/venv/bin/python bench/worker_memory.py --messages 200000 --first 10000
+    .venv/bin/python bench/worker_memory.py --messages 200000 --first 10000
 """
 
 from __future__ import annotations

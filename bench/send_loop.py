@@ -1,0 +1,91 @@
+"""The send path alone: `send_message` called in a loop in this process, no Celery, one thread.
+
+What a message costs buttoncast itself (load, rate slot in Redis, claim, signed HTTP to a
+no-latency sandbox, record on Postgres), without Celery's or threads' overhead; the baseline is
+the bare client loop (sign + POST + parse, no database, no limiter) in the same run. `--profile`
+prints cProfile's top functions by cumulative time. Example:
+
+    .venv/bin/python bench/send_loop.py --messages 5000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+from common import ids_with_status, insert_campaign, load_line, private_redis, ratio_line, sandbox, scratch_postgres, stack_env
+
+
+def client_loop(settings, count: int) -> tuple[float, float]:  # noqa: ANN001
+    from worker.client import build_client
+    from worker.message import ButtonMessage
+
+    client = build_client(settings)
+    began, cpu0 = time.perf_counter(), time.process_time()
+    for i in range(count):
+        client.send(ButtonMessage.build(phone=f"96659{i:07d}", body_text="Hello", buttons=[{"id": "a", "title": "A"}]), "123456")
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu0
+    client.close()
+    return count / elapsed, cpu * 1000 / count
+
+
+def send_loop(env: dict[str, str], ids: list[int], warmup: int, profile: bool) -> tuple[float, float, str]:
+    from worker.runtime import Runtime
+    from worker.send import Outcome, send_message
+    from worker.settings import Settings
+
+    runtime = Runtime(Settings.from_env(env))
+    deps = runtime.send_deps()
+    try:
+        for message_id in ids[:warmup]:
+            send_message(message_id, deps)
+        profiler = cProfile.Profile() if profile else None
+        began, cpu0 = time.perf_counter(), time.process_time()
+        if profiler:
+            profiler.enable()
+        outcomes = [send_message(message_id, deps) for message_id in ids[warmup:]]
+        if profiler:
+            profiler.disable()
+        elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu0
+    finally:
+        runtime.close()
+    if any(o is not Outcome.SENT for o in outcomes):
+        raise SystemExit(f"not every message was sent: {sorted(set(outcomes))}")
+    report = ""
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(35)
+        report = out.getvalue()
+    count = len(ids) - warmup
+    return count / elapsed, cpu * 1000 / count, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--profile", action="store_true", help="cProfile the timed loop (slows it down)")
+    args = parser.parse_args()
+    print(f"send loop: {args.messages} messages, one thread, no Celery; {load_line()}")
+    with private_redis() as broker_url, scratch_postgres("loop") as database_url, sandbox(0.0) as sandbox_url:
+        from worker.settings import Settings
+
+        env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, REDIS_URL=broker_url,
+                        AWAL_RATE_LIMIT="100000/s", AWAL_RATE_BURST="1000")
+        base_rate, base_cpu = client_loop(Settings.from_env(env), args.messages)
+        print(f"  baseline: client loop (sign + POST + parse only): {base_rate:,.0f} msg/s, {base_cpu:.2f} ms CPU/msg")
+        campaign_id = insert_campaign(database_url, args.warmup + args.messages, message_status="queued", enqueued=True)
+        rate, cpu, report = send_loop(env, ids_with_status(database_url, campaign_id, "queued"), args.warmup, args.profile)
+        print(f"  buttoncast send_message loop: {rate:,.0f} msg/s, {cpu:.2f} ms CPU/msg "
+              f"(the database and limiter add {cpu - base_cpu:.2f} ms)")
+    print(ratio_line("send path alone", rate, base_rate, "msg/s", "none; shows what the database and limiter add"))
+    if report:
+        print(report)
+    print(f"after: {load_line()}")
+
+
+if __name__ == "__main__":
+    main()
