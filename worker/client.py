@@ -228,8 +228,14 @@ class AwalClient:
         self._domain = domain
         self._secret = hmac_secret
         self._timeout = (connect_timeout_s, read_timeout_s)
-        self._retry_attempts = retry_attempts
-        self._retry_max_wait_s = retry_max_wait_s
+        # Built once and shared by every thread: tenacity keeps each run's state per thread (>= 9),
+        # and building it cost more than an unretried send's own Python work.
+        self._retrying = Retrying(
+            stop=stop_after_attempt(retry_attempts),
+            wait=wait_random_exponential(multiplier=0.25, max=retry_max_wait_s),
+            retry=retry_if_exception_type((ConnectionNotMade, ServerError)),
+            reraise=True,
+        )
         self._clock = clock
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=pool_maxsize, max_retries=0)
@@ -261,13 +267,7 @@ class AwalClient:
         Raises PermanentError, RateLimited, AmbiguousError, or the last TransientError.
         """
         body = message.body_bytes()
-        retrying = Retrying(
-            stop=stop_after_attempt(self._retry_attempts),
-            wait=wait_random_exponential(multiplier=0.25, max=self._retry_max_wait_s),
-            retry=retry_if_exception_type((ConnectionNotMade, ServerError)),
-            reraise=True,
-        )
-        for attempt in retrying:
+        for attempt in self._retrying:
             with attempt:
                 if before_request is not None:
                     before_request()

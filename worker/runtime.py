@@ -98,6 +98,9 @@ _runtime: Runtime | None = None
 def get_runtime() -> Runtime:
     """The process's runtime, from the environment's settings unless one was installed."""
     global _runtime
+    runtime = _runtime
+    if runtime is not None:   # every task asks: no lock once it exists
+        return runtime
     with _lock:
         if _runtime is None:
             _runtime = Runtime(Settings.from_env())

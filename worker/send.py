@@ -293,6 +293,14 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
     If it still fails, the evidence goes to an ERROR log line with the ids needed to reconcile;
     the message stays `sending` and the sweeper later marks it `unknown` (never resent on its own).
     """
+    open_unit = unit or deps.session_factory.begin
+    try:
+        with open_unit() as opened:   # the usual case: written at once, no retry machinery
+            write(opened)
+        return
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("recording message %s failed, retrying for up to %ss: %s", job.id,
+                    deps.settings.record_retry_max_s, exc.__class__.__name__)
     try:
         for attempt in Retrying(
             stop=stop_after_delay(deps.settings.record_retry_max_s),
@@ -300,7 +308,7 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
             retry=retry_if_exception_type((OperationalError, InterfaceError)),
             reraise=True,
         ):
-            with attempt, (unit or deps.session_factory.begin)() as opened:
+            with attempt, open_unit() as opened:
                 write(opened)
     except (OperationalError, InterfaceError):
         log.error(
