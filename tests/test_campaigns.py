@@ -151,7 +151,7 @@ def _mark_sent(sf, campaign_id: int) -> None:  # noqa: ANN001
     with sf.begin() as session:
         ids = session.scalars(sa.select(Message.id).where(Message.campaign_id == campaign_id).order_by(Message.id)).all()
         session.execute(sa.update(Message).where(Message.id == ids[0]).values(
-            status="sent", vendor_id=12346, vendor_message_id="wamid.A", attempts=1, sent_at=now,
+            status="sent", vendor_id=12346, vendor_message_id=f"wamid.A{campaign_id}", attempts=1, sent_at=now,
             delivery_status="read", delivered_at=now, read_at=now, replied_at=now,
             reply_button_id="yes", reply_button_title="Yes"))
         session.execute(sa.update(Message).where(Message.id == ids[1]).values(
@@ -171,7 +171,7 @@ def test_report_rows_csv_json_and_funnel(sf):
     assert f.taps == [("yes", "Yes", 1)] and f.rate(f.replied) == 1.0
     rows = list(csv.DictReader(io.StringIO(text.getvalue())))
     assert tuple(rows[0]) == REPORT_COLUMNS
-    assert rows[0]["vendor_message_id"] == "wamid.A" and rows[0]["vendor_id"] == "12346" and rows[0]["sent_at"].endswith("+00:00")
+    assert rows[0]["vendor_message_id"] == f"wamid.A{campaign_id}" and rows[0]["vendor_id"] == "12346" and rows[0]["sent_at"].endswith("+00:00")
     assert rows[1]["last_error_message"] == 'bad, "quoted"' and rows[2]["status"] == "pending"
     doc = json.loads(out.getvalue())
     assert [r["status"] for r in doc] == ["sent", "failed", "pending"] and doc[0]["reply_button_title"] == "Yes"
