@@ -99,3 +99,28 @@ def test_when_publishing_fails_mid_tick_what_is_on_the_broker_stays_and_the_rest
     dispatch_tick(rt)
     assert sorted(republished + on_broker) == sorted(r.id for r in rows)
     rt.close()
+
+
+def test_rows_put_back_behind_where_the_last_claim_ended_are_still_dispatched(empty_database, published) -> None:
+    # Given a campaign of 30 recipients, 10 published per tick (the next tick starts after the last id)
+    rt = make_runtime(stack_env(database_url=empty_database, sandbox_url="http://127.0.0.1:9", AWAL_RATE_LIMIT="10/s",
+                                DISPATCH_INTERVAL_S="1", DISPATCH_LOOKAHEAD_TICKS="1", DISPATCH_BATCH_SIZE="4"))
+    [campaign_id] = seed(rt, campaigns=1, per_campaign=30, adhoc=0)
+    dispatch_tick(rt)
+    first = [i for _, ids in published for i in ids]
+    assert len(first) == 10
+    # When those 10 go back to pending (a pause did it) and the next ticks run, their tasks done
+    with rt.session_factory.begin() as s:
+        s.execute(sa.update(Message).where(Message.id.in_(first)).values(status="pending", enqueued_at=None, queued_at=None))
+    for _ in range(4):
+        dispatch_tick(rt)
+        with rt.session_factory.begin() as s:
+            s.execute(sa.update(Message).where(Message.status == "queued").values(status="sent", enqueued_at=None))
+    # Then every recipient was published, the put-back ones twice (once before the pause), none lost
+    everything = [i for _, ids in published for i in ids]
+    with rt.session_factory() as s:
+        all_ids = set(s.scalars(sa.select(Message.id).where(Message.campaign_id == campaign_id)))
+        left = s.scalar(sa.select(sa.func.count()).select_from(Message).where(Message.status == "pending"))
+    assert set(everything) == all_ids and left == 0
+    assert sorted(everything) == sorted(list(all_ids) + first)
+    rt.close()

@@ -27,6 +27,9 @@ class Runtime:
         self._celery = celery
         #: True where a worker consumes the in-process broker (buttoncast run); see worker.publish
         self.in_process_worker = False
+        #: campaign id (None: ad-hoc) -> the highest id this process's dispatcher claimed: where its
+        #: next scan of pending rows starts (a hint; see scheduler.dispatcher._claim)
+        self.dispatch_cursors: dict[int | None, int] = {}
 
     @cached_property
     def engine(self) -> Engine:
