@@ -7,6 +7,7 @@
   sent it, so it becomes `unknown` with the reason, never resent on our own.
 Both are single conditional UPDATEs: safe when two sweeps run at once or race a live worker (a
 worker that does come back with an answer still records it; see worker.store).
+It also matches early webhook events and refreshes the queue-depth gauge.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
+from worker import metrics
 from worker.models import Message, MessageEvent, utcnow
 from worker.runtime import Runtime
 from worker.status import MessageStatus
@@ -68,6 +71,8 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
             ])
         report.unknown = len(lost)
     report.matched_events = _match_webhook_events(runtime)
+    with runtime.session_factory() as session:
+        update_queue_depth_metric(session)
     if report.republished or report.unknown or report.matched_events:
         log.warning("sweep: %s queued message(s) handed back for republishing, %s lost mid-request -> unknown, "
                     "%s webhook event(s) matched", report.republished, report.unknown, report.matched_events)
@@ -82,3 +87,17 @@ def _match_webhook_events(runtime: Runtime) -> int:
         return 0
     with runtime.session_factory.begin() as session:
         return int(match_pending_events(session) or 0)
+
+
+def update_queue_depth_metric(session: Session) -> None:
+    """The buttoncast_queue_depth gauge: messages not yet final per campaign and status. Refreshed
+    by the sweep (every SWEEP_INTERVAL_S), not by every dispatcher tick: it counts every pending row
+    (~115 ms per tick for a 1,000,000-recipient campaign, a fifth of the tick)."""
+    rows = session.execute(
+        sa.select(Message.campaign_id, Message.status, sa.func.count())
+        .where(Message.status.in_([MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value]))
+        .group_by(Message.campaign_id, Message.status)
+    ).all()
+    metrics.QUEUE_DEPTH.clear()
+    for campaign_id, status, count in rows:
+        metrics.QUEUE_DEPTH.labels(campaign=str(campaign_id) if campaign_id else "adhoc", status=status).set(count)

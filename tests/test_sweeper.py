@@ -183,3 +183,15 @@ def test_the_sweep_hands_back_a_lost_task_without_touching_a_deferred_one(rt, mo
     dispatch_tick(rt)
 
     assert deferred not in published and load(rt, deferred).status == "queued"
+
+
+def test_the_sweep_refreshes_the_queue_depth_gauge(rt) -> None:  # noqa: ANN001
+    from worker import metrics
+
+    add_message(rt, "queued")
+    add_message(rt, "queued")
+    add_message(rt, "pending")
+    sweep(rt)
+    samples = {(s.labels["campaign"], s.labels["status"]): s.value
+               for metric in metrics.QUEUE_DEPTH.collect() for s in metric.samples}
+    assert samples[("adhoc", "queued")] >= 2 and samples[("adhoc", "pending")] >= 1

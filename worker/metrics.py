@@ -4,7 +4,7 @@ buttoncast_messages_total{outcome}      messages by outcome: sent, failed, unkno
 buttoncast_rate_limited_total           429 answers from the vendor
 buttoncast_send_seconds                 histogram of one HTTP request to the vendor
 buttoncast_rate_wait_seconds            histogram of time spent waiting for a rate slot
-buttoncast_queue_depth{campaign,status} messages pending/queued/sending per campaign (set by the dispatcher)
+buttoncast_queue_depth{campaign,status} messages pending/queued/sending per campaign (set by the sweep)
 """
 
 from __future__ import annotations
