@@ -166,18 +166,8 @@ def test_an_invalid_broker_payload_is_stored_as_rejected_and_the_result_says_why
 
 
 def test_a_paused_campaign_message_goes_back_to_pending_untouched(runtime, sandbox) -> None:
-    from worker.models import Campaign
-
     _, vendor = sandbox
-    with runtime.session_factory.begin() as s:
-        camp = Campaign(name="c", phone_number_id="123456", template={"body_text": "x", "buttons": BUTTONS}, status="paused")
-        s.add(camp)
-        s.flush()
-        msg = Message(campaign_id=camp.id, phone_number_id="123456", phone=new_phone(),
-                      content={"body_text": "x", "buttons": BUTTONS}, status="queued")
-        s.add(msg)
-        s.flush()
-        mid = msg.id
+    _, mid = _queued_in_campaign(runtime, campaign_status="paused")
 
     assert send_message(mid, runtime.send_deps()) is Outcome.PAUSED
     row = load(runtime, mid)
@@ -198,12 +188,13 @@ def _env_of(rt) -> dict[str, str]:  # noqa: ANN001
     return env
 
 
-def _queued_in_campaign(rt, *, consecutive_failures: int) -> tuple[int, int]:  # noqa: ANN001
+def _queued_in_campaign(rt, *, campaign_status: str = "running", consecutive_failures: int = 0) -> tuple[int, int]:  # noqa: ANN001
+    """A campaign and one queued message of it; returns (campaign id, message id)."""
     from worker.models import Campaign
 
     with rt.session_factory.begin() as s:
         camp = Campaign(name="c", phone_number_id="123456", template={"body_text": "x", "buttons": BUTTONS},
-                        status="running", consecutive_failures=consecutive_failures)
+                        status=campaign_status, consecutive_failures=consecutive_failures)
         s.add(camp)
         s.flush()
         msg = Message(campaign_id=camp.id, phone_number_id="123456", phone=new_phone(),
@@ -237,7 +228,7 @@ def test_recording_with_a_token_that_no_longer_owns_the_row_changes_nothing_but_
     from worker import store
     from worker.client import AttemptRecord, RateHeaders, SendResult
 
-    _, mid = _queued_in_campaign(runtime, consecutive_failures=0)
+    _, mid = _queued_in_campaign(runtime)
     with runtime.single_statements() as conn:
         token = store.claim(conn, mid, worker="w1")
     assert token
