@@ -36,7 +36,8 @@ def _param(name: str, type_: sa.types.TypeEngine | None = None) -> sa.BindParame
 
 
 # The hot statements are built once: constructing an UPDATE with its WHERE clause cost more CPU
-# than executing it (about 0.2 ms each, measured with cProfile in bench/send_overhead.py's loop).
+# than executing it (about 0.2 ms each, measured with `bench/send_loop.py --profile`).
+_NOW = _param("p_now", UTCDateTime())   # one "now" per statement: when the write happened
 _LOAD_JOB = (
     sa.select(
         Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
@@ -50,10 +51,10 @@ _CLAIM = (
     .where(
         Message.id == _param("p_message_id"),
         Message.status == Q,
-        sa.or_(Message.not_before.is_(None), Message.not_before <= _param("p_now", UTCDateTime())),
+        sa.or_(Message.not_before.is_(None), Message.not_before <= _NOW),
     )
     .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
-            sending_at=_param("p_now", UTCDateTime()), updated_at=_param("p_now", UTCDateTime()))
+            sending_at=_NOW, updated_at=_NOW)
     .execution_options(synchronize_session=False)
 )
 
@@ -86,7 +87,7 @@ def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = No
     return token if result.rowcount == 1 else None
 
 
-def _owned(message_id: int, token: str):  # noqa: ANN202
+def _owned(message_id: int | sa.BindParameter, token: str | sa.BindParameter):  # noqa: ANN202
     # `unknown` is included: a sweeper may have given up on a slow worker that then got an answer;
     # a definite answer from the vendor is better evidence than the sweeper's guess.
     return sa.and_(
@@ -114,26 +115,21 @@ def _counted(attempts: list[AttemptRecord]) -> int:
     return sum(1 for a in attempts if a.http_status != 429)
 
 
-def _sent_values() -> dict:
-    now = _param("p_now", UTCDateTime())
-    return dict(
+_RECORD_SENT = (
+    sa.update(Message)
+    .where(_owned(_param("p_message_id"), _param("p_token")))
+    .values(
         status=MessageStatus.SENT.value, vendor_id=_param("p_vendor_id", sa.BigInteger()),
         vendor_message_id=_param("p_vendor_message_id", sa.String()), vendor_status=_param("p_vendor_status", sa.String()),
-        sent_at=now, finished_at=now, updated_at=now, attempts=Message.attempts + _param("p_counted", sa.Integer()),
+        sent_at=_NOW, finished_at=_NOW, updated_at=_NOW, attempts=Message.attempts + _param("p_counted", sa.Integer()),
         last_error_code=None, last_error_message=None, last_request_id=None, not_before=None,
     )
-
-
-def _owned_by_params():  # noqa: ANN202
-    return sa.and_(Message.id == _param("p_message_id"), Message.claim_token == _param("p_token"),
-                   Message.status.in_([S, MessageStatus.UNKNOWN.value]))
-
-
-_RECORD_SENT = sa.update(Message).where(_owned_by_params()).values(**_sent_values()).execution_options(synchronize_session=False)
+    .execution_options(synchronize_session=False)
+)
 _RESET_FAILURE_STREAK = (
     sa.update(Campaign)
     .where(Campaign.id == _param("p_campaign_id"), Campaign.consecutive_failures != 0)
-    .values(consecutive_failures=0, updated_at=_param("p_now", UTCDateTime()))
+    .values(consecutive_failures=0, updated_at=_NOW)
     .execution_options(synchronize_session=False)
 )
 
@@ -142,11 +138,11 @@ def _record_sent_statement() -> sa.Select:
     """Postgres: the sent-row UPDATE, its attempt row and the failure-streak reset as ONE statement
     (data-modifying CTEs), so on an autocommit connection the whole record is one round trip and
     still atomic. Selects how many message rows the claim token still owned (0 or 1)."""
-    sent = sa.update(Message).where(_owned_by_params()).values(**_sent_values()).returning(Message.campaign_id).cte("sent")
+    sent = _RECORD_SENT.returning(Message.campaign_id).cte("sent")
     streak = (
         sa.update(Campaign)
         .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), Campaign.consecutive_failures != 0)
-        .values(consecutive_failures=0, updated_at=_param("p_now", UTCDateTime()))
+        .values(consecutive_failures=0, updated_at=_NOW)
         .cte("streak")
     )
     attempt = sa.insert(Attempt).values(
