@@ -71,7 +71,7 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
             ])
         report.unknown = len(lost)
     report.matched_events = _match_webhook_events(runtime)
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:   # a read: on SQLite it does not take the write lock
         update_queue_depth_metric(session)
     if report.republished or report.unknown or report.matched_events:
         log.warning("sweep: %s queued message(s) handed back for republishing, %s lost mid-request -> unknown, "
