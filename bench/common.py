@@ -128,6 +128,13 @@ def add_messages(conn: sa.Connection, campaign_id: int, count: int, *, status: s
     conn.execute(sa.text("ANALYZE messages"))
 
 
+def queued_message_ids(database_url: str, count: int) -> list[int]:
+    """`count` messages of one running campaign, queued as the dispatcher leaves them (task out), in
+    id order: the bench pushes their tasks itself."""
+    campaign_id = insert_campaign(database_url, count, message_status="queued", enqueued=True)
+    return ids_with_status(database_url, campaign_id, "queued")
+
+
 def check_all_sent(database_url: str, expected: int) -> str:
     """Fail the bench unless every message ended `sent`; returns a line with the counts per status
     and the connections still open on the database (a leak would show here)."""
@@ -160,6 +167,10 @@ def stack_env(*, database_url: str, broker_url: str, sandbox_url: str, **extra: 
                METRICS_PORT="0", PYTHONUNBUFFERED="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+#: a rate limit no bench send ever waits for: the figures are buttoncast's own cost, not pacing
+UNTHROTTLED = {"AWAL_RATE_LIMIT": "100000/s", "AWAL_RATE_BURST": "1000"}
 
 
 class Processes:

@@ -16,8 +16,8 @@ import time
 
 
 from common import (
-    check_all_sent, Processes, cpu_s, cpu_split_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, ratio_line, rss_mb,
-    sandbox, scratch_postgres, stack_env, wait_drained,
+    check_all_sent, Processes, cpu_s, cpu_split_s, start_profile, summarize_profile, queued_message_ids, load_line, private_redis, push_tasks, ratio_line, rss_mb,
+    sandbox, scratch_postgres, stack_env, UNTHROTTLED, wait_drained,
 )
 
 QUEUE = "buttoncast.campaign"
@@ -40,10 +40,9 @@ def sequential_loop(sandbox_url: str, broker_url: str, count: int) -> float:
 
 
 def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argparse.Namespace) -> float:
-    campaign_id = insert_campaign(database_url, args.warmup + args.messages, message_status="queued", enqueued=True)
-    ids = ids_with_status(database_url, campaign_id, "queued")
-    env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url,
-                    AWAL_RATE_LIMIT="100000/s", AWAL_RATE_BURST="1000", WORKER_CONCURRENCY=args.concurrency)
+    ids = queued_message_ids(database_url, args.warmup + args.messages)
+    env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, **UNTHROTTLED,
+                    WORKER_CONCURRENCY=args.concurrency)
     procs = Processes()
     try:
         [worker] = [procs.buttoncast_worker(env, args.concurrency)]

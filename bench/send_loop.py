@@ -16,7 +16,7 @@ import io
 import pstats
 import time
 
-from common import ids_with_status, insert_campaign, load_line, private_redis, ratio_line, sandbox, scratch_postgres, stack_env
+from common import UNTHROTTLED, load_line, private_redis, queued_message_ids, ratio_line, sandbox, scratch_postgres, stack_env
 
 
 def client_loop(settings, count: int) -> tuple[float, float]:  # noqa: ANN001
@@ -74,11 +74,11 @@ def main() -> None:
         from worker.settings import Settings
 
         env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, REDIS_URL=broker_url,
-                        AWAL_RATE_LIMIT="100000/s", AWAL_RATE_BURST="1000")
+                        **UNTHROTTLED)
         base_rate, base_cpu = client_loop(Settings.from_env(env), args.messages)
         print(f"  baseline: client loop (sign + POST + parse only): {base_rate:,.0f} msg/s, {base_cpu:.2f} ms CPU/msg")
-        campaign_id = insert_campaign(database_url, args.warmup + args.messages, message_status="queued", enqueued=True)
-        rate, cpu, report = send_loop(env, ids_with_status(database_url, campaign_id, "queued"), args.warmup, args.profile)
+        rate, cpu, report = send_loop(env, queued_message_ids(database_url, args.warmup + args.messages), args.warmup,
+                                      args.profile)
         print(f"  buttoncast send_message loop: {rate:,.0f} msg/s, {cpu:.2f} ms CPU/msg "
               f"(the database and limiter add {cpu - base_cpu:.2f} ms)")
     print(ratio_line("send path alone", rate, base_rate, "msg/s", "none; shows what the database and limiter add"))

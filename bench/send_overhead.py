@@ -17,8 +17,8 @@ import time
 
 
 from common import (
-    check_all_sent, NOOP_QUEUE, NOOP_TASK, Processes, component_cpu_s, cpu_s, machine_cpu_s, start_profile, summarize_profile, ids_with_status, insert_campaign, load_line, private_redis, push_tasks,
-    ratio_line, sandbox, scratch_postgres, stack_env, wait_drained,
+    check_all_sent, NOOP_QUEUE, NOOP_TASK, Processes, component_cpu_s, cpu_s, machine_cpu_s, start_profile, summarize_profile, queued_message_ids, load_line, private_redis, push_tasks,
+    ratio_line, sandbox, scratch_postgres, stack_env, UNTHROTTLED, wait_drained,
 )
 
 QUEUE = "buttoncast.campaign"
@@ -41,10 +41,9 @@ def run_noop(broker_url: str, args: argparse.Namespace) -> tuple[float, float]:
 
 
 def run_buttoncast(broker_url: str, database_url: str, sandbox_url: str, args: argparse.Namespace) -> tuple[float, float]:
-    campaign_id = insert_campaign(database_url, args.warmup + args.messages, message_status="queued", enqueued=True)
-    ids = ids_with_status(database_url, campaign_id, "queued")
-    env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url,
-                    AWAL_RATE_LIMIT="100000/s", AWAL_RATE_BURST="1000", WORKER_CONCURRENCY=args.concurrency)
+    ids = queued_message_ids(database_url, args.warmup + args.messages)
+    env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, **UNTHROTTLED,
+                    WORKER_CONCURRENCY=args.concurrency)
     procs = Processes()
     try:
         workers = [procs.buttoncast_worker(env, args.concurrency) for _ in range(args.processes)]

@@ -16,8 +16,8 @@ import argparse
 import time
 
 from common import (
-    NOOP_QUEUE, NOOP_TASK, Processes, ids_with_status, insert_campaign, load_line, private_redis, push_tasks, rss_mb,
-    sandbox, scratch_postgres, stack_env, wait_drained,
+    NOOP_QUEUE, NOOP_TASK, Processes, queued_message_ids, load_line, private_redis, push_tasks, rss_mb,
+    sandbox, scratch_postgres, stack_env, UNTHROTTLED, wait_drained,
 )
 
 QUEUE = "buttoncast.campaign"
@@ -65,10 +65,9 @@ def main() -> None:
         from worker.sandbox import SandboxClient
 
         vendor = SandboxClient(sandbox_url)
-        campaign_id = insert_campaign(database_url, args.messages, message_status="queued", enqueued=True)
-        ids = ids_with_status(database_url, campaign_id, "queued")
-        env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url,
-                        AWAL_RATE_LIMIT="100000/s", AWAL_RATE_BURST="1000", WORKER_CONCURRENCY=args.concurrency)
+        ids = queued_message_ids(database_url, args.messages)
+        env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, **UNTHROTTLED,
+                        WORKER_CONCURRENCY=args.concurrency)
         procs = Processes()
         try:
             worker = procs.buttoncast_worker(env, args.concurrency)
