@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from sqlalchemy.exc import OperationalError, InterfaceError
 
-from worker import metrics, store
+from worker import gate as consent_gate, metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
     AmbiguousError,
@@ -49,6 +49,8 @@ class Outcome(str, enum.Enum):
     PAUSED = "paused"        # campaign paused (or 401): back to pending, untouched
     CANCELLED = "cancelled"
     SKIPPED = "skipped"      # not ours to send: duplicate delivery, already final, not yet due
+    SUPPRESSED = "suppressed"  # the gate held it: opted out, window closed, frequency cap (worker.gate)
+    EXPIRED = "expired"      # not sent before its expires_at
 
 
 class Client(Protocol):
@@ -117,10 +119,11 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
             store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
+    gate = consent_gate.Gate(frequency_cap=s.marketing_frequency_cap)
     with deps.connect() as conn:
-        token = store.claim(conn, job.id, worker=deps.worker_name)
+        token = store.claim(conn, job.id, worker=deps.worker_name, gate=gate)
     if token is None:
-        return _done(Outcome.SKIPPED, job, message_id)
+        return _hold_or_skip(job, deps, gate)
 
     attempts: list[AttemptRecord] = []
     try:
@@ -139,6 +142,19 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
     return _done(Outcome.SENT, job, message_id)
 
 
+def _hold_or_skip(job: store.SendJob, deps: SendDeps, gate: consent_gate.Gate) -> Outcome:
+    """The claim did not take the row. Only now (the rare case) ask why: if the gate bars it, it
+    ends suppressed or expired; otherwise someone else has it, or it is not due."""
+    with deps.session_factory.begin() as session:
+        reason = consent_gate.hold(session, job.id, gate=gate, actor=deps.worker_name)
+    if reason is None:
+        return _done(Outcome.SKIPPED, job, job.id)
+    expired = reason == consent_gate.EXPIRED
+    log_outcome(log, logging.INFO, consent_gate.explain(reason), campaign_id=job.campaign_id, message_id=job.id,
+                status=MessageStatus.EXPIRED.value if expired else MessageStatus.SUPPRESSED.value, error_code=reason)
+    return _done(Outcome.EXPIRED if expired else Outcome.SUPPRESSED, job, job.id)
+
+
 def _build(job: store.SendJob) -> ButtonMessage | None:
     content = MessageContent.from_dict(job.content, validate=False)
     try:
@@ -155,7 +171,10 @@ def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
     except MessageInvalid as exc:
         problem = str(exc)
     with deps.session_factory.begin() as session:
-        token = store.claim(session, job.id, worker=deps.worker_name)
+        gate = consent_gate.Gate(frequency_cap=deps.settings.marketing_frequency_cap)
+        token = store.claim(session, job.id, worker=deps.worker_name, gate=gate)
+        if token is None:   # a held message ends held; never left queued
+            consent_gate.hold(session, job.id, gate=gate, actor=deps.worker_name)
         if token:
             store.record_error(session, job.id, token, status=MessageStatus.REJECTED,
                                error=PermanentError(problem, code="invalid_message"), attempts=[], worker=deps.worker_name)

@@ -79,6 +79,49 @@ class RateLimit:
         return f"{count}/{self.period_s:g}s"
 
 
+# Consent (worker.contacts, worker.gate, worker.webhooks.apply). Keywords match a whole inbound text,
+# trimmed and case-insensitive; button ids match a tapped reply button's id exactly.
+OPT_OUT_KEYWORDS = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "إيقاف", "ايقاف", "إلغاء", "الغاء", "توقف")
+OPT_OUT_BUTTON_IDS = ("stop", "unsubscribe", "opt_out")
+OPT_IN_KEYWORDS = ("START", "UNSTOP", "ابدأ", "اشتراك")
+MARKETING_FREQUENCY_CAP = ""           # e.g. "2/7d": at most 2 campaign messages per contact per 7 days; "" = off
+
+_CAP_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(h|hour|d|day|w|week)\s*$", re.I)
+_CAP_UNIT_S = {"h": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800, "week": 604800}
+
+
+@dataclass(frozen=True)
+class FrequencyCap:
+    """At most `count` campaign messages sent to one contact per `period_s` seconds, e.g. "2/7d"."""
+
+    count: int
+    period_s: float
+
+    @classmethod
+    def parse(cls, text: str, setting: str = "MARKETING_FREQUENCY_CAP") -> "FrequencyCap | None":
+        if not (text or "").strip() or text.strip().lower() == "off":
+            return None
+        match = _CAP_RE.match(text)
+        if not match:
+            raise ConfigError(f"{setting}={text!r} is not a cap; write messages per period, e.g. 2/7d, 1/24h, 3/1w (or leave it empty)")
+        count, multiplier, unit = match.groups()
+        period = int(multiplier or 1) * _CAP_UNIT_S[unit.lower()]
+        if int(count) < 1 or period <= 0:
+            raise ConfigError(f"{setting}={text!r} must allow at least one message per period")
+        return cls(count=int(count), period_s=float(period))
+
+    def __str__(self) -> str:
+        days = self.period_s / 86400
+        return f"{self.count}/{days:g}d" if days == int(days) else f"{self.count}/{self.period_s / 3600:g}h"
+
+
+def _words(env: Mapping[str, str], name: str, default: tuple[str, ...], *, fold: bool) -> frozenset[str]:
+    """A comma-separated list (trimmed; casefolded when `fold`); unset means the default, empty means none."""
+    raw = env.get(name)
+    items = default if raw is None else tuple(raw.split(","))
+    return frozenset(w.strip().casefold() if fold else w.strip() for w in items if w.strip())
+
+
 class Secret:
     """A credential: its repr and str never show the value."""
 
@@ -184,6 +227,10 @@ class Settings:
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
     log_format: str = LOG_FORMAT
+    opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
+    opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
+    opt_in_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_IN_KEYWORDS)
+    marketing_frequency_cap: FrequencyCap | None = None
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -253,6 +300,10 @@ class Settings:
             webhook_path=webhook_path,
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             log_format=log_format,
+            opt_out_keywords=_words(env, "OPT_OUT_KEYWORDS", OPT_OUT_KEYWORDS, fold=True),
+            opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
+            opt_in_keywords=_words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True),
+            marketing_frequency_cap=FrequencyCap.parse(env.get("MARKETING_FREQUENCY_CAP") or MARKETING_FREQUENCY_CAP),
         )
 
     def require_awal(self) -> None:

@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from worker.client import AttemptRecord, SendResult
 from worker.errors import AwalError
+from worker import gate as consent_gate
+from worker.gate import NO_CAP, Gate
 from worker.models import Attempt, Campaign, Message, MessageEvent, UTCDateTime, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
@@ -46,17 +48,27 @@ _LOAD_JOB = (
     .outerjoin(Campaign, Campaign.id == Message.campaign_id)
     .where(Message.id == _param("p_message_id"))
 )
-_CLAIM = (
-    sa.update(Message)
-    .where(
-        Message.id == _param("p_message_id"),
-        Message.status == Q,
-        sa.or_(Message.not_before.is_(None), Message.not_before <= _NOW),
+
+
+def _claim_statement(*, capped: bool) -> sa.Update:
+    """queued -> sending, only if the gate lets the message through (worker.gate: opted out,
+    expired, window closed, frequency cap are conditions of this same UPDATE)."""
+    return (
+        sa.update(Message)
+        .where(
+            Message.id == _param("p_message_id"),
+            Message.status == Q,
+            sa.or_(Message.not_before.is_(None), Message.not_before <= _NOW),
+            *consent_gate.conditions(capped=capped),
+        )
+        .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
+                sending_at=_NOW, updated_at=_NOW)
+        .execution_options(synchronize_session=False)
     )
-    .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
-            sending_at=_NOW, updated_at=_NOW)
-    .execution_options(synchronize_session=False)
-)
+
+
+_CLAIM = _claim_statement(capped=False)
+_CLAIM_CAPPED = _claim_statement(capped=True)
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,13 @@ def load_job(unit: Unit, message_id: int) -> SendJob | None:
     return SendJob(*row) if row else None
 
 
-def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = None) -> str | None:
-    """queued -> sending, atomically. Returns the claim token, or None if someone else has it."""
+def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = None, gate: Gate = NO_CAP) -> str | None:
+    """queued -> sending, atomically, if the gate lets it through. Returns the claim token, or None
+    if someone else has it, it is not due, or the gate bars it (worker.gate.hold says why)."""
     token = uuid.uuid4().hex
-    result = _core(unit).execute(_CLAIM, {"p_message_id": message_id, "p_now": now or utcnow(),
-                                          "p_token": token, "p_worker": worker})
+    now = now or utcnow()
+    params = {"p_message_id": message_id, "p_now": now, "p_token": token, "p_worker": worker, **gate.params(now)}
+    result = _core(unit).execute(_CLAIM_CAPPED if gate.frequency_cap else _CLAIM, params)
     return token if result.rowcount == 1 else None
 
 
