@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from worker.models import Contact, ContactEvent, Message, utcnow
+from worker.settings import Settings
 
 #: the customer-service window: a person's last inbound message + 24 hours
 SERVICE_WINDOW = timedelta(hours=24)
@@ -220,3 +221,49 @@ def open_window_among(session: Session, campaign_id: int, *, now: datetime | Non
         .where(Message.campaign_id == campaign_id)
     ).one()
     return open_ or 0, total or 0
+
+
+@dataclass(frozen=True)
+class ConsentRules:
+    """Which inbound texts and button taps change consent (OPT_OUT_KEYWORDS, OPT_OUT_BUTTON_IDS,
+    OPT_IN_KEYWORDS). A text matches when, trimmed and casefolded, it is one of the keywords."""
+
+    opt_out_keywords: frozenset[str]
+    opt_out_button_ids: frozenset[str]
+    opt_in_keywords: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ConsentRules":
+        return cls(settings.opt_out_keywords, settings.opt_out_button_ids, settings.opt_in_keywords)
+
+    def for_text(self, text: str | None) -> str | None:
+        """OPT_OUT, OPT_IN or None for an inbound text."""
+        word = " ".join((text or "").split()).casefold()
+        if not word:
+            return None
+        if word in self.opt_out_keywords:
+            return OPT_OUT
+        return OPT_IN if word in self.opt_in_keywords else None
+
+    def for_button(self, button_id: str | None) -> str | None:
+        return OPT_OUT if button_id and button_id.strip() in self.opt_out_button_ids else None
+
+
+DEFAULT_RULES = ConsentRules.from_settings(Settings())
+
+
+def apply_inbound(session: Session, phone: str, *, at: datetime, rules: ConsentRules, text: str | None = None,
+                  button_id: str | None = None) -> str | None:
+    """An inbound message from `phone`: opens its window, and applies a consent keyword or an
+    opt-out button tap. Returns OPT_OUT / OPT_IN when consent changed, else None."""
+    record_inbound(session, phone, at=at)
+    if rules.for_button(button_id) == OPT_OUT:
+        return OPT_OUT if opt_out(session, phone, source=SOURCE_BUTTON, reason=f"tapped button {button_id!r}",
+                                  actor="webhook", at=at) else None
+    action = rules.for_text(text)
+    if action == OPT_OUT:
+        return OPT_OUT if opt_out(session, phone, source=SOURCE_KEYWORD, reason=f"replied {text.strip()[:50]!r}",
+                                  actor="webhook", at=at) else None
+    if action == OPT_IN:
+        return OPT_IN if opt_in(session, phone, source=SOURCE_KEYWORD, actor="webhook", at=at) else None
+    return None
