@@ -145,10 +145,12 @@ def pause(session: Session, campaign_id: int, reason: str = PAUSED_BY_OPERATOR) 
 
 
 def resume(session: Session, campaign_id: int) -> Campaign:
-    """paused -> running if it had started, else scheduled; the failure streak starts again."""
+    """paused -> running if it had started, else scheduled; the failure streak starts again, and
+    so does the late-failure breaker's window (worker.breaker counts messages sent from now)."""
     # started_at only changes on scheduled -> running, never while paused, so reading it first is safe.
     target = S.RUNNING if get_campaign(session, campaign_id).started_at is not None else S.SCHEDULED
-    return transition(session, campaign_id, target, pause_reason=None, consecutive_failures=0)
+    return transition(session, campaign_id, target, pause_reason=None, consecutive_failures=0,
+                      late_breaker_since=utcnow())
 
 
 def cancel(session: Session, campaign_id: int) -> tuple[Campaign, int]:

@@ -2,7 +2,9 @@
 
 Prints how many messages it will requeue and why (grouped by last error code), then requeues them
 (unless --dry-run). Retrying `unknown` messages can deliver duplicates, so it needs --yes, or a
-yes at the prompt when run from a terminal. Exit codes: 0 done (also when nothing matched),
+yes at the prompt when run from a terminal. `--reason CLASS` resends late failures of that class
+(worker.failures: sent, then a `failed` status webhook; no duplicate risk); `opted_out` and
+`undeliverable` need --force. Exit codes: 0 done (also when nothing matched),
 1 refused (a sent message, a cancelled campaign, no confirmation), 2 bad input.
 """
 
@@ -15,6 +17,7 @@ import click
 
 from scheduler.retry import DUPLICATE_WARNING, RetryPlan, RetryRefused, RetrySelection, plan_retry, requeue
 from worker.cli_common import fail, friendly_errors, load_runtime
+from worker.failures import FailureClass
 from worker.status import MessageStatus
 
 
@@ -33,8 +36,11 @@ def _parse_since(text: str | None) -> datetime | None:
 def _print_plan(plan: RetryPlan, dry_run: bool) -> None:
     verb = "would requeue" if dry_run else "will requeue"
     click.echo(f"{verb} {plan.total} message(s) ({plan.selection.describe()})")
+    label = "vendor code" if plan.selection.reason is not None else "last error"
     for code, count in plan.by_error_code.items():
-        click.echo(f"  {count:>8}  last error {code}")
+        click.echo(f"  {count:>8}  {label} {code}")
+    if plan.opted_out_now:
+        click.echo(f"note: {plan.opted_out_now} of them are opted out now: the send gate holds those as suppressed")
     note = plan.campaign_note()
     if note:
         click.echo(f"note: {note}")
@@ -56,20 +62,27 @@ def _confirm_duplicates(plan: RetryPlan, yes: bool) -> None:
 @click.option("--error-code", default=None, help="Only messages whose last error code is this.")
 @click.option("--since", default=None, help="Only messages that ended at or after this time (ISO 8601 with offset).")
 @click.option("--message", "message_id", type=int, default=None, help="Retry this one message (failed or unknown).")
+@click.option("--reason", type=click.Choice([c.value for c in FailureClass]), default=None,
+              help="Resend late failures of this class (sent, then failed by webhook); instead of --status.")
+@click.option("--force", is_flag=True, help="Allow --reason opted_out or undeliverable.")
 @click.option("--dry-run", is_flag=True, help="Print what would be requeued; change nothing.")
 @click.option("--yes", is_flag=True, help="Confirm retrying unknown messages although duplicates are possible.")
 @friendly_errors
 def retry_command(campaign_id: int | None, status: str | None, error_code: str | None, since: str | None,
-                  message_id: int | None, dry_run: bool, yes: bool) -> None:
-    """Requeue failed or unknown messages; the dispatcher sends them under the same rate limit."""
-    if campaign_id is not None and status is None:
-        fail("--campaign needs --status failed or --status unknown", 2)
+                  message_id: int | None, reason: str | None, force: bool, dry_run: bool, yes: bool) -> None:
+    """Requeue failed or unknown messages, or resend late failures by class; the dispatcher sends them
+    under the same rate limit."""
+    if reason is not None and (status is not None or error_code is not None):
+        fail("--reason selects late failures by class; do not combine it with --status or --error-code", 2)
+    if campaign_id is not None and status is None and reason is None:
+        fail("--campaign needs --status failed, --status unknown or --reason CLASS", 2)
     if message_id is not None and (campaign_id is not None or status is not None):
         fail("--message retries one message; do not combine it with --campaign or --status", 2)
     try:
         selection = RetrySelection(
             campaign_id=campaign_id, status=MessageStatus(status) if status else None,
             error_code=error_code, since=_parse_since(since), message_id=message_id,
+            reason=FailureClass(reason) if reason else None, force=force,
         )
     except RetryRefused as exc:
         fail(str(exc), 2)

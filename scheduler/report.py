@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.campaigns import get_campaign, status_counts
+from worker.failures import FailureClass
 from worker.models import Campaign, Message, utcnow
 from worker.status import DeliveryStatus, MessageStatus
 
@@ -25,7 +26,7 @@ REPORT_YIELD_ROWS = 1_000
 REPORT_COLUMNS = (
     "message_id", "phone", "status", "vendor_id", "vendor_message_id", "attempts", "last_error_code",
     "last_error_message", "sent_at", "delivery_status", "delivered_at", "read_at", "replied_at",
-    "reply_button_id", "reply_button_title",
+    "reply_button_id", "reply_button_title", "failure_code", "failure_class",
 )
 #: still to go out: the estimate counts these against the rate limit
 LEFT_STATUSES = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value)
@@ -74,6 +75,17 @@ def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> F
     return Funnel(*row, taps=[tuple(t) for t in taps])  # type: ignore[misc]
 
 
+def late_failures(session: Session, campaign_id: int) -> dict[str, int]:
+    """Late failures (`failed` status webhooks) by class (worker.failures), most frequent first."""
+    rows = session.execute(
+        sa.select(Message.failure_class, sa.func.count())
+        .where(Message.campaign_id == campaign_id, Message.failure_class.is_not(None))
+        .group_by(Message.failure_class)
+        .order_by(sa.func.count().desc(), Message.failure_class)
+    ).all()
+    return {klass: count for klass, count in rows}
+
+
 @dataclass(frozen=True)
 class Progress:
     """A campaign's state for `campaign show` and `--watch`."""
@@ -83,6 +95,7 @@ class Progress:
     funnel: Funnel
     per_second_limit: float
     now: datetime
+    late_failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -112,7 +125,8 @@ class Progress:
 def progress(session: Session, campaign_id: int, per_second_limit: float, now: datetime | None = None) -> Progress:
     now = now or utcnow()
     campaign = get_campaign(session, campaign_id)
-    return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now)
+    return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now,
+                    late_failures(session, campaign_id))
 
 
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
@@ -181,4 +195,20 @@ def describe(p: Progress) -> list[str]:
         f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
     ]
     lines += [f"    tapped {title or '?'} [{button_id or '?'}]: {_share(f, n)}" for button_id, title, n in f.taps]
+    lines += describe_late_failures(p)
+    return lines
+
+
+def describe_late_failures(p: Progress) -> list[str]:
+    """`late failures:` by class with what each means, and the retry command for the resendable ones."""
+    late = p.late_failures
+    if not late:
+        return ["  late failures: none"]
+    lines = [f"  late failures: {_share(p.funnel, sum(late.values()))} failed after sending, by class:"]
+    for klass, count in late.items():
+        known = klass in FailureClass._value2member_map_
+        advice = FailureClass(klass).advice if known else "unknown class"
+        lines.append(f"    {klass}: {count}  ({advice})")
+        if known and not FailureClass(klass).resend_needs_force:
+            lines.append(f"      resend: buttoncast retry --campaign {p.campaign.id} --reason {klass}")
     return lines

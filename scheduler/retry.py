@@ -7,6 +7,13 @@ never one with a recorded vendor messageId or a `sent` attempt. Attempt rows are
 counter (the retry budget) starts again from 0, and a MessageEvent by "operator" says why, with the
 filter that selected it. Each batch is one conditional UPDATE that repeats the whole filter, so a
 message that changed meanwhile (a late worker answer, a second operator) is left alone.
+
+Late failures are the one exception, chosen by class (`--reason`, worker.failures): a message the
+vendor accepted (status `sent`) and later reported `failed` was never delivered, so resending it
+carries no duplicate risk. Its vendor ids, send time and delivery fields are cleared for the new
+send; the old messageId stays in its `sent` attempt row and in the retry's MessageEvent, so the
+audit trail shows both sends. `opted_out` and `undeliverable` are refused unless forced, and the
+send gate still holds anyone opted out at send time.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import ButtoncastError
-from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
-from worker.status import CampaignStatus, MessageStatus
+from worker.failures import FailureClass, describe_code
+from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, utcnow
+from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.retry")
 ACTOR = "operator"
@@ -47,10 +55,15 @@ class RetrySelection:
     error_code: str | None = None
     since: datetime | None = None        # finished at or after (aware)
     message_id: int | None = None
+    reason: FailureClass | None = None   # late failures of this class (sent, then a failed webhook)
+    force: bool = False                  # resend a class that needs it (opted_out, undeliverable)
 
     def __post_init__(self) -> None:
         if (self.message_id is None) == (self.campaign_id is None):
-            raise RetryRefused("give either a campaign (with --status) or one message")
+            raise RetryRefused("give either a campaign (with --status or --reason) or one message")
+        if self.reason is not None:
+            self._check_reason()
+            return
         if self.campaign_id is not None and self.status not in RETRYABLE:
             raise RetryRefused("--status must be failed or unknown; sent messages are never requeued")
         if self.message_id is not None and (self.error_code or self.since):
@@ -58,7 +71,19 @@ class RetrySelection:
         if self.since is not None and self.since.tzinfo is None:
             raise RetryRefused("--since needs a UTC offset, e.g. 2026-12-01T09:00:00+03:00")
 
+    def _check_reason(self) -> None:
+        if self.status is not None or self.error_code:
+            raise RetryRefused("--reason selects late failures by class; do not combine it with --status or --error-code")
+        if self.since is not None and self.since.tzinfo is None:
+            raise RetryRefused("--since needs a UTC offset, e.g. 2026-12-01T09:00:00+03:00")
+
     def describe(self) -> str:
+        if self.reason is not None:
+            target = f"message {self.message_id}" if self.message_id is not None else f"campaign {self.campaign_id}"
+            parts = [target, f"late failures {self.reason.value}" + (" (forced)" if self.force else "")]
+            if self.since:
+                parts.append(f"sent since {self.since.isoformat()}")
+            return ", ".join(parts)
         if self.message_id is not None:
             return f"message {self.message_id}"
         parts = [f"campaign {self.campaign_id}", f"status {self.status.value}"]
@@ -70,6 +95,8 @@ class RetrySelection:
 
     def where(self) -> sa.ColumnElement[bool]:
         """The whole filter, repeated in every UPDATE so a concurrent change is never overwritten."""
+        if self.reason is not None:
+            return self._late_failure_where()
         statuses = [self.status.value] if self.status else [s.value for s in RETRYABLE]
         conditions = [
             Message.status.in_(statuses),
@@ -87,6 +114,22 @@ class RetrySelection:
             conditions.append(Message.finished_at >= self.since)
         return sa.and_(*conditions)
 
+    def _late_failure_where(self) -> sa.ColumnElement[bool]:
+        """Sent, then reported failed (never delivered or read) with this class."""
+        conditions = [
+            Message.status == MessageStatus.SENT.value,
+            Message.delivery_status == DeliveryStatus.FAILED.value,
+            Message.failure_class == self.reason.value,
+            Message.delivered_at.is_(None), Message.read_at.is_(None),
+        ]
+        if self.message_id is not None:
+            conditions.append(Message.id == self.message_id)
+        else:
+            conditions.append(Message.campaign_id == self.campaign_id)
+        if self.since:
+            conditions.append(Message.sent_at >= self.since)
+        return sa.and_(*conditions)
+
 
 @dataclass
 class RetryPlan:
@@ -98,6 +141,7 @@ class RetryPlan:
     unknown: int = 0
     campaign_id: int | None = None
     campaign_status: str | None = None
+    opted_out_now: int = 0               # of them, contacts opted out now: the send gate holds those
 
     @property
     def risks_duplicates(self) -> bool:
@@ -127,7 +171,13 @@ class RetryResult:
 def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
     """Count what `selection` matches, grouped by last error code; refuse what may not be retried."""
     plan = RetryPlan(selection=selection)
-    if selection.message_id is not None:
+    reason = selection.reason
+    if reason is not None and reason.resend_needs_force and not selection.force:
+        raise RetryRefused(f"--reason {reason.value} is refused: {reason.advice}; pass --force to resend anyway")
+    if selection.message_id is not None and selection.reason is not None:
+        _check_late_failure(session, selection.message_id, selection.reason)
+        plan.campaign_id = session.scalar(sa.select(Message.campaign_id).where(Message.id == selection.message_id))
+    elif selection.message_id is not None:
         _check_one_message(session, selection.message_id)
         plan.campaign_id = session.scalar(sa.select(Message.campaign_id).where(Message.id == selection.message_id))
     else:
@@ -138,10 +188,11 @@ def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
             raise RetryRefused(f"no campaign {plan.campaign_id}")
         if plan.campaign_status == CampaignStatus.CANCELLED.value:
             raise RetryRefused(f"campaign {plan.campaign_id} is cancelled: its messages are not sent again")
+    code = Message.failure_code if selection.reason is not None else Message.last_error_code
     rows = session.execute(
-        sa.select(Message.status, Message.last_error_code, sa.func.count())
+        sa.select(Message.status, code, sa.func.count())
         .where(selection.where())
-        .group_by(Message.status, Message.last_error_code)
+        .group_by(Message.status, code)
     ).all()
     codes: Counter[str] = Counter()
     for status, code, count in rows:
@@ -150,7 +201,27 @@ def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
         if status == MessageStatus.UNKNOWN.value:
             plan.unknown += count
     plan.by_error_code = dict(codes.most_common())
+    if selection.reason is not None and plan.total:
+        plan.opted_out_now = session.scalar(
+            sa.select(sa.func.count()).select_from(Message)
+            .join(Contact, Contact.phone == Message.phone)
+            .where(selection.where(), Contact.opted_out_at.is_not(None))
+        ) or 0
     return plan
+
+
+def _check_late_failure(session: Session, message_id: int, reason: FailureClass) -> None:
+    row = session.execute(
+        sa.select(Message.status, Message.delivery_status, Message.failure_class).where(Message.id == message_id)
+    ).one_or_none()
+    if row is None:
+        raise RetryRefused(f"no message {message_id}")
+    status, delivery, klass = row
+    if status != MessageStatus.SENT.value or delivery != DeliveryStatus.FAILED.value:
+        raise RetryRefused(f"message {message_id} is {status} (delivery {delivery or '-'}); --reason resends only "
+                           "messages the vendor accepted and later reported failed")
+    if klass != reason.value:
+        raise RetryRefused(f"message {message_id} failed late with class {klass}, not {reason.value}")
 
 
 def _check_one_message(session: Session, message_id: int) -> None:
@@ -184,7 +255,7 @@ def requeue(
     while True:
         with session_factory.begin() as session:
             batch = session.execute(
-                sa.select(Message.id, Message.status, Message.attempts)
+                sa.select(Message.id, Message.status, Message.attempts, Message.vendor_message_id, Message.failure_code)
                 .where(selection.where(), Message.id > after_id)
                 .order_by(Message.id)
                 .limit(batch_size)
@@ -203,12 +274,19 @@ def requeue(
     return result
 
 
+#: a resent late failure starts as a new send: the old ids stay in its attempt rows and event
+_FRESH_SEND = dict(vendor_id=None, vendor_message_id=None, vendor_status=None, sent_at=None, delivery_status=None,
+                   delivery_error=None, failure_code=None, failure_class=None, last_error_code=None,
+                   last_error_message=None, last_request_id=None)
+
+
 def _requeue_batch(session: Session, selection: RetrySelection, ids: list[int], now: datetime) -> set[int]:
+    fresh = _FRESH_SEND if selection.reason is not None else {}
     return set(session.execute(
         sa.update(Message)
         .where(Message.id.in_(ids), selection.where())
         .values(status=MessageStatus.QUEUED.value, enqueued_at=None, not_before=None, claim_token=None,
-                finished_at=None, attempts=0, queued_at=now, updated_at=now)
+                finished_at=None, attempts=0, queued_at=now, updated_at=now, **fresh)
         .returning(Message.id)
         .execution_options(synchronize_session=False)
     ).scalars().all())
@@ -236,8 +314,15 @@ def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Ro
     if not rows:
         return
     suffix = "; campaign reopened: completed -> running" if reopened else ""
+
+    def resent(row: sa.Row) -> str:
+        if selection.reason is None:
+            return ""
+        return f"; resent after late failure {describe_code(row.failure_code)} of messageId {row.vendor_message_id}"
+
     session.execute(sa.insert(MessageEvent), [
         dict(message_id=row.id, from_status=row.status, to_status=MessageStatus.QUEUED.value, actor=ACTOR,
-             reason=f"operator retry ({selection.describe()}); retry budget reset (attempts counter was {row.attempts}){suffix}")
+             reason=f"operator retry ({selection.describe()}){resent(row)}; retry budget reset "
+                    f"(attempts counter was {row.attempts}){suffix}")
         for row in rows
     ])

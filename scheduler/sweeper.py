@@ -86,7 +86,9 @@ def _match_webhook_events(runtime: Runtime) -> int:
     except ImportError:
         return 0
     with runtime.session_factory.begin() as session:
-        return int(match_pending_events(session) or 0)
+        from worker.breaker import LatePolicy
+
+        return int(match_pending_events(session, late=LatePolicy.from_settings(runtime.settings)) or 0)
 
 
 def update_queue_depth_metric(session: Session) -> None:

@@ -5,6 +5,8 @@ buttoncast_rate_limited_total           429 answers from the vendor
 buttoncast_send_seconds                 histogram of one HTTP request to the vendor
 buttoncast_rate_wait_seconds            histogram of time spent waiting for a rate slot
 buttoncast_queue_depth{campaign,status} messages pending/queued/sending per campaign (set by the sweep)
+buttoncast_late_failures_total{class}   `failed` status webhooks applied, by failure class (worker.failures)
+buttoncast_auto_pauses_total{rule}      campaigns paused by the late-failure breaker: quality_risk, late_failure_rate
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ RATE_WAIT_SECONDS = Histogram(
     "buttoncast_rate_wait_seconds", "Time a worker slept for a rate slot",
     buckets=(0, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10),
 )
+LATE_FAILURES = Counter("buttoncast_late_failures", "Late failures (failed status webhooks) by class", ["class"])
+AUTO_PAUSES = Counter("buttoncast_auto_pauses", "Campaigns paused by the late-failure breaker", ["rule"])
 QUEUE_DEPTH = Gauge("buttoncast_queue_depth", "Messages not yet final, per campaign and status", ["campaign", "status"])
 
 _started_ports: set[int] = set()

@@ -73,6 +73,8 @@ class Campaign(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pause_reason: Mapped[str | None] = mapped_column(sa.Text)
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: the late-failure breaker counts only messages sent since (set on resume; worker.breaker)
+    late_breaker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     recipients_imported: Mapped[int] = mapped_column(sa.Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -91,6 +93,8 @@ class Message(Base):
         sa.Index("ix_messages_status_not_before", "status", "not_before"),
         sa.Index("ix_messages_status_updated", "status", "updated_at"),
         sa.Index("ix_messages_phone_sent", "phone", "sent_at"),
+        # the late-failure breaker reads a campaign's last N sent messages (worker.breaker)
+        sa.Index("ix_messages_campaign_sent", "campaign_id", "sent_at"),
         # Only what is left to send: the dispatcher's claim walks it in id order and never steps
         # over the rows a big campaign has already sent.
         sa.Index("ix_messages_pending_campaign_id", "campaign_id", "id",
@@ -134,6 +138,9 @@ class Message(Base):
     replied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reply_button_id: Mapped[str | None] = mapped_column(sa.String(256))
     reply_button_title: Mapped[str | None] = mapped_column(sa.String(64))
+    #: a late failure (`failed` status webhook): the vendor's code and its class (worker.failures)
+    failure_code: Mapped[str | None] = mapped_column(sa.String(16))
+    failure_class: Mapped[str | None] = mapped_column(sa.String(32))
 
     attempt_rows: Mapped[list["Attempt"]] = relationship(back_populates="message", order_by="Attempt.id")
     events: Mapped[list["MessageEvent"]] = relationship(back_populates="message", order_by="MessageEvent.id")

@@ -35,6 +35,9 @@ SWEEP_INTERVAL_S = 30.0
 QUEUED_TASK_TIMEOUT_S = 600.0          # a queued message whose task has not run for this long is re-enqueued
 SENDING_TIMEOUT_S = 120.0              # a message `sending` for this long lost its worker -> unknown
 AUTO_PAUSE_CONSECUTIVE_FAILURES = 25
+AUTO_PAUSE_LATE_WINDOW = 200           # late-failure breaker: the campaign's last this many sent messages...
+AUTO_PAUSE_LATE_FAILURE_RATE = 0.2     # ...pause it when more than this share of them failed late (0: off)
+WEBHOOK_METRICS_PORT = 9809            # Prometheus /metrics of `buttoncast webhooks` (0 disables)
 RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result for this long
 BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long after the first stops renewing
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
@@ -183,6 +186,13 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value > 1:
+        raise ConfigError(f"{name}={value:g} must be a share between 0 and 1 (e.g. 0.2)")
+    return value
+
+
 def normalize_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
     for prefix in ("postgres://", "postgresql://"):
@@ -231,6 +241,9 @@ class Settings:
     opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
     opt_in_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_IN_KEYWORDS)
     marketing_frequency_cap: FrequencyCap | None = None
+    auto_pause_late_window: int = AUTO_PAUSE_LATE_WINDOW
+    auto_pause_late_failure_rate: float = AUTO_PAUSE_LATE_FAILURE_RATE
+    webhook_metrics_port: int = WEBHOOK_METRICS_PORT
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -304,6 +317,9 @@ class Settings:
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
             opt_in_keywords=_words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True),
             marketing_frequency_cap=FrequencyCap.parse(env.get("MARKETING_FREQUENCY_CAP") or MARKETING_FREQUENCY_CAP),
+            auto_pause_late_window=_int(env, "AUTO_PAUSE_LATE_WINDOW", AUTO_PAUSE_LATE_WINDOW, 1),
+            auto_pause_late_failure_rate=_share(env, "AUTO_PAUSE_LATE_FAILURE_RATE", AUTO_PAUSE_LATE_FAILURE_RATE),
+            webhook_metrics_port=_int(env, "WEBHOOK_METRICS_PORT", WEBHOOK_METRICS_PORT, 0),
         )
 
     def require_awal(self) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import WEBHOOK_PATH
 from worker.contacts import DEFAULT_RULES, ConsentRules
+from worker.breaker import DEFAULT_POLICY, LatePolicy
 from worker.webhooks.apply import Outcome, record_and_apply
 from worker.webhooks.events import Event, ShapeError, Verification, parse_body
 from worker.webhooks.verify import VERIFICATION_NEEDS_SIGNATURE, BodySigner, signature_from
@@ -40,8 +41,10 @@ class WebhookApp:
     def __init__(
         self, *, session_factory: sessionmaker[Session], signer: BodySigner, path: str = WEBHOOK_PATH,
         max_body_bytes: int = MAX_BODY_BYTES, consent: ConsentRules = DEFAULT_RULES,
+        late: LatePolicy = DEFAULT_POLICY,
     ) -> None:
         self._consent = consent
+        self._late = late
         self._session_factory = session_factory
         self._signer = signer
         self.path = path
@@ -95,7 +98,7 @@ class WebhookApp:
     def _record(self, start_response: StartResponse, event: Event, body: bytes) -> Iterable[bytes]:
         try:
             with self._session_factory() as session, session.begin():
-                outcome = record_and_apply(session, event, body, self._consent)
+                outcome = record_and_apply(session, event, body, self._consent, late=self._late)
         except SQLAlchemyError as exc:
             log.error("webhook %s not recorded, answering 503 so the vendor retries: %s",
                       event.event_type, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -124,12 +127,13 @@ class WebhookApp:
 
 def create_app(
     *, session_factory: sessionmaker[Session], webhook_secret: str, path: str = WEBHOOK_PATH,
-    max_body_bytes: int = MAX_BODY_BYTES, consent: ConsentRules = DEFAULT_RULES,
+    max_body_bytes: int = MAX_BODY_BYTES, consent: ConsentRules = DEFAULT_RULES, late: LatePolicy = DEFAULT_POLICY,
 ) -> WebhookApp:
     """The receiver for one database and secret. Raises ValueError when the secret is empty.
-    `consent`: the opt-out/opt-in keywords and buttons (ConsentRules.from_settings)."""
+    `consent`: the opt-out/opt-in keywords and buttons (ConsentRules.from_settings); `late`: the
+    late-failure breaker's thresholds (LatePolicy.from_settings)."""
     return WebhookApp(session_factory=session_factory, signer=BodySigner(webhook_secret), path=path,
-                      max_body_bytes=max_body_bytes, consent=consent)
+                      max_body_bytes=max_body_bytes, consent=consent, late=late)
 
 
 def _json(start_response: StartResponse, status: int, doc: dict[str, Any],

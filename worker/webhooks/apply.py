@@ -4,6 +4,9 @@ Every write is one conditional UPDATE, so duplicates, out-of-order arrival and c
 receivers or sweepers cannot move a message backwards:
 - status: NULL/sent -> delivered -> read; `failed` only from NULL or sent (a message the vendor
   already called delivered or read stays so) and records the reason; nothing leaves `failed`.
+  A `failed` status is a late failure: its vendor code and class (worker.failures) are recorded on
+  the message, a 131050 opts the contact out, and the campaign's late-failure breaker
+  (worker.breaker) is checked, all in the same transaction.
   Times keep the earliest evidence: delivered_at/read_at = min(stored, event time); a read with no
   delivered_at sets delivered_at too (read implies delivered).
 - reply: the earliest tap (by the event's time) wins; later taps stay in webhook_events only.
@@ -19,7 +22,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from worker.contacts import DEFAULT_RULES, ConsentRules, apply_inbound
+from worker import metrics
+from worker.breaker import DEFAULT_POLICY, LatePolicy, check as check_breaker
+from worker.contacts import DEFAULT_RULES, SOURCE_VENDOR_CODE, ConsentRules, apply_inbound, opt_out
+from worker.failures import FailureClass, classify, describe_code
 from worker.models import Message, UTCDateTime, utcnow
 from worker.status import DeliveryStatus
 from worker.webhooks.events import RECEIVED_EVENT, Event, parse_body
@@ -48,7 +54,8 @@ class Outcome(str, enum.Enum):
     DUPLICATE = "duplicate"  # already recorded earlier: nothing done
 
 
-def record_and_apply(session: Session, event: Event, body: bytes, consent: ConsentRules = DEFAULT_RULES) -> Outcome:
+def record_and_apply(session: Session, event: Event, body: bytes, consent: ConsentRules = DEFAULT_RULES, *,
+                     late: LatePolicy = DEFAULT_POLICY) -> Outcome:
     """Record an event and, when its message is known, apply it in the same transaction.
 
     Every inbound message (`message.received`, replies included) also updates its contact in that
@@ -63,8 +70,10 @@ def record_and_apply(session: Session, event: Event, body: bytes, consent: Conse
     if event.kind == EventKind.INBOUND:
         return Outcome.IGNORED
     if message_id is None:
+        if event.phone and classify(event.failure_code) is FailureClass.OPTED_OUT:
+            _opt_out_by_code(session, event.phone, event, None)  # the phone is known: no need to wait
         return Outcome.PENDING
-    apply_to_message(session, event, message_id)
+    apply_to_message(session, event, message_id, late=late)
     return Outcome.MATCHED
 
 
@@ -96,9 +105,11 @@ def _latest_message_to(session: Session, event: Event) -> int | None:
     return rows[0][0] if rows else None
 
 
-def apply_to_message(session: Session, event: Event, message_id: int) -> bool:
+def apply_to_message(session: Session, event: Event, message_id: int, *, late: LatePolicy = DEFAULT_POLICY) -> bool:
     """Apply a status or reply event to one message; True if the row changed."""
     if event.kind == EventKind.STATUS:
+        if event.status == _FAILED.value:
+            return _apply_late_failure(session, event, message_id, late)
         return _apply_status(session, event, message_id)
     if event.kind == EventKind.REPLY:
         return _apply_reply(session, event, message_id)
@@ -109,21 +120,45 @@ def _earliest(column: sa.orm.InstrumentedAttribute, when: sa.ColumnElement) -> s
     return sa.case((sa.or_(column.is_(None), column > when), when), else_=column)
 
 
+def _apply_late_failure(session: Session, event: Event, message_id: int, late: LatePolicy) -> bool:
+    """NULL/sent -> failed with the reason, the vendor's code and its class; then what the class
+    asks for: a 131050 opts the contact out, and the campaign's breaker is checked."""
+    klass = classify(event.failure_code)
+    changed = session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id, _RANK < _DELIVERED.rank)
+        .values(delivery_status=_FAILED.value, delivery_error=event.reason, failure_code=event.failure_code,
+                failure_class=klass.value)
+        .returning(Message.campaign_id, Message.phone)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if changed is None:
+        return False   # already failed (a duplicate with another key), delivered or read: stays so
+    campaign_id, phone = changed
+    metrics.LATE_FAILURES.labels(klass.value).inc()
+    if klass is FailureClass.OPTED_OUT and phone:
+        _opt_out_by_code(session, phone, event, message_id)
+    if campaign_id is not None:
+        check_breaker(session, campaign_id, message_id=message_id, code=event.failure_code, policy=late)
+    return True
+
+
+def _opt_out_by_code(session: Session, phone: str, event: Event, message_id: int | None) -> None:
+    about = f" of message {message_id}" if message_id is not None else ""
+    opt_out(session, phone, source=SOURCE_VENDOR_CODE, actor="webhook", at=event.occurred_at,
+            reason=f"late failure {describe_code(event.failure_code)}{about}")
+
+
 def _apply_status(session: Session, event: Event, message_id: int) -> bool:
+    """sent/delivered/read, forward only (a failed status goes through _apply_late_failure)."""
     status = DeliveryStatus(event.status)
     when = sa.literal(event.occurred_at, UTCDateTime())
-    where = [Message.id == message_id]
-    values: dict = {}
-    if status is _FAILED:
-        where.append(_RANK < _DELIVERED.rank)
-        values.update(delivery_status=status.value, delivery_error=event.reason)
-    else:
-        where.append(_RANK != _FAILED.rank)
-        values["delivery_status"] = sa.case((_RANK < status.rank, status.value), else_=Message.delivery_status)
-        if status.rank >= _DELIVERED.rank:
-            values["delivered_at"] = _earliest(Message.delivered_at, when)
-        if status is _READ:
-            values["read_at"] = _earliest(Message.read_at, when)
+    where = [Message.id == message_id, _RANK != _FAILED.rank]
+    values: dict = {"delivery_status": sa.case((_RANK < status.rank, status.value), else_=Message.delivery_status)}
+    if status.rank >= _DELIVERED.rank:
+        values["delivered_at"] = _earliest(Message.delivered_at, when)
+    if status is _READ:
+        values["read_at"] = _earliest(Message.read_at, when)
     done = session.execute(
         sa.update(Message).where(*where).values(**values).execution_options(synchronize_session=False)
     ).rowcount
@@ -144,7 +179,7 @@ def _apply_reply(session: Session, event: Event, message_id: int) -> bool:
     return done == 1
 
 
-def match_pending_events(session: Session, limit: int = PENDING_BATCH) -> int:
+def match_pending_events(session: Session, limit: int = PENDING_BATCH, *, late: LatePolicy = DEFAULT_POLICY) -> int:
     """Apply up to `limit` unmatched status/reply events whose message now exists; returns how many.
 
     For the sweeper (beat schedule): an event can arrive before the send path records the wamid.
@@ -160,7 +195,7 @@ def match_pending_events(session: Session, limit: int = PENDING_BATCH) -> int:
     ).all()
     matched = 0
     for event_id, body, received_at, message_id in by_wamid:
-        matched += _apply_pending(session, event_id, body, received_at, message_id)
+        matched += _apply_pending(session, event_id, body, received_at, message_id, late)
     if len(by_wamid) < limit:
         matched += _match_replies_by_phone(session, limit - len(by_wamid))
     return matched
@@ -188,7 +223,8 @@ def _match_replies_by_phone(session: Session, limit: int) -> int:
 
 
 def _apply_pending(
-    session: Session, event_id: int, body: str, received_at: datetime, message_id: int | None
+    session: Session, event_id: int, body: str, received_at: datetime, message_id: int | None,
+    late: LatePolicy = DEFAULT_POLICY,
 ) -> int:
     event = parse_body(body.encode("utf-8"), received_at=received_at)
     if not isinstance(event, Event):
@@ -196,5 +232,5 @@ def _apply_pending(
     message_id = message_id or find_message(session, event)
     if message_id is None or not mark_matched(session, event_id, message_id, utcnow()):
         return 0
-    apply_to_message(session, event, message_id)
+    apply_to_message(session, event, message_id, late=late)
     return 1

@@ -13,6 +13,8 @@ import click
 import sqlalchemy as sa
 
 from worker.contacts import ConsentRules
+from worker.breaker import LatePolicy
+from worker.metrics import serve_metrics
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.runtime import Runtime
 from worker.webhooks.app import create_app
@@ -43,7 +45,9 @@ def webhooks_command(host: str, port: int, threads: int) -> None:
     ensure_schema(runtime)
     _require_table(runtime)
     app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
-                     path=settings.webhook_path, consent=ConsentRules.from_settings(settings))
+                     path=settings.webhook_path, consent=ConsentRules.from_settings(settings),
+                     late=LatePolicy.from_settings(settings))
+    serve_metrics(settings.webhook_metrics_port)  # late failures by class, breaker pauses
     server = create_server(app, host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
                            ident="buttoncast-webhooks")
     url = f"http://{host}:{server.effective_port}{settings.webhook_path}"

@@ -4,7 +4,8 @@ Every assumption about the vendor's shapes lives here (AWAL_API.md, "Webhooks", 
 - verification: `{"type": "verification", "challenge": "<s>"}`;
 - `message.status.updated`: `data.message_id` and `data.status` (sent/delivered/read/failed) are
   required; the time is `data.timestamp`, else the top-level `timestamp`, else the receipt time;
-  a failure reason may come as `data.error`, `data.errors[0]` (WhatsApp style) or `data.reason`;
+  a failure reason may come as `data.error`, `data.errors[0]` (WhatsApp style) or `data.reason`,
+  and its vendor code is read from any of them by worker.failures.parse_failure_code;
 - `message.received`: a button reply when `data.type` is one of BUTTON_REPLY_TYPES and a button is
   found as `data.button.{id,title}` (the sandbox), `data.interactive.button_reply.{id,title}` or
   `data.button.{payload,text}` (WhatsApp styles); the replied-to wamid is `data.context.message_id`
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from worker.failures import parse_failure_code
 from worker.status import DeliveryStatus
 from worker.webhooks.models import EventKind
 
@@ -57,6 +59,7 @@ class Event:
     button_id: str | None = None
     button_title: str | None = None
     text: str | None = None               # message.received: the inbound text (consent keywords)
+    failure_code: str | None = None       # failed status: the vendor's code (worker.failures), if any
 
 
 def parse_body(body: bytes, *, received_at: datetime) -> Verification | Event:
@@ -96,10 +99,12 @@ def _status_event(data: dict[str, Any], when: datetime) -> Event:
     status = _text(data, "status", STATUS_EVENT)
     if status not in STATUSES:
         raise ShapeError(f"{STATUS_EVENT}: data.status={status!r} is not one of {sorted(STATUSES)}")
+    failed = status == DeliveryStatus.FAILED.value
     return Event(
         event_type=STATUS_EVENT, kind=EventKind.STATUS, dedupe_key=dedupe_key("status", wamid, status),
         occurred_at=when, vendor_message_id=wamid, phone=normalize_phone(data.get("recipient")),
-        status=status, reason=_failure_reason(data) if status == DeliveryStatus.FAILED.value else None,
+        status=status, reason=_failure_reason(data) if failed else None,
+        failure_code=parse_failure_code(data) if failed else None,
     )
 
 
