@@ -239,7 +239,7 @@ def _watch(runtime: Runtime, campaign_id: int) -> None:
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
 @campaign_errors
 def report_command(campaign_id: int, fmt: str, output: str | None) -> None:
-    """One row per recipient: ids, status, attempts, last error, sent time, delivery and reply."""
+    """One row per recipient: ids, status, attempts, last error, sent time, delivery, reply and late failure."""
     runtime = load_runtime()
     write = report.write_csv if fmt == "csv" else report.write_json
     with runtime.read_sessions() as session:
@@ -251,7 +251,10 @@ def report_command(campaign_id: int, fmt: str, output: str | None) -> None:
                 count = write(stream, out)
         else:
             count = write(stream, sys.stdout)
+        late = report.late_failures(session, campaign_id)
     click.echo(f"{count} row(s) written" + (f" to {output}" if output else ""), err=True)
+    if late:   # the failure_code/failure_class columns, summed up
+        click.echo("late failures by class: " + ", ".join(f"{k} {n}" for k, n in late.items()), err=True)
 
 
 def _chain(first: dict | None, rest: Any) -> Any:

@@ -18,6 +18,7 @@ from worker.sandbox.config import (
     DEFAULT_PORT,
     DEFAULT_SECRET,
     DELIVERED_AFTER_S,
+    LATE_FAIL_CODES,
     READ_AFTER_S,
     STALL_S,
     SandboxConfig,
@@ -25,6 +26,20 @@ from worker.sandbox.config import (
 from worker.sandbox.runner import SandboxServer
 
 _share = click.FloatRange(0.0, 1.0)
+
+
+def _pairs(what: str):  # noqa: ANN202 - a click callback
+    """CODE:VALUE options (repeatable) as a list of (code, value), the code checked."""
+    def parse(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[str, str]]:
+        pairs = []
+        for value in values:
+            code, sep, rest = value.partition(":")
+            if not sep or not rest.strip() or code.strip() not in LATE_FAIL_CODES:
+                raise click.BadParameter(f"{value!r}: write CODE:{what} with CODE one of {', '.join(LATE_FAIL_CODES)}",
+                                         param=param)
+            pairs.append((code.strip(), rest.strip()))
+        return pairs
+    return parse
 
 
 @click.command("sandbox")
@@ -57,9 +72,23 @@ _share = click.FloatRange(0.0, 1.0)
 @click.option("--read-share", type=_share, default=1.0, show_default=True)
 @click.option("--tap-share", type=_share, default=0.0, show_default=True)
 @click.option("--tap-button-id", default=None)
+@click.option("--late-fail-rate", "late_fail_rates", multiple=True, callback=_pairs("SHARE"),
+              help="CODE:SHARE, e.g. 131047:0.05: that share of accepted messages gets a late `failed` webhook "
+                   "with the vendor code (repeatable)")
+@click.option("--late-fail-prefix", "late_fail_prefixes", multiple=True, callback=_pairs("PREFIX"),
+              help="CODE:PREFIX, e.g. 131050:96655: phones starting with PREFIX always fail late with CODE (repeatable)")
+@click.option("--stop-reply-rate", type=_share, default=0.0, show_default=True,
+              help="share of delivered messages whose recipient replies STOP (an inbound text webhook)")
+@click.option("--stop-reply-prefix", "stop_reply_prefixes", multiple=True,
+              help="phones starting with this always reply STOP (repeatable)")
 def sandbox_command(**options: object) -> None:
     """Run a local stand-in for the Awal Chat API (send button messages, faults, webhooks)."""
-    for name in ("fail_phone_prefixes",):
+    try:
+        options["late_fail_rates"] = {code: float(share) for code, share in options["late_fail_rates"]}  # type: ignore[union-attr]
+    except ValueError as exc:
+        raise click.BadParameter(f"--late-fail-rate: {exc}") from None
+    options["late_fail_prefixes"] = {prefix: code for code, prefix in options["late_fail_prefixes"]}  # type: ignore[union-attr]
+    for name in ("fail_phone_prefixes", "stop_reply_prefixes"):
         options[name] = tuple(options[name])  # type: ignore[arg-type]
     options["phone_number_ids"] = tuple(options["phone_number_ids"]) or None  # type: ignore[arg-type]
     try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from worker.errors import ConfigError
+from worker.failures import CODE_CLASSES
 from worker.settings import RateLimit
 
 DEFAULT_SECRET = "sandbox-secret"
@@ -26,8 +27,11 @@ WEBHOOK_ATTEMPTS = 4                   # one POST plus three retries
 WEBHOOK_RETRY_BASE_S = 0.2             # backoff 0.2, 0.4, 0.8 s between webhook attempts
 WEBHOOK_TIMEOUT_S = 5.0
 FORCED_RETRY_AFTER_S = 1
+STOP_REPLY_TEXT = "STOP"
+#: late failure codes the sandbox can send (the vendor's table, worker.failures)
+LATE_FAIL_CODES = tuple(CODE_CLASSES)
 
-_SHARES = ("error_rate_500", "error_rate_503", "timeout_rate", "drop_rate", "read_share", "tap_share")
+_SHARES = ("error_rate_500", "error_rate_503", "timeout_rate", "drop_rate", "read_share", "tap_share", "stop_reply_rate")
 
 
 @dataclass
@@ -62,6 +66,14 @@ class SandboxConfig:
     tap_button_id: str | None = None
     webhook_attempts: int = WEBHOOK_ATTEMPTS
     webhook_retry_base_s: float = WEBHOOK_RETRY_BASE_S
+    #: accepted messages answered later by a `failed` status webhook: code -> share (random draw)...
+    late_fail_rates: dict[str, float] = field(default_factory=dict)
+    #: ...and phone prefix -> code (always; checked first)
+    late_fail_prefixes: dict[str, str] = field(default_factory=dict)
+    #: share of delivered messages whose recipient replies STOP (an inbound `message.received` text)
+    stop_reply_rate: float = 0.0
+    stop_reply_prefixes: tuple[str, ...] = ()
+    stop_reply_text: str = STOP_REPLY_TEXT
     # Parsed once, so the request path never re-parses the rate string.
     parsed_rate: RateLimit | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -83,7 +95,28 @@ class SandboxConfig:
             raise ConfigError(f"sandbox option path_prefix={self.path_prefix!r} must start with /")
         self.path_prefix = self.path_prefix.rstrip("/")
         self.fail_phone_prefixes = tuple(self.fail_phone_prefixes or ())
+        self.stop_reply_prefixes = tuple(self.stop_reply_prefixes or ())
+        self._validate_late_failures()
         self.parsed_rate = RateLimit.parse(self.rate_limit, "sandbox rate_limit") if self.rate_limit else None
+
+    def _validate_late_failures(self) -> None:
+        self.late_fail_rates = {str(code): float(share) for code, share in (self.late_fail_rates or {}).items()}
+        self.late_fail_prefixes = {str(prefix): str(code) for prefix, code in (self.late_fail_prefixes or {}).items()}
+        for code in [*self.late_fail_rates, *self.late_fail_prefixes.values()]:
+            if code not in LATE_FAIL_CODES:
+                raise ConfigError(f"sandbox late failure code {code!r} is not one of {', '.join(LATE_FAIL_CODES)}")
+        for code, share in self.late_fail_rates.items():
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"sandbox late_fail_rates[{code}]={share!r} must be a share between 0 and 1")
+        if sum(self.late_fail_rates.values()) > 1.0:
+            raise ConfigError("sandbox late_fail_rates add up to more than 1")
+        if any(not prefix.isdigit() for prefix in [*self.late_fail_prefixes, *self.stop_reply_prefixes]):
+            raise ConfigError("sandbox late-failure and STOP-reply phone prefixes must be digits")
+
+    def late_failure_for(self, phone: str) -> str | None:
+        """The code a prefix assigns to `phone` (the longest matching prefix wins), or None."""
+        matches = [p for p in self.late_fail_prefixes if phone.startswith(p)]
+        return self.late_fail_prefixes[max(matches, key=len)] if matches else None
 
     def update(self, changes: Mapping[str, Any]) -> list[str]:
         """Apply runtime changes (only RUNTIME_OPTIONS); return the names changed.
@@ -111,7 +144,8 @@ RUNTIME_OPTIONS = frozenset(
         "rate_limit", "remaining_override", "latency_ms", "error_rate_500", "error_rate_503",
         "timeout_rate", "drop_rate", "stall_s", "fail_phone_prefixes", "seed", "webhook_url",
         "webhook_secret", "delivered_after_s", "read_after_s", "read_share", "tap_share",
-        "tap_button_id", "phone_number_ids",
+        "tap_button_id", "phone_number_ids", "late_fail_rates", "late_fail_prefixes", "stop_reply_rate",
+        "stop_reply_prefixes", "stop_reply_text",
     }
 )
 _FLOATS = {"latency_ms", "stall_s", "delivered_after_s", "read_after_s", *_SHARES}
@@ -119,12 +153,18 @@ _FLOATS = {"latency_ms", "stall_s", "delivered_after_s", "read_after_s", *_SHARE
 
 def _coerce(name: str, value: Any) -> Any:
     if value is None:
-        return None if name not in _FLOATS and name != "fail_phone_prefixes" else _reject(name)
+        nullable = name not in _FLOATS and name not in ("fail_phone_prefixes", "stop_reply_prefixes", "late_fail_rates",
+                                                          "late_fail_prefixes", "stop_reply_text")
+        return None if nullable else _reject(name)
     if name in _FLOATS:
         return float(value)
     if name in ("remaining_override", "seed"):
         return int(value)
-    if name in ("fail_phone_prefixes", "phone_number_ids"):
+    if name in ("late_fail_rates", "late_fail_prefixes"):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"sandbox option {name} must be an object ({'code: share' if name == 'late_fail_rates' else 'prefix: code'})")
+        return dict(value)
+    if name in ("fail_phone_prefixes", "phone_number_ids", "stop_reply_prefixes"):
         if isinstance(value, str):
             value = [value]
         return tuple(str(v) for v in value)

@@ -58,6 +58,8 @@ class SandboxState:
         self.counts: Counter[str] = Counter()
         self.fault_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.webhooks: Counter[str] = Counter()
+        self.late_failures: Counter[str] = Counter()   # failed status webhooks planned, by vendor code
+        self.stop_replies = 0                          # STOP replies planned
 
     def accept(self, *, phone: str, phone_number_id: str, body: dict[str, Any], outcome: str, request_id: str) -> Record:
         record = Record(
@@ -92,6 +94,8 @@ class SandboxState:
             "requests": sum(self.counts.values()),
             "fault_events": {k: list(v) for k, v in self.fault_events.items()},
             "webhooks": dict(self.webhooks),
+            "late_failures": dict(self.late_failures),
+            "stop_replies": self.stop_replies,
         }
 
 

@@ -22,11 +22,29 @@ fault: the vendor did send that message, only its answer was lost) one backgroun
 
    The button is `tap_button_id` when set (and present in the message), else the first button.
 
+A late failure replaces all of that: a message whose phone matches a `late_fail_prefixes` entry
+(else, drawn with the `late_fail_rates` shares) gets, at `delivered_after_s`, one `failed` status
+webhook carrying the code WhatsApp style (an *assumption* about the vendor's shape, the one
+worker.failures reads first)::
+
+     {"event": "message.status.updated", "timestamp": "<ISO 8601 UTC>",
+      "data": {"message_id": "wamid.…", "status": "failed", "timestamp": "<ISO 8601 UTC>",
+               "recipient": "<phone>", "phone_number_id": "<sender id>",
+               "errors": [{"code": 131047, "title": "Re-engagement message",
+                           "message": "Re-engagement message",
+                           "error_data": {"details": "…"}}]}}
+
+A STOP reply (phone matches `stop_reply_prefixes`, else drawn with `stop_reply_rate`; never for
+a late failure) comes after the delivered (and read) events, instead of a tap: an inbound text
+`{"event": "message.received", "data": {"message_id": "wamid.<new>", "from": "<phone>",
+"to": "<phone_number_id>", "type": "text", "body": "STOP", ...}}` with no context.
+
 Every POST has `Content-Type: application/json` and `X-Awal-Signature-256: sha256=<hex
 HMAC-SHA256(webhook_secret, raw body)>` (worker.signing.sign_body); without a webhook secret the
 header is left out. A POST that fails (connection error or a non-2xx answer) is retried up to
 `webhook_attempts` times in all, backing off `webhook_retry_base_s * 2**n`. Outcomes are counted in
-stats()["webhooks"] under "delivered", "retried" and "failed".
+stats()["webhooks"] under "delivered", "retried" and "failed"; late failures sent in
+stats()["late_failures"] by code, STOP replies in stats()["stop_replies"].
 """
 
 from __future__ import annotations
@@ -40,6 +58,7 @@ from typing import Any
 
 import aiohttp
 
+from worker.failures import CODE_TITLES
 from worker.sandbox.config import WEBHOOK_TIMEOUT_S, SandboxConfig
 from worker.sandbox.faults import FaultPlan
 from worker.sandbox.state import Record, SandboxState, new_wamid
@@ -63,6 +82,44 @@ def status_event(record: Record, status: str) -> dict[str, Any]:
             "timestamp": now,
             "recipient": record.phone,
             "phone_number_id": record.phone_number_id,
+        },
+    }
+
+
+_FAILURE_DETAILS = {
+    "131047": "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+    "131026": "Message undeliverable: the recipient is not on WhatsApp, uses an old app, or blocked the business.",
+    "131050": "The user has chosen not to receive marketing messages from this business.",
+    "131049": "This message was not delivered to maintain healthy ecosystem engagement.",
+    "131048": "Message failed to send because there are restrictions on how many messages can be sent from this phone number.",
+    "130429": "Cloud API message throughput has been reached.",
+    "131056": "Too many messages sent from this phone number to the same phone number in a short period of time.",
+}
+
+
+def failed_event(record: Record, code: str) -> dict[str, Any]:
+    """A late failure, WhatsApp style: the code in data.errors[0].code."""
+    event = status_event(record, "failed")
+    title = CODE_TITLES.get(code, "Message failed")
+    event["data"]["errors"] = [{"code": int(code), "title": title, "message": title,
+                                "error_data": {"details": _FAILURE_DETAILS.get(code, title)}}]
+    return event
+
+
+def stop_event(record: Record, text: str) -> dict[str, Any]:
+    """The recipient writes STOP (a plain inbound text, no context)."""
+    now = iso_now()
+    return {
+        "event": "message.received",
+        "timestamp": now,
+        "data": {
+            "message_id": new_wamid(),
+            "conversation_id": "conv_" + os.urandom(6).hex(),
+            "from": record.phone,
+            "to": record.phone_number_id,
+            "type": "text",
+            "body": text,
+            "timestamp": now,
         },
     }
 
@@ -112,24 +169,51 @@ class WebhookEmitter:
         cfg = self._config
         if not cfg.webhook_url:
             return
-        read = self._faults.chance(cfg.read_share) if cfg.read_share < 1 else True
-        tap = read and self._faults.chance(cfg.tap_share)
-        task = asyncio.get_running_loop().create_task(
-            self._emit(record, cfg.webhook_url, cfg.webhook_secret, read, tap, cfg.tap_button_id)
-        )
+        late_code = self._late_code(record)
+        if late_code is not None:
+            self._state.late_failures[late_code] += 1
+            coroutine = self._emit_failure(record, cfg.webhook_url, cfg.webhook_secret, late_code)
+        else:
+            read = self._faults.chance(cfg.read_share) if cfg.read_share < 1 else True
+            stop = record.phone.startswith(cfg.stop_reply_prefixes or ("\0",)) or self._faults.chance(cfg.stop_reply_rate)
+            tap = read and not stop and self._faults.chance(cfg.tap_share)
+            if stop:
+                self._state.stop_replies += 1
+            coroutine = self._emit(record, cfg.webhook_url, cfg.webhook_secret, read, tap, cfg.tap_button_id,
+                                   cfg.stop_reply_text if stop else None)
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _late_code(self, record: Record) -> str | None:
+        """A prefix's code, else one draw split into bands by the late_fail_rates shares."""
+        cfg = self._config
+        code = cfg.late_failure_for(record.phone)
+        if code is not None or not cfg.late_fail_rates or sum(cfg.late_fail_rates.values()) <= 0:
+            return code
+        roll = self._faults.rng.random()
+        for code, share in cfg.late_fail_rates.items():
+            if roll < share:
+                return code
+            roll -= share
+        return None
+
+    async def _emit_failure(self, record: Record, url: str, secret: str | None, code: str) -> None:
+        await asyncio.sleep(self._config.delivered_after_s)
+        await self.post(url, secret, failed_event(record, code))
+
     async def _emit(self, record: Record, url: str, secret: str | None, read: bool, tap: bool,
-                    tap_button_id: str | None) -> None:
+                    tap_button_id: str | None, stop_text: str | None = None) -> None:
         cfg = self._config
         delivered_at = cfg.delivered_after_s
         await asyncio.sleep(delivered_at)
         await self.post(url, secret, status_event(record, "delivered"))
-        if not read:
+        if read:
+            await asyncio.sleep(max(0.0, cfg.read_after_s - delivered_at))
+            await self.post(url, secret, status_event(record, "read"))
+        if stop_text is not None:
+            await self.post(url, secret, stop_event(record, stop_text))
             return
-        await asyncio.sleep(max(0.0, cfg.read_after_s - delivered_at))
-        await self.post(url, secret, status_event(record, "read"))
         button = chosen_button(record, tap_button_id) if tap else None
         if button is not None:
             await self.post(url, secret, tap_event(record, button))
