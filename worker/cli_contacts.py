@@ -137,7 +137,7 @@ def _export_row(c: Any) -> dict[str, Any]:
 def list_command(opted_out: bool, fmt: str) -> None:
     """Export contacts (streamed, in phone order) for other systems."""
     runtime = load_runtime()
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     with runtime.read_sessions() as session:
         rows = (_export_row(c) for c in contacts.iter_contacts(session, opted_out_only=opted_out))
         if fmt == "csv":
