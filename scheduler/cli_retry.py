@@ -39,8 +39,8 @@ def _print_plan(plan: RetryPlan, dry_run: bool) -> None:
     label = "vendor code" if plan.selection.reason is not None else "last error"
     for code, count in plan.by_error_code.items():
         click.echo(f"  {count:>8}  {label} {code}")
-    if plan.opted_out_now:
-        click.echo(f"note: {plan.opted_out_now} of them are opted out now: the send gate holds those as suppressed")
+    if plan.opted_out:
+        click.echo(f"held back {plan.opted_out} message(s) to opted-out contacts (requeued only after they opt back in)")
     note = plan.campaign_note()
     if note:
         click.echo(f"note: {note}")
@@ -57,8 +57,9 @@ def _confirm_duplicates(plan: RetryPlan, yes: bool) -> None:
 
 @click.command("retry")
 @click.option("--campaign", "campaign_id", type=int, default=None, help="Retry this campaign's messages (needs --status).")
-@click.option("--status", type=click.Choice([s.value for s in (MessageStatus.FAILED, MessageStatus.UNKNOWN)]),
-              default=None, help="Which messages: failed, or unknown (duplicates possible).")
+@click.option("--status", type=click.Choice([s.value for s in (MessageStatus.FAILED, MessageStatus.UNKNOWN, MessageStatus.SUPPRESSED)]),
+              default=None, help="Which messages: failed, unknown (duplicates possible), or suppressed (never "
+                                 "to a contact still opted out).")
 @click.option("--error-code", default=None, help="Only messages whose last error code is this.")
 @click.option("--since", default=None, help="Only messages that ended at or after this time (ISO 8601 with offset).")
 @click.option("--message", "message_id", type=int, default=None, help="Retry this one message (failed or unknown).")
@@ -70,12 +71,12 @@ def _confirm_duplicates(plan: RetryPlan, yes: bool) -> None:
 @friendly_errors
 def retry_command(campaign_id: int | None, status: str | None, error_code: str | None, since: str | None,
                   message_id: int | None, reason: str | None, force: bool, dry_run: bool, yes: bool) -> None:
-    """Requeue failed or unknown messages, or resend late failures by class; the dispatcher sends them
-    under the same rate limit."""
+    """Requeue failed, unknown or suppressed messages, or resend late failures by class; the
+    dispatcher sends them under the same rate limit."""
     if reason is not None and (status is not None or error_code is not None):
         fail("--reason selects late failures by class; do not combine it with --status or --error-code", 2)
     if campaign_id is not None and status is None and reason is None:
-        fail("--campaign needs --status failed, --status unknown or --reason CLASS", 2)
+        fail("--campaign needs --status failed, --status unknown, --status suppressed or --reason CLASS", 2)
     if message_id is not None and (campaign_id is not None or status is not None):
         fail("--message retries one message; do not combine it with --campaign or --status", 2)
     try:

@@ -28,12 +28,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import ButtoncastError
 from worker.failures import FailureClass, describe_code
-from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, utcnow
+from worker.gate import OPTED_OUT_NOW
+from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
 from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.retry")
 ACTOR = "operator"
-RETRYABLE = (MessageStatus.FAILED, MessageStatus.UNKNOWN)
+#: suppressed (worker.gate) is retryable only once its contact is no longer opted out; the claim's
+#: gate judges the window and the frequency cap again when it is sent
+RETRYABLE = (MessageStatus.FAILED, MessageStatus.UNKNOWN, MessageStatus.SUPPRESSED)
 RETRY_BATCH_SIZE = 500
 NO_ERROR_CODE = "(no error code)"
 DUPLICATE_WARNING = (
@@ -65,7 +68,7 @@ class RetrySelection:
             self._check_reason()
             return
         if self.campaign_id is not None and self.status not in RETRYABLE:
-            raise RetryRefused("--status must be failed or unknown; sent messages are never requeued")
+            raise RetryRefused("--status must be failed, unknown or suppressed; sent messages are never requeued")
         if self.message_id is not None and (self.error_code or self.since):
             raise RetryRefused("--error-code and --since filter a campaign's messages, not one message")
         if self.since is not None and self.since.tzinfo is None:
@@ -93,16 +96,19 @@ class RetrySelection:
             parts.append(f"finished since {self.since.isoformat()}")
         return ", ".join(parts)
 
-    def where(self) -> sa.ColumnElement[bool]:
-        """The whole filter, repeated in every UPDATE so a concurrent change is never overwritten."""
+    def where(self, *, opted_out: bool = False) -> sa.ColumnElement[bool]:
+        """The whole filter, repeated in every UPDATE so a concurrent change is never overwritten.
+        `opted_out`: the same filter but for the messages held back because their contact opted out."""
         if self.reason is not None:
-            return self._late_failure_where()
+            return self._late_failure_where(opted_out=opted_out)
         statuses = [self.status.value] if self.status else [s.value for s in RETRYABLE]
         conditions = [
             Message.status.in_(statuses),
             # Belt and braces: whatever its status says, a message the vendor accepted stays put.
             Message.vendor_message_id.is_(None),
             ~sa.select(Attempt.id).where(Attempt.message_id == Message.id, Attempt.outcome == "sent").exists(),
+            # Never to a person who said stop, whatever the status (worker.gate would hold it anyway).
+            OPTED_OUT_NOW if opted_out else ~OPTED_OUT_NOW,
         ]
         if self.message_id is not None:
             conditions.append(Message.id == self.message_id)
@@ -114,13 +120,15 @@ class RetrySelection:
             conditions.append(Message.finished_at >= self.since)
         return sa.and_(*conditions)
 
-    def _late_failure_where(self) -> sa.ColumnElement[bool]:
-        """Sent, then reported failed (never delivered or read) with this class."""
+    def _late_failure_where(self, *, opted_out: bool) -> sa.ColumnElement[bool]:
+        """Sent, then reported failed (never delivered or read) with this class; never to a person
+        opted out now (a forced `opted_out` resend reaches only those who opted back in)."""
         conditions = [
             Message.status == MessageStatus.SENT.value,
             Message.delivery_status == DeliveryStatus.FAILED.value,
             Message.failure_class == self.reason.value,
             Message.delivered_at.is_(None), Message.read_at.is_(None),
+            OPTED_OUT_NOW if opted_out else ~OPTED_OUT_NOW,
         ]
         if self.message_id is not None:
             conditions.append(Message.id == self.message_id)
@@ -139,9 +147,9 @@ class RetryPlan:
     total: int = 0
     by_error_code: dict[str, int] = field(default_factory=dict)
     unknown: int = 0
+    opted_out: int = 0                   # matched the status and filters, but their contact opted out: held
     campaign_id: int | None = None
     campaign_status: str | None = None
-    opted_out_now: int = 0               # of them, contacts opted out now: the send gate holds those
 
     @property
     def risks_duplicates(self) -> bool:
@@ -201,12 +209,8 @@ def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
         if status == MessageStatus.UNKNOWN.value:
             plan.unknown += count
     plan.by_error_code = dict(codes.most_common())
-    if selection.reason is not None and plan.total:
-        plan.opted_out_now = session.scalar(
-            sa.select(sa.func.count()).select_from(Message)
-            .join(Contact, Contact.phone == Message.phone)
-            .where(selection.where(), Contact.opted_out_at.is_not(None))
-        ) or 0
+    plan.opted_out = session.scalar(
+        sa.select(sa.func.count()).select_from(Message).where(selection.where(opted_out=True))) or 0
     return plan
 
 
@@ -234,7 +238,9 @@ def _check_one_message(session: Session, message_id: int) -> None:
     if status == MessageStatus.SENT.value:
         raise RetryRefused(f"message {message_id} was sent (messageId {vendor_message_id}); sent messages are never requeued")
     if status not in {s.value for s in RETRYABLE}:
-        raise RetryRefused(f"message {message_id} is {status}; only failed or unknown messages can be retried")
+        raise RetryRefused(f"message {message_id} is {status}; only failed or unknown (or suppressed) messages can be retried")
+    if session.scalar(sa.select(OPTED_OUT_NOW).where(Message.id == message_id)):
+        raise RetryRefused(f"message {message_id} goes to a contact who opted out; it is requeued only after they opt back in")
 
 
 def requeue(

@@ -135,7 +135,8 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
     except AwalError as error:
         return _record_error(job, token, error, attempts, deps)
     # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
-    _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id),
+    _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id,
+                                                    job.phone),
             job, result, unit=deps.connect if len(attempts) == 1 else None)
     log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
                 vendor_message_id=result.message_id, attempts=len(attempts))

@@ -18,7 +18,7 @@ from worker.client import AttemptRecord, SendResult
 from worker.errors import AwalError
 from worker import gate as consent_gate
 from worker.gate import NO_CAP, Gate
-from worker.models import Attempt, Campaign, Message, MessageEvent, UTCDateTime, utcnow
+from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, UTCDateTime, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
 Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
@@ -148,11 +148,19 @@ _RESET_FAILURE_STREAK = (
 )
 
 
+_CONTACT_SENT = (   # the contact's last sent time (a contact made at enqueue or import; none: nothing to do)
+    sa.update(Contact)
+    .where(Contact.phone == _param("p_phone", sa.String()))
+    .values(last_sent_at=_NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
 def _record_sent_statement() -> sa.Select:
     """Postgres: the sent-row UPDATE, its attempt row and the failure-streak reset as ONE statement
     (data-modifying CTEs), so on an autocommit connection the whole record is one round trip and
     still atomic. Selects how many message rows the claim token still owned (0 or 1)."""
-    sent = _RECORD_SENT.returning(Message.campaign_id).cte("sent")
+    sent = _RECORD_SENT.returning(Message.campaign_id, Message.phone).cte("sent")
     streak = (
         sa.update(Campaign)
         .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), Campaign.consecutive_failures != 0)
@@ -163,7 +171,13 @@ def _record_sent_statement() -> sa.Select:
         message_id=_param("p_message_id"), worker=_param("p_worker", sa.String()),
         **{c: _param(f"p_attempt_{c}", Attempt.__table__.c[c].type) for c in _ATTEMPT_FIELDS},
     ).cte("attempt")
-    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt)
+    contact = (
+        sa.update(Contact)
+        .where(Contact.phone.in_(sa.select(sent.c.phone)))
+        .values(last_sent_at=_NOW)
+        .cte("contact")
+    )
+    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt, contact)
 
 
 _RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
@@ -171,10 +185,11 @@ _RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
 
 def record_sent(
     unit: Unit, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str,
-    campaign_id: int | None = None,
+    campaign_id: int | None = None, phone: str | None = None,
 ) -> bool:
     """sending -> sent with the vendor's ids, the attempt rows, and the campaign's failure streak
-    broken; only while `token` still owns the row.
+    broken; only while `token` still owns the row. The contact's last_sent_at too (Postgres one
+    statement: always; otherwise when `phone` is given).
 
     One attempt (the usual case) on a Postgres connection outside a transaction: one statement.
     Otherwise `unit` must be a transaction (several attempts after in-client retries keep their
@@ -193,6 +208,8 @@ def record_sent(
     _add_attempts(conn, message_id, attempts, worker)
     if campaign_id is not None:
         conn.execute(_RESET_FAILURE_STREAK, params)
+    if done and phone is not None:
+        conn.execute(_CONTACT_SENT, {"p_phone": phone, "p_now": params["p_now"]})
     return done == 1
 
 
