@@ -18,7 +18,7 @@ from scheduler.cli_retry import retry_command
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, requeue
 from worker import metrics
 from worker.breaker import LatePolicy
-from worker.contacts import get_contact, is_opted_out
+from worker.contacts import get_contact, is_opted_out, opt_in
 from worker.db import make_engine, make_session_factory
 from worker.errors import ConfigError
 from worker.failures import CODE_CLASSES, FailureClass, classify, parse_failure_code
@@ -284,12 +284,19 @@ def test_retry_reason_opted_out_and_undeliverable_are_refused_unless_forced(sess
     for klass in (FailureClass.OPTED_OUT, FailureClass.UNDELIVERABLE):
         with sessions() as session, pytest.raises(RetryRefused, match="pass --force"):
             plan_retry(session, RetrySelection(campaign_id=cid, reason=klass))
+    # Forced: the 131050 opted the person out, so the message is held back until they opt back in
     forced = RetrySelection(campaign_id=cid, reason=FailureClass.OPTED_OUT, force=True)
     with sessions() as session:
         plan = plan_retry(session, forced)
-    assert (plan.total, plan.opted_out_now) == (1, 1)   # the 131050 opted them out: the gate will hold it
+    assert (plan.total, plan.opted_out) == (0, 1)
+    assert requeue(sessions, forced).requeued == 0
+    phone = get(sessions, Message, by_class["opted_out"][0]).phone
+    with sessions.begin() as session:
+        assert opt_in(session, phone, source="operator", actor="test")
     assert requeue(sessions, forced).requeued == 1
     assert get(sessions, Message, by_class["opted_out"][0]).status == "queued"
+    # undeliverable, forced, goes at once (nobody opted out)
+    assert requeue(sessions, RetrySelection(campaign_id=cid, reason=FailureClass.UNDELIVERABLE, force=True)).requeued == 1
 
 
 def test_retry_reason_on_one_message_checks_its_class(sessions: Any) -> None:
