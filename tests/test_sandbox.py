@@ -8,12 +8,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
 import requests
 
+from worker.errors import ConfigError
 from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
 from worker.sandbox.client import signed_headers
 from worker.signing import SIGNATURE_HEADER, sign_body, signatures_match
@@ -329,6 +332,78 @@ def test_webhook_post_is_retried_after_a_failure(start: Any) -> None:
         assert client.stats()["webhooks"] == {"retried": 1, "delivered": 1}
     finally:
         receiver.close()
+
+
+def test_a_late_fail_prefix_answers_200_then_sends_one_failed_webhook_with_the_code(start: Any, receiver: Receiver) -> None:
+    """Issue 13 item 9: a phone matching --late-fail-prefix CODE:PREFIX gets a late `failed` status
+    webhook, WhatsApp style (errors[0].code), instead of delivered/read; the webhook parser reads it."""
+    from worker.webhooks.events import parse_body
+
+    _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.0,
+                      late_fail_prefixes={"9665000": "131047", "966500000": "131050"})
+    response = client.send(MESSAGE)
+    assert response.status_code == 200
+    wamid = response.json()["message"]["messageId"]
+    [failed] = receiver.wait_for(1)
+    time.sleep(0.2)
+    assert len(receiver.events) == 1   # nothing else follows a late failure
+    data = failed["data"]
+    assert (data["message_id"], data["status"], data["recipient"]) == (wamid, "failed", PHONE)
+    assert data["errors"][0]["code"] == 131050   # the longest matching prefix wins
+    event = parse_body(receiver.events[0][1], received_at=datetime.now(timezone.utc))
+    assert event.failure_code == "131050"
+    assert client.stats()["late_failures"] == {"131050": 1}
+
+
+def test_late_fail_rates_split_accepted_messages_by_code(start: Any, receiver: Receiver) -> None:
+    _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.0, read_share=0.0,
+                      late_fail_rates={"131047": 0.5, "131026": 0.5})
+    for i in range(20):
+        assert client.send({**MESSAGE, "phone": f"9665{i:08d}"}).status_code == 200
+    events = receiver.wait_for(20)
+    codes = Counter(e["data"]["errors"][0]["code"] for e in events)
+    assert set(codes) == {131047, 131026} and sum(codes.values()) == 20
+    assert all(e["data"]["status"] == "failed" for e in events)
+
+
+def test_a_stop_reply_follows_delivered_and_read_as_an_inbound_text(start: Any, receiver: Receiver) -> None:
+    """Issue 13 item 9: --stop-reply-prefix / --stop-reply-rate: the recipient writes STOP."""
+    _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.0,
+                      read_after_s=0.05, tap_share=1.0, stop_reply_prefixes=("96650",))
+    client.send(MESSAGE)
+    delivered, read, stop = receiver.wait_for(3)
+    assert (delivered["data"]["status"], read["data"]["status"]) == ("delivered", "read")
+    assert stop["event"] == "message.received"
+    assert (stop["data"]["type"], stop["data"]["body"], stop["data"]["from"]) == ("text", "STOP", PHONE)
+    assert "context" not in stop["data"]   # no tap either: a person who said stop taps nothing
+    time.sleep(0.1)
+    assert len(receiver.events) == 3 and client.stats()["stop_replies"] == 1
+    # and by share, at runtime
+    client.configure(stop_reply_prefixes=[], stop_reply_rate=1.0, tap_share=0.0)
+    client.send({**MESSAGE, "phone": "96651111111"})
+    assert receiver.wait_for(6)[-1]["data"]["body"] == "STOP"
+
+
+def test_bad_late_failure_options_are_refused(start: Any) -> None:
+    for options in ({"late_fail_rates": {"999": 0.1}}, {"late_fail_rates": {"131047": 0.7, "131026": 0.6}},
+                    {"late_fail_prefixes": {"96650": "42"}}, {"late_fail_prefixes": {"+966": "131047"}},
+                    {"stop_reply_rate": 1.5}):
+        with pytest.raises(ConfigError):
+            SandboxConfig(**options)
+    _, client = start()
+    with pytest.raises(ValueError, match="late_fail_rates"):
+        client.configure(late_fail_rates={"131047": 2})
+
+
+def test_cli_late_failure_options_are_parsed_and_checked() -> None:
+    from click.testing import CliRunner
+
+    from worker.sandbox.cli import sandbox_command
+
+    bad = CliRunner().invoke(sandbox_command, ["--late-fail-rate", "12:0.1"])
+    assert bad.exit_code == 2 and "CODE:SHARE" in bad.output
+    bad = CliRunner().invoke(sandbox_command, ["--late-fail-prefix", "131047"])
+    assert bad.exit_code == 2 and "CODE:PREFIX" in bad.output
 
 
 # --- run as a subprocess --------------------------------------------------------------------
