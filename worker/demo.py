@@ -3,7 +3,10 @@
 It starts the Awal sandbox and the webhook receiver in threads, imports the bundled sample campaign
 into a fresh SQLite file, sends it in the embedded mode of `buttoncast run` (worker, beat and the
 in-memory rate limiter in this process) behind a live progress bar, waits for the delivery and reply
-webhooks to settle, and ends with the campaign report. The environment's DATABASE_URL,
+webhooks to settle, and ends with the campaign report. The sandbox fails a few messages late
+(131047, 131026, 131050 `failed` webhooks) and has a few recipients reply STOP while the campaign
+runs; the demo then tries a follow-up message to everyone who opted out, and shows it held
+(`suppressed`, opted_out), and the summary lists the late failures by class. The environment's DATABASE_URL,
 CELERY_BROKER_URL and AWAL_* are ignored on purpose: the demo never touches a real database,
 broker or vendor account.
 """
@@ -42,6 +45,11 @@ TAP_SHARE = 0.3                        # share of read messages whose recipient 
 DELIVERED_AFTER_S = 0.3
 READ_AFTER_S = 0.8
 SANDBOX_SEED = 2026                    # the same taps on every run
+#: shares of accepted messages the sandbox fails late, by vendor code (worker.failures)
+LATE_FAIL_RATES = {"131047": 0.03, "131026": 0.02, "131050": 0.02}
+STOP_REPLY_RATE = 0.02                 # share of delivered messages whose recipient replies STOP
+FOLLOW_UP = {"body_text": "Your order has shipped", "buttons": [{"id": "track", "title": "Track it"}]}
+OPT_OUT_LINES_MAX = 3                  # opt-outs listed one by one; the rest are counted
 WORKER_THREADS = 8
 PROGRESS_REFRESH_S = 0.2
 FUNNEL_SETTLE_MAX_S = 8.0              # wait at most this long for the last receipts after sending
@@ -133,6 +141,7 @@ def start_stack(workdir: Path) -> DemoStack:
     sandbox = SandboxServer(SandboxConfig(
         fail_phone_prefixes=(FAIL_PHONE_PREFIX,), delivered_after_s=DELIVERED_AFTER_S, read_after_s=READ_AFTER_S,
         tap_share=TAP_SHARE, seed=SANDBOX_SEED, phone_number_ids=(PHONE_NUMBER_ID,),
+        late_fail_rates=LATE_FAIL_RATES, stop_reply_rate=STOP_REPLY_RATE,
     ))
     settings = demo_settings(db_path, sandbox.start_in_thread())
     # A Celery app of our own: the module-level one follows the environment's broker and intervals.
@@ -202,9 +211,9 @@ def show_progress(runtime: Runtime, campaign_id: int, done: threading.Event, out
 
 
 def settle_funnel(runtime: Runtime, campaign_id: int) -> None:
-    """Let the last delivery/read/reply webhooks land: until every sent message was read and the
-    funnel was still for FUNNEL_QUIET_S, or FUNNEL_SETTLE_MAX_S passed."""
-    from scheduler.report import funnel
+    """Let the last delivery/read/reply webhooks land: until every sent message was read or failed
+    late and the funnel was still for FUNNEL_QUIET_S, or FUNNEL_SETTLE_MAX_S passed."""
+    from scheduler.report import funnel, late_failures
     from worker.webhooks import match_pending_events
 
     deadline = time.monotonic() + FUNNEL_SETTLE_MAX_S
@@ -213,12 +222,71 @@ def settle_funnel(runtime: Runtime, campaign_id: int) -> None:
         with runtime.session_factory.begin() as session:
             match_pending_events(session)  # receipts that arrived before their message was recorded
             f = funnel(session, campaign_id)
-        now = (f.sent, f.delivered, f.read, f.replied)
+            late = sum(late_failures(session, campaign_id).values())
+        now = (f.sent, f.delivered, f.read, f.replied, late)
         if now != last:
             last, still_since = now, time.monotonic()
-        elif f.read >= f.sent and time.monotonic() - still_since >= FUNNEL_QUIET_S:
+        elif f.read + late >= f.sent and time.monotonic() - still_since >= FUNNEL_QUIET_S:
             return
         time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class HeldFollowUp:
+    """A person who opted out while the campaign ran, and what became of the next message to them."""
+
+    phone: str
+    source: str          # keyword, button, vendor_code (worker.contacts)
+    reason: str | None
+    message_id: int
+    status: str
+    held_because: str | None
+
+
+def hold_follow_ups(runtime: Runtime, campaign_id: int) -> list[HeldFollowUp]:
+    """Everyone who opted out since the campaign started gets a follow-up ad-hoc message, sent the
+    way a worker sends it (worker.send.send_message): the gate at claim time holds each one."""
+    import sqlalchemy as sa
+
+    from worker.enqueue import enqueue_message
+    from worker.models import Campaign, ContactEvent, Message
+    from worker.send import send_message
+
+    with runtime.session_factory() as session:
+        started = session.scalar(sa.select(Campaign.started_at).where(Campaign.id == campaign_id))
+        opted = session.execute(
+            sa.select(ContactEvent.phone, ContactEvent.source, ContactEvent.reason)
+            .where(ContactEvent.action == "opt_out", ContactEvent.at >= started,
+                   ContactEvent.phone.in_(sa.select(Message.phone).where(Message.campaign_id == campaign_id)))
+            .order_by(ContactEvent.at, ContactEvent.id)
+        ).all() if started else []
+    held = []
+    deps = runtime.send_deps()
+    for phone, source, reason in opted:
+        message_id = enqueue_message(phone=phone, runtime=runtime, **FOLLOW_UP)
+        send_message(message_id, deps)
+        with runtime.session_factory() as session:
+            status, why = session.execute(
+                sa.select(Message.status, Message.last_error_code).where(Message.id == message_id)).one()
+        held.append(HeldFollowUp(phone, source, reason, message_id, status, why))
+    return held
+
+
+def describe_follow_ups(held: list[HeldFollowUp]) -> list[str]:
+    if not held:
+        return ["opt-outs while the campaign ran: none"]
+    by_source: dict[str, int] = {}
+    for h in held:
+        by_source[h.source] = by_source.get(h.source, 0) + 1
+    kept = sum(1 for h in held if h.status == "suppressed")
+    lines = [f"opt-outs while the campaign ran: {len(held)} (" + ", ".join(f"{k} {n}" for k, n in by_source.items())
+             + f"); the next message to each of them: {kept} held as suppressed, {len(held) - kept} not held"]
+    for h in held[:OPT_OUT_LINES_MAX]:
+        lines.append(f"  {h.phone}: opted out by {h.source} ({h.reason or '-'}); follow-up message {h.message_id}: "
+                     f"{h.status} ({h.held_because or '-'})")
+    if len(held) > OPT_OUT_LINES_MAX:
+        lines.append(f"  ... and {len(held) - OPT_OUT_LINES_MAX} more (buttoncast contacts list --opted-out)")
+    return lines
 
 
 def write_report(runtime: Runtime, campaign_id: int, path: Path) -> list[str]:
@@ -289,14 +357,17 @@ def demo_command(workdir: Path | None) -> None:
         campaign_id = create_sample_campaign(stack.runtime, err)
         print(f"sending campaign {campaign_id} in embedded mode (worker + beat in this process, "
               f"rate limit {stack.runtime.settings.rate_limit}); phones starting {FAIL_PHONE_PREFIX} "
-              "are refused by the sandbox", file=out, flush=True)
+              "are refused by the sandbox, a few messages fail late (131047, 131026, 131050) and a few "
+              "recipients reply STOP", file=out, flush=True)
         run_campaign(stack.runtime, campaign_id, out)
         print("waiting for delivery receipts and button replies...", file=out, flush=True)
         settle_funnel(stack.runtime, campaign_id)
+        follow_ups = describe_follow_ups(hold_follow_ups(stack.runtime, campaign_id))
         report_path = workdir / REPORT_FILE_NAME
         summary = write_report(stack.runtime, campaign_id, report_path)
     finally:
         stack.stop()
+    print("\n".join(follow_ups), file=out)
     print("\n".join(summary), file=out)
     print(f"full report (one row per recipient): {report_path}", file=out)
     print(f"log of every outcome: {workdir / LOG_FILE_NAME}", file=out)
