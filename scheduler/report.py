@@ -251,10 +251,9 @@ def describe_late_failures(p: Progress) -> list[str]:
     if not late:
         return ["  late failures: none"]
     lines = [f"  late failures: {_share(p.funnel, sum(late.values()))} failed after sending, by class:"]
-    for klass, count in late.items():
-        known = klass in FailureClass._value2member_map_
-        advice = FailureClass(klass).advice if known else "unknown class"
-        lines.append(f"    {klass}: {count}  ({advice})")
-        if known and not FailureClass(klass).resend_needs_force:
-            lines.append(f"      resend: buttoncast retry --campaign {p.campaign.id} --reason {klass}")
+    for name, count in late.items():
+        klass = FailureClass.parse(name)
+        lines.append(f"    {name}: {count}  ({klass.advice if klass else 'a class this version does not know'})")
+        if klass is not None and not klass.resend_needs_force:
+            lines.append(f"      resend: buttoncast retry --campaign {p.campaign.id} --reason {name}")
     return lines

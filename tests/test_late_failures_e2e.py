@@ -133,6 +133,11 @@ def test_late_failures_by_class_in_show_and_report_then_retry_reason_and_opt_out
             wamids = session.scalars(sa.select(Attempt.vendor_message_id).where(Attempt.message_id == msg.id)
                                      .order_by(Attempt.id)).all()
             assert len(set(wamids)) == 2 and wamids[-1] == msg.vendor_message_id
+    # And `message show` lists both sends, the resend's reason and the late failure
+    shown = cli(env, "message", "show", str(msg.id))
+    assert shown.returncode == 0, shown.stderr
+    assert all(w in shown.stdout for w in wamids) and "resent after late failure 131047 window_closed" in shown.stdout
+    assert "late failure:  131047 window_closed" in shown.stdout, shown.stdout
 
 
 def status_of(runtime: Any, message_id: int) -> tuple[str, str | None]:

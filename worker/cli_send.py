@@ -75,6 +75,8 @@ def message_show(message_id: int) -> None:
         lines.append(f"  gate:          expires {_fmt(msg.expires_at)}; require open window: {'yes' if msg.require_open_window else 'no'}")
     if msg.last_error_code or msg.last_error_message:
         lines.append(f"  last error:    {_fmt(msg.last_error_code)}: {_fmt(msg.last_error_message)} (request {_fmt(msg.last_request_id)})")
+    if msg.failure_class:   # a `failed` status webhook after the vendor accepted it (worker.failures)
+        lines.append(f"  late failure:  {_fmt(msg.failure_code)} {msg.failure_class}: {_fmt(msg.delivery_error)}")
     if msg.idempotency_key:
         lines.append(f"  idempotency key: {msg.idempotency_key}")
     trail = [(a.started_at, f"attempt  HTTP {_fmt(a.http_status):>4} {a.outcome:<20} {a.duration_ms:>6} ms  "

@@ -48,6 +48,14 @@ class FailureClass(str, enum.Enum):
     def advice(self) -> str:
         return _ADVICE[self]
 
+    @classmethod
+    def parse(cls, value: str | None) -> "FailureClass | None":
+        """The class stored as `value`, or None for a value this version does not know."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
     def __str__(self) -> str:
         return self.value
 
