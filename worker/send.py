@@ -114,7 +114,7 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
     if wait_s:
         with deps.connect() as conn:
-            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
+            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s), actor=deps.worker_name)  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
     with deps.connect() as conn:
@@ -239,18 +239,19 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         due = utcnow() + timedelta(seconds=error.wait_s)
 
         def put_back(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
-                               worker=deps.worker_name, not_before=due)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
-                            f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
+            if store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
+                                  worker=deps.worker_name, not_before=due) == MessageStatus.QUEUED.value:
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
+                                f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
         _record(deps, put_back, job)
         return _done(Outcome.DEFERRED, job, job.id)
 
     if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:
         def pause(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts, worker=deps.worker_name)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
-                            "authentication failed (401): not the recipient's fault", deps.worker_name)
+            if store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts,
+                                  worker=deps.worker_name) == MessageStatus.PENDING.value:   # not cancelled meanwhile
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
+                                "authentication failed (401): not the recipient's fault", deps.worker_name)
             store.pause_campaign(ss, job.campaign_id, reason=f"authentication failed (401) {error.code}: {error.message}")
         _record(deps, pause, job)
         log_outcome(log, logging.ERROR, "authentication failed; campaign paused", status="pending", **fields)
