@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Connection
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from sqlalchemy.exc import OperationalError, InterfaceError
 
+from scheduler.window import next_opening
 from worker import metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
@@ -101,6 +102,12 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         with deps.session_factory.begin() as session:
             store.cancel_one(session, job.id, actor=deps.worker_name)
         return _done(Outcome.CANCELLED, job, message_id)
+    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow())
+    if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
+        with deps.connect() as conn:
+            store.defer(conn, job.id, not_before=opens_at.astimezone(timezone.utc), actor=deps.worker_name)
+        log.info("message %s outside its campaign's send window; due again at %s", job.id, opens_at.isoformat())
+        return _done(Outcome.DEFERRED, job, message_id)
 
     message = _build(job)
     if message is None:

@@ -42,6 +42,7 @@ _LOAD_JOB = (
     sa.select(
         Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
         Message.phone, Message.content, Message.attempts, Message.not_before,
+        Campaign.window_start, Campaign.window_end, Campaign.window_tz,   # issue 12 item 8: checked at send time
     )
     .outerjoin(Campaign, Campaign.id == Message.campaign_id)
     .where(Message.id == _param("p_message_id"))
@@ -72,6 +73,9 @@ class SendJob:
     content: dict
     attempts: int
     not_before: datetime | None
+    window_start: str | None = None   # the campaign's daily send window (scheduler.window); None: always open
+    window_end: str | None = None
+    window_tz: str | None = None
 
 
 def load_job(unit: Unit, message_id: int) -> SendJob | None:
