@@ -262,23 +262,28 @@ def cancel_leftovers(session: Session, now: datetime) -> int:
     The send path writes `cancelled` itself when it sees the cancel (worker.store); this closes the
     race where a worker's write and the cancel's transaction commit at the same moment. The
     dispatcher never serves a cancelled campaign, so without it such a row would wait for ever.
-    Cheap when there is nothing to do: one probe of (campaign_id, status) per cancelled campaign."""
-    ids = session.execute(
-        sa.update(Message)
-        .where(Message.campaign_id.in_(sa.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)),
-               Message.status.in_([PENDING, QUEUED]))
-        .values(status=MessageStatus.CANCELLED.value, finished_at=now, updated_at=now, enqueued_at=None)
-        .returning(Message.id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
-    if ids:
-        session.execute(sa.insert(MessageEvent), [
-            dict(message_id=mid, at=now, from_status=None, to_status=MessageStatus.CANCELLED.value,
-                 reason="campaign cancelled; left queued/pending by a write that raced the cancel", actor="dispatcher")
-            for mid in ids
-        ])
-        log.warning("dispatch: %s message(s) of cancelled campaigns -> cancelled", len(ids))
-    return len(ids)
+    Cheap when there is nothing to do: an index probe of (campaign_id, status) per cancelled campaign."""
+    cancelled_campaigns = sa.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)
+    total = 0
+    for from_status in (PENDING, QUEUED):
+        ids = session.execute(
+            sa.update(Message)
+            .where(Message.campaign_id.in_(cancelled_campaigns), Message.status == from_status)
+            .values(status=MessageStatus.CANCELLED.value, finished_at=now, updated_at=now, enqueued_at=None)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all()
+        if ids:
+            session.execute(sa.insert(MessageEvent), [
+                dict(message_id=mid, at=now, from_status=from_status, to_status=MessageStatus.CANCELLED.value,
+                     reason="campaign cancelled; a write that raced the cancel had left it " + from_status,
+                     actor="dispatcher")
+                for mid in ids
+            ])
+        total += len(ids)
+    if total:
+        log.warning("dispatch: %s message(s) of cancelled campaigns -> cancelled", total)
+    return total
 
 
 def complete_finished_campaigns(session: Session, now: datetime) -> list[int]:
