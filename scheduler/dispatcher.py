@@ -227,15 +227,16 @@ def _claim_statement(dialect: str, ready: sa.ColumnElement[bool], take: int, now
     SQLite has one writer at a time, so the plain subquery is exact there. `ready` is checked again
     on the row itself, so a row another dispatcher took meanwhile is left alone.
     """
-    pick = sa.select(Message.id).where(ready).order_by(Message.id).limit(take)
-    update = sa.update(Message).values(   # the gate's rules decide status: queued, or held (never published)
-        queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now, **consent_gate.dispatch_values(gate)
-    )
-    if dialect == "postgresql":
-        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        update = update.where(Message.id == picked.c.id, ready)
+    # The gate's rules (worker.gate) decide each row's status: queued, or held (final, never published).
+    update = sa.update(Message).values(queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now)
+    if dialect == "postgresql":   # the gate judged once per row, in the CTE
+        pick = sa.select(Message.id, consent_gate.dispatch_reason(gate).label("held")).where(ready)
+        picked = pick.order_by(Message.id).limit(take).with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        update = update.where(Message.id == picked.c.id, ready).values(**consent_gate.dispatch_values(picked.c.held))
     else:
-        update = update.where(Message.id.in_(pick.scalar_subquery()), ready)
+        pick = sa.select(Message.id).where(ready).order_by(Message.id).limit(take)
+        update = update.where(Message.id.in_(pick.scalar_subquery()), ready).values(
+            **consent_gate.dispatch_values(consent_gate.dispatch_reason(gate)))
     return update.returning(Message.id, Message.status).execution_options(synchronize_session=False)
 
 

@@ -303,6 +303,11 @@ class Settings:
         webhook_path = env.get("WEBHOOK_PATH") or WEBHOOK_PATH
         if not webhook_path.startswith("/"):
             raise ConfigError(f"WEBHOOK_PATH={webhook_path!r} must start with /")
+        opt_out_words = _words(env, "OPT_OUT_KEYWORDS", OPT_OUT_KEYWORDS, fold=True)
+        opt_in_words = _words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True)
+        if opt_out_words & opt_in_words:
+            raise ConfigError(f"OPT_OUT_KEYWORDS and OPT_IN_KEYWORDS share {', '.join(sorted(opt_out_words & opt_in_words))}: "
+                              "a reply cannot both opt out and opt in")
         return cls(
             database_url=normalize_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             broker_url=broker,
@@ -339,9 +344,9 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
-            opt_out_keywords=_words(env, "OPT_OUT_KEYWORDS", OPT_OUT_KEYWORDS, fold=True),
+            opt_out_keywords=opt_out_words,
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
-            opt_in_keywords=_words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True),
+            opt_in_keywords=opt_in_words,
             marketing_frequency_cap=FrequencyCap.parse(env.get("MARKETING_FREQUENCY_CAP") or MARKETING_FREQUENCY_CAP),
         )
 
