@@ -233,6 +233,8 @@ def test_keyword_settings_replace_the_defaults() -> None:
     rules = contacts.ConsentRules.from_settings(s)
     assert rules.for_text(" halt ") == "opt_out" and rules.for_text("STOP") is None
     assert rules.for_button("stop") is None and rules.for_text("unstop") == "opt_in"
+    with pytest.raises(ConfigError, match="share stop"):
+        Settings.from_env({"OPT_IN_KEYWORDS": "start,STOP"})
 
 
 def test_require_open_window_holds_a_closed_window_and_sends_an_open_one(runtime, sandbox) -> None:
@@ -440,3 +442,27 @@ def test_suppression_list_import_streams_in_batches_and_reports_new_and_known(ru
         view = contacts.get_contact(s, fresh[0])
     assert view.opted_out and view.opt_out_source == "import" and view.opt_out_note == "from CRM"
     assert [h.source for h in view.history] == ["import"]
+
+
+def test_the_dispatcher_holds_closed_windows_and_capped_contacts_without_publishing(empty_database, published) -> None:
+    """Issue 13 items 5 and 7: --require-open-window and MARKETING_FREQUENCY_CAP judged at the
+    dispatcher's claim too (once per row), so a held recipient costs no task and no rate slot."""
+    rt = make_runtime(stack_env(database_url=empty_database, sandbox_url="http://127.0.0.1:9", AWAL_RATE_LIMIT="100/s",
+                                MARKETING_FREQUENCY_CAP="1/1d"))
+    open_, closed, capped_phone = new_phone(), new_phone(), new_phone()
+    with rt.session_factory.begin() as s:
+        contacts.record_inbound(s, open_, at=utcnow() - timedelta(hours=1))
+        contacts.record_inbound(s, capped_phone, at=utcnow() - timedelta(hours=1))
+        old = Campaign(name="earlier", phone_number_id="1", template=CONTENT, status="completed")
+        s.add(old)
+        s.flush()
+        s.add(Message(campaign_id=old.id, phone_number_id="1", phone=capped_phone, content=CONTENT, status="sent",
+                      sent_at=utcnow() - timedelta(hours=2)))
+    campaign_id = seed_campaign(rt, [open_, closed, capped_phone], require_open_window=True)
+    dispatch_tick(rt)
+    with rt.session_factory() as s:
+        rows = {m.phone: m for m in s.scalars(sa.select(Message).where(Message.campaign_id == campaign_id))}
+    assert published == [rows[open_].id]
+    assert (rows[closed].status, rows[closed].last_error_code) == ("suppressed", "window_closed")
+    assert (rows[capped_phone].status, rows[capped_phone].last_error_code) == ("suppressed", "frequency_cap")
+    rt.close()

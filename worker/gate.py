@@ -134,22 +134,24 @@ def hold(session: Session, message_id: int, *, gate: Gate, actor: str, from_stat
     return reason
 
 
-def _dispatch_reason(capped: bool) -> sa.ColumnElement:
+def dispatch_reason(gate: Gate) -> sa.ColumnElement:
+    """Why the gate bars the row being dispatched (EXPIRED or a reason), NULL when it passes.
+    Binds p_now and `gate.params(now)`."""
     whens = [
         (sa.and_(Message.expires_at.is_not(None), Message.expires_at <= _NOW), EXPIRED),
         (OPTED_OUT_NOW, OPTED_OUT),
         (~WINDOW_OK, WINDOW_CLOSED),
     ]
-    if capped:
+    if gate.frequency_cap is not None:
         whens.append((~UNDER_CAP, FREQUENCY_CAP))
     return sa.case(*whens, else_=sa.null())
 
 
-def dispatch_values(gate: Gate) -> dict[str, sa.ColumnElement]:
-    """For the dispatcher's pending -> queued claim: the columns it sets, so a picked recipient the
-    gate bars becomes final (expired / suppressed with its reason) in the same UPDATE and is never
-    published. Execute with `gate.params(now)` and p_now. The send claim checks again later."""
-    reason = _dispatch_reason(gate.frequency_cap is not None)
+def dispatch_values(reason: sa.ColumnElement) -> dict[str, sa.ColumnElement]:
+    """For the dispatcher's pending -> queued claim: the columns it sets from `reason`
+    (dispatch_reason, or a column holding it), so a picked recipient the gate bars becomes final
+    (expired / suppressed with its reason) in the same UPDATE and is never published. The send
+    claim checks again later."""
     held = reason.is_not(None)
     return {
         "status": sa.case((reason == EXPIRED, MessageStatus.EXPIRED.value),

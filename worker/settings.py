@@ -43,6 +43,7 @@ BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long afte
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
 WEBHOOK_PATH = "/webhooks/awal"
 METRICS_PORT = 9808
+METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
@@ -193,6 +194,34 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_URL_JOIN_RE = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")   # celery's failover list: url;url
+_QUERY_SECRET_RE = re.compile(r"((?:^|&)(?:password|passwd|pass|token)=)[^&#]*", re.I)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by ***: `postgresql+psycopg://user:***@host/db`.
+
+    Masks the password of the userinfo (up to the last '@', so a password holding '/', '?' or '#'
+    does not leak), `password=` style query parameters, and every URL of a `url;url` failover list.
+    A string that is not a URL comes back unchanged.
+    """
+    return ";".join(_mask_one(part) for part in _URL_JOIN_RE.split(url))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:{MASK}@{tail}"
+    head, question, query = rest.partition("?")
+    if question:
+        rest = head + question + _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, query)
+    return scheme + sep + rest
+
+
 def normalize_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
     for prefix in ("postgres://", "postgresql://"):
@@ -236,6 +265,7 @@ class Settings:
     beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
+    metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
     opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
     opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
@@ -244,6 +274,14 @@ class Settings:
     auto_pause_late_window: int = AUTO_PAUSE_LATE_WINDOW
     auto_pause_late_failure_rate: float = AUTO_PAUSE_LATE_FAILURE_RATE
     webhook_metrics_port: int = WEBHOOK_METRICS_PORT
+
+    def __repr__(self) -> str:
+        """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={(mask_url(value) if isinstance(value, str) else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -278,6 +316,11 @@ class Settings:
         webhook_path = env.get("WEBHOOK_PATH") or WEBHOOK_PATH
         if not webhook_path.startswith("/"):
             raise ConfigError(f"WEBHOOK_PATH={webhook_path!r} must start with /")
+        opt_out_words = _words(env, "OPT_OUT_KEYWORDS", OPT_OUT_KEYWORDS, fold=True)
+        opt_in_words = _words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True)
+        if opt_out_words & opt_in_words:
+            raise ConfigError(f"OPT_OUT_KEYWORDS and OPT_IN_KEYWORDS share {', '.join(sorted(opt_out_words & opt_in_words))}: "
+                              "a reply cannot both opt out and opt in")
         return cls(
             database_url=normalize_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             broker_url=broker,
@@ -312,10 +355,11 @@ class Settings:
             beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
             webhook_path=webhook_path,
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
+            metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
-            opt_out_keywords=_words(env, "OPT_OUT_KEYWORDS", OPT_OUT_KEYWORDS, fold=True),
+            opt_out_keywords=opt_out_words,
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
-            opt_in_keywords=_words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True),
+            opt_in_keywords=opt_in_words,
             marketing_frequency_cap=FrequencyCap.parse(env.get("MARKETING_FREQUENCY_CAP") or MARKETING_FREQUENCY_CAP),
             auto_pause_late_window=_int(env, "AUTO_PAUSE_LATE_WINDOW", AUTO_PAUSE_LATE_WINDOW, 1),
             auto_pause_late_failure_rate=_share(env, "AUTO_PAUSE_LATE_FAILURE_RATE", AUTO_PAUSE_LATE_FAILURE_RATE),
