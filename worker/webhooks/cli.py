@@ -47,7 +47,7 @@ def webhooks_command(host: str, port: int, threads: int) -> None:
     app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
                      path=settings.webhook_path, consent=ConsentRules.from_settings(settings),
                      late=LatePolicy.from_settings(settings))
-    serve_metrics(settings.webhook_metrics_port)  # late failures by class, breaker pauses
+    serve_metrics(settings.webhook_metrics_port, settings.metrics_host)  # late failures by class, breaker pauses
     server = create_server(app, host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
                            ident="buttoncast-webhooks")
     url = f"http://{host}:{server.effective_port}{settings.webhook_path}"
