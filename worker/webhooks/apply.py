@@ -17,6 +17,7 @@ Functions here never commit: the caller owns the transaction.
 from __future__ import annotations
 
 import enum
+import logging
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -26,6 +27,7 @@ from worker import metrics
 from worker.breaker import DEFAULT_POLICY, LatePolicy, check as check_breaker
 from worker.contacts import DEFAULT_RULES, SOURCE_VENDOR_CODE, ConsentRules, apply_inbound, opt_out
 from worker.failures import FailureClass, classify, describe_code
+from worker.logs import log_outcome
 from worker.models import Message, UTCDateTime, utcnow
 from worker.status import DeliveryStatus
 from worker.webhooks.events import RECEIVED_EVENT, Event, parse_body
@@ -38,6 +40,7 @@ REPLY_CLOCK_SKEW_S = 60.0
 #: recent messages to one phone considered when a reply carries no context
 REPLY_CANDIDATES = 5
 PENDING_BATCH = 500
+log = logging.getLogger("buttoncast.webhooks")
 BUTTON_ID_MAX_CHARS = 256
 BUTTON_TITLE_MAX_CHARS = 64
 
@@ -136,6 +139,8 @@ def _apply_late_failure(session: Session, event: Event, message_id: int, late: L
         return False   # already failed (a duplicate with another key), delivered or read: stays so
     campaign_id, phone = changed
     metrics.LATE_FAILURES.labels(klass.value).inc()
+    log_outcome(log, logging.INFO, f"late failure {describe_code(event.failure_code)}", campaign_id=campaign_id,
+                message_id=message_id, status="failed", vendor_message_id=event.vendor_message_id)
     if klass is FailureClass.OPTED_OUT and phone:
         _opt_out_by_code(session, phone, event, message_id)
     if campaign_id is not None:
