@@ -35,6 +35,7 @@ SWEEP_INTERVAL_S = 30.0
 QUEUED_TASK_TIMEOUT_S = 600.0          # a queued message whose task has not run for this long is re-enqueued
 SENDING_TIMEOUT_S = 120.0              # a message `sending` for this long lost its worker -> unknown
 AUTO_PAUSE_CONSECUTIVE_FAILURES = 25
+AUTO_PAUSE_CONSECUTIVE_UNKNOWN = 10         # ambiguous outcomes (unknown) without a send that pause a campaign
 RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result for this long
 BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long after the first stops renewing
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
@@ -178,6 +179,7 @@ class Settings:
     queued_task_timeout_s: float = QUEUED_TASK_TIMEOUT_S
     sending_timeout_s: float = SENDING_TIMEOUT_S
     auto_pause_consecutive_failures: int = AUTO_PAUSE_CONSECUTIVE_FAILURES
+    auto_pause_consecutive_unknown: int = AUTO_PAUSE_CONSECUTIVE_UNKNOWN
     record_retry_max_s: float = RECORD_RETRY_MAX_S
     broker_stall_exit_s: float = BROKER_STALL_EXIT_S
     beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
@@ -247,6 +249,7 @@ class Settings:
             queued_task_timeout_s=_float(env, "QUEUED_TASK_TIMEOUT_S", QUEUED_TASK_TIMEOUT_S, 0.1),
             sending_timeout_s=_float(env, "SENDING_TIMEOUT_S", SENDING_TIMEOUT_S, 0.1),
             auto_pause_consecutive_failures=_int(env, "AUTO_PAUSE_CONSECUTIVE_FAILURES", AUTO_PAUSE_CONSECUTIVE_FAILURES, 1),
+            auto_pause_consecutive_unknown=_int(env, "AUTO_PAUSE_CONSECUTIVE_UNKNOWN", AUTO_PAUSE_CONSECUTIVE_UNKNOWN, 1),
             record_retry_max_s=_float(env, "RECORD_RETRY_MAX_S", RECORD_RETRY_MAX_S),
             broker_stall_exit_s=_float(env, "BROKER_STALL_EXIT_S", BROKER_STALL_EXIT_S),
             beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
