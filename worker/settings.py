@@ -41,6 +41,7 @@ BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long afte
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
 WEBHOOK_PATH = "/webhooks/awal"
 METRICS_PORT = 9808
+METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
@@ -141,6 +142,34 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_URL_JOIN_RE = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")   # celery's failover list: url;url
+_QUERY_SECRET_RE = re.compile(r"((?:^|&)(?:password|passwd|pass|token)=)[^&#]*", re.I)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by ***: `postgresql+psycopg://user:***@host/db`.
+
+    Masks the password of the userinfo (up to the last '@', so a password holding '/', '?' or '#'
+    does not leak), `password=` style query parameters, and every URL of a `url;url` failover list.
+    A string that is not a URL comes back unchanged.
+    """
+    return ";".join(_mask_one(part) for part in _URL_JOIN_RE.split(url))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:{MASK}@{tail}"
+    head, question, query = rest.partition("?")
+    if question:
+        rest = head + question + _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, query)
+    return scheme + sep + rest
+
+
 def normalize_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
     for prefix in ("postgres://", "postgresql://"):
@@ -185,7 +214,16 @@ class Settings:
     beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
+    metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
+
+    def __repr__(self) -> str:
+        """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={(mask_url(value) if isinstance(value, str) else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -255,6 +293,7 @@ class Settings:
             beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
             webhook_path=webhook_path,
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
+            metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
         )
 
