@@ -39,6 +39,11 @@ RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result 
 BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long after the first stops renewing
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
 WEBHOOK_PATH = "/webhooks/awal"
+WEBHOOK_MAX_BODY_BYTES = 1024 * 1024   # a larger declared body is refused with 413 before it is read
+WEBHOOK_CONNECTION_LIMIT = 1000        # open client connections the receiver holds; more wait in the backlog
+WEBHOOK_CLIENT_TIMEOUT_S = 10          # a connection silent this long (idle or mid-request) is closed
+WEBHOOK_MATCH_WINDOW_S = 86400.0       # unmatched webhook events younger than this are retried by the sweep
+RETENTION_DAYS = 30                    # attempts, message_events, webhook_events older than this are pruned (0: keep)
 METRICS_PORT = 9808
 LOG_FORMAT = "text"
 
@@ -182,6 +187,11 @@ class Settings:
     broker_stall_exit_s: float = BROKER_STALL_EXIT_S
     beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
     webhook_path: str = WEBHOOK_PATH
+    webhook_max_body_bytes: int = WEBHOOK_MAX_BODY_BYTES
+    webhook_connection_limit: int = WEBHOOK_CONNECTION_LIMIT
+    webhook_client_timeout_s: int = WEBHOOK_CLIENT_TIMEOUT_S
+    webhook_match_window_s: float = WEBHOOK_MATCH_WINDOW_S
+    retention_days: int = RETENTION_DAYS
     metrics_port: int = METRICS_PORT
     log_format: str = LOG_FORMAT
 
@@ -251,6 +261,11 @@ class Settings:
             broker_stall_exit_s=_float(env, "BROKER_STALL_EXIT_S", BROKER_STALL_EXIT_S),
             beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
             webhook_path=webhook_path,
+            webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", WEBHOOK_MAX_BODY_BYTES, 1024),
+            webhook_connection_limit=_int(env, "WEBHOOK_CONNECTION_LIMIT", WEBHOOK_CONNECTION_LIMIT, 1),
+            webhook_client_timeout_s=_int(env, "WEBHOOK_CLIENT_TIMEOUT_S", WEBHOOK_CLIENT_TIMEOUT_S, 1),
+            webhook_match_window_s=_float(env, "WEBHOOK_MATCH_WINDOW_S", WEBHOOK_MATCH_WINDOW_S, 60.0),
+            retention_days=_int(env, "RETENTION_DAYS", RETENTION_DAYS, 0),
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             log_format=log_format,
         )
