@@ -45,6 +45,7 @@ WEBHOOK_CLIENT_TIMEOUT_S = 10          # a connection silent this long (idle or 
 WEBHOOK_MATCH_WINDOW_S = 86400.0       # unmatched webhook events younger than this are retried by the sweep
 RETENTION_DAYS = 30                    # attempts, message_events, webhook_events older than this are pruned (0: keep)
 METRICS_PORT = 9808
+METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
@@ -145,6 +146,34 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_URL_JOIN_RE = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")   # celery's failover list: url;url
+_QUERY_SECRET_RE = re.compile(r"((?:^|&)(?:password|passwd|pass|token)=)[^&#]*", re.I)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by ***: `postgresql+psycopg://user:***@host/db`.
+
+    Masks the password of the userinfo (up to the last '@', so a password holding '/', '?' or '#'
+    does not leak), `password=` style query parameters, and every URL of a `url;url` failover list.
+    A string that is not a URL comes back unchanged.
+    """
+    return ";".join(_mask_one(part) for part in _URL_JOIN_RE.split(url))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:{MASK}@{tail}"
+    head, question, query = rest.partition("?")
+    if question:
+        rest = head + question + _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, query)
+    return scheme + sep + rest
+
+
 def normalize_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
     for prefix in ("postgres://", "postgresql://"):
@@ -193,7 +222,16 @@ class Settings:
     webhook_match_window_s: float = WEBHOOK_MATCH_WINDOW_S
     retention_days: int = RETENTION_DAYS
     metrics_port: int = METRICS_PORT
+    metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
+
+    def __repr__(self) -> str:
+        """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={(mask_url(value) if isinstance(value, str) else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -267,6 +305,7 @@ class Settings:
             webhook_match_window_s=_float(env, "WEBHOOK_MATCH_WINDOW_S", WEBHOOK_MATCH_WINDOW_S, 60.0),
             retention_days=_int(env, "RETENTION_DAYS", RETENTION_DAYS, 0),
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
+            metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
         )
 
