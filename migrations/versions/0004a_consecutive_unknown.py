@@ -1,7 +1,7 @@
 """campaigns.consecutive_unknown: ambiguous outcomes since the last send, for auto-pause.
 
 Revision ID: 0004a
-Revises: 0003
+Revises: 0004 (re-chained: main gained 0004_retention while this branch was open)
 """
 from typing import Sequence, Union
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004a"
-down_revision: Union[str, Sequence[str], None] = "0003"
+down_revision: Union[str, Sequence[str], None] = "0004"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
