@@ -88,7 +88,8 @@ def _match_webhook_events(runtime: Runtime) -> int:
     with runtime.session_factory.begin() as session:
         from worker.breaker import LatePolicy
 
-        return int(match_pending_events(session, late=LatePolicy.from_settings(runtime.settings)) or 0)
+        return int(match_pending_events(session, window_s=runtime.settings.webhook_match_window_s,
+                                        late=LatePolicy.from_settings(runtime.settings)) or 0)
 
 
 def update_queue_depth_metric(session: Session) -> None:

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import free_port, make_runtime, stack_env, wait_until
+from scheduler.campaigns import create_with_recipients, status_counts
 from worker.enqueue import enqueue_message
 from worker.models import Message, utcnow
 
@@ -26,8 +27,10 @@ def stack(clean_postgres, redis_url, sandbox, spawn):  # noqa: ANN001
 
     redis.Redis.from_url(redis_url).flushdb()
     env = stack_env(database_url=clean_postgres, sandbox_url=base_url, broker_url=redis_url, AWAL_WEBHOOK_SECRET=SECRET,
-                    AWAL_RATE_LIMIT="100/s", AWAL_RATE_BURST="20", SEND_RETRY_MAX_WAIT_S="0.05")
+                    AWAL_RATE_LIMIT="100/s", AWAL_RATE_BURST="20", SEND_RETRY_MAX_WAIT_S="0.05",
+                    DISPATCH_INTERVAL_S="0.5", SWEEP_INTERVAL_S="2")
     spawn(env, "worker", "--concurrency", "2")
+    spawn(env, "beat", "--schedule-file", "beat-schedule", ready="beat: Starting")
     port = free_port()
     spawn(env, "webhooks", "--port", str(port), ready="webhook receiver on")
     rt = make_runtime(env)
@@ -72,3 +75,35 @@ def test_a_stop_reply_to_the_running_receiver_holds_the_next_message_and_start_r
     again = enqueue_message(phone=phone, body_text="Offer 3", buttons=BUTTONS, runtime=rt)
     assert final(rt, again).status == "sent"
     assert [r["body"]["body_text"] for r in vendor.received(phone=phone)] == ["Offer 1", "Offer 3"]
+
+
+def test_a_stop_between_campaigns_holds_that_phone_in_the_next_campaign_and_only_that_phone(stack, tmp_path) -> None:
+    """Issue 13 item 2: the dispatcher and the worker hold a campaign recipient who replied STOP to
+    an earlier campaign; the other recipients are sent; the campaign still completes."""
+    rt, vendor, url = stack
+    phones = [f"96650777{i:04d}" for i in range(6)]
+    recipients = tmp_path / "r.csv"
+    recipients.write_text("phone\n" + "\n".join(phones) + "\n")
+    template = {"body_text": "Weekend offer", "buttons": BUTTONS}
+    first, _ = create_with_recipients(rt.session_factory, recipients, name="one", phone_number_id="123456", template=template)
+    wait_until(lambda: _counts(rt, first)["sent"] == 6, 30, what="the first campaign sent")
+    assert reply(url, phones[2], "إيقاف", 1).status_code == 200
+    second, result = create_with_recipients(rt.session_factory, recipients, name="two", phone_number_id="123456",
+                                            template=template)
+    assert result.opted_out == 1
+    wait_until(lambda: _campaign_status(rt, second) == "completed", 30, what="the second campaign to complete")
+    counts = _counts(rt, second)
+    assert (counts["sent"], counts["suppressed"]) == (5, 1)
+    assert len(vendor.received(phone=phones[2])) == 1 and len(vendor.received(phone=phones[3])) == 2
+
+
+def _counts(rt, campaign_id: int) -> dict[str, int]:  # noqa: ANN001
+    with rt.session_factory() as s:
+        return status_counts(s, campaign_id)
+
+
+def _campaign_status(rt, campaign_id: int) -> str:  # noqa: ANN001
+    from worker.models import Campaign
+
+    with rt.session_factory() as s:
+        return s.get(Campaign, campaign_id).status

@@ -75,6 +75,8 @@ class Campaign(Base):
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
     #: the late-failure breaker counts only messages sent since (set on resume; worker.breaker)
     late_breaker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: ambiguous outcomes (unknown) since the last send; AUTO_PAUSE_CONSECUTIVE_UNKNOWN pauses
+    consecutive_unknown: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     recipients_imported: Mapped[int] = mapped_column(sa.Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

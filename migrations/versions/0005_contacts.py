@@ -5,7 +5,7 @@ Backfills contacts from the messages already stored (first seen, last sent) and 
 24-hour window is open.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004a (first written on 0003; re-chained after main's 0004, 0004a)
 """
 from datetime import datetime, timezone
 from typing import Sequence, Union
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: Union[str, Sequence[str], None] = "0003"
+down_revision: Union[str, Sequence[str], None] = "0004a"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
