@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from worker.errors import ConfigError
+from worker.phone import parse_default_country
 
 DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
 EMBEDDED_BROKER_URL = "memory://"
@@ -41,6 +42,7 @@ BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the b
 WEBHOOK_PATH = "/webhooks/awal"
 METRICS_PORT = 9808
 LOG_FORMAT = "text"
+DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -184,6 +186,7 @@ class Settings:
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
     log_format: str = LOG_FORMAT
+    default_country_code: str | None = DEFAULT_COUNTRY_CODE  # parsed to an ISO 3166 region, e.g. "SA"
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -253,6 +256,7 @@ class Settings:
             webhook_path=webhook_path,
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             log_format=log_format,
+            default_country_code=parse_default_country(env.get("DEFAULT_COUNTRY_CODE")),
         )
 
     def require_awal(self) -> None:
