@@ -100,6 +100,8 @@ def _leading_zeros(number: phonenumbers.PhoneNumber) -> str:
 def _invalid_reason(text: str, number: phonenumbers.PhoneNumber) -> str:
     """Why a parsed number is refused: impossible (length) or possible but unallocated."""
     possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible == ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
+        return f"{_shown(text)} is too short: a local number without its area code (country code +{number.country_code})"
     if possible not in (ValidationResult.IS_POSSIBLE, ValidationResult.IS_POSSIBLE_LOCAL_ONLY):
         return f"{_shown(text)} {_POSSIBLE_REASONS.get(possible, 'is not a possible number')} (country code +{number.country_code})"
     where = phonenumbers.region_code_for_country_code(number.country_code)
