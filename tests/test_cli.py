@@ -152,3 +152,19 @@ def test_campaign_create_default_country_reads_national_numbers(env, tmp_path) -
     assert "imported 2 recipient(s); rejected 0 row(s)" in result.stderr
     bad = run(env, *args, "--default-country", "XX")
     assert bad.exit_code == 2 and "--default-country='XX'" in bad.stderr
+
+
+def test_worker_and_beat_output_never_shows_the_passwords_in_the_urls(sqlite_url, redis_url, sandbox, spawn) -> None:  # noqa: ANN001
+    """Issue 12 item 16: `buttoncast worker` and `beat` print their banners and connection lines
+    with the broker, result and limiter URLs masked (redis://:**@...)."""
+    password = "redisPW-do-not-print"
+    host_and_db = redis_url.split("://", 1)[1]
+    env = stack_env(database_url=sqlite_url, sandbox_url=sandbox[0], broker_url=f"redis://:{password}@{host_and_db}",
+                    REDIS_URL=f"redis://:{password}@{host_and_db}")
+    worker = spawn(env, "worker", "--concurrency", "1", ready="Connected to")
+    beat = spawn(env, "beat", ready="beat lease")
+    worker.wait_for("ready.")
+    for proc in (worker, beat):
+        output = proc.log_path.read_text(errors="replace")
+        assert password not in output
+        assert "redis://:**@" in output
