@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from worker.errors import ConfigError
+from worker.phone import parse_default_country
 
 DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
 EMBEDDED_BROKER_URL = "memory://"
@@ -51,6 +52,7 @@ RETENTION_DAYS = 30                    # attempts, message_events, webhook_event
 METRICS_PORT = 9808
 METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
+DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -286,6 +288,7 @@ class Settings:
     auto_pause_late_window: int = AUTO_PAUSE_LATE_WINDOW
     auto_pause_late_failure_rate: float = AUTO_PAUSE_LATE_FAILURE_RATE
     webhook_metrics_port: int = WEBHOOK_METRICS_PORT
+    default_country_code: str | None = DEFAULT_COUNTRY_CODE  # parsed to an ISO 3166 region, e.g. "SA"
 
     def __repr__(self) -> str:
         """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
@@ -382,6 +385,7 @@ class Settings:
             auto_pause_late_window=_int(env, "AUTO_PAUSE_LATE_WINDOW", AUTO_PAUSE_LATE_WINDOW, 1),
             auto_pause_late_failure_rate=_share(env, "AUTO_PAUSE_LATE_FAILURE_RATE", AUTO_PAUSE_LATE_FAILURE_RATE),
             webhook_metrics_port=_int(env, "WEBHOOK_METRICS_PORT", WEBHOOK_METRICS_PORT, 0),
+            default_country_code=parse_default_country(env.get("DEFAULT_COUNTRY_CODE")),
         )
 
     def require_awal(self) -> None:
