@@ -27,8 +27,9 @@ from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
 pytestmark = pytest.mark.slow
 HOOK_SECRET = "e2e-hook-secret"
 TEMPLATE = {"body_text": "Hello {{name}}", "buttons": [{"id": "yes", "title": "Yes"}]}
-LATE = {"9667001": "131047", "9667002": "131026", "9667003": "131050", "9667005": "131048"}
-STOP_PREFIX = "9667004"
+LATE = {"96650011": "131047", "96650012": "131026", "96650013": "131050", "96650015": "131048"}
+STOP_PREFIX = "96650014"
+FINE_PREFIX = "96650019"
 
 
 @pytest.fixture()
@@ -87,7 +88,7 @@ def test_late_failures_by_class_in_show_and_report_then_retry_reason_and_opt_out
     # Given a campaign: 3 phones each failing late with 131047, 131026 and 131050, 3 replying STOP, 3 fine
     groups = {code: [f"{prefix}{i:04d}" for i in range(3)] for prefix, code in LATE.items() if code != "131048"}
     stop_phones = [f"{STOP_PREFIX}{i:04d}" for i in range(3)]
-    fine = [f"9667009{i:04d}" for i in range(3)]
+    fine = [f"{FINE_PREFIX}{i:04d}" for i in range(3)]
     cid = create(runtime, tmp_path, [p for g in groups.values() for p in g] + stop_phones + fine, "late")
     # When it has been sent and the late webhooks have come back
     wait_until(lambda: late_counts(runtime, cid) == {"opted_out": 3, "undeliverable": 3, "window_closed": 3}, 60,
@@ -149,7 +150,7 @@ def status_of(runtime: Any, message_id: int) -> tuple[str, str | None]:
 def test_a_131048_pauses_the_running_campaign_with_the_reason(stack: Any, tmp_path: Path) -> None:
     env, runtime, vendor = stack
     # Given a campaign whose first recipient's message fails late with 131048, at 20 messages/s
-    phones = ["96670050000"] + [f"9667009{i:04d}" for i in range(60)]
+    phones = ["966500150000"] + [f"{FINE_PREFIX}{i:04d}" for i in range(60)]
     cid = create(runtime, tmp_path, phones, "quality")
     # Then the campaign pauses on that webhook, long before the 61 are sent
     wait_until(lambda: campaign_status(runtime, cid) == "paused", 30, what="paused by the breaker")
