@@ -322,3 +322,47 @@ def test_the_retry_command_with_reason_exits_1_when_refused_and_resends_with_for
     assert done.exit_code == 0, done.output
     assert "will requeue 1 message(s)" in done.output and "vendor code 131026" in done.output
     assert get(sessions, Message, by_class["undeliverable"][0]).status == "queued"
+
+
+def test_a_failed_webhook_that_came_before_its_message_gets_its_class_when_the_sweep_matches_it(sessions: Any) -> None:
+    from worker.webhooks import match_pending_events
+
+    # Given a 131050 for a wamid not recorded yet, with no recipient in the body
+    wamid = f"wamid.early.{next(_phones)}"
+    assert deliver(sessions, failed_body(wamid, 131050)) is Outcome.PENDING
+    # When the send path records the message, and the sweep matches pending events
+    cid, ids, _ = running_campaign(sessions, 1)
+    with sessions.begin() as session:
+        session.execute(sa.update(Message).where(Message.id == ids[0]).values(vendor_message_id=wamid))
+    with sessions.begin() as session:
+        assert match_pending_events(session) >= 1
+    # Then the class is recorded and the contact opted out, as if it had come in order
+    msg = get(sessions, Message, ids[0])
+    assert (msg.failure_code, msg.failure_class) == ("131050", "opted_out")
+    with sessions() as session:
+        assert is_opted_out(session, msg.phone)
+
+
+def test_migration_0007_backfills_the_class_of_late_failures_already_stored(tmp_path: Any) -> None:
+    from worker.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0005")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO campaigns (id, name, phone_number_id, template, status, consecutive_failures,"
+                             " recipients_imported, rows_rejected, created_at, updated_at) VALUES (1, 'c', '1', '{}',"
+                             " 'completed', 0, 0, 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"))
+        for mid, status, error in ((1, "failed", "131047: Re-engagement message"), (2, "failed", "(#131026) gone"),
+                                   (3, "failed", "failed (the vendor gave no reason)"), (4, "delivered", None)):
+            conn.execute(sa.text(
+                "INSERT INTO messages (id, campaign_id, phone_number_id, phone, content, status, attempts, created_at,"
+                " updated_at, delivery_status, delivery_error) VALUES (:id, 1, '1', :phone, '{}', 'sent', 1,"
+                " '2026-01-01 00:00:00', '2026-01-01 00:00:00', :ds, :err)"),
+                {"id": mid, "phone": f"96650000000{mid}", "ds": status, "err": error})
+    upgrade(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, failure_code, failure_class FROM messages ORDER BY id")).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [(1, "131047", "window_closed"), (2, "131026", "undeliverable"),
+                                        (3, None, "other"), (4, None, None)]
