@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Connection
@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from sqlalchemy.exc import OperationalError, InterfaceError
 
+from scheduler.window import next_opening
 from worker import journal, metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
     AmbiguousError,
     LimiterUnavailable,
-    AuthenticationFailed,
     AwalError,
+    ConfigurationFailure,
     MessageInvalid,
     PermanentError,
     RateLimited,
@@ -102,6 +103,12 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         with deps.session_factory.begin() as session:
             store.cancel_one(session, job.id, actor=deps.worker_name)
         return _done(Outcome.CANCELLED, job, message_id)
+    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow())
+    if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
+        with deps.connect() as conn:
+            store.defer(conn, job.id, not_before=opens_at.astimezone(timezone.utc), actor=deps.worker_name)
+        log.info("message %s outside its campaign's send window; due again at %s", job.id, opens_at.isoformat())
+        return _done(Outcome.DEFERRED, job, message_id)
 
     message = _build(job)
     if message is None:
@@ -115,7 +122,7 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
     if wait_s:
         with deps.connect() as conn:
-            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
+            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s), actor=deps.worker_name)  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
     with deps.connect() as conn:
@@ -132,12 +139,13 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         )
     except AwalError as error:
         return _record_error(job, token, error, attempts, deps)
+    # Logged before the write, so the vendor's ids are on record whatever happens to the write.
+    log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
+                vendor_message_id=result.message_id, vendor_id=result.vendor_id, attempts=len(attempts))
     # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
     _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id),
             job, result, unit=deps.connect if len(attempts) == 1 else None,
             entry=journal.JournalEntry.sent(job.id, token, result, attempts, deps.worker_name, job.campaign_id))
-    log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
-                vendor_message_id=result.message_id, attempts=len(attempts))
     return _done(Outcome.SENT, job, message_id)
 
 
@@ -241,21 +249,24 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         due = utcnow() + timedelta(seconds=error.wait_s)
 
         def put_back(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
-                               worker=deps.worker_name, not_before=due)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
-                            f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
+            if store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
+                                  worker=deps.worker_name, not_before=due) == MessageStatus.QUEUED.value:
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
+                                f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
         _record(deps, put_back, job)
         return _done(Outcome.DEFERRED, job, job.id)
 
-    if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:
+    if isinstance(error, ConfigurationFailure) and job.campaign_id is not None:
+        # 401, TLS or proxy: wrong for every message, so pause the campaign; this one goes back
+        # untouched. (An ad-hoc message falls through to PermanentError: failed with the code.)
         def pause(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts, worker=deps.worker_name)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
-                            "authentication failed (401): not the recipient's fault", deps.worker_name)
-            store.pause_campaign(ss, job.campaign_id, reason=f"authentication failed (401) {error.code}: {error.message}")
+            if store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts,
+                                  worker=deps.worker_name) == MessageStatus.PENDING.value:   # not cancelled meanwhile
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
+                                f"{error.summary}: not the recipient's fault", deps.worker_name)
+            store.pause_campaign(ss, job.campaign_id, reason=f"{error.summary} {error.code}: {error.message}")
         _record(deps, pause, job)
-        log_outcome(log, logging.ERROR, "authentication failed; campaign paused", status="pending", **fields)
+        log_outcome(log, logging.ERROR, f"{error.summary}; campaign paused", status="pending", **fields)
         return _done(Outcome.PAUSED, job, job.id)
 
     if isinstance(error, PermanentError):
@@ -269,8 +280,13 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         return _done(Outcome.FAILED, job, job.id)
 
     if isinstance(error, AmbiguousError):
-        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
-                                                    attempts=attempts, worker=deps.worker_name), job)
+        def unknown(ss: Session) -> None:
+            written = store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
+                                         attempts=attempts, worker=deps.worker_name)
+            if written and job.campaign_id is not None:   # a row we still owned: count it once
+                store.note_campaign_unknown(ss, job.campaign_id, threshold=s.auto_pause_consecutive_unknown,
+                                            reason=f"{error.code}: {error.message}")
+        _record(deps, unknown, job)
         log_outcome(log, logging.WARNING, "unknown: request sent, no answer; not resent automatically", status="unknown", **fields)
         return _done(Outcome.UNKNOWN, job, job.id)
 
