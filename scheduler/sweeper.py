@@ -100,9 +100,10 @@ def recover_from_broker_loss(runtime: Runtime, now: datetime) -> int:
             .values(enqueued_at=None, updated_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount
-    if handed_back or runtime.broker_epoch_seen is not None:
-        log.warning("the broker lost its tasks (epoch %s began %s): %s queued message(s) handed back for "
-                    "republishing", epoch[0][:8], epoch[1].isoformat(), handed_back)
+    if handed_back or runtime.broker_epoch_seen is not None:   # the process that handed them back warns
+        log.log(logging.WARNING if handed_back else logging.INFO,
+                "the broker lost its tasks (epoch %s began %s): %s queued message(s) handed back for "
+                "republishing", epoch[0][:8], epoch[1].isoformat(), handed_back)
     runtime.broker_epoch_seen = epoch[0]
     return handed_back
 

@@ -51,9 +51,11 @@ def current_epoch(celery: Celery, now: datetime) -> tuple[str, datetime] | None:
 
 
 def task_ids_on_broker(celery: Celery, queues: Iterable[str]) -> set[int] | None:
-    """Message ids of every send task waiting on `queues` or reserved unacked by a worker; None if
-    the broker is not Redis. Bounded by flow control: the dispatcher never has more than its
-    look-ahead window out."""
+    """Message ids of every send task waiting on `queues`; None if the broker is not Redis. Bounded
+    by flow control: the dispatcher never has more than its look-ahead window out. Tasks reserved
+    (unacked) by a worker are not counted: a SIGKILLed worker's reservations stay in kombu's
+    `unacked` hash until the visibility timeout (an hour), so the timeout path republishes them
+    (a duplicate of a live worker's reservation is harmless: the claim lets one through)."""
     with redis_channel(celery) as channel:
         if channel is None:
             return None
@@ -65,18 +67,7 @@ def task_ids_on_broker(celery: Celery, queues: Iterable[str]) -> set[int] | None
                 length = client.llen(key)
                 for start in range(0, length, _SCAN_CHUNK):
                     ids.update(_ids(client.lrange(key, start, start + _SCAN_CHUNK - 1)))
-        for _, values in _hscan(client, channel.unacked_key):
-            ids.update(_ids(values))
         return ids
-
-
-def _hscan(client, key: str) -> Iterator[tuple[int, list[bytes]]]:  # noqa: ANN001
-    cursor = 0
-    while True:
-        cursor, chunk = client.hscan(key, cursor, count=_SCAN_CHUNK)
-        yield cursor, list(chunk.values())
-        if not cursor:
-            return
 
 
 def _ids(raw_items: Iterable[bytes]) -> Iterator[int]:
