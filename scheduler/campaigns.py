@@ -200,6 +200,7 @@ def create_with_recipients(
     strict: bool = False,
     draft: bool = False,
     scheduled_at: datetime | None = None,
+    default_region: str | None = None,
     **fields: Any,
 ) -> tuple[int, ImportResult]:
     """Create a campaign and import its CSV; returns (campaign id, import result).
@@ -211,11 +212,11 @@ def create_with_recipients(
     template = MessageTemplate(fields["template"])  # validates message.json before the file is read
     check_header(recipients, template)
     if strict:
-        refuse_if_invalid(recipients, template)
+        refuse_if_invalid(recipients, template, default_region=default_region)
     with session_factory.begin() as session:
         campaign_id = create_campaign(session, draft=True, scheduled_at=scheduled_at, **fields).id
     try:
-        result = import_recipients(session_factory, campaign_id, recipients)
+        result = import_recipients(session_factory, campaign_id, recipients, default_region=default_region)
         if result.imported == 0:
             raise ImportRefused("no valid recipient in the file; the campaign was not created", result)
         if not draft:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from worker.errors import ConfigError
+from worker.phone import parse_default_country
 
 DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
 EMBEDDED_BROKER_URL = "memory://"
@@ -48,6 +49,7 @@ RETENTION_DAYS = 30                    # attempts, message_events, webhook_event
 METRICS_PORT = 9808
 METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
+DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -226,6 +228,7 @@ class Settings:
     metrics_port: int = METRICS_PORT
     metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
+    default_country_code: str | None = DEFAULT_COUNTRY_CODE  # parsed to an ISO 3166 region, e.g. "SA"
 
     def __repr__(self) -> str:
         """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
@@ -310,6 +313,7 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
+            default_country_code=parse_default_country(env.get("DEFAULT_COUNTRY_CODE")),
         )
 
     def require_awal(self) -> None:
