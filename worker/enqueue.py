@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from worker.errors import FieldProblem, MessageInvalid
 from worker.message import ButtonMessage
-from worker.models import Message, utcnow
+from worker.models import Message, MessageEvent, utcnow
 from worker.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC
 from worker.runtime import Runtime, get_runtime
@@ -55,8 +55,11 @@ def enqueue_message(
     phone_number_id: str | None = None,
     idempotency_key: str | None = None,
     runtime: Runtime | None = None,
+    actor: str | None = None,
 ) -> int:
-    """Validate, store as `queued` and publish to the ad-hoc queue. Returns the message id."""
+    """Validate, store as `queued` and publish to the ad-hoc queue. Returns the message id.
+
+    `actor` (e.g. an API key, "apikey:<prefix>:<name>") is recorded as the message's first event."""
     runtime = runtime or get_runtime()
     problems: list[FieldProblem] = []
     try:
@@ -87,6 +90,9 @@ def enqueue_message(
             session.add(row)
             session.flush()
             message_id = row.id
+            if actor is not None:
+                session.add(MessageEvent(message_id=message_id, at=now, from_status=None, to_status=row.status,
+                                         reason="enqueued", actor=actor))
     except IntegrityError:
         existing = _by_key(runtime, idempotency_key)
         if existing is None:
