@@ -63,6 +63,19 @@ class IllegalTransition(ButtoncastError):
         self.campaign_id, self.current, self.wanted, self.allowed = campaign_id, current, wanted, allowed
 
 
+def parse_at(text: str | None, option: str = "--at") -> datetime | None:
+    """ISO 8601 with an offset ('Z' or +03:00); a naive time is refused rather than guessed."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MessageInvalid([FieldProblem(option, f"{text!r} is not an ISO 8601 time; write e.g. 2026-12-01T09:00:00+03:00")]) from None
+    if value.tzinfo is None:
+        raise MessageInvalid([FieldProblem(option, f"{text!r} has no UTC offset; add one, e.g. {text.strip()}+03:00 or {text.strip()}Z")])
+    return value
+
+
 def create_campaign(
     session: Session,
     *,
@@ -271,3 +284,36 @@ def send_test(runtime: "Runtime", campaign_id: int, phone: str, *, actor: str | 
     if content is None:
         raise NoRecipients(campaign_id)
     return enqueue_message(phone=phone, phone_number_id=campaign.phone_number_id, runtime=runtime, actor=actor, **content)
+
+
+def create_from_options(
+    runtime: "Runtime",
+    recipients: str | os.PathLike[str],
+    *,
+    name: Any,
+    template: Any,
+    at: str | datetime | None = None,
+    window: str | None = None,
+    tz: str | None = None,
+    phone_number_id: str | None = None,
+    draft: bool = False,
+    strict: bool = False,
+    actor: str | None = None,
+) -> tuple[Campaign, ImportResult]:
+    """`campaign create` as its options come (from the API; `at` as ISO 8601 text or a datetime):
+    parse them, default the sender, create and import. Returns the stored campaign and the import."""
+    from scheduler.window import parse_window
+
+    scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
+    send_window = parse_window(window, tz)
+    if not isinstance(template, Mapping):
+        raise MessageInvalid([FieldProblem("message", "must be a JSON object with body_text and buttons")])
+    sender = phone_number_id or runtime.settings.awal_phone_number_id
+    if not sender:
+        raise MessageInvalid([FieldProblem("phone_number_id", "is required: pass it or set AWAL_PHONE_NUMBER_ID")])
+    campaign_id, result = create_with_recipients(
+        runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=scheduled_at, actor=actor,
+        name=name, phone_number_id=sender, template=template, window=send_window,
+    )
+    with runtime.session_factory() as session:
+        return get_campaign(session, campaign_id), result

@@ -16,6 +16,7 @@ import click
 import sqlalchemy as sa
 
 from scheduler import campaigns, report
+from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
 from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
 from scheduler.window import WindowInvalid, parse_window
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
@@ -49,19 +50,6 @@ def campaign_errors(func: F) -> F:
             fail(str(exc), 1)  # refused: not found, illegal transition
 
     return friendly_errors(wrapper)  # type: ignore[return-value]
-
-
-def parse_at(text: str | None, option: str = "--at") -> datetime | None:
-    """ISO 8601 with an offset ('Z' or +03:00); a naive time is refused rather than guessed."""
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise MessageInvalid([FieldProblem(option, f"{text!r} is not an ISO 8601 time; write e.g. 2026-12-01T09:00:00+03:00")]) from None
-    if value.tzinfo is None:
-        raise MessageInvalid([FieldProblem(option, f"{text!r} has no UTC offset; add one, e.g. {text.strip()}+03:00 or {text.strip()}Z")])
-    return value
 
 
 def _load_message(path: str) -> dict[str, Any]:

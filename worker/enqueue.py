@@ -168,3 +168,20 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return {"unserializable": repr(value)[:500]}
+
+
+#: the body of `POST /v1/messages`: the payload's fields; the key travels in the Idempotency-Key header
+HTTP_FIELDS = tuple(f for f in PAYLOAD_FIELDS if f != "idempotency_key")
+
+
+def enqueue_json(body: Any, *, idempotency_key: str | None, actor: str | None, runtime: Runtime | None = None) -> int:
+    """The HTTP API's path: like `enqueue_message`, plus unknown fields refused; invalid input raises
+    MessageInvalid (field names and wording as the CLI's) and stores nothing."""
+    if not isinstance(body, Mapping):
+        raise MessageInvalid([FieldProblem("body", "must be a JSON object")])
+    unknown = [FieldProblem(str(k), "is a header here: send Idempotency-Key" if k == "idempotency_key" else "is not a known field")
+               for k in body if k not in HTTP_FIELDS]
+    if unknown:
+        raise MessageInvalid(unknown)
+    return enqueue_message(**{k: body.get(k) for k in HTTP_FIELDS}, idempotency_key=idempotency_key,
+                           runtime=runtime, actor=actor)

@@ -41,6 +41,8 @@ BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the b
 WEBHOOK_PATH = "/webhooks/awal"
 METRICS_PORT = 9808
 LOG_FORMAT = "text"
+API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
+API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -184,6 +186,8 @@ class Settings:
     webhook_path: str = WEBHOOK_PATH
     metrics_port: int = METRICS_PORT
     log_format: str = LOG_FORMAT
+    api_max_body_bytes: int = API_MAX_BODY_BYTES
+    api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -253,6 +257,8 @@ class Settings:
             webhook_path=webhook_path,
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             log_format=log_format,
+            api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
+            api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
         )
 
     def require_awal(self) -> None:

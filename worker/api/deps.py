@@ -1,0 +1,48 @@
+"""Dependencies every router shares: the process runtime, a JSON body read after authentication, cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from fastapi import Request
+
+from worker.api.problems import Problem
+from worker.errors import FieldProblem, MessageInvalid
+from worker.runtime import Runtime, get_runtime
+
+
+def runtime() -> Runtime:
+    return get_runtime()
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON (read only once authentication passed: the middleware runs first)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
+        raise Problem(415, "unsupported-media-type", f"send the body as application/json, not {content_type}")
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MessageInvalid([FieldProblem("body", f"is not valid JSON: {exc}")]) from None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The opaque cursor of a page -> the id it continues from; a tampered cursor is a 422."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "id" and value.isdigit():
+            return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise MessageInvalid([FieldProblem("cursor", "is not a cursor this API gave out; pass next_cursor unchanged")])
