@@ -126,7 +126,7 @@ def authenticate(session_factory: sessionmaker[Session], presented: str | None) 
     """The principal a presented key belongs to, or None (unknown, malformed or revoked key)."""
     if not presented or len(presented) > 128:
         return None
-    parts = presented.split("_")
+    parts = presented.split("_", 2)
     prefix = parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX else ""
     with session_factory() as session:
         row = session.execute(
