@@ -17,7 +17,7 @@ from worker.logs import configure_logging
 from worker.runtime import get_runtime
 
 ERROR_RESPONSES = {status: {"model": ProblemDetail, "content": {"application/problem+json": {}}}
-                   for status in (401, 403, 404, 409, 413, 415, 422)}
+                   for status in (400, 401, 403, 404, 409, 413, 415, 422)}
 
 
 def create_app() -> FastAPI:

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from scheduler import campaigns, report
 from worker.api.auth import require
-from worker.api.deps import decode_cursor, encode_cursor, runtime
+from worker.api.deps import CampaignId, decode_cursor, encode_cursor, runtime
 from worker.api.keys import Principal, Scope
 from worker.api.schemas import (
     CampaignDetail, CampaignPage, CampaignSummary, CancelOut, FunnelOut,
@@ -56,7 +56,7 @@ def list_campaigns(cursor: str | None = None, limit: int = Query(50, ge=1, le=PA
 
 
 @router.get("/{campaign_id}", response_model=CampaignDetail)
-def get_campaign(campaign_id: int, _: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignDetail:
+def get_campaign(campaign_id: CampaignId, _: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignDetail:
     """Counts, rate, ETA, the funnel with taps per button, and late failures by reason."""
     with rt.read_sessions() as session:
         p = report.progress(session, campaign_id, rt.settings.rate_limit.per_second)
@@ -70,7 +70,7 @@ def get_campaign(campaign_id: int, _: Principal = CAMPAIGNS, rt: Runtime = Depen
 
 
 @router.post("/{campaign_id}/schedule", response_model=CampaignSummary)
-def schedule(campaign_id: int, body: ScheduleIn | None = Body(None), principal: Principal = CAMPAIGNS,
+def schedule(campaign_id: CampaignId, body: ScheduleIn | None = Body(None), principal: Principal = CAMPAIGNS,
              rt: Runtime = Depends(runtime)) -> CampaignSummary:
     """draft (or paused, never started) -> scheduled, at `at` or the time given at creation, else now."""
     at = campaigns.parse_at(body.at, "at") if body and body.at else None
@@ -80,7 +80,7 @@ def schedule(campaign_id: int, body: ScheduleIn | None = Body(None), principal: 
 
 
 @router.post("/{campaign_id}/pause", response_model=CampaignSummary)
-def pause(campaign_id: int, body: PauseIn | None = Body(None), principal: Principal = CAMPAIGNS,
+def pause(campaign_id: CampaignId, body: PauseIn | None = Body(None), principal: Principal = CAMPAIGNS,
           rt: Runtime = Depends(runtime)) -> CampaignSummary:
     """Stop dispatching within one dispatcher tick; queued sends go back to pending."""
     with rt.session_factory.begin() as session:
@@ -89,7 +89,7 @@ def pause(campaign_id: int, body: PauseIn | None = Body(None), principal: Princi
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignSummary)
-def resume(campaign_id: int, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignSummary:
+def resume(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignSummary:
     """Continue where it stopped: running, or scheduled if it never started."""
     with rt.session_factory.begin() as session:
         campaigns.resume(session, campaign_id, actor=principal.actor)
@@ -97,7 +97,7 @@ def resume(campaign_id: int, principal: Principal = CAMPAIGNS, rt: Runtime = Dep
 
 
 @router.post("/{campaign_id}/cancel", response_model=CancelOut)
-def cancel(campaign_id: int, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CancelOut:
+def cancel(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CancelOut:
     """Every pending or queued message becomes cancelled; those mid-send finish on their own."""
     with rt.session_factory.begin() as session:
         _, cancelled = campaigns.cancel(session, campaign_id, actor=principal.actor)
@@ -105,7 +105,7 @@ def cancel(campaign_id: int, principal: Principal = CAMPAIGNS, rt: Runtime = Dep
 
 
 @router.post("/{campaign_id}/test", status_code=202, response_model=MessageCreated)
-def test(campaign_id: int, body: TestIn, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> MessageCreated:
+def test(campaign_id: CampaignId, body: TestIn, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> MessageCreated:
     """The first recipient's message, to `phone`, now (an ad-hoc message; the campaign's counts are untouched)."""
     message_id = campaigns.send_test(rt, campaign_id, body.phone, actor=principal.actor)
     return MessageCreated(id=message_id, status=MessageStatus.QUEUED.value)
@@ -114,7 +114,7 @@ def test(campaign_id: int, body: TestIn, principal: Principal = CAMPAIGNS, rt: R
 @router.get("/{campaign_id}/report", response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}},
                                          "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}})
-def campaign_report(campaign_id: int, format: Literal["csv", "json"] = "csv", _: Principal = CAMPAIGNS,
+def campaign_report(campaign_id: CampaignId, format: Literal["csv", "json"] = "csv", _: Principal = CAMPAIGNS,
                     rt: Runtime = Depends(runtime)) -> StreamingResponse:
     """One row per recipient, streamed as it is read (a million rows never sit in memory)."""
     session = rt.read_sessions()

@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 
 from worker.api.problems import Problem
 from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime, get_runtime
+
+#: ids are 64-bit (BIGINT on Postgres): a larger number names nothing, and is refused as input
+ID_MAX = 2**63 - 1
+MessageId = Annotated[int, Path(ge=1, le=ID_MAX)]
+CampaignId = Annotated[int, Path(ge=1, le=ID_MAX)]
 
 
 def runtime() -> Runtime:
@@ -41,7 +46,7 @@ def decode_cursor(cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind == "id" and value.isdigit():
+        if kind == "id" and value.isdigit() and int(value) <= ID_MAX:
             return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 
 from worker.api.auth import require
-from worker.api.deps import decode_cursor, encode_cursor, json_body, runtime
+from worker.api.deps import ID_MAX, MessageId, decode_cursor, encode_cursor, json_body, runtime
 from worker.api.idempotency import REPLAYED_HEADER, run_once
 from worker.api.keys import Principal, Scope
 from worker.api.schemas import AttemptOut, EventOut, MessageCreated, MessageDetail, MessageIn, MessagePage, MessageSummary
@@ -38,7 +38,7 @@ def create_message(
 
 
 @router.get("/{message_id}", response_model=MessageDetail)
-def get_message(message_id: int, _: Principal = Depends(require(Scope.SEND)), rt: Runtime = Depends(runtime)) -> MessageDetail:
+def get_message(message_id: MessageId, _: Principal = Depends(require(Scope.SEND)), rt: Runtime = Depends(runtime)) -> MessageDetail:
     """Status, vendor ids, delivery status, failure class, every attempt and every status change."""
     with rt.read_sessions() as session:
         h = message_history(session, message_id)
@@ -53,7 +53,7 @@ def get_message(message_id: int, _: Principal = Depends(require(Scope.SEND)), rt
 def list_messages_route(
     phone: str | None = None,
     status: MessageStatus | None = None,
-    campaign_id: int | None = None,
+    campaign_id: int | None = Query(None, ge=1, le=ID_MAX),
     cursor: str | None = None,
     limit: int = Query(PAGE_SIZE_DEFAULT, ge=1, le=PAGE_SIZE_MAX),
     _: Principal = Depends(require(Scope.SEND)),

@@ -256,11 +256,11 @@ class RetryIn(BaseModel):
     """The CLI's filters: a campaign with a status (plus error_code, since), or one message."""
 
     model_config = ConfigDict(extra="forbid")
-    campaign_id: int | None = None
+    campaign_id: int | None = Field(None, ge=1, le=2**63 - 1)
     status: Literal["failed", "unknown"] | None = None
     error_code: str | None = None
     since: str | None = Field(None, examples=["2026-12-01T09:00:00+03:00"])
-    message_id: int | None = None
+    message_id: int | None = Field(None, ge=1, le=2**63 - 1)
     dry_run: bool = False
     accept_duplicates: bool = Field(False, description="needed to retry unknown messages: the vendor may have sent them")
 
