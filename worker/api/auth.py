@@ -35,7 +35,7 @@ def bearer_token(header: str | None) -> str | None:
 class ApiKeyAuthentication:
     def __init__(self, app: ASGIApp, authenticator: Callable[[str | None], Principal | None] | None = None) -> None:
         self.app = app
-        self.authenticator = authenticator or (lambda key: authenticate(get_runtime().session_factory, key))
+        self.authenticator = authenticator or (lambda key: authenticate(get_runtime().single_statements, key))
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
@@ -53,9 +53,10 @@ class ApiKeyAuthentication:
 
 
 def require(needed: Scope) -> Callable[..., Principal]:
-    """A dependency: the request's principal, if its key's scope includes `needed` (else 403)."""
+    """A dependency: the request's principal, if its key's scope includes `needed` (else 403).
+    (async: it does no I/O, so it runs on the event loop instead of a thread-pool hop.)"""
 
-    def dependency(request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    async def dependency(request: Request, _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
         principal: Principal | None = getattr(request.state, "principal", None)
         if principal is None:  # only if the middleware was not installed: refuse rather than guess
             raise Problem(401, "unauthorized", "no API key: send Authorization: Bearer <key>", headers=CHALLENGE)

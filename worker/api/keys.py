@@ -13,7 +13,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +30,8 @@ PREFIX_CHARS = 8
 SECRET_BYTES = 32
 NAME_MAX_CHARS = 100
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
+_BY_PREFIX = sa.select(ApiKey.id, ApiKey.key_hash, ApiKey.name, ApiKey.scope, ApiKey.revoked_at).where(
+    ApiKey.prefix == sa.bindparam("prefix"))
 
 
 class Scope(str, enum.Enum):
@@ -122,16 +126,18 @@ def revoke_key(session_factory: sessionmaker[Session], key_id: int, *, actor: st
         return _info(row)
 
 
-def authenticate(session_factory: sessionmaker[Session], presented: str | None) -> Principal | None:
-    """The principal a presented key belongs to, or None (unknown, malformed or revoked key)."""
+def authenticate(connect: Callable[[], AbstractContextManager[sa.Connection]], presented: str | None) -> Principal | None:
+    """The principal a presented key belongs to, or None (unknown, malformed or revoked key).
+
+    `connect`: a runtime's `single_statements` (one statement, one round trip)."""
     if not presented or len(presented) > 128:
         return None
     parts = presented.split("_", 2)
     prefix = parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX else ""
-    with session_factory() as session:
-        row = session.execute(
-            sa.select(ApiKey.id, ApiKey.key_hash, ApiKey.name, ApiKey.scope, ApiKey.revoked_at).where(ApiKey.prefix == prefix)
-        ).one_or_none() if len(prefix) == PREFIX_CHARS else None
+    row = None
+    if len(prefix) == PREFIX_CHARS:
+        with connect() as conn:
+            row = conn.execute(_BY_PREFIX, {"prefix": prefix}).one_or_none()
     expected = row.key_hash if row is not None else _DUMMY_HASH
     matches = hmac.compare_digest(_hash(presented), expected)
     if row is None or not matches or row.revoked_at is not None:

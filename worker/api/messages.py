@@ -32,7 +32,7 @@ def create_message(
     def enqueue(key: str | None) -> tuple[int, dict[str, Any]]:
         return 202, {"id": enqueue_json(body, idempotency_key=key, actor=principal.actor, runtime=rt), "status": MessageStatus.QUEUED.value}
 
-    outcome = run_once(rt.session_factory, idempotency_key, body, principal.key_id, enqueue)
+    outcome = run_once(rt, idempotency_key, body, principal.key_id, enqueue)
     return JSONResponse(outcome.response, status_code=outcome.status_code,
                         headers={REPLAYED_HEADER: "true"} if outcome.replayed else None)
 
