@@ -43,6 +43,7 @@ METRICS_PORT = 9808
 LOG_FORMAT = "text"
 API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
 API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
+API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -188,6 +189,7 @@ class Settings:
     log_format: str = LOG_FORMAT
     api_max_body_bytes: int = API_MAX_BODY_BYTES
     api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
+    api_key_cache_s: float = API_KEY_CACHE_S
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -259,6 +261,7 @@ class Settings:
             log_format=log_format,
             api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
             api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
+            api_key_cache_s=_float(env, "API_KEY_CACHE_S", API_KEY_CACHE_S),
         )
 
     def require_awal(self) -> None:

@@ -12,6 +12,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -143,6 +144,36 @@ def authenticate(connect: Callable[[], AbstractContextManager[sa.Connection]], p
     if row is None or not matches or row.revoked_at is not None:
         return None
     return Principal(key_id=row.id, prefix=prefix, name=row.name, scope=Scope(row.scope))
+
+
+class VerifiedKeys:
+    """A short per-process memory of keys already verified, so a busy client costs no database
+    round trip per request. Keyed by the key's sha256 (the key itself is never kept); an entry
+    lives `ttl_s` seconds, so a revoked key is refused at most that long after `apikey revoke`.
+    Unknown keys are never remembered: every bad guess is checked against the database."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[sa.Connection]], ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.connect, self.ttl_s, self.clock = connect, ttl_s, clock
+        self._seen: dict[str, tuple[float, Principal]] = {}
+
+    def lookup(self, presented: str) -> Principal | None:
+        """The cached principal, or None if the key must be checked (what `authenticate` does)."""
+        if self.ttl_s <= 0:
+            return None
+        entry = self._seen.get(_hash(presented))
+        return entry[1] if entry is not None and entry[0] > self.clock() else None
+
+    def verify(self, presented: str | None) -> Principal | None:
+        """`authenticate`, remembering a success for `ttl_s` seconds."""
+        principal = authenticate(self.connect, presented)
+        if principal is not None and self.ttl_s > 0 and presented:
+            if len(self._seen) >= self.MAX_ENTRIES:
+                self._seen.clear()
+            self._seen[_hash(presented)] = (self.clock() + self.ttl_s, principal)
+        return principal
 
 
 def _info(row: ApiKey) -> KeyInfo:
