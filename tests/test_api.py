@@ -228,8 +228,9 @@ def _csv(*rows: str) -> bytes:
 def test_campaign_from_a_csv_upload_report_show_and_every_action(api: ApiStack) -> None:
     a, b = phone(), phone()
     with api.client("campaigns") as client:
-        created = client.post("/v1/campaigns", data={"name": "Spring", "message": MESSAGE_JSON, "draft": "true"},
-                              files={"recipients": ("spring.csv", _csv(f"{a},Lina", "12,Bad", f"{b},Majed", f"+{a},Again"), "text/csv")})
+        created = client.post("/v1/campaigns", data={"name": "Spring", "draft": "true"},
+                              files={"recipients": ("spring.csv", _csv(f"{a},Lina", "12,Bad", f"{b},Majed", f"+{a},Again"), "text/csv"),
+                                     "message": ("message.json", MESSAGE_JSON.encode(), "application/json")})
         assert created.status_code == 201, created.text
         r = created.json()
         assert (r["imported"], r["duplicates"], r["rejected_total"], r["status"], r["suppressed"]) == (2, 1, 1, "draft", 0)
