@@ -9,11 +9,9 @@ import functools
 import json
 import sys
 import time
-from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 import click
-import sqlalchemy as sa
 
 from scheduler import campaigns, report
 from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
@@ -21,7 +19,7 @@ from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError,
 from scheduler.window import WindowInvalid, parse_window
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
-from worker.models import Campaign, Message
+from worker.models import Campaign
 from worker.runtime import Runtime
 from worker.status import CampaignStatus
 
