@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.window import in_window
-from worker.models import Campaign, Message, utcnow
+from worker.models import Campaign, Message, MessageEvent, utcnow
 from worker.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
@@ -45,6 +45,7 @@ class TickReport:
     published: dict[str, int] = field(default_factory=dict)   # "adhoc" or campaign id -> tasks published
     budget: int = 0
     in_flight: int = 0
+    cancelled_leftovers: int = 0   # rows of cancelled campaigns that a racing write left queued/pending
 
     @property
     def total_published(self) -> int:
@@ -79,6 +80,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
         if n:
             report.published[str(campaign_id)] = n
     with runtime.session_factory.begin() as session:
+        report.cancelled_leftovers = cancel_leftovers(session, now)
         report.completed = complete_finished_campaigns(session, now)
     if report.total_published or report.started or report.completed:
         log.info("dispatch: published %s (budget %s, in flight %s), started %s, completed %s",
@@ -252,6 +254,36 @@ def _succeeded(future: Future) -> bool:
     except Exception:  # noqa: BLE001 - its own failure is handled by handing its batch back
         return False
     return True
+
+
+def cancel_leftovers(session: Session, now: datetime) -> int:
+    """Issue 12 item 7: pending/queued rows of a cancelled campaign -> cancelled, with an event.
+
+    The send path writes `cancelled` itself when it sees the cancel (worker.store); this closes the
+    race where a worker's write and the cancel's transaction commit at the same moment. The
+    dispatcher never serves a cancelled campaign, so without it such a row would wait for ever.
+    Cheap when there is nothing to do: an index probe of (campaign_id, status) per cancelled campaign."""
+    cancelled_campaigns = sa.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)
+    total = 0
+    for from_status in (PENDING, QUEUED):
+        ids = session.execute(
+            sa.update(Message)
+            .where(Message.campaign_id.in_(cancelled_campaigns), Message.status == from_status)
+            .values(status=MessageStatus.CANCELLED.value, finished_at=now, updated_at=now, enqueued_at=None)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all()
+        if ids:
+            session.execute(sa.insert(MessageEvent), [
+                dict(message_id=mid, at=now, from_status=from_status, to_status=MessageStatus.CANCELLED.value,
+                     reason="campaign cancelled; a write that raced the cancel had left it " + from_status,
+                     actor="dispatcher")
+                for mid in ids
+            ])
+        total += len(ids)
+    if total:
+        log.warning("dispatch: %s message(s) of cancelled campaigns -> cancelled", total)
+    return total
 
 
 def complete_finished_campaigns(session: Session, now: datetime) -> list[int]:

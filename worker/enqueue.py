@@ -4,11 +4,15 @@
     returns the message id; invalid input raises MessageInvalid and stores nothing.
 (b) the Celery task `buttoncast.enqueue_message` (worker.tasks) for apps that share only the
     broker: an invalid payload is stored as a `rejected` row and the task's result says so.
-The same `idempotency_key` twice creates one message.
+The same `idempotency_key` twice creates one message. A request that fails validation saves no
+idempotent result (Stripe's rule): its `rejected` row is an audit record without the key, so the
+corrected payload with the same key is stored and sent. Through the broker the key defaults to the
+Celery task id, so a redelivered task (acks_late) returns the first result instead of a second row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Mapping
 
@@ -26,6 +30,7 @@ from worker.status import MessageStatus
 log = logging.getLogger("buttoncast.enqueue")
 IDEMPOTENCY_KEY_MAX_CHARS = 200
 PAYLOAD_FIELDS = ("phone", "body_text", "buttons", "header_text", "footer_text", "phone_number_id", "idempotency_key")
+TASK_KEY_PREFIX = "celery-task:"   # keys derived from a task id never collide with an app's own keys
 
 
 def _sender(phone_number_id: str | None, runtime: Runtime) -> str:
@@ -121,8 +126,22 @@ def _by_key(runtime: Runtime, key: str | None) -> int | None:
         return session.scalar(sa.select(Message.id).where(Message.idempotency_key == key))
 
 
-def enqueue_payload(payload: Mapping[str, Any], runtime: Runtime | None = None) -> dict[str, Any]:
-    """The broker-only path: never raises for bad input; an invalid payload becomes a `rejected` row."""
+def task_idempotency_key(task_id: str | None) -> str | None:
+    """The default key of a broker enqueue: its Celery task id, the same on every redelivery.
+    A caller-chosen task id too long for the column is hashed (still stable, still unique)."""
+    if not task_id:
+        return None
+    key = TASK_KEY_PREFIX + task_id
+    if len(key) > IDEMPOTENCY_KEY_MAX_CHARS:
+        key = TASK_KEY_PREFIX + "sha256:" + hashlib.sha256(task_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return key
+
+
+def enqueue_payload(payload: Mapping[str, Any], runtime: Runtime | None = None, *,
+                    default_key: str | None = None) -> dict[str, Any]:
+    """The broker-only path: never raises for bad input; an invalid payload becomes a `rejected` row.
+
+    `default_key` (the task's, see `task_idempotency_key`) is used when the payload names no key."""
     runtime = runtime or get_runtime()
     if not isinstance(payload, Mapping):
         payload = {}
@@ -130,8 +149,11 @@ def enqueue_payload(payload: Mapping[str, Any], runtime: Runtime | None = None) 
     else:
         problems = [FieldProblem(k, "is not a known field") for k in payload if k not in PAYLOAD_FIELDS]
     if not problems:
+        fields = {k: payload.get(k) for k in PAYLOAD_FIELDS}
+        if fields["idempotency_key"] is None:
+            fields["idempotency_key"] = default_key
         try:
-            message_id = enqueue_message(**{k: payload.get(k) for k in PAYLOAD_FIELDS}, runtime=runtime)
+            message_id = enqueue_message(**fields, runtime=runtime)
             return {"status": "queued", "message_id": message_id}
         except MessageInvalid as exc:
             problems = exc.problems
@@ -140,17 +162,13 @@ def enqueue_payload(payload: Mapping[str, Any], runtime: Runtime | None = None) 
 
 
 def _store_rejected(runtime: Runtime, payload: Mapping[str, Any], problems: list[FieldProblem]) -> int:
-    key = payload.get("idempotency_key") if isinstance(payload.get("idempotency_key"), str) else None
-    existing = _by_key(runtime, key) if key and len(key) <= IDEMPOTENCY_KEY_MAX_CHARS else None
-    if existing is not None:
-        return existing
+    """Issue 12 item 5: the audit row of a rejected request never takes its idempotency key."""
     now = utcnow()
     content = {k: payload.get(k) for k in ("body_text", "buttons", "header_text", "footer_text") if k in payload}
     with runtime.session_factory.begin() as session:
         row = Message(
             phone_number_id=str(payload.get("phone_number_id") or runtime.settings.awal_phone_number_id or "")[:64],
             phone=str(payload.get("phone") or "")[:64], content=_jsonable(content), status=MessageStatus.REJECTED.value,
-            idempotency_key=key if key and len(key) <= IDEMPOTENCY_KEY_MAX_CHARS else None,
             last_error_code="validation_failed", last_error_message="; ".join(str(p) for p in problems),
             created_at=now, finished_at=now, updated_at=now,
         )

@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Connection
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from sqlalchemy.exc import OperationalError, InterfaceError
 
+from scheduler.window import next_opening
 from worker import metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
@@ -101,6 +102,12 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         with deps.session_factory.begin() as session:
             store.cancel_one(session, job.id, actor=deps.worker_name)
         return _done(Outcome.CANCELLED, job, message_id)
+    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow())
+    if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
+        with deps.connect() as conn:
+            store.defer(conn, job.id, not_before=opens_at.astimezone(timezone.utc), actor=deps.worker_name)
+        log.info("message %s outside its campaign's send window; due again at %s", job.id, opens_at.isoformat())
+        return _done(Outcome.DEFERRED, job, message_id)
 
     message = _build(job)
     if message is None:
@@ -114,7 +121,7 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
     if wait_s:
         with deps.connect() as conn:
-            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
+            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s), actor=deps.worker_name)  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
     with deps.connect() as conn:
@@ -239,18 +246,19 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         due = utcnow() + timedelta(seconds=error.wait_s)
 
         def put_back(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
-                               worker=deps.worker_name, not_before=due)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
-                            f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
+            if store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
+                                  worker=deps.worker_name, not_before=due) == MessageStatus.QUEUED.value:
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
+                                f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
         _record(deps, put_back, job)
         return _done(Outcome.DEFERRED, job, job.id)
 
     if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:
         def pause(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts, worker=deps.worker_name)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
-                            "authentication failed (401): not the recipient's fault", deps.worker_name)
+            if store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts,
+                                  worker=deps.worker_name) == MessageStatus.PENDING.value:   # not cancelled meanwhile
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
+                                "authentication failed (401): not the recipient's fault", deps.worker_name)
             store.pause_campaign(ss, job.campaign_id, reason=f"authentication failed (401) {error.code}: {error.message}")
         _record(deps, pause, job)
         log_outcome(log, logging.ERROR, "authentication failed; campaign paused", status="pending", **fields)

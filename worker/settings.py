@@ -39,7 +39,13 @@ RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result 
 BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long after the first stops renewing
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
 WEBHOOK_PATH = "/webhooks/awal"
+WEBHOOK_MAX_BODY_BYTES = 1024 * 1024   # a larger declared body is refused with 413 before it is read
+WEBHOOK_CONNECTION_LIMIT = 1000        # open client connections the receiver holds; more wait in the backlog
+WEBHOOK_CLIENT_TIMEOUT_S = 10          # a connection silent this long (idle or mid-request) is closed
+WEBHOOK_MATCH_WINDOW_S = 86400.0       # unmatched webhook events younger than this are retried by the sweep
+RETENTION_DAYS = 30                    # attempts, message_events, webhook_events older than this are pruned (0: keep)
 METRICS_PORT = 9808
+METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
 API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
 API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
@@ -143,6 +149,34 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_URL_JOIN_RE = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")   # celery's failover list: url;url
+_QUERY_SECRET_RE = re.compile(r"((?:^|&)(?:password|passwd|pass|token)=)[^&#]*", re.I)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by ***: `postgresql+psycopg://user:***@host/db`.
+
+    Masks the password of the userinfo (up to the last '@', so a password holding '/', '?' or '#'
+    does not leak), `password=` style query parameters, and every URL of a `url;url` failover list.
+    A string that is not a URL comes back unchanged.
+    """
+    return ";".join(_mask_one(part) for part in _URL_JOIN_RE.split(url))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:{MASK}@{tail}"
+    head, question, query = rest.partition("?")
+    if question:
+        rest = head + question + _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, query)
+    return scheme + sep + rest
+
+
 def normalize_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
     for prefix in ("postgres://", "postgresql://"):
@@ -185,11 +219,25 @@ class Settings:
     broker_stall_exit_s: float = BROKER_STALL_EXIT_S
     beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
     webhook_path: str = WEBHOOK_PATH
+    webhook_max_body_bytes: int = WEBHOOK_MAX_BODY_BYTES
+    webhook_connection_limit: int = WEBHOOK_CONNECTION_LIMIT
+    webhook_client_timeout_s: int = WEBHOOK_CLIENT_TIMEOUT_S
+    webhook_match_window_s: float = WEBHOOK_MATCH_WINDOW_S
+    retention_days: int = RETENTION_DAYS
     metrics_port: int = METRICS_PORT
+    metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
     api_max_body_bytes: int = API_MAX_BODY_BYTES
     api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
     api_key_cache_s: float = API_KEY_CACHE_S
+
+    def __repr__(self) -> str:
+        """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={(mask_url(value) if isinstance(value, str) else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -257,7 +305,13 @@ class Settings:
             broker_stall_exit_s=_float(env, "BROKER_STALL_EXIT_S", BROKER_STALL_EXIT_S),
             beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
             webhook_path=webhook_path,
+            webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", WEBHOOK_MAX_BODY_BYTES, 1024),
+            webhook_connection_limit=_int(env, "WEBHOOK_CONNECTION_LIMIT", WEBHOOK_CONNECTION_LIMIT, 1),
+            webhook_client_timeout_s=_int(env, "WEBHOOK_CLIENT_TIMEOUT_S", WEBHOOK_CLIENT_TIMEOUT_S, 1),
+            webhook_match_window_s=_float(env, "WEBHOOK_MATCH_WINDOW_S", WEBHOOK_MATCH_WINDOW_S, 60.0),
+            retention_days=_int(env, "RETENTION_DAYS", RETENTION_DAYS, 0),
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
+            metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
             api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
             api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),

@@ -42,6 +42,7 @@ _LOAD_JOB = (
     sa.select(
         Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
         Message.phone, Message.content, Message.attempts, Message.not_before,
+        Campaign.window_start, Campaign.window_end, Campaign.window_tz,   # issue 12 item 8: checked at send time
     )
     .outerjoin(Campaign, Campaign.id == Message.campaign_id)
     .where(Message.id == _param("p_message_id"))
@@ -72,6 +73,9 @@ class SendJob:
     content: dict
     attempts: int
     not_before: datetime | None
+    window_start: str | None = None   # the campaign's daily send window (scheduler.window); None: always open
+    window_end: str | None = None
+    window_tz: str | None = None
 
 
 def load_job(unit: Unit, message_id: int) -> SendJob | None:
@@ -192,8 +196,12 @@ def record_error(
     attempts: list[AttemptRecord],
     worker: str,
     not_before: datetime | None = None,
-) -> bool:
-    """Record a failure outcome: failed, unknown, or back to queued/pending with a not-before time."""
+) -> str | None:
+    """Record a failure outcome: failed, unknown, or back to queued/pending with a not-before time.
+
+    Returns the status written (None when `token` no longer owns the row). A row sent back to
+    queued/pending whose campaign was cancelled meanwhile is written `cancelled` instead (see
+    `_back_unless_cancelled`)."""
     now = utcnow()
     values: dict = dict(
         status=status.value, updated_at=now, attempts=Message.attempts + _counted(attempts),
@@ -202,43 +210,83 @@ def record_error(
     )
     if status in (MessageStatus.QUEUED, MessageStatus.PENDING):
         values.update(claim_token=None, enqueued_at=None)
-    if status.is_final:
-        values["finished_at"] = now
-    done = _core(session).execute(
-        sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
-    ).rowcount
+        written = _back_unless_cancelled(session, _owned(message_id, token), values, from_status=S, actor=worker, now=now)
+    else:
+        if status.is_final:
+            values["finished_at"] = now
+        done = _core(session).execute(
+            sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
+        ).rowcount
+        written = status.value if done else None
     _add_attempts(session, message_id, attempts, worker)
-    return done == 1
+    return written
 
 
-def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q) -> bool:
+CANCELLED_IN_FLIGHT = "campaign cancelled while the send was in flight"
+_CAMPAIGN_CANCELLED = (
+    sa.select(Campaign.id)
+    .where(Campaign.id == Message.campaign_id, Campaign.status == CampaignStatus.CANCELLED.value)
+    .exists()
+)
+
+
+def _back_unless_cancelled(unit: Unit, where: sa.ColumnElement[bool], values: dict, *, from_status: str,
+                           actor: str | None, now: datetime) -> str | None:
+    """Issue 12 item 7: the one write that returns a row to queued/pending. If its campaign is
+    cancelled the same statement writes `cancelled` (nothing would ever move a queued row of a
+    cancelled campaign) and an event says why; if its campaign had completed meanwhile (a late
+    answer after the sweeper's `unknown`), the campaign reopens so the dispatcher serves the row.
+    Returns the status written, or None when `where` matched nothing."""
+    target = values["status"]
+    values = dict(values, status=sa.case((_CAMPAIGN_CANCELLED, MessageStatus.CANCELLED.value), else_=target),
+                  finished_at=sa.case((_CAMPAIGN_CANCELLED, now), else_=None))
+    row = _core(unit).execute(
+        sa.update(Message).where(where).values(**values)
+        .returning(Message.id, Message.status, Message.campaign_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.status == MessageStatus.CANCELLED.value:
+        _core(unit).execute(sa.insert(MessageEvent).values(
+            message_id=row.id, at=now, from_status=from_status, to_status=row.status, reason=CANCELLED_IN_FLIGHT, actor=actor))
+    elif row.campaign_id is not None:
+        _core(unit).execute(
+            sa.update(Campaign)
+            .where(Campaign.id == row.campaign_id, Campaign.status == CampaignStatus.COMPLETED.value)
+            .values(status=CampaignStatus.RUNNING.value, finished_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return row.status
+
+
+def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q, actor: str | None = None) -> bool:
     """A queued message that could not get a rate slot soon: back to the database, due later.
 
-    Its task is done; the dispatcher publishes a new one when `not_before` has passed.
+    Its task is done; the dispatcher publishes a new one when `not_before` has passed. (On a
+    Postgres autocommit connection the rare cancelled case is two statements: the row first.)
     """
-    done = _core(unit).execute(
-        sa.update(Message)
-        .where(Message.id == message_id, Message.status == from_status)
-        .values(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return done == 1
+    written = _back_unless_cancelled(
+        unit, sa.and_(Message.id == message_id, Message.status == from_status),
+        dict(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow()),
+        from_status=from_status, actor=actor, now=utcnow(),
+    )
+    return written == Q
 
 
 def return_to_pending(session: Session, message_id: int, *, reason: str, actor: str, token: str | None = None) -> bool:
     """Paused campaign (or a 401): the message goes back untouched, to be dispatched on resume."""
     cond = _owned(message_id, token) if token else sa.and_(Message.id == message_id, Message.status == Q)
     from_status = S if token else Q
-    done = session.execute(
-        sa.update(Message)
-        .where(cond)
-        .values(status=MessageStatus.PENDING.value, claim_token=None, enqueued_at=None, queued_at=None,
-                not_before=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if done:
+    written = _back_unless_cancelled(
+        session, cond,
+        dict(status=MessageStatus.PENDING.value, claim_token=None, enqueued_at=None, queued_at=None,
+             not_before=None, updated_at=utcnow()),
+        from_status=from_status, actor=actor, now=utcnow(),
+    )
+    if written == MessageStatus.PENDING.value:
         add_event(session, message_id, from_status, MessageStatus.PENDING.value, reason, actor)
-    return done == 1
+    return written == MessageStatus.PENDING.value
 
 
 def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
