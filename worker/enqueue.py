@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import datetime
 from typing import Any, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from worker.contacts import ensure_contacts
 from worker.errors import FieldProblem, MessageInvalid
 from worker.message import ButtonMessage
 from worker.models import Message, MessageEvent, utcnow
@@ -29,7 +31,8 @@ from worker.status import MessageStatus
 
 log = logging.getLogger("buttoncast.enqueue")
 IDEMPOTENCY_KEY_MAX_CHARS = 200
-PAYLOAD_FIELDS = ("phone", "body_text", "buttons", "header_text", "footer_text", "phone_number_id", "idempotency_key")
+PAYLOAD_FIELDS = ("phone", "body_text", "buttons", "header_text", "footer_text", "phone_number_id", "idempotency_key",
+                  "require_open_window", "expires_at")
 TASK_KEY_PREFIX = "celery-task:"   # keys derived from a task id never collide with an app's own keys
 
 
@@ -50,6 +53,30 @@ def _check_key(key: Any) -> str | None:
     return key
 
 
+def check_expires_at(value: Any, field: str = "expires_at") -> datetime | None:
+    """An aware datetime, or an ISO 8601 text with a UTC offset (the broker payload); None: no expiry."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise MessageInvalid([FieldProblem(field, f"{value!r} is not an ISO 8601 time, e.g. 2026-12-01T09:00:00+03:00")]) from None
+    if not isinstance(value, datetime):
+        raise MessageInvalid([FieldProblem(field, "must be an ISO 8601 time with a UTC offset")])
+    if value.tzinfo is None:
+        raise MessageInvalid([FieldProblem(field, "has no UTC offset; give e.g. 2026-12-01T09:00:00+03:00")])
+    return value
+
+
+def _check_flag(value: Any, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MessageInvalid([FieldProblem(field, "must be true or false")])
+    return value
+
+
 def enqueue_message(
     *,
     phone: Any,
@@ -60,11 +87,16 @@ def enqueue_message(
     phone_number_id: str | None = None,
     idempotency_key: str | None = None,
     runtime: Runtime | None = None,
+    require_open_window: bool = False,
+    expires_at: datetime | str | None = None,
     actor: str | None = None,
 ) -> int:
     """Validate, store as `queued` and publish to the ad-hoc queue. Returns the message id.
 
-    `actor` (e.g. an API key, "apikey:<prefix>:<name>") is recorded as the message's first event."""
+    The send claim's gate (worker.gate) holds it if the contact opted out (`suppressed`), if
+    `require_open_window` and the contact's 24-hour window is closed, or once `expires_at` passed
+    (`expired`). `actor` (e.g. an API key, "apikey:<prefix>:<name>") is recorded as the message's
+    first event."""
     runtime = runtime or get_runtime()
     problems: list[FieldProblem] = []
     try:
@@ -72,7 +104,8 @@ def enqueue_message(
                                       header_text=header_text, footer_text=footer_text)
     except MessageInvalid as exc:
         problems.extend(exc.problems)
-    for check in (lambda: _sender(phone_number_id, runtime), lambda: _check_key(idempotency_key)):
+    for check in (lambda: _sender(phone_number_id, runtime), lambda: _check_key(idempotency_key),
+                  lambda: check_expires_at(expires_at), lambda: _check_flag(require_open_window, "require_open_window")):
         try:
             check()
         except MessageInvalid as exc:
@@ -91,7 +124,9 @@ def enqueue_message(
                 phone_number_id=sender, phone=message.phone, content=message.content.as_dict(),
                 status=MessageStatus.QUEUED.value, idempotency_key=idempotency_key,
                 created_at=now, queued_at=now, enqueued_at=now, updated_at=now,
+                expires_at=check_expires_at(expires_at), require_open_window=bool(require_open_window),
             )
+            ensure_contacts(session, [message.phone], at=now)
             session.add(row)
             session.flush()
             message_id = row.id

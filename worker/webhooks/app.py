@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import WEBHOOK_PATH
+from worker.contacts import DEFAULT_RULES, ConsentRules
 from worker.webhooks.apply import Outcome, record_and_apply
 from worker.webhooks.events import Event, ShapeError, Verification, parse_body
 from worker.webhooks.verify import VERIFICATION_NEEDS_SIGNATURE, BodySigner, signature_from
@@ -41,8 +42,9 @@ class WebhookApp:
 
     def __init__(
         self, *, session_factory: sessionmaker[Session], signer: BodySigner, path: str = WEBHOOK_PATH,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        max_body_bytes: int = MAX_BODY_BYTES, consent: ConsentRules = DEFAULT_RULES,
     ) -> None:
+        self._consent = consent
         self._session_factory = session_factory
         self._signer = signer
         self.path = path
@@ -98,7 +100,7 @@ class WebhookApp:
     def _record(self, start_response: StartResponse, event: Event, body: bytes) -> Iterable[bytes]:
         try:
             with self._session_factory() as session, session.begin():
-                outcome = record_and_apply(session, event, body)
+                outcome = record_and_apply(session, event, body, self._consent)
         except SQLAlchemyError as exc:
             log.error("webhook %s not recorded, answering 503 so the vendor retries: %s",
                       event.event_type, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -127,11 +129,12 @@ class WebhookApp:
 
 def create_app(
     *, session_factory: sessionmaker[Session], webhook_secret: str, path: str = WEBHOOK_PATH,
-    max_body_bytes: int = MAX_BODY_BYTES,
+    max_body_bytes: int = MAX_BODY_BYTES, consent: ConsentRules = DEFAULT_RULES,
 ) -> WebhookApp:
-    """The receiver for one database and secret. Raises ValueError when the secret is empty."""
+    """The receiver for one database and secret. Raises ValueError when the secret is empty.
+    `consent`: the opt-out/opt-in keywords and buttons (ConsentRules.from_settings)."""
     return WebhookApp(session_factory=session_factory, signer=BodySigner(webhook_secret), path=path,
-                      max_body_bytes=max_body_bytes)
+                      max_body_bytes=max_body_bytes, consent=consent)
 
 
 def _json(start_response: StartResponse, status: int, doc: dict[str, Any],

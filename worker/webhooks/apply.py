@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from worker.contacts import DEFAULT_RULES, ConsentRules, apply_inbound
 from worker.models import Message, UTCDateTime, utcnow
 from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import DeliveryStatus
-from worker.webhooks.events import Event, parse_body
+from worker.webhooks.events import RECEIVED_EVENT, Event, parse_body
 from worker.webhooks.models import EventKind, WebhookEvent
 from worker.webhooks.store import insert_event, mark_matched
 
@@ -48,11 +49,18 @@ class Outcome(str, enum.Enum):
     DUPLICATE = "duplicate"  # already recorded earlier: nothing done
 
 
-def record_and_apply(session: Session, event: Event, body: bytes) -> Outcome:
-    """Record an event and, when its message is known, apply it in the same transaction."""
+def record_and_apply(session: Session, event: Event, body: bytes, consent: ConsentRules = DEFAULT_RULES) -> Outcome:
+    """Record an event and, when its message is known, apply it in the same transaction.
+
+    Every inbound message (`message.received`, replies included) also updates its contact in that
+    transaction: its 24-hour window, and an opt-out keyword or button (or opt-in keyword) takes
+    effect before the receiver answers 200."""
     message_id = find_message(session, event) if event.kind != EventKind.INBOUND else None
     if insert_event(session, event, body, message_id=message_id) is None:
         return Outcome.DUPLICATE
+    if event.event_type == RECEIVED_EVENT and event.phone:
+        apply_inbound(session, event.phone, at=event.occurred_at, rules=consent, text=event.text,
+                      button_id=event.button_id)
     if event.kind == EventKind.INBOUND:
         return Outcome.IGNORED
     if message_id is None:

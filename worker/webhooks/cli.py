@@ -12,6 +12,7 @@ import sys
 import click
 import sqlalchemy as sa
 
+from worker.contacts import ConsentRules
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.runtime import Runtime
 from worker.webhooks.app import create_app
@@ -39,7 +40,8 @@ def webhooks_command(host: str, port: int, threads: int) -> None:
     ensure_schema(runtime)
     _require_table(runtime)
     app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
-                     path=settings.webhook_path, max_body_bytes=settings.webhook_max_body_bytes)
+                     path=settings.webhook_path, max_body_bytes=settings.webhook_max_body_bytes,
+                     consent=ConsentRules.from_settings(settings))
     server = create_receiver_server(app, host=host, port=port, threads=threads,
                                     limits=ReceiverLimits.from_settings(settings))
     url = f"http://{host}:{server.effective_port}{settings.webhook_path}"
