@@ -247,6 +247,7 @@ def create_with_recipients(
     draft: bool = False,
     scheduled_at: datetime | None = None,
     actor: str | None = None,
+    default_region: str | None = None,
     **fields: Any,
 ) -> tuple[int, ImportResult]:
     """Create a campaign and import its CSV; returns (campaign id, import result).
@@ -258,11 +259,11 @@ def create_with_recipients(
     template = MessageTemplate(fields["template"])  # validates message.json before the file is read
     check_header(recipients, template)
     if strict:
-        refuse_if_invalid(recipients, template)
+        refuse_if_invalid(recipients, template, default_region=default_region)
     with session_factory.begin() as session:
         campaign_id = create_campaign(session, draft=True, scheduled_at=scheduled_at, **fields).id
     try:
-        result = import_recipients(session_factory, campaign_id, recipients)
+        result = import_recipients(session_factory, campaign_id, recipients, default_region=default_region)
         if result.imported == 0:
             raise ImportRefused("no valid recipient in the file; the campaign was not created", result)
         with session_factory.begin() as session:
@@ -347,6 +348,7 @@ def create_from_options(
         runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=scheduled_at, actor=actor,
         name=name, phone_number_id=sender, template=template, window=send_window,
         require_open_window=bool(require_open_window), expires_at=expires,
+        default_region=runtime.settings.default_country_code,
     )
     with runtime.session_factory() as session:
         return get_campaign(session, campaign_id), result

@@ -49,13 +49,14 @@ def list_messages(
     campaign_id: int | None = None,
     before_id: int | None = None,
     limit: int = PAGE_SIZE_DEFAULT,
+    default_region: str | None = None,
 ) -> list[Message]:
     """Newest first; the next page starts below the last id returned (keyset: no OFFSET scan).
 
     `phone` is normalised as at enqueue (a MessageInvalid names it if it is no phone number)."""
     query = sa.select(Message).order_by(Message.id.desc()).limit(max(1, min(limit, PAGE_SIZE_MAX)))
     if phone is not None:
-        query = query.where(Message.phone == normalize_phone(phone))
+        query = query.where(Message.phone == normalize_phone(phone, default_region=default_region))
     if status is not None:
         query = query.where(Message.status == status)
     if campaign_id is not None:

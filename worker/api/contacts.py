@@ -33,14 +33,14 @@ def _view(rt: Runtime, phone: str, changed: bool | None = None) -> ContactOut:
 @router.get("/contacts/{phone}", response_model=ContactOut)
 def get_contact(phone: str, _: Principal = ADMIN, rt: Runtime = Depends(runtime)) -> ContactOut:
     """Consent state and its history, the 24-hour window, the recent messages."""
-    return _view(rt, normalize_phone(phone))
+    return _view(rt, normalize_phone(phone, default_region=rt.settings.default_country_code))
 
 
 @router.post("/contacts/{phone}/optout", response_model=ContactOut)
 def opt_out(phone: str, body: OptOutIn | None = Body(None), principal: Principal = ADMIN,
             rt: Runtime = Depends(runtime)) -> ContactOut:
     """Never message this phone again (until an opt-in); `changed` is false if it already was opted out."""
-    number = normalize_phone(phone)
+    number = normalize_phone(phone, default_region=rt.settings.default_country_code)
     with rt.session_factory.begin() as session:
         changed = contacts.opt_out(session, number, source=contacts.SOURCE_OPERATOR,
                                    reason=body.reason if body else None, actor=principal.actor)
@@ -50,7 +50,7 @@ def opt_out(phone: str, body: OptOutIn | None = Body(None), principal: Principal
 @router.post("/contacts/{phone}/optin", response_model=ContactOut)
 def opt_in(phone: str, principal: Principal = ADMIN, rt: Runtime = Depends(runtime)) -> ContactOut:
     """The phone may be messaged again; `changed` is false if it was not opted out."""
-    number = normalize_phone(phone)
+    number = normalize_phone(phone, default_region=rt.settings.default_country_code)
     with rt.session_factory.begin() as session:
         changed = contacts.opt_in(session, number, source=contacts.SOURCE_OPERATOR, actor=principal.actor)
     return _view(rt, number, changed)
