@@ -39,7 +39,7 @@ def api(migrated_postgres, redis_url, tmp_path_factory) -> ApiStack:  # noqa: AN
 
 
 def phone() -> str:
-    return "9665" + str(uuid.uuid4().int)[:8]
+    return "96650" + str(uuid.uuid4().int)[:7]
 
 
 def message_body(**changes) -> dict:  # noqa: ANN003
