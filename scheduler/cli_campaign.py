@@ -98,17 +98,17 @@ def campaign_group() -> None:
 @click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
 @click.option("--draft", is_flag=True, help="Create it as a draft; start it later with `campaign schedule ID`.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any row is invalid.")
+@click.option("--default-country", default=None, metavar="REGION|CODE",
+              help="Country of national numbers written with a trunk 0 (e.g. SA or 966; default: DEFAULT_COUNTRY_CODE).")
 @click.option("--opt-out-button", default=None, metavar="ID:TITLE",
               help='Append an opt-out reply button, e.g. "stop:Stop offers" (counts toward the 3; ID in OPT_OUT_BUTTON_IDS).')
 @click.option("--require-open-window", is_flag=True,
               help="Hold recipients whose 24-hour window is closed at send time as suppressed (window_closed).")
 @click.option("--expires-at", "expires_text", default=None,
               help="Not sent by then (ISO 8601 with offset) -> expired, never delivered late.")
-@click.option("--default-country", default=None, metavar="REGION|CODE",
-              help="Country of national numbers written with a trunk 0 (e.g. SA or 966; default: DEFAULT_COUNTRY_CODE).")
 @campaign_errors
 def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict,  # noqa: ANN001
-                   opt_out_button, require_open_window, expires_text, default_country) -> None:  # noqa: ANN001
+                   default_country, opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
     """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
     at = parse_at(at_text)
     expires_at = parse_at(expires_text, "--expires-at")
