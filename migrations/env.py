@@ -7,6 +7,8 @@ from alembic import context
 from worker.db import make_engine
 from worker.models import Base
 import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on Base.metadata
+import worker.api.models  # noqa: F401,E402 - registers api_keys, api_idempotency
+import worker.audit  # noqa: F401,E402 - registers audit_events
 from worker.settings import Settings
 
 config = context.config

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,9 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
 from scheduler.template import MessageTemplate, check_template
 from scheduler.window import Window
+from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 S = CampaignStatus
 TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
@@ -57,6 +61,19 @@ class IllegalTransition(ButtoncastError):
         hint = ", ".join(allowed) if allowed else f"nothing: {current} is final"
         super().__init__(f"campaign {campaign_id} is {current}; it cannot become {wanted} (from {current} it can become: {hint})")
         self.campaign_id, self.current, self.wanted, self.allowed = campaign_id, current, wanted, allowed
+
+
+def parse_at(text: str | None, option: str = "--at") -> datetime | None:
+    """ISO 8601 with an offset ('Z' or +03:00); a naive time is refused rather than guessed."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise MessageInvalid([FieldProblem(option, f"{text!r} is not an ISO 8601 time; write e.g. 2026-12-01T09:00:00+03:00")]) from None
+    if value.tzinfo is None:
+        raise MessageInvalid([FieldProblem(option, f"{text!r} has no UTC offset; add one, e.g. {text.strip()}+03:00 or {text.strip()}Z")])
+    return value
 
 
 def create_campaign(
@@ -139,8 +156,10 @@ def get_campaign(session: Session, campaign_id: int) -> Campaign:
     return campaign
 
 
-def transition(session: Session, campaign_id: int, to: CampaignStatus, **values: Any) -> Campaign:
-    """Move a campaign to `to` if the table allows it from its current status; set `values` too."""
+def transition(session: Session, campaign_id: int, to: CampaignStatus, *, actor: str | None = None, **values: Any) -> Campaign:
+    """Move a campaign to `to` if the table allows it from its current status; set `values` too.
+
+    With an `actor` (an API key), the change is written to the audit trail in the same transaction."""
     for _ in range(_TRANSITION_RETRIES):
         current = get_campaign(session, campaign_id).status
         if to not in TRANSITIONS[CampaignStatus(current)]:
@@ -152,41 +171,42 @@ def transition(session: Session, campaign_id: int, to: CampaignStatus, **values:
             .execution_options(synchronize_session=False)
         ).rowcount
         if changed == 1:
+            record_audit(session, actor, f"campaign.{to.value}", "campaign", campaign_id, from_status=current)
             return get_campaign(session, campaign_id)
     raise ButtoncastError(f"campaign {campaign_id} kept changing status; try again")
 
 
-def schedule(session: Session, campaign_id: int, at: datetime | None = None) -> Campaign:
+def schedule(session: Session, campaign_id: int, at: datetime | None = None, *, actor: str | None = None) -> Campaign:
     """draft (or paused) -> scheduled at `at` (aware); without `at`, the time stored at creation
     (`create --draft --at`) or else now, i.e. the next dispatcher tick."""
     if at is not None and at.tzinfo is None:
         raise MessageInvalid([FieldProblem("--at", "has no UTC offset; give e.g. 2026-12-01T09:00:00+03:00")])
     at = at or get_campaign(session, campaign_id).scheduled_at or utcnow()
-    return transition(session, campaign_id, S.SCHEDULED, scheduled_at=at)
+    return transition(session, campaign_id, S.SCHEDULED, actor=actor, scheduled_at=at)
 
 
-def pause(session: Session, campaign_id: int, reason: str = PAUSED_BY_OPERATOR) -> Campaign:
+def pause(session: Session, campaign_id: int, reason: str = PAUSED_BY_OPERATOR, *, actor: str | None = None) -> Campaign:
     """scheduled/running -> paused: the dispatcher stops at its next tick; queued sends come back."""
-    return transition(session, campaign_id, S.PAUSED, pause_reason=reason)
+    return transition(session, campaign_id, S.PAUSED, actor=actor, pause_reason=reason)
 
 
-def resume(session: Session, campaign_id: int) -> Campaign:
+def resume(session: Session, campaign_id: int, *, actor: str | None = None) -> Campaign:
     """paused -> running if it had started, else scheduled; the failure streak starts again, and
     so does the late-failure breaker's window (worker.breaker counts messages sent from now)."""
     # started_at only changes on scheduled -> running, never while paused, so reading it first is safe.
     target = S.RUNNING if get_campaign(session, campaign_id).started_at is not None else S.SCHEDULED
-    return transition(session, campaign_id, target, pause_reason=None, consecutive_failures=0,
+    return transition(session, campaign_id, target, actor=actor, pause_reason=None, consecutive_failures=0,
                       late_breaker_since=utcnow())
 
 
-def cancel(session: Session, campaign_id: int) -> tuple[Campaign, int]:
+def cancel(session: Session, campaign_id: int, *, actor: str | None = None) -> tuple[Campaign, int]:
     """-> cancelled, and every pending/queued message of it -> cancelled in one UPDATE.
 
     Returns the campaign and how many messages were cancelled. Messages already `sending` are in
     a worker's HTTP call; they finish on their own (sent, failed or unknown).
     """
     now = utcnow()
-    campaign = transition(session, campaign_id, S.CANCELLED, finished_at=now)
+    campaign = transition(session, campaign_id, S.CANCELLED, actor=actor, finished_at=now)
     cancelled = session.execute(
         sa.update(Message)
         .where(Message.campaign_id == campaign_id, Message.status.in_(CANCELLABLE))
@@ -228,6 +248,7 @@ def create_with_recipients(
     strict: bool = False,
     draft: bool = False,
     scheduled_at: datetime | None = None,
+    actor: str | None = None,
     default_region: str | None = None,
     **fields: Any,
 ) -> tuple[int, ImportResult]:
@@ -247,9 +268,11 @@ def create_with_recipients(
         result = import_recipients(session_factory, campaign_id, recipients, default_region=default_region)
         if result.imported == 0:
             raise ImportRefused("no valid recipient in the file; the campaign was not created", result)
-        if not draft:
-            with session_factory.begin() as session:
-                schedule(session, campaign_id, scheduled_at)
+        with session_factory.begin() as session:
+            record_audit(session, actor, "campaign.created", "campaign", campaign_id, imported=result.imported,
+                         rejected=result.rejected, duplicates=result.duplicates)
+            if not draft:
+                schedule(session, campaign_id, scheduled_at, actor=actor)
     except BaseException:
         _delete_campaign(session_factory, campaign_id)
         raise
@@ -260,3 +283,74 @@ def _delete_campaign(session_factory: sessionmaker[Session], campaign_id: int) -
     with session_factory.begin() as session:
         session.execute(sa.delete(Message).where(Message.campaign_id == campaign_id))
         session.execute(sa.delete(Campaign).where(Campaign.id == campaign_id))
+
+
+def list_campaigns(session: Session, *, after_id: int = 0, limit: int | None = None) -> list[tuple[Campaign, dict[str, int]]]:
+    """Campaigns in id order from `after_id` (keyset), each with its message counts per status."""
+    query = sa.select(Campaign).where(Campaign.id > after_id).order_by(Campaign.id)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = list(session.scalars(query))
+    counts = status_counts_many(session, [c.id for c in rows]) if rows else {}
+    return [(c, counts.get(c.id) or empty_counts()) for c in rows]
+
+
+class NoRecipients(ButtoncastError):
+    def __init__(self, campaign_id: int) -> None:
+        super().__init__(f"campaign {campaign_id} has no recipients to take the variables from")
+
+
+def send_test(runtime: "Runtime", campaign_id: int, phone: str, *, actor: str | None = None) -> int:
+    """The campaign's message, filled with its first recipient's variables, to `phone` now.
+
+    It goes through the normal send path as an ad-hoc message (rate limit, retries, audit trail),
+    so the campaign's counts are untouched. Returns the new message id."""
+    from worker.enqueue import enqueue_message
+
+    with runtime.session_factory() as session:
+        campaign = get_campaign(session, campaign_id)
+        content = session.scalar(sa.select(Message.content).where(Message.campaign_id == campaign_id).order_by(Message.id).limit(1))
+    if content is None:
+        raise NoRecipients(campaign_id)
+    return enqueue_message(phone=phone, phone_number_id=campaign.phone_number_id, runtime=runtime, actor=actor, **content)
+
+
+def create_from_options(
+    runtime: "Runtime",
+    recipients: str | os.PathLike[str],
+    *,
+    name: Any,
+    template: Any,
+    at: str | datetime | None = None,
+    window: str | None = None,
+    tz: str | None = None,
+    phone_number_id: str | None = None,
+    draft: bool = False,
+    strict: bool = False,
+    require_open_window: bool = False,
+    expires_at: str | datetime | None = None,
+    opt_out_button: str | None = None,
+    actor: str | None = None,
+) -> tuple[Campaign, ImportResult]:
+    """`campaign create` as its options come (from the API; `at` as ISO 8601 text or a datetime):
+    parse them, default the sender, create and import. Returns the stored campaign and the import."""
+    from scheduler.window import parse_window
+
+    scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
+    expires = parse_at(expires_at, "expires_at") if isinstance(expires_at, str) else expires_at
+    send_window = parse_window(window, tz)
+    if not isinstance(template, Mapping):
+        raise MessageInvalid([FieldProblem("message", "must be a JSON object with body_text and buttons")])
+    if opt_out_button:
+        template = with_opt_out_button(template, opt_out_button, opt_out_button_ids=runtime.settings.opt_out_button_ids)
+    sender = phone_number_id or runtime.settings.awal_phone_number_id
+    if not sender:
+        raise MessageInvalid([FieldProblem("phone_number_id", "is required: pass it or set AWAL_PHONE_NUMBER_ID")])
+    campaign_id, result = create_with_recipients(
+        runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=scheduled_at, actor=actor,
+        name=name, phone_number_id=sender, template=template, window=send_window,
+        require_open_window=bool(require_open_window), expires_at=expires,
+        default_region=runtime.settings.default_country_code,
+    )
+    with runtime.session_factory() as session:
+        return get_campaign(session, campaign_id), result

@@ -9,18 +9,17 @@ import functools
 import json
 import sys
 import time
-from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 import click
-import sqlalchemy as sa
 
 from scheduler import campaigns, report
+from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
 from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
 from scheduler.window import WindowInvalid, parse_window
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
-from worker.models import Campaign, Message
+from worker.models import Campaign
 from worker.phone import parse_default_country
 from worker.runtime import Runtime
 from worker.status import CampaignStatus
@@ -50,19 +49,6 @@ def campaign_errors(func: F) -> F:
             fail(str(exc), 1)  # refused: not found, illegal transition
 
     return friendly_errors(wrapper)  # type: ignore[return-value]
-
-
-def parse_at(text: str | None, option: str = "--at") -> datetime | None:
-    """ISO 8601 with an offset ('Z' or +03:00); a naive time is refused rather than guessed."""
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise MessageInvalid([FieldProblem(option, f"{text!r} is not an ISO 8601 time; write e.g. 2026-12-01T09:00:00+03:00")]) from None
-    if value.tzinfo is None:
-        raise MessageInvalid([FieldProblem(option, f"{text!r} has no UTC offset; add one, e.g. {text.strip()}+03:00 or {text.strip()}Z")])
-    return value
 
 
 def _load_message(path: str) -> dict[str, Any]:
@@ -205,15 +191,13 @@ def list_command() -> None:
     """Every campaign with its status, start time and message counts (one grouped query)."""
     runtime = load_runtime()
     with runtime.read_sessions() as session:
-        rows = session.execute(sa.select(Campaign.id, Campaign.name, Campaign.status, Campaign.scheduled_at).order_by(Campaign.id)).all()
-        counts = campaigns.status_counts_many(session)
+        rows = campaigns.list_campaigns(session)
     click.echo(f"{'id':>6}  {'status':<10} {'scheduled (UTC)':<19}  {'total':>8} {'pending':>8} {'queued':>7} {'sending':>7} {'sent':>8} {'failed':>7} {'other':>6}  name")
-    for cid, name, status, scheduled in rows:
-        c = counts.get(cid) or campaigns.empty_counts()
+    for campaign, c in rows:
         other = c["unknown"] + c["cancelled"] + c["rejected"]
-        when = scheduled.strftime("%Y-%m-%d %H:%M:%S") if scheduled else "-"
-        click.echo(f"{cid:>6}  {status:<10} {when:<19}  {sum(c.values()):>8} {c['pending']:>8} {c['queued']:>7} "
-                   f"{c['sending']:>7} {c['sent']:>8} {c['failed']:>7} {other:>6}  {name}")
+        when = campaign.scheduled_at.strftime("%Y-%m-%d %H:%M:%S") if campaign.scheduled_at else "-"
+        click.echo(f"{campaign.id:>6}  {campaign.status:<10} {when:<19}  {sum(c.values()):>8} {c['pending']:>8} {c['queued']:>7} "
+                   f"{c['sending']:>7} {c['sent']:>8} {c['failed']:>7} {other:>6}  {campaign.name}")
 
 
 def _progress(runtime: Runtime, campaign_id: int) -> report.Progress:
@@ -294,15 +278,8 @@ def test_command(campaign_id: int, phone: str) -> None:
     It goes through the normal send path as an ad-hoc message (rate limit, retries, audit trail),
     so the campaign's counts are untouched. Prints the message id; see `buttoncast message show`.
     """
-    from worker.enqueue import enqueue_message
-
     runtime = load_runtime()
-    with runtime.session_factory() as session:
-        campaign = campaigns.get_campaign(session, campaign_id)
-        content = session.scalar(sa.select(Message.content).where(Message.campaign_id == campaign_id).order_by(Message.id).limit(1))
-    if content is None:
-        fail(f"campaign {campaign_id} has no recipients to take the variables from", 1)
-    message_id = enqueue_message(phone=phone, phone_number_id=campaign.phone_number_id, runtime=runtime, **content)
+    message_id = campaigns.send_test(runtime, campaign_id, phone)
     note = " (no broker configured: it goes out when `buttoncast run` or a dispatcher picks it up)" if runtime.settings.embedded else ""
     click.echo(f"test message {message_id} to {phone} queued{note}", err=True)
     click.echo(message_id)

@@ -8,6 +8,7 @@ million-row campaign is written without holding it in memory.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -200,6 +201,46 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
         return "'" + value
     return value
+
+
+def late_failures(session: Session, campaign_id: int) -> dict[str, int]:
+    """Messages the vendor accepted and later reported failed (webhooks), counted by the error it gave."""
+    rows = session.execute(
+        sa.select(sa.func.coalesce(Message.delivery_error, "(no reason given)"), sa.func.count())
+        .where(Message.campaign_id == campaign_id, Message.delivery_status == DeliveryStatus.FAILED.value)
+        .group_by(Message.delivery_error)
+    ).all()
+    return {str(reason): count for reason, count in rows}
+
+
+def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS) -> Iterator[str]:
+    """The CSV of `write_csv` as text chunks of `chunk_rows` rows, for a streamed HTTP response."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    for count, row in enumerate(rows, 1):
+        writer.writerow([csv_cell(row[c]) for c in REPORT_COLUMNS])
+        if count % chunk_rows == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def stream_json(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS) -> Iterator[str]:
+    """The JSON array of `write_json` as text chunks, for a streamed HTTP response."""
+    buffer = io.StringIO()
+    buffer.write("[")
+    count = 0
+    for row in rows:
+        buffer.write(("\n" if count == 0 else ",\n") + json.dumps({c: _text(row[c]) for c in REPORT_COLUMNS}, ensure_ascii=False))
+        count += 1
+        if count % chunk_rows == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    buffer.write("\n]\n" if count else "]\n")
+    yield buffer.getvalue()
 
 
 def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:

@@ -249,6 +249,7 @@ def requeue(
     *,
     batch_size: int = RETRY_BATCH_SIZE,
     now: datetime | None = None,
+    actor: str = ACTOR,
 ) -> RetryResult:
     """Requeue what `selection` matches, batch by batch; reopen a completed campaign with the first batch.
 
@@ -274,7 +275,7 @@ def requeue(
             result.left_alone += len(batch) - len(changed)
             reopened = bool(changed) and not result.campaign_reopened and _reopen_campaign(session, selection, now or utcnow())
             result.campaign_reopened = result.campaign_reopened or reopened
-            _record_events(session, selection, [row for row in batch if row.id in changed], reopened)
+            _record_events(session, selection, [row for row in batch if row.id in changed], reopened, actor)
     log.info("retry (%s): %s requeued, %s changed meanwhile and left alone%s", selection.describe(),
              result.requeued, result.left_alone, "; campaign reopened" if result.campaign_reopened else "")
     return result
@@ -316,7 +317,7 @@ def _reopen_campaign(session: Session, selection: RetrySelection, now: datetime)
     return done == 1
 
 
-def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Row], reopened: bool) -> None:
+def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Row], reopened: bool, actor: str) -> None:
     if not rows:
         return
     suffix = "; campaign reopened: completed -> running" if reopened else ""
@@ -327,8 +328,33 @@ def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Ro
         return f"; resent after late failure {describe_code(row.failure_code)} of messageId {row.vendor_message_id}"
 
     session.execute(sa.insert(MessageEvent), [
-        dict(message_id=row.id, from_status=row.status, to_status=MessageStatus.QUEUED.value, actor=ACTOR,
+        dict(message_id=row.id, from_status=row.status, to_status=MessageStatus.QUEUED.value, actor=actor,
              reason=f"operator retry ({selection.describe()}){resent(row)}; retry budget reset "
                     f"(attempts counter was {row.attempts}){suffix}")
         for row in rows
     ])
+
+
+class DuplicatesNotAccepted(RetryRefused):
+    """The selection holds `unknown` messages and the caller did not accept possible duplicates."""
+
+
+def retry_messages(
+    session_factory: sessionmaker[Session],
+    selection: RetrySelection,
+    *,
+    dry_run: bool = False,
+    accept_duplicates: bool = False,
+    actor: str = ACTOR,
+) -> tuple[RetryPlan, RetryResult | None]:
+    """Plan, then (unless `dry_run` or nothing matched) requeue: the API's retry in one call.
+
+    Retrying `unknown` messages needs `accept_duplicates` (the CLI asks, or takes --yes)."""
+    with session_factory() as session:
+        plan = plan_retry(session, selection)
+    if dry_run or plan.total == 0:
+        return plan, None
+    if plan.risks_duplicates and not accept_duplicates:
+        raise DuplicatesNotAccepted(f"{plan.unknown} of the {plan.total} message(s) are unknown: {DUPLICATE_WARNING}; "
+                                    "nothing requeued (accept the duplicates explicitly to retry them)")
+    return plan, requeue(session_factory, selection, actor=actor)

@@ -347,7 +347,7 @@ def test_migration_0007_backfills_the_class_of_late_failures_already_stored(tmp_
     from worker.db import upgrade
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    upgrade(url, "0005")
+    upgrade(url, "0006")   # the revision before 0007
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO campaigns (id, name, phone_number_id, template, status, consecutive_failures,"

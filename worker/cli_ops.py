@@ -103,11 +103,11 @@ def limits_command() -> None:
     """Per workspace and endpoint: configured limit, what the vendor last reported, any block."""
     import time
 
+    from worker.limits import limit_states
+
     runtime = load_runtime()
-    limiter = runtime.limiter
-    scopes = sorted(set(limiter.scopes()) | {runtime.scope})
-    for scope in scopes:
-        st = limiter.state(scope)
+    for st in limit_states(runtime):
+        scope = st.scope
         now = st.as_of or time.time()  # the limiter's clock (Redis server time when shared)
         blocked = f"blocked until {_when(st.blocked_until)}" if st.blocked_until and st.blocked_until > now else "not blocked"
         click.echo(

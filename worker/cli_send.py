@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import click
-import sqlalchemy as sa
 
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.enqueue import enqueue_message
+from worker.history import MessageNotFound, message_history
 from worker.message import parse_button_spec
-from worker.models import Attempt, Message, MessageEvent
 
 
 @click.command("send")
@@ -54,11 +53,11 @@ def message_show(message_id: int) -> None:
     """Status, ids, last error, and the audit trail: every attempt and status change."""
     runtime = load_runtime()
     with runtime.read_sessions() as session:
-        msg = session.get(Message, message_id)
-        if msg is None:
-            fail(f"no message {message_id}", 1)
-        attempts = session.scalars(sa.select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)).all()
-        events = session.scalars(sa.select(MessageEvent).where(MessageEvent.message_id == message_id).order_by(MessageEvent.id)).all()
+        try:
+            history = message_history(session, message_id)
+        except MessageNotFound as exc:
+            fail(str(exc), 1)
+    msg, attempts, events = history.message, history.attempts, history.events
     lines = [
         f"message {msg.id}" + (f" (campaign {msg.campaign_id})" if msg.campaign_id else " (ad-hoc)"),
         f"  status:        {msg.status}",

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from worker.contacts import ensure_contacts
 from worker.errors import FieldProblem, MessageInvalid
 from worker.message import ButtonMessage
-from worker.models import Message, utcnow
+from worker.models import Message, MessageEvent, utcnow
 from worker.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC
 from worker.runtime import Runtime, get_runtime
@@ -89,12 +89,14 @@ def enqueue_message(
     runtime: Runtime | None = None,
     require_open_window: bool = False,
     expires_at: datetime | str | None = None,
+    actor: str | None = None,
 ) -> int:
     """Validate, store as `queued` and publish to the ad-hoc queue. Returns the message id.
 
     The send claim's gate (worker.gate) holds it if the contact opted out (`suppressed`), if
     `require_open_window` and the contact's 24-hour window is closed, or once `expires_at` passed
-    (`expired`)."""
+    (`expired`). `actor` (e.g. an API key, "apikey:<prefix>:<name>") is recorded as the message's
+    first event."""
     runtime = runtime or get_runtime()
     problems: list[FieldProblem] = []
     try:
@@ -129,6 +131,9 @@ def enqueue_message(
             session.add(row)
             session.flush()
             message_id = row.id
+            if actor is not None:
+                session.add(MessageEvent(message_id=message_id, at=now, from_status=None, to_status=row.status,
+                                         reason="enqueued", actor=actor))
     except IntegrityError:
         existing = _by_key(runtime, idempotency_key)
         if existing is None:
@@ -217,3 +222,20 @@ def _jsonable(value: Any) -> Any:
         return value
     except (TypeError, ValueError):
         return {"unserializable": repr(value)[:500]}
+
+
+#: the body of `POST /v1/messages`: the payload's fields; the key travels in the Idempotency-Key header
+HTTP_FIELDS = tuple(f for f in PAYLOAD_FIELDS if f != "idempotency_key")
+
+
+def enqueue_json(body: Any, *, idempotency_key: str | None, actor: str | None, runtime: Runtime | None = None) -> int:
+    """The HTTP API's path: like `enqueue_message`, plus unknown fields refused; invalid input raises
+    MessageInvalid (field names and wording as the CLI's) and stores nothing."""
+    if not isinstance(body, Mapping):
+        raise MessageInvalid([FieldProblem("body", "must be a JSON object")])
+    unknown = [FieldProblem(str(k), "is a header here: send Idempotency-Key" if k == "idempotency_key" else "is not a known field")
+               for k in body if k not in HTTP_FIELDS]
+    if unknown:
+        raise MessageInvalid(unknown)
+    return enqueue_message(**{k: body.get(k) for k in HTTP_FIELDS}, idempotency_key=idempotency_key,
+                           runtime=runtime, actor=actor)

@@ -52,6 +52,9 @@ RETENTION_DAYS = 30                    # attempts, message_events, webhook_event
 METRICS_PORT = 9808
 METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
+API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
+API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
+API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
 DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
@@ -281,6 +284,9 @@ class Settings:
     metrics_port: int = METRICS_PORT
     metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
+    api_max_body_bytes: int = API_MAX_BODY_BYTES
+    api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
+    api_key_cache_s: float = API_KEY_CACHE_S
     opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
     opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
     opt_in_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_IN_KEYWORDS)
@@ -378,6 +384,9 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
+            api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
+            api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
+            api_key_cache_s=_float(env, "API_KEY_CACHE_S", API_KEY_CACHE_S),
             opt_out_keywords=opt_out_words,
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
             opt_in_keywords=opt_in_words,

@@ -1,0 +1,143 @@
+"""`/v1/campaigns`: create (CSV upload or JSON), list, show, schedule/pause/resume/cancel/test, report."""
+
+from __future__ import annotations
+
+from typing import Iterator, Literal
+
+from fastapi import APIRouter, Body, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from scheduler import campaigns, report
+from worker.api.auth import require
+from worker.api.deps import CampaignId, decode_cursor, encode_cursor, runtime
+from worker.api.keys import Principal, Scope
+from worker.api.schemas import (
+    CampaignDetail, CampaignPage, CampaignSummary, CancelOut, FunnelOut,
+    ImportReport, MessageCreated, PauseIn, ScheduleIn, Tap, TestIn,
+)
+from worker.api.uploads import CampaignUpload, campaign_upload
+from worker.runtime import Runtime
+from worker.status import MessageStatus
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+CAMPAIGNS = Depends(require(Scope.CAMPAIGNS))
+PAGE_SIZE_MAX = 200
+CREATE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"$ref": "#/components/schemas/CampaignMultipartIn"}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/CampaignJsonIn"}},
+}}}
+
+
+def _summary(rt: Runtime, campaign_id: int) -> CampaignSummary:
+    with rt.read_sessions() as session:
+        return CampaignSummary.of(campaigns.get_campaign(session, campaign_id), campaigns.status_counts(session, campaign_id))
+
+
+@router.post("", status_code=201, response_model=ImportReport, openapi_extra=CREATE_BODY)
+def create_campaign(upload: CampaignUpload = Depends(campaign_upload), principal: Principal = CAMPAIGNS,
+                    rt: Runtime = Depends(runtime)) -> ImportReport:
+    """Create a campaign and import its recipients; 201 with the import report."""
+    with upload.named_as_uploaded():
+        campaign, result = campaigns.create_from_options(rt, upload.recipients_path, actor=principal.actor, **upload.options)
+    return ImportReport(id=campaign.id, status=campaign.status, imported=result.imported,
+                        rejected=[{"line": p.line, "reason": p.reason} for p in result.problems],
+                        rejected_total=result.rejected, duplicates=result.duplicates,
+                        suppressed=result.opted_out)
+
+
+@router.get("", response_model=CampaignPage)
+def list_campaigns(cursor: str | None = None, limit: int = Query(50, ge=1, le=PAGE_SIZE_MAX), _: Principal = CAMPAIGNS,
+                   rt: Runtime = Depends(runtime)) -> CampaignPage:
+    """Campaigns in id order with their message counts; follow `next_cursor`."""
+    with rt.read_sessions() as session:
+        rows = campaigns.list_campaigns(session, after_id=decode_cursor(cursor) or 0, limit=limit)
+        data = [CampaignSummary.of(c, counts) for c, counts in rows]
+    return CampaignPage(data=data, next_cursor=encode_cursor(data[-1].id) if len(data) == limit else None)
+
+
+@router.get("/{campaign_id}", response_model=CampaignDetail)
+def get_campaign(campaign_id: CampaignId, _: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignDetail:
+    """Counts, rate, ETA, the funnel with taps per button, and late failures by reason."""
+    with rt.read_sessions() as session:
+        p = report.progress(session, campaign_id, rt.settings.rate_limit.per_second)
+        late = report.late_failures(session, campaign_id)
+        f = p.funnel
+        return CampaignDetail(
+            **CampaignSummary.of(p.campaign, p.counts).model_dump(), done=p.done, left=p.left,
+            rate_per_minute=p.rate_per_minute, eta=p.eta(), late_failures=late,
+            funnel=FunnelOut(sent=f.sent, delivered=f.delivered, read=f.read, replied=f.replied,
+                             taps=[Tap(button_id=b, title=t, count=n) for b, t, n in f.taps]))
+
+
+@router.post("/{campaign_id}/schedule", response_model=CampaignSummary)
+def schedule(campaign_id: CampaignId, body: ScheduleIn | None = Body(None), principal: Principal = CAMPAIGNS,
+             rt: Runtime = Depends(runtime)) -> CampaignSummary:
+    """draft (or paused, never started) -> scheduled, at `at` or the time given at creation, else now."""
+    at = campaigns.parse_at(body.at, "at") if body and body.at else None
+    with rt.session_factory.begin() as session:
+        campaigns.schedule(session, campaign_id, at, actor=principal.actor)
+    return _summary(rt, campaign_id)
+
+
+@router.post("/{campaign_id}/pause", response_model=CampaignSummary)
+def pause(campaign_id: CampaignId, body: PauseIn | None = Body(None), principal: Principal = CAMPAIGNS,
+          rt: Runtime = Depends(runtime)) -> CampaignSummary:
+    """Stop dispatching within one dispatcher tick; queued sends go back to pending."""
+    with rt.session_factory.begin() as session:
+        campaigns.pause(session, campaign_id, (body.reason if body else None) or campaigns.PAUSED_BY_OPERATOR, actor=principal.actor)
+    return _summary(rt, campaign_id)
+
+
+@router.post("/{campaign_id}/resume", response_model=CampaignSummary)
+def resume(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignSummary:
+    """Continue where it stopped: running, or scheduled if it never started."""
+    with rt.session_factory.begin() as session:
+        campaigns.resume(session, campaign_id, actor=principal.actor)
+    return _summary(rt, campaign_id)
+
+
+@router.post("/{campaign_id}/cancel", response_model=CancelOut)
+def cancel(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CancelOut:
+    """Every pending or queued message becomes cancelled; those mid-send finish on their own."""
+    with rt.session_factory.begin() as session:
+        _, cancelled = campaigns.cancel(session, campaign_id, actor=principal.actor)
+    return CancelOut(**_summary(rt, campaign_id).model_dump(), cancelled_messages=cancelled)
+
+
+@router.post("/{campaign_id}/test", status_code=202, response_model=MessageCreated)
+def test(campaign_id: CampaignId, body: TestIn, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> MessageCreated:
+    """The first recipient's message, to `phone`, now (an ad-hoc message; the campaign's counts are untouched)."""
+    message_id = campaigns.send_test(rt, campaign_id, body.phone, actor=principal.actor)
+    return MessageCreated(id=message_id, status=MessageStatus.QUEUED.value)
+
+
+@router.get("/{campaign_id}/report", response_class=StreamingResponse,
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}},
+                                         "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}})
+def campaign_report(campaign_id: CampaignId, format: Literal["csv", "json"] = "csv", _: Principal = CAMPAIGNS,
+                    rt: Runtime = Depends(runtime)) -> StreamingResponse:
+    """One row per recipient, streamed as it is read (a million rows never sit in memory)."""
+    session = rt.read_sessions()
+    try:
+        rows = report.report_rows(session, campaign_id)
+        first = next(rows, None)  # raises CampaignNotFound before the response starts
+    except BaseException:
+        session.close()
+        raise
+
+    def chunks() -> Iterator[str]:
+        try:
+            stream = report.stream_csv if format == "csv" else report.stream_json
+            yield from stream(_chain(first, rows))
+        finally:
+            session.close()
+
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
+    return StreamingResponse(chunks(), media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}.{format}"'})
+
+
+def _chain(first: dict | None, rest: Iterator[dict]) -> Iterator[dict]:
+    if first is not None:
+        yield first
+        yield from rest

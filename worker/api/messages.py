@@ -1,0 +1,67 @@
+"""`/v1/messages`: enqueue one message (Idempotency-Key), read one with its trail, list them (keyset)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse
+
+from worker.api.auth import require
+from worker.api.deps import ID_MAX, MessageId, decode_cursor, encode_cursor, json_body, runtime
+from worker.api.idempotency import REPLAYED_HEADER, run_once
+from worker.api.keys import Principal, Scope
+from worker.api.schemas import AttemptOut, EventOut, MessageCreated, MessageDetail, MessagePage, MessageSummary
+from worker.enqueue import enqueue_json
+from worker.history import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, list_messages, message_history
+from worker.runtime import Runtime
+from worker.status import MessageStatus
+
+router = APIRouter(prefix="/v1/messages", tags=["messages"])
+
+
+@router.post("", status_code=202, response_model=MessageCreated,
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/MessageIn"}}}}})
+def create_message(
+    body: Any = Depends(json_body),
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    principal: Principal = Depends(require(Scope.SEND)),
+    rt: Runtime = Depends(runtime),
+) -> JSONResponse:
+    """Validate and enqueue one button message. The same Idempotency-Key and body give the first answer."""
+    def enqueue(key: str | None) -> tuple[int, dict[str, Any]]:
+        return 202, {"id": enqueue_json(body, idempotency_key=key, actor=principal.actor, runtime=rt), "status": MessageStatus.QUEUED.value}
+
+    outcome = run_once(rt, idempotency_key, body, principal.key_id, enqueue)
+    return JSONResponse(outcome.response, status_code=outcome.status_code,
+                        headers={REPLAYED_HEADER: "true"} if outcome.replayed else None)
+
+
+@router.get("/{message_id}", response_model=MessageDetail)
+def get_message(message_id: MessageId, _: Principal = Depends(require(Scope.SEND)), rt: Runtime = Depends(runtime)) -> MessageDetail:
+    """Status, vendor ids, delivery status, failure class, every attempt and every status change."""
+    with rt.read_sessions() as session:
+        h = message_history(session, message_id)
+        m = h.message
+        return MessageDetail(**MessageSummary.of(m).model_dump(), content=m.content, last_request_id=m.last_request_id,
+                             idempotency_key=m.idempotency_key, queued_at=m.queued_at, not_before=m.not_before,
+                             attempts=[AttemptOut.model_validate(a) for a in h.attempts],
+                             events=[EventOut.model_validate(e) for e in h.events])
+
+
+@router.get("", response_model=MessagePage)
+def list_messages_route(
+    phone: str | None = None,
+    status: MessageStatus | None = None,
+    campaign_id: int | None = Query(None, ge=1, le=ID_MAX),
+    cursor: str | None = None,
+    limit: int = Query(PAGE_SIZE_DEFAULT, ge=1, le=PAGE_SIZE_MAX),
+    _: Principal = Depends(require(Scope.SEND)),
+    rt: Runtime = Depends(runtime),
+) -> MessagePage:
+    """Newest first, `limit` per page; follow `next_cursor` for older ones."""
+    with rt.read_sessions() as session:
+        rows = list_messages(session, phone=phone, status=status.value if status else None, campaign_id=campaign_id,
+                             before_id=decode_cursor(cursor), limit=limit, default_region=rt.settings.default_country_code)
+        data = [MessageSummary.of(m) for m in rows]
+    return MessagePage(data=data, next_cursor=encode_cursor(rows[-1].id) if len(rows) == limit else None)

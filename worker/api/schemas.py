@@ -1,0 +1,363 @@
+"""The API's request and response shapes (pydantic): they make the OpenAPI document.
+
+Request bodies of messages and campaigns are *documented* by these models but validated by the
+project's own rules (worker.message, scheduler.*), so an error names `buttons[0].title` with the
+CLI's wording. Responses are built from what the service functions return.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker import message as limits
+from worker.status import MessageStatus
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["buttons[0].title"])
+    problem: str = Field(examples=["is 21 characters; the limit is 20"])
+
+
+class RejectedRow(BaseModel):
+    line: int
+    reason: str
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details; `errors` for invalid input, `rejected` when an import was refused."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(examples=["urn:buttoncast:problem:validation-failed"])
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+    rejected: list[RejectedRow] | None = None
+
+
+# --- messages ------------------------------------------------------------------------------
+
+class ButtonIn(BaseModel):
+    id: str = Field(min_length=1, max_length=limits.BUTTON_ID_MAX_CHARS)
+    title: str = Field(min_length=1, max_length=limits.BUTTON_TITLE_MAX_CHARS)
+
+
+class MessageIn(BaseModel):
+    """One button message: the `send_task` payload's fields (the key goes in the Idempotency-Key header)."""
+
+    model_config = ConfigDict(extra="forbid")
+    phone: str = Field(examples=["96650000000"], description="international format; +, spaces and dashes are removed")
+    body_text: str = Field(min_length=1, max_length=limits.BODY_TEXT_MAX_CHARS)
+    buttons: list[ButtonIn] = Field(min_length=limits.BUTTONS_MIN, max_length=limits.BUTTONS_MAX)
+    header_text: str | None = Field(None, max_length=limits.HEADER_TEXT_MAX_CHARS)
+    footer_text: str | None = Field(None, max_length=limits.FOOTER_TEXT_MAX_CHARS)
+    phone_number_id: str | None = Field(None, max_length=64, description="sender; default AWAL_PHONE_NUMBER_ID")
+    require_open_window: bool = Field(False, description="hold it (suppressed, window_closed) unless the contact wrote in the last 24 h")
+    expires_at: datetime | None = Field(None, description="not sent by then (ISO 8601 with offset): expired, never delivered late")
+
+
+class MessageCreated(BaseModel):
+    id: int
+    status: str
+
+
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    started_at: datetime
+    duration_ms: int
+    http_status: int | None
+    outcome: str
+    error_code: str | None
+    error_message: str | None
+    request_id: str | None
+    vendor_message_id: str | None
+    worker: str | None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    at: datetime
+    from_status: str | None
+    to_status: str
+    reason: str
+    actor: str | None
+
+
+class MessageSummary(BaseModel):
+    id: int
+    campaign_id: int | None
+    phone: str
+    phone_number_id: str
+    status: MessageStatus
+    attempt_count: int = Field(description="HTTP attempts; 429s not counted")
+    vendor_id: int | None
+    vendor_message_id: str | None
+    vendor_status: str | None
+    delivery_status: str | None
+    failure_class: str | None = Field(description="the last error code (e.g. validation_failed, http_503, read_timeout)")
+    last_error_message: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    read_at: datetime | None
+    replied_at: datetime | None
+    reply_button_id: str | None
+
+    @classmethod
+    def of(cls, m: Any) -> "MessageSummary":
+        return cls(id=m.id, campaign_id=m.campaign_id, phone=m.phone, phone_number_id=m.phone_number_id,
+                   status=m.status, attempt_count=m.attempts, vendor_id=m.vendor_id, vendor_message_id=m.vendor_message_id,
+                   vendor_status=m.vendor_status, delivery_status=m.delivery_status, failure_class=m.last_error_code,
+                   last_error_message=m.last_error_message, created_at=m.created_at, sent_at=m.sent_at,
+                   delivered_at=m.delivered_at, read_at=m.read_at, replied_at=m.replied_at, reply_button_id=m.reply_button_id)
+
+
+class MessageDetail(MessageSummary):
+    content: dict[str, Any]
+    last_request_id: str | None
+    idempotency_key: str | None
+    queued_at: datetime | None
+    not_before: datetime | None
+    attempts: list[AttemptOut]
+    events: list[EventOut]
+
+
+class MessagePage(BaseModel):
+    data: list[MessageSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null on the last one")
+
+
+# --- campaigns -----------------------------------------------------------------------------
+
+class MessageTemplateIn(BaseModel):
+    """message.json: {{column}} placeholders allowed in header, body and footer."""
+
+    header_text: str | None = None
+    body_text: str
+    footer_text: str | None = None
+    buttons: list[ButtonIn] = Field(min_length=limits.BUTTONS_MIN, max_length=limits.BUTTONS_MAX)
+
+
+class CampaignOptions(BaseModel):
+    at: str | None = Field(None, description="start, ISO 8601 with offset; default: the next dispatcher tick",
+                           examples=["2026-12-01T09:00:00+03:00"])
+    window: str | None = Field(None, examples=["09:00-21:00"], description="daily send window, HH:MM-HH:MM")
+    tz: str | None = Field(None, examples=["Asia/Riyadh"])
+    phone_number_id: str | None = None
+    draft: bool = False
+    strict: bool = Field(False, description="refuse the whole file if any row is invalid")
+    require_open_window: bool = Field(False, description="hold recipients whose 24-hour window is closed at send time")
+    expires_at: str | None = Field(None, description="not sent by then (ISO 8601 with offset): expired")
+    opt_out_button: str | None = Field(None, examples=["stop:Stop offers"],
+                                       description="append an opt-out reply button ID:TITLE (ID in OPT_OUT_BUTTON_IDS)")
+
+
+class CampaignJsonIn(CampaignOptions):
+    """A small campaign in one JSON body: recipients as a list of objects with `phone` and the variables."""
+
+    name: str = Field(max_length=200)
+    message: MessageTemplateIn
+    recipients: list[dict[str, str | int | float | None]]
+
+
+class CampaignMultipartIn(CampaignOptions):
+    """A campaign of any size: `recipients` is the CSV file, streamed to disk and imported in batches."""
+
+    name: str = Field(max_length=200)
+    message: str = Field(description="message.json as a JSON string")
+    recipients: bytes = Field(json_schema_extra={"format": "binary"}, description="CSV (UTF-8) with a phone column")
+
+
+class Window(BaseModel):
+    start: str
+    end: str
+    tz: str
+
+
+class CampaignSummary(BaseModel):
+    id: int
+    name: str
+    status: str
+    phone_number_id: str
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    window: Window | None
+    pause_reason: str | None
+    recipients_imported: int
+    rows_rejected: int
+    counts: dict[str, int]
+    total: int
+
+    @classmethod
+    def of(cls, c: Any, counts: dict[str, int]) -> "CampaignSummary":
+        window = Window(start=c.window_start, end=c.window_end, tz=c.window_tz) if c.window_start else None
+        return cls(id=c.id, name=c.name, status=c.status, phone_number_id=c.phone_number_id, scheduled_at=c.scheduled_at,
+                   started_at=c.started_at, finished_at=c.finished_at, window=window, pause_reason=c.pause_reason,
+                   recipients_imported=c.recipients_imported, rows_rejected=c.rows_rejected, counts=counts,
+                   total=sum(counts.values()))
+
+
+class Tap(BaseModel):
+    button_id: str | None
+    title: str | None
+    count: int
+
+
+class FunnelOut(BaseModel):
+    sent: int
+    delivered: int
+    read: int
+    replied: int
+    taps: list[Tap]
+
+
+class CampaignDetail(CampaignSummary):
+    done: int
+    left: int
+    rate_per_minute: int = Field(description="messages sent in the last minute")
+    eta: datetime | None = Field(description="best case: the whole rate limit for this campaign, window not counted")
+    funnel: FunnelOut
+    late_failures: dict[str, int] = Field(description="sent, then reported failed by the vendor: count per reason")
+
+
+class CampaignPage(BaseModel):
+    data: list[CampaignSummary]
+    next_cursor: str | None
+
+
+class ImportReport(BaseModel):
+    id: int = Field(description="the new campaign's id")
+    status: str
+    imported: int
+    rejected: list[RejectedRow] = Field(description=f"the first rows refused, with their line numbers (all are counted)")
+    rejected_total: int
+    duplicates: int
+    suppressed: int = Field(description="imported recipients who opted out: never sent (suppressed)")
+
+
+class ScheduleIn(BaseModel):
+    at: str | None = Field(None, examples=["2026-12-01T09:00:00+03:00"])
+
+
+class PauseIn(BaseModel):
+    reason: str | None = Field(None, max_length=500)
+
+
+class TestIn(BaseModel):
+    phone: str
+
+
+class CancelOut(CampaignSummary):
+    cancelled_messages: int
+
+
+# --- contacts ------------------------------------------------------------------------------
+
+class ContactSummary(BaseModel):
+    phone: str
+    opted_out: bool
+    opted_out_at: datetime | None
+    opt_out_source: str | None
+    opt_out_note: str | None
+    opted_in_at: datetime | None
+
+    @classmethod
+    def of(cls, c: Any) -> "ContactSummary":
+        return cls(phone=c.phone, opted_out=c.opted_out_at is not None, opted_out_at=c.opted_out_at,
+                   opt_out_source=c.opt_out_source, opt_out_note=c.opt_out_note, opted_in_at=c.opted_in_at)
+
+
+class ConsentChangeOut(BaseModel):
+    at: datetime
+    action: str
+    source: str
+    reason: str | None
+    actor: str | None
+
+
+class RecentMessageOut(BaseModel):
+    id: int
+    campaign_id: int | None
+    status: str
+    created_at: datetime
+    sent_at: datetime | None
+    reason: str | None
+
+
+class ContactOut(ContactSummary):
+    first_seen_at: datetime
+    last_inbound_at: datetime | None
+    last_sent_at: datetime | None
+    window_open_until: datetime | None = Field(description="the 24-hour customer-service window: last inbound + 24 h")
+    window_open: bool
+    history: list[ConsentChangeOut]
+    recent_messages: list[RecentMessageOut]
+    changed: bool | None = Field(None, description="on optout/optin: whether this request changed the consent")
+
+
+class OptOutIn(BaseModel):
+    reason: str | None = Field(None, max_length=1000)
+
+
+class OptOutPage(BaseModel):
+    data: list[ContactSummary]
+    next_cursor: str | None
+
+
+# --- retry, limits, health -----------------------------------------------------------------
+
+class RetryIn(BaseModel):
+    """The CLI's filters: a campaign with a status (plus error_code, since), or one message."""
+
+    model_config = ConfigDict(extra="forbid")
+    campaign_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    status: Literal["failed", "unknown"] | None = None
+    error_code: str | None = None
+    since: str | None = Field(None, examples=["2026-12-01T09:00:00+03:00"])
+    message_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    dry_run: bool = False
+    accept_duplicates: bool = Field(False, description="needed to retry unknown messages: the vendor may have sent them")
+
+
+class RetryOut(BaseModel):
+    selection: str
+    dry_run: bool
+    matched: int
+    by_error_code: dict[str, int]
+    unknown: int
+    note: str | None
+    requeued: int
+    left_alone: int
+    campaign_reopened: bool
+
+
+class ScopeLimit(BaseModel):
+    scope: str
+    paced_at: str
+    burst: int
+    vendor_limit: int | None
+    vendor_remaining: int | None
+    vendor_reset_at: datetime | None
+    blocked_until: datetime | None
+    blocked_reason: str | None
+    next_free_at: datetime | None
+
+
+class LimitsOut(BaseModel):
+    configured_limit: str
+    scopes: list[ScopeLimit]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: str
+    redis: str

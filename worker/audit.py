@@ -1,0 +1,38 @@
+"""The audit trail of writes made through the HTTP API: who (which API key) did what to which thing.
+
+Message status changes already have their trail in `message_events` (with an `actor`); this table
+holds what has no such home (a campaign created, paused, cancelled; a key created or revoked).
+A row is written in the same transaction as the change it records.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from worker.models import Base, BigId, UTCDateTime, utcnow
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (sa.Index("ix_audit_events_subject", "subject_type", "subject_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(sa.String(200))            # e.g. "apikey:bc1a2b3c:crm"
+    action: Mapped[str] = mapped_column(sa.String(64))            # e.g. "campaign.paused"
+    subject_type: Mapped[str] = mapped_column(sa.String(32))      # "campaign", "message", "api_key"
+    subject_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    detail: Mapped[dict | None] = mapped_column(sa.JSON)
+
+
+def record_audit(session: Session, actor: str | None, action: str, subject_type: str, subject_id: int | None,
+                 **detail: Any) -> None:
+    """Add an audit row to `session`'s transaction; nothing when there is no actor (an internal change)."""
+    if actor is None:
+        return
+    session.add(AuditEvent(actor=actor, action=action, subject_type=subject_type, subject_id=subject_id,
+                           detail=detail or None, at=utcnow()))

@@ -1,0 +1,66 @@
+"""Reading messages back: one message with its audit trail, and lists of messages (keyset pages).
+
+The CLI's `message show` and the API's `GET /v1/messages[/{id}]` both read through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from worker.errors import ButtoncastError
+from worker.message import normalize_phone
+from worker.models import Attempt, Message, MessageEvent
+
+PAGE_SIZE_DEFAULT = 50
+PAGE_SIZE_MAX = 200
+
+
+class MessageNotFound(ButtoncastError):
+    def __init__(self, message_id: int) -> None:
+        super().__init__(f"no message {message_id}")
+        self.message_id = message_id
+
+
+@dataclass(frozen=True)
+class MessageHistory:
+    message: Message
+    attempts: list[Attempt]
+    events: list[MessageEvent]
+
+
+def message_history(session: Session, message_id: int) -> MessageHistory:
+    """The message, every HTTP attempt and every status change no attempt explains, in id order."""
+    msg = session.get(Message, message_id)
+    if msg is None:
+        raise MessageNotFound(message_id)
+    attempts = session.scalars(sa.select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)).all()
+    events = session.scalars(sa.select(MessageEvent).where(MessageEvent.message_id == message_id).order_by(MessageEvent.id)).all()
+    return MessageHistory(msg, list(attempts), list(events))
+
+
+def list_messages(
+    session: Session,
+    *,
+    phone: str | None = None,
+    status: str | None = None,
+    campaign_id: int | None = None,
+    before_id: int | None = None,
+    limit: int = PAGE_SIZE_DEFAULT,
+    default_region: str | None = None,
+) -> list[Message]:
+    """Newest first; the next page starts below the last id returned (keyset: no OFFSET scan).
+
+    `phone` is normalised as at enqueue (a MessageInvalid names it if it is no phone number)."""
+    query = sa.select(Message).order_by(Message.id.desc()).limit(max(1, min(limit, PAGE_SIZE_MAX)))
+    if phone is not None:
+        query = query.where(Message.phone == normalize_phone(phone, default_region=default_region))
+    if status is not None:
+        query = query.where(Message.status == status)
+    if campaign_id is not None:
+        query = query.where(Message.campaign_id == campaign_id)
+    if before_id is not None:
+        query = query.where(Message.id < before_id)
+    return list(session.scalars(query))
