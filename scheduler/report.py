@@ -203,16 +203,6 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def late_failures(session: Session, campaign_id: int) -> dict[str, int]:
-    """Messages the vendor accepted and later reported failed (webhooks), counted by the error it gave."""
-    rows = session.execute(
-        sa.select(sa.func.coalesce(Message.delivery_error, "(no reason given)"), sa.func.count())
-        .where(Message.campaign_id == campaign_id, Message.delivery_status == DeliveryStatus.FAILED.value)
-        .group_by(Message.delivery_error)
-    ).all()
-    return {str(reason): count for reason, count in rows}
-
-
 def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS) -> Iterator[str]:
     """The CSV of `write_csv` as text chunks of `chunk_rows` rows, for a streamed HTTP response."""
     buffer = io.StringIO()

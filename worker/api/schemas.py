@@ -222,7 +222,7 @@ class CampaignDetail(CampaignSummary):
     rate_per_minute: int = Field(description="messages sent in the last minute")
     eta: datetime | None = Field(description="best case: the whole rate limit for this campaign, window not counted")
     funnel: FunnelOut
-    late_failures: dict[str, int] = Field(description="sent, then reported failed by the vendor: count per reason")
+    late_failures: dict[str, int] = Field(description="sent, then reported failed by the vendor: count per failure class (window_closed, undeliverable, opted_out, ...; README \"Late failures, by class\")")
 
 
 class CampaignPage(BaseModel):
