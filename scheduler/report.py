@@ -128,6 +128,30 @@ def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
         yield dict(row._mapping)
 
 
+def queue_depth(session: Session) -> dict[str, int]:
+    """Messages not yet final, all campaigns and ad-hoc sends, per status (pending, queued, sending)."""
+    rows = session.execute(
+        sa.select(Message.status, sa.func.count()).where(Message.status.in_(LEFT_STATUSES)).group_by(Message.status)
+    ).all()
+    return {status: 0 for status in LEFT_STATUSES} | {status: count for status, count in rows}
+
+
+TAPPER_COLUMNS = ("phone", "message_id", "replied_at", "reply_button_id", "reply_button_title")
+
+
+def tapper_rows(session: Session, campaign_id: int, button_id: str) -> Iterator[dict[str, Any]]:
+    """Everyone who tapped `button_id` in this campaign (to target them again), streamed."""
+    get_campaign(session, campaign_id)
+    query = (
+        sa.select(Message.phone, Message.id.label("message_id"), Message.replied_at, Message.reply_button_id,
+                  Message.reply_button_title)
+        .where(Message.campaign_id == campaign_id, Message.replied_at.is_not(None), Message.reply_button_id == button_id)
+        .order_by(Message.id).execution_options(yield_per=REPORT_YIELD_ROWS)
+    )
+    for row in session.execute(query):
+        yield dict(row._mapping)
+
+
 def _text(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
@@ -142,13 +166,14 @@ def late_failures(session: Session, campaign_id: int) -> dict[str, int]:
     return {str(reason): count for reason, count in rows}
 
 
-def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS) -> Iterator[str]:
+def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS,
+               columns: tuple[str, ...] = REPORT_COLUMNS) -> Iterator[str]:
     """The CSV of `write_csv` as text chunks of `chunk_rows` rows, for a streamed HTTP response."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
+    writer.writerow(columns)
     for count, row in enumerate(rows, 1):
-        writer.writerow(["" if row[c] is None else _text(row[c]) for c in REPORT_COLUMNS])
+        writer.writerow(["" if row[c] is None else _text(row[c]) for c in columns])
         if count % chunk_rows == 0:
             yield buffer.getvalue()
             buffer.seek(0)

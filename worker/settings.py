@@ -43,6 +43,9 @@ METRICS_PORT = 9808
 LOG_FORMAT = "text"
 API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
 API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
+CONSOLE_SESSION_TTL_S = 8 * 3600.0     # a console login lasts this long
+CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over HTTPS (or a trusted proxy says so)
+CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -135,6 +138,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={env.get(name)!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     value = _float(env, name, default)
     if value >= 0.5:
@@ -188,6 +198,8 @@ class Settings:
     log_format: str = LOG_FORMAT
     api_max_body_bytes: int = API_MAX_BODY_BYTES
     api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
+    console_session_ttl_s: float = CONSOLE_SESSION_TTL_S
+    console_cookie_secure: str = CONSOLE_COOKIE_SECURE
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -259,6 +271,8 @@ class Settings:
             log_format=log_format,
             api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
             api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
+            console_session_ttl_s=_float(env, "CONSOLE_SESSION_TTL_S", CONSOLE_SESSION_TTL_S, 60.0),
+            console_cookie_secure=_choice(env, "CONSOLE_COOKIE_SECURE", CONSOLE_COOKIE_SECURE, CONSOLE_COOKIE_SECURE_CHOICES),
         )
 
     def require_awal(self) -> None:
