@@ -316,6 +316,6 @@ def test_every_page_renders_at_desktop_and_phone_width(page_for, stack: ConsoleS
         assert page.locator("h1").first.inner_text().startswith(heading), path
         shoot(page, name)
     page.goto(f"/messages/{message.id}")
-    assert "by " in page.inner_text("#trail")  # the trail as `message show` prints it
+    assert "attempt  HTTP" in page.inner_text("#trail")  # the trail as `message show` prints it
     page.goto("/health")
     assert page.inner_text("#h-beat").startswith("ticking")

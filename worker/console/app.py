@@ -26,7 +26,8 @@ def is_console_path(path: str) -> bool:
 
 def install_console(app: FastAPI) -> None:
     """Call after the API's problem handlers are installed."""
-    for module in (routes_login, routes_campaigns, routes_new, routes_messages, routes_health):
+    # routes_new first: its /campaigns/new must not be read as /campaigns/{campaign_id}
+    for module in (routes_login, routes_new, routes_campaigns, routes_messages, routes_health):
         app.include_router(module.router)
     app.mount(STATIC_PATH, StaticFiles(directory=str(PACKAGE_DIR / "static")), name="console-static")
     app.add_exception_handler(NotLoggedIn, not_logged_in)
