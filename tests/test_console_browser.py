@@ -216,6 +216,9 @@ def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, 
                            "document.querySelector('#campaign-status').textContent.trim() === 'completed'", timeout=45_000)
     assert page.evaluate("window.__notReloaded") is True  # the counts came without a reload
     assert page.inner_text("[data-count=sent]") == "10"
+    page.wait_for_selector("#recipients .s-sent")  # the table is fetched again once the campaign is over
+    assert page.locator("#recipients .s-pending").count() == 0 and page.locator("#action-pause").count() == 0
+    assert page.evaluate("window.__notReloaded") is True
     shoot(page, "campaign")
 
 

@@ -16,12 +16,27 @@
           const holder = document.createElement("template");
           holder.innerHTML = (await response.text()).trim();
           const fresh = holder.content.querySelector("[data-poll]");
-          if (fresh) { el.replaceWith(fresh); el = fresh; }
+          if (fresh) {
+            const becameFinal = el.dataset.final !== "true" && fresh.dataset.final === "true";
+            el.replaceWith(fresh); el = fresh;
+            if (becameFinal) refreshSections();
+          }
         }
       } catch (err) { /* the server restarted or the network blinked: try again next tick */ }
       setTimeout(tick, POLL_MS);
     };
     setTimeout(tick, POLL_MS);
+  }
+
+  /* Once the campaign is over, the rest of the page (the recipients table) is fetched once more. */
+  async function refreshSections() {
+    const response = await fetch(location.href, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    document.querySelectorAll("[data-refresh-on-final]").forEach((old) => {
+      const fresh = doc.getElementById(old.id);
+      if (fresh) old.replaceWith(fresh);
+    });
   }
 
   function startCounter(input) {
