@@ -8,6 +8,8 @@ Each stage runs in its own child process so that its peak RSS (ru_maxrss) is its
   sqlite       create_with_recipients into a fresh SQLite file
   postgres     create_with_recipients into a scratch database, created and dropped here
 About 0.5% of rows are invalid and 0.5% are duplicates, so the error paths are exercised too.
+`--opted-out N` first imports a suppression list of N of those phones (`contacts import --optouts`,
+timed on its own) so the campaign import meets N opted-out contacts and reports them.
 """
 
 from __future__ import annotations
@@ -52,11 +54,23 @@ def generate(path: Path, rows: int) -> None:
             writer.writerow([phone, rng.choice(NAMES), rng.choice(CITIES), f"C{i}"])
 
 
+def generate_optouts(path: Path, rows: int, count: int) -> None:
+    """`count` phones of the recipients file (spread evenly), as a suppression list."""
+    step = max(1, rows // max(count, 1))
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["phone", "reason"])
+        for n, i in enumerate(range(0, rows, step)):
+            if n >= count:
+                break
+            writer.writerow([f"9665{i:08d}", "suppression list"])
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def stage(name: str, csv_path: str, url: str | None) -> dict:
+def stage(name: str, csv_path: str, url: str | None, optouts: str | None = None) -> dict:
     """Run one stage in this (child) process; return its figures (imports are not timed)."""
     from scheduler.campaigns import create_with_recipients
     from scheduler.importer import RowProblem, read_recipients
@@ -77,19 +91,29 @@ def stage(name: str, csv_path: str, url: str | None) -> dict:
     else:
         upgrade(url)
         engine = make_engine(url)
-        start = time.perf_counter()  # migrations are not the import
+        suppressed = {}
+        if optouts:
+            from worker.contacts_import import import_optouts
+
+            began = time.perf_counter()
+            listed = import_optouts(make_session_factory(engine), optouts)
+            took = time.perf_counter() - began
+            suppressed = {"optout_list_rows_per_s": round((listed.opted_out + listed.already_opted_out) / took)}
+        start = time.perf_counter()  # migrations (and the suppression list) are not the import
         _, result = create_with_recipients(make_session_factory(engine), csv_path, name="bench",
                                            phone_number_id="123456", template=TEMPLATE)
         engine.dispose()
         outcome = {"rows": result.imported + result.rejected + result.duplicates, "imported": result.imported,
-                   "rejected": result.rejected, "duplicates": result.duplicates}
+                   "rejected": result.rejected, "duplicates": result.duplicates,
+                   "opted_out": getattr(result, "opted_out", 0), **suppressed}
     seconds = time.perf_counter() - start
     return {"stage": name, **outcome, "seconds": round(seconds, 2),
             "rows_per_s": round(outcome["rows"] / seconds), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def run_child(name: str, csv_path: Path, url: str | None = None) -> dict:
+def run_child(name: str, csv_path: Path, url: str | None = None, optouts: Path | None = None) -> dict:
     args = [sys.executable, __file__, "--stage", name, "--csv", str(csv_path)] + (["--url", url] if url else [])
+    args += ["--optouts", str(optouts)] if optouts else []
     out = subprocess.run(args, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -116,21 +140,30 @@ def main() -> None:
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--csv", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--optouts", help=argparse.SUPPRESS)
+    parser.add_argument("--opted-out", type=int, default=0, help="phones of the file opted out before the import")
+    parser.add_argument("--skip-sqlite", action="store_true", help="only the Postgres import (and the floors)")
     args = parser.parse_args()
     if args.stage:
-        print(json.dumps(stage(args.stage, args.csv, args.url)))
+        print(json.dumps(stage(args.stage, args.csv, args.url, args.optouts)))
         return
     with tempfile.TemporaryDirectory(prefix="buttoncast-bench-") as tmp:
         csv_path = Path(tmp) / "recipients.csv"
         t0 = time.perf_counter()
         generate(csv_path, args.rows)
         print(f"generated {args.rows:,} rows ({csv_path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
-        results = [run_child("csv.reader", csv_path), run_child("validate", csv_path),
-                   run_child("sqlite", csv_path, f"sqlite:///{Path(tmp) / 'bench.db'}"),
-                   with_scratch_pg(args.pg_admin_url, lambda url: run_child("postgres", csv_path, url))]
+        optouts = None
+        if args.opted_out:
+            optouts = Path(tmp) / "optouts.csv"
+            generate_optouts(optouts, args.rows, args.opted_out)
+        results = [run_child("csv.reader", csv_path), run_child("validate", csv_path)]
+        if not args.skip_sqlite:
+            results.append(run_child("sqlite", csv_path, f"sqlite:///{Path(tmp) / 'bench.db'}", optouts))
+        results.append(with_scratch_pg(args.pg_admin_url, lambda url: run_child("postgres", csv_path, url, optouts)))
     print(f"{'stage':<11} {'rows':>9} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13}  outcome")
     for r in results:
-        extra = {k: r[k] for k in ("imported", "rejected", "duplicates", "valid") if k in r}
+        extra = {k: r[k] for k in ("imported", "rejected", "duplicates", "valid", "opted_out", "optout_list_rows_per_s")
+                 if k in r}
         print(f"{r['stage']:<11} {r['rows']:>9,} {r['seconds']:>8} {r['rows_per_s']:>9,} {r['peak_rss_mb']:>13}  {extra or ''}")
 
 

@@ -85,9 +85,18 @@ def create_campaign(
     scheduled_at: datetime | None = None,
     window: Window | None = None,
     draft: bool = False,
+    require_open_window: bool = False,
+    expires_at: datetime | None = None,
 ) -> Campaign:
-    """Add a campaign (flushed, not committed): `draft`, or `scheduled` at `scheduled_at` (default now)."""
+    """Add a campaign (flushed, not committed): `draft`, or `scheduled` at `scheduled_at` (default now).
+
+    `require_open_window` and `expires_at` are copied to each recipient's message at import; the
+    send claim's gate (worker.gate) holds or expires them."""
     problems = _field_problems(name, phone_number_id, scheduled_at)
+    if expires_at is not None and expires_at.tzinfo is None:
+        problems.append(FieldProblem("expires_at", "has no UTC offset; give e.g. 2026-12-01T09:00:00+03:00"))
+    elif expires_at is not None and expires_at <= (scheduled_at or utcnow()):
+        problems.append(FieldProblem("expires_at", "is before the campaign starts: nothing would be sent"))
     try:
         check_template(template)
     except MessageInvalid as exc:
@@ -101,11 +110,28 @@ def create_campaign(
         scheduled_at=scheduled_at or (None if draft else now),
         window_start=window.start if window else None, window_end=window.end if window else None,
         window_tz=window.tz if window else None,
+        require_open_window=bool(require_open_window), expires_at=expires_at,
         consecutive_failures=0, recipients_imported=0, rows_rejected=0, created_at=now, updated_at=now,
     )
     session.add(campaign)
     session.flush()
     return campaign
+
+
+def with_opt_out_button(template: Mapping[str, Any], spec: str, *, opt_out_button_ids: frozenset[str]) -> dict[str, Any]:
+    """message.json with an opt-out reply button appended ("stop:Stop offers" -> id stop, title
+    "Stop offers"). It counts toward the vendor's 3 buttons (check_template judges the result);
+    its id must be one of OPT_OUT_BUTTON_IDS, or a tap on it would opt no one out."""
+    button_id, sep, title = (spec or "").partition(":")
+    button_id, title = button_id.strip(), title.strip()
+    if not sep or not button_id or not title:
+        raise MessageInvalid([FieldProblem("--opt-out-button", f"{spec!r} is not ID:TITLE, e.g. \"stop:Stop offers\"")])
+    if button_id not in opt_out_button_ids:
+        raise MessageInvalid([FieldProblem("--opt-out-button", f"id {button_id!r} is not one of OPT_OUT_BUTTON_IDS "
+                                           f"({', '.join(sorted(opt_out_button_ids)) or 'none set'}): a tap would not opt out")])
+    buttons = template.get("buttons")
+    buttons = list(buttons) if isinstance(buttons, list) else []
+    return {**template, "buttons": buttons + [{"id": button_id, "title": title}]}
 
 
 def _field_problems(name: str, phone_number_id: str, scheduled_at: datetime | None) -> list[FieldProblem]:

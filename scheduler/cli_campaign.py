@@ -9,11 +9,9 @@ import functools
 import json
 import sys
 import time
-from datetime import datetime
 from typing import Any, Callable, TypeVar
 
 import click
-import sqlalchemy as sa
 
 from scheduler import campaigns, report
 from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
@@ -21,7 +19,7 @@ from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError,
 from scheduler.window import WindowInvalid, parse_window
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
-from worker.models import Campaign, Message
+from worker.models import Campaign
 from worker.runtime import Runtime
 from worker.status import CampaignStatus
 
@@ -68,6 +66,9 @@ def _load_message(path: str) -> dict[str, Any]:
 def _print_result(result: ImportResult) -> None:
     click.echo(f"imported {result.imported} recipient(s); rejected {result.rejected} row(s); "
                f"skipped {result.duplicates} duplicate(s)", err=True)
+    if result.opted_out:
+        click.echo(f"opted out: {result.opted_out} of the imported recipient(s) opted out; they are never sent "
+                   "(suppressed)", err=True)
     _print_problems("rejected", result.problems, result.rejected)
     _print_problems("duplicates", result.duplicate_rows, result.duplicates)
 
@@ -96,13 +97,24 @@ def campaign_group() -> None:
 @click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
 @click.option("--draft", is_flag=True, help="Create it as a draft; start it later with `campaign schedule ID`.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any row is invalid.")
+@click.option("--opt-out-button", default=None, metavar="ID:TITLE",
+              help='Append an opt-out reply button, e.g. "stop:Stop offers" (counts toward the 3; ID in OPT_OUT_BUTTON_IDS).')
+@click.option("--require-open-window", is_flag=True,
+              help="Hold recipients whose 24-hour window is closed at send time as suppressed (window_closed).")
+@click.option("--expires-at", "expires_text", default=None,
+              help="Not sent by then (ISO 8601 with offset) -> expired, never delivered late.")
 @campaign_errors
-def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict) -> None:  # noqa: ANN001
+def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict,  # noqa: ANN001
+                   opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
     """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
     at = parse_at(at_text)
+    expires_at = parse_at(expires_text, "--expires-at")
     send_window = parse_window(window, tz)
     template = _load_message(message_path)
     runtime = load_runtime()
+    if opt_out_button:
+        template = campaigns.with_opt_out_button(template, opt_out_button,
+                                                 opt_out_button_ids=runtime.settings.opt_out_button_ids)
     sender = phone_number_id or runtime.settings.awal_phone_number_id
     if not sender:
         raise ConfigError("no sender: pass --phone-number-id or set AWAL_PHONE_NUMBER_ID")
@@ -110,10 +122,13 @@ def create_command(name, message_path, recipients, at_text, window, tz, phone_nu
     campaign_id, result = campaigns.create_with_recipients(
         runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=at,
         name=name, phone_number_id=sender, template=template, window=send_window,
+        require_open_window=require_open_window, expires_at=expires_at,
     )
     _print_result(result)
     with runtime.session_factory() as session:
         campaign = campaigns.get_campaign(session, campaign_id)
+        click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign_id),
+                                                             require_open_window=require_open_window), err=True)
     when = "draft: start it with `buttoncast campaign schedule %d`" % campaign_id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
     click.echo(f"campaign {campaign_id} created ({when})", err=True)
     click.echo(campaign_id)

@@ -35,6 +35,8 @@ def _print_plan(plan: RetryPlan, dry_run: bool) -> None:
     click.echo(f"{verb} {plan.total} message(s) ({plan.selection.describe()})")
     for code, count in plan.by_error_code.items():
         click.echo(f"  {count:>8}  last error {code}")
+    if plan.opted_out:
+        click.echo(f"held back {plan.opted_out} message(s) to opted-out contacts (requeued only after they opt back in)")
     note = plan.campaign_note()
     if note:
         click.echo(f"note: {note}")
@@ -51,8 +53,9 @@ def _confirm_duplicates(plan: RetryPlan, yes: bool) -> None:
 
 @click.command("retry")
 @click.option("--campaign", "campaign_id", type=int, default=None, help="Retry this campaign's messages (needs --status).")
-@click.option("--status", type=click.Choice([s.value for s in (MessageStatus.FAILED, MessageStatus.UNKNOWN)]),
-              default=None, help="Which messages: failed, or unknown (duplicates possible).")
+@click.option("--status", type=click.Choice([s.value for s in (MessageStatus.FAILED, MessageStatus.UNKNOWN, MessageStatus.SUPPRESSED)]),
+              default=None, help="Which messages: failed, unknown (duplicates possible), or suppressed (never "
+                                 "to a contact still opted out).")
 @click.option("--error-code", default=None, help="Only messages whose last error code is this.")
 @click.option("--since", default=None, help="Only messages that ended at or after this time (ISO 8601 with offset).")
 @click.option("--message", "message_id", type=int, default=None, help="Retry this one message (failed or unknown).")
@@ -63,7 +66,7 @@ def retry_command(campaign_id: int | None, status: str | None, error_code: str |
                   message_id: int | None, dry_run: bool, yes: bool) -> None:
     """Requeue failed or unknown messages; the dispatcher sends them under the same rate limit."""
     if campaign_id is not None and status is None:
-        fail("--campaign needs --status failed or --status unknown", 2)
+        fail("--campaign needs --status failed, --status unknown or --status suppressed", 2)
     if message_id is not None and (campaign_id is not None or status is not None):
         fail("--message retries one message; do not combine it with --campaign or --status", 2)
     try:

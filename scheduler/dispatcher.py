@@ -27,7 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.window import in_window
-from worker.models import Campaign, Message, utcnow
+from worker import gate as consent_gate
+from worker.models import Campaign, Message, MessageEvent, UTCDateTime, utcnow
 from worker.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
@@ -45,6 +46,7 @@ class TickReport:
     published: dict[str, int] = field(default_factory=dict)   # "adhoc" or campaign id -> tasks published
     budget: int = 0
     in_flight: int = 0
+    cancelled_leftovers: int = 0   # rows of cancelled campaigns that a racing write left queued/pending
 
     @property
     def total_published(self) -> int:
@@ -79,6 +81,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
         if n:
             report.published[str(campaign_id)] = n
     with runtime.session_factory.begin() as session:
+        report.cancelled_leftovers = cancel_leftovers(session, now)
         report.completed = complete_finished_campaigns(session, now)
     if report.total_published or report.started or report.completed:
         log.info("dispatch: published %s (budget %s, in flight %s), started %s, completed %s",
@@ -179,26 +182,43 @@ def _claim(runtime: Runtime, campaign_id: int | None, limit: int, now: datetime)
     claimed = 0
     batch = runtime.settings.dispatch_batch_size
     due, pending = _ready_kinds(now)
+    gate = consent_gate.Gate(frequency_cap=runtime.settings.marketing_frequency_cap)
     for kind, cursor in ((due, None), (pending, runtime.dispatch_cursors.get(campaign_id, 0))):
         while claimed < limit:
             take = min(batch, limit - claimed)
             ready = sa.and_(where, kind, Message.id > cursor) if cursor else sa.and_(where, kind)
             with runtime.session_factory.begin() as session:
-                statement = _claim_statement(runtime.engine.dialect.name, ready, take, now)
-                ids = list(session.connection().execute(statement).scalars())  # Core: no ORM result objects
-            if ids:
-                claimed += len(ids)
+                statement = _claim_statement(runtime.engine.dialect.name, ready, take, now, gate)
+                rows = session.connection().execute(statement, {"p_now": now, **gate.params(now)}).all()  # Core
+                held = [r.id for r in rows if r.status != QUEUED]
+                if held:
+                    _note_held(session, held, now, from_status=QUEUED if kind is due else PENDING)
+            ids = [r.id for r in rows if r.status == QUEUED]
+            claimed += len(ids)   # held rows cost no rate: the budget goes to the next ones
+            if rows:
                 if cursor is not None:
-                    cursor = runtime.dispatch_cursors[campaign_id] = max(ids)
+                    cursor = runtime.dispatch_cursors[campaign_id] = max(r.id for r in rows)
+            if ids:
                 yield ids
-            if len(ids) < take:
+            if len(rows) < take:
                 if cursor:   # nothing more past the hint: once more from the start
                     cursor = runtime.dispatch_cursors[campaign_id] = 0
                     continue
                 break
 
 
-def _claim_statement(dialect: str, ready: sa.ColumnElement[bool], take: int, now: datetime) -> sa.Update:
+def _note_held(session: Session, message_ids: list[int], now: datetime, *, from_status: str) -> None:
+    """One message event per recipient the gate held at dispatch (worker.gate), for the audit trail."""
+    session.execute(sa.insert(MessageEvent).from_select(
+        ["message_id", "at", "from_status", "to_status", "reason", "actor"],
+        sa.select(Message.id, sa.literal(now, UTCDateTime()), sa.literal(from_status), Message.status,
+                  sa.func.coalesce(Message.last_error_message, Message.status), sa.literal("dispatcher"))
+        .where(Message.id.in_(message_ids)),
+    ))
+
+
+def _claim_statement(dialect: str, ready: sa.ColumnElement[bool], take: int, now: datetime,
+                     gate: consent_gate.Gate = consent_gate.NO_CAP) -> sa.Update:
     """UPDATE ... -> queued for at most `take` rows matching `ready`, RETURNING their ids.
 
     Postgres: the rows are picked in a MATERIALIZED CTE with FOR UPDATE SKIP LOCKED. Written as
@@ -207,16 +227,17 @@ def _claim_statement(dialect: str, ready: sa.ColumnElement[bool], take: int, now
     SQLite has one writer at a time, so the plain subquery is exact there. `ready` is checked again
     on the row itself, so a row another dispatcher took meanwhile is left alone.
     """
-    pick = sa.select(Message.id).where(ready).order_by(Message.id).limit(take)
-    update = sa.update(Message).values(
-        status=QUEUED, enqueued_at=now, queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now
-    )
-    if dialect == "postgresql":
-        picked = pick.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
-        update = update.where(Message.id == picked.c.id, ready)
+    # The gate's rules (worker.gate) decide each row's status: queued, or held (final, never published).
+    update = sa.update(Message).values(queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now)
+    if dialect == "postgresql":   # the gate judged once per row, in the CTE
+        pick = sa.select(Message.id, consent_gate.dispatch_reason(gate).label("held")).where(ready)
+        picked = pick.order_by(Message.id).limit(take).with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
+        update = update.where(Message.id == picked.c.id, ready).values(**consent_gate.dispatch_values(picked.c.held))
     else:
-        update = update.where(Message.id.in_(pick.scalar_subquery()), ready)
-    return update.returning(Message.id).execution_options(synchronize_session=False)
+        pick = sa.select(Message.id).where(ready).order_by(Message.id).limit(take)
+        update = update.where(Message.id.in_(pick.scalar_subquery()), ready).values(
+            **consent_gate.dispatch_values(consent_gate.dispatch_reason(gate)))
+    return update.returning(Message.id, Message.status).execution_options(synchronize_session=False)
 
 
 def _publish(runtime: Runtime, batches: Iterator[list[int]], queue: str) -> int:
@@ -252,6 +273,36 @@ def _succeeded(future: Future) -> bool:
     except Exception:  # noqa: BLE001 - its own failure is handled by handing its batch back
         return False
     return True
+
+
+def cancel_leftovers(session: Session, now: datetime) -> int:
+    """Issue 12 item 7: pending/queued rows of a cancelled campaign -> cancelled, with an event.
+
+    The send path writes `cancelled` itself when it sees the cancel (worker.store); this closes the
+    race where a worker's write and the cancel's transaction commit at the same moment. The
+    dispatcher never serves a cancelled campaign, so without it such a row would wait for ever.
+    Cheap when there is nothing to do: an index probe of (campaign_id, status) per cancelled campaign."""
+    cancelled_campaigns = sa.select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)
+    total = 0
+    for from_status in (PENDING, QUEUED):
+        ids = session.execute(
+            sa.update(Message)
+            .where(Message.campaign_id.in_(cancelled_campaigns), Message.status == from_status)
+            .values(status=MessageStatus.CANCELLED.value, finished_at=now, updated_at=now, enqueued_at=None)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        ).scalars().all()
+        if ids:
+            session.execute(sa.insert(MessageEvent), [
+                dict(message_id=mid, at=now, from_status=from_status, to_status=MessageStatus.CANCELLED.value,
+                     reason="campaign cancelled; a write that raced the cancel had left it " + from_status,
+                     actor="dispatcher")
+                for mid in ids
+            ])
+        total += len(ids)
+    if total:
+        log.warning("dispatch: %s message(s) of cancelled campaigns -> cancelled", total)
+    return total
 
 
 def complete_finished_campaigns(session: Session, now: datetime) -> list[int]:

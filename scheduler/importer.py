@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler.template import MessageTemplate
+from worker.contacts import ensure_contacts, opted_out_among
 from worker.errors import ButtoncastError, MessageInvalid
 from worker.message import normalize_phone
 from worker.models import Campaign, Message, utcnow
@@ -61,6 +62,7 @@ class ImportResult:
     """What an import did: counts of every outcome, and the first MAX_DETAILS problems in detail."""
 
     imported: int = 0
+    opted_out: int = 0         # imported recipients whose contact is opted out: never sent (suppressed)
     rejected: int = 0
     duplicates: int = 0
     problems: list[RowProblem] = field(default_factory=list)
@@ -175,6 +177,7 @@ class _BatchWriter:
                  batch_rows: int, dialect: str) -> None:
         self.session_factory, self.result, self.batch_rows = session_factory, result, batch_rows
         self.campaign_id, self.phone_number_id = campaign.id, campaign.phone_number_id
+        self.gate_values = {"require_open_window": bool(campaign.require_open_window), "expires_at": campaign.expires_at}
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         # Core insert on the table (no ORM bookkeeping). The unique index judges duplicates on every
         # row in the same step as the insert; RETURNING says which rows went in.
@@ -194,11 +197,12 @@ class _BatchWriter:
         rows = [
             {"campaign_id": self.campaign_id, "phone_number_id": self.phone_number_id, "phone": r.phone,
              "content": r.content, "status": MessageStatus.PENDING.value, "attempts": 0,
-             "created_at": now, "updated_at": now}
+             "created_at": now, "updated_at": now, **self.gate_values}
             for r in self.batch
         ]
         with self.session_factory.begin() as session:
             inserted = set(session.connection().execute(self.statement, rows).scalars())
+            ensure_contacts(session, inserted, at=now)
         for r in self.batch:
             if r.phone in inserted:
                 inserted.discard(r.phone)  # the first row with this phone took it
@@ -238,6 +242,8 @@ def import_recipients(
         else:
             writer.add(item)
     writer.flush()
+    with session_factory() as session:
+        result.opted_out = opted_out_among(session, campaign_id)
     with session_factory.begin() as session:
         session.execute(
             sa.update(Campaign).where(Campaign.id == campaign_id).values(

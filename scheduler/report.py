@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.campaigns import get_campaign, status_counts
-from worker.models import Campaign, Message, utcnow
+from worker.contacts import SERVICE_WINDOW, open_window_among, opted_out_among
+from worker.models import Campaign, Contact, Message, utcnow
 from worker.status import DeliveryStatus, MessageStatus
 
 RATE_WINDOW_S = 60
@@ -26,7 +27,7 @@ REPORT_YIELD_ROWS = 1_000
 REPORT_COLUMNS = (
     "message_id", "phone", "status", "vendor_id", "vendor_message_id", "attempts", "last_error_code",
     "last_error_message", "sent_at", "delivery_status", "delivered_at", "read_at", "replied_at",
-    "reply_button_id", "reply_button_title",
+    "reply_button_id", "reply_button_title", "contact_opted_out", "window_open_until",
 )
 #: still to go out: the estimate counts these against the rate limit
 LEFT_STATUSES = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value)
@@ -76,6 +77,36 @@ def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> F
 
 
 @dataclass(frozen=True)
+class Audience:
+    """Consent and the 24-hour window across a campaign's recipients, now."""
+
+    recipients: int
+    opted_out: int
+    window_open: int
+
+    @property
+    def window_share(self) -> float | None:
+        return self.window_open / self.recipients if self.recipients else None
+
+
+def audience(session: Session, campaign_id: int, now: datetime | None = None) -> Audience:
+    window_open, recipients = open_window_among(session, campaign_id, now=now)
+    return Audience(recipients=recipients, opted_out=opted_out_among(session, campaign_id), window_open=window_open)
+
+
+def describe_audience(a: Audience, *, require_open_window: bool) -> str:
+    """The pre-flight / show line: who has an open window, and what happens to the others."""
+    share = f" ({a.window_share:.1%})" if a.window_share is not None else ""
+    closed = a.recipients - a.window_open
+    then = ("held as suppressed (window_closed) at send time: --require-open-window" if require_open_window
+            else "button messages to them are likely to fail with 131047 (re-engagement: outside the 24-hour window)")
+    text = f"24-hour window open now for {a.window_open} of {a.recipients} recipient(s){share}"
+    if closed:
+        text += f"; {closed} closed: {then}"
+    return text + (f"; {a.opted_out} opted out (never sent)" if a.opted_out else "")
+
+
+@dataclass(frozen=True)
 class Progress:
     """A campaign's state for `campaign show` and `--watch`."""
 
@@ -84,6 +115,7 @@ class Progress:
     funnel: Funnel
     per_second_limit: float
     now: datetime
+    audience: Audience | None = None
 
     @property
     def total(self) -> int:
@@ -113,19 +145,26 @@ class Progress:
 def progress(session: Session, campaign_id: int, per_second_limit: float, now: datetime | None = None) -> Progress:
     now = now or utcnow()
     campaign = get_campaign(session, campaign_id)
-    return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now)
+    return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now,
+                    audience(session, campaign_id, now))
 
 
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
     """One dict per recipient in import order, streamed (server-side cursor on Postgres)."""
     get_campaign(session, campaign_id)
-    columns = [Message.id.label("message_id")] + [getattr(Message, c) for c in REPORT_COLUMNS[1:]]
+    columns = [Message.id.label("message_id")] + [getattr(Message, c) for c in REPORT_COLUMNS[1:-2]]
     query = (
-        sa.select(*columns).where(Message.campaign_id == campaign_id).order_by(Message.id)
+        sa.select(*columns, Contact.opted_out_at, Contact.last_inbound_at)
+        .outerjoin(Contact, Contact.phone == Message.phone)
+        .where(Message.campaign_id == campaign_id).order_by(Message.id)
         .execution_options(yield_per=REPORT_YIELD_ROWS)
     )
     for row in session.execute(query):
-        yield dict(row._mapping)
+        out = dict(row._mapping)
+        out["contact_opted_out"] = out.pop("opted_out_at") is not None
+        inbound = out.pop("last_inbound_at")
+        out["window_open_until"] = inbound + SERVICE_WINDOW if inbound else None
+        yield out
 
 
 def queue_depth(session: Session) -> dict[str, int]:
@@ -247,4 +286,11 @@ def describe(p: Progress) -> list[str]:
         f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
     ]
     lines += [f"    tapped {title or '?'} [{button_id or '?'}]: {_share(f, n)}" for button_id, title, n in f.taps]
+    if p.audience is not None:
+        lines.append("  audience:   " + describe_audience(p.audience, require_open_window=bool(c.require_open_window)))
+    gates = [f"expires {format_utc(c.expires_at)}"] if c.expires_at else []
+    if c.require_open_window:
+        gates.append("require open window")
+    if gates:
+        lines.append("  gate:       " + ", ".join(gates))
     return lines

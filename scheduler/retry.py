@@ -20,12 +20,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import ButtoncastError
+from worker.gate import OPTED_OUT_NOW
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.retry")
 ACTOR = "operator"
-RETRYABLE = (MessageStatus.FAILED, MessageStatus.UNKNOWN)
+#: suppressed (worker.gate) is retryable only once its contact is no longer opted out; the claim's
+#: gate judges the window and the frequency cap again when it is sent
+RETRYABLE = (MessageStatus.FAILED, MessageStatus.UNKNOWN, MessageStatus.SUPPRESSED)
 RETRY_BATCH_SIZE = 500
 NO_ERROR_CODE = "(no error code)"
 DUPLICATE_WARNING = (
@@ -52,7 +55,7 @@ class RetrySelection:
         if (self.message_id is None) == (self.campaign_id is None):
             raise RetryRefused("give either a campaign (with --status) or one message")
         if self.campaign_id is not None and self.status not in RETRYABLE:
-            raise RetryRefused("--status must be failed or unknown; sent messages are never requeued")
+            raise RetryRefused("--status must be failed, unknown or suppressed; sent messages are never requeued")
         if self.message_id is not None and (self.error_code or self.since):
             raise RetryRefused("--error-code and --since filter a campaign's messages, not one message")
         if self.since is not None and self.since.tzinfo is None:
@@ -68,14 +71,17 @@ class RetrySelection:
             parts.append(f"finished since {self.since.isoformat()}")
         return ", ".join(parts)
 
-    def where(self) -> sa.ColumnElement[bool]:
-        """The whole filter, repeated in every UPDATE so a concurrent change is never overwritten."""
+    def where(self, *, opted_out: bool = False) -> sa.ColumnElement[bool]:
+        """The whole filter, repeated in every UPDATE so a concurrent change is never overwritten.
+        `opted_out`: the same filter but for the messages held back because their contact opted out."""
         statuses = [self.status.value] if self.status else [s.value for s in RETRYABLE]
         conditions = [
             Message.status.in_(statuses),
             # Belt and braces: whatever its status says, a message the vendor accepted stays put.
             Message.vendor_message_id.is_(None),
             ~sa.select(Attempt.id).where(Attempt.message_id == Message.id, Attempt.outcome == "sent").exists(),
+            # Never to a person who said stop, whatever the status (worker.gate would hold it anyway).
+            OPTED_OUT_NOW if opted_out else ~OPTED_OUT_NOW,
         ]
         if self.message_id is not None:
             conditions.append(Message.id == self.message_id)
@@ -96,6 +102,7 @@ class RetryPlan:
     total: int = 0
     by_error_code: dict[str, int] = field(default_factory=dict)
     unknown: int = 0
+    opted_out: int = 0                   # matched the status and filters, but their contact opted out: held
     campaign_id: int | None = None
     campaign_status: str | None = None
 
@@ -150,6 +157,8 @@ def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
         if status == MessageStatus.UNKNOWN.value:
             plan.unknown += count
     plan.by_error_code = dict(codes.most_common())
+    plan.opted_out = session.scalar(
+        sa.select(sa.func.count()).select_from(Message).where(selection.where(opted_out=True))) or 0
     return plan
 
 
@@ -163,7 +172,9 @@ def _check_one_message(session: Session, message_id: int) -> None:
     if status == MessageStatus.SENT.value:
         raise RetryRefused(f"message {message_id} was sent (messageId {vendor_message_id}); sent messages are never requeued")
     if status not in {s.value for s in RETRYABLE}:
-        raise RetryRefused(f"message {message_id} is {status}; only failed or unknown messages can be retried")
+        raise RetryRefused(f"message {message_id} is {status}; only failed or unknown (or suppressed) messages can be retried")
+    if session.scalar(sa.select(OPTED_OUT_NOW).where(Message.id == message_id)):
+        raise RetryRefused(f"message {message_id} goes to a contact who opted out; it is requeued only after they opt back in")
 
 
 def requeue(

@@ -20,6 +20,7 @@ from worker.models import Message, MessageEvent
 pytestmark = pytest.mark.slow
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
 MAX_BODY = 65_536
+KEY_CACHE_S = 0.5
 MESSAGE_JSON = '{"body_text": "Hello {{name}}", "buttons": [{"id": "go", "title": "Go"}]}'
 
 
@@ -30,7 +31,8 @@ def api(migrated_postgres, redis_url, tmp_path_factory) -> ApiStack:  # noqa: AN
     server = SandboxServer(SandboxConfig(seed=7))
     sandbox_url = server.start_in_thread()
     stack = start_api_stack(migrated_postgres, redis_url, sandbox_url, tmp_path_factory.mktemp("api"),
-                            API_MAX_BODY_BYTES=str(MAX_BODY), API_MAX_UPLOAD_BYTES=str(4 * MAX_BODY))
+                            API_MAX_BODY_BYTES=str(MAX_BODY), API_MAX_UPLOAD_BYTES=str(4 * MAX_BODY),
+                            API_KEY_CACHE_S=str(KEY_CACHE_S))
     yield stack
     stack.close()
     server.stop()
@@ -90,6 +92,8 @@ def test_requests_without_a_key_or_with_a_bad_or_revoked_key_get_401_before_the_
         revoked = __import__("subprocess").run([__import__("sys").executable, "-m", "worker.cli", "apikey", "revoke", str(key_id)],
                                                env=api.env, capture_output=True, text=True, timeout=60)
         assert revoked.returncode == 0, revoked.stderr
+        # A verified key is trusted for API_KEY_CACHE_S; after that the revoked key is refused.
+        wait_until(lambda: client.get("/v1/limits").status_code == 401, 10 * KEY_CACHE_S + 5, what="revoked key refused")
         assert_problem(client.get("/v1/limits"), 401)
 
 
@@ -224,8 +228,9 @@ def _csv(*rows: str) -> bytes:
 def test_campaign_from_a_csv_upload_report_show_and_every_action(api: ApiStack) -> None:
     a, b = phone(), phone()
     with api.client("campaigns") as client:
-        created = client.post("/v1/campaigns", data={"name": "Spring", "message": MESSAGE_JSON, "draft": "true"},
-                              files={"recipients": ("spring.csv", _csv(f"{a},Lina", "12,Bad", f"{b},Majed", f"+{a},Again"), "text/csv")})
+        created = client.post("/v1/campaigns", data={"name": "Spring", "draft": "true"},
+                              files={"recipients": ("spring.csv", _csv(f"{a},Lina", "12,Bad", f"{b},Majed", f"+{a},Again"), "text/csv"),
+                                     "message": ("message.json", MESSAGE_JSON.encode(), "application/json")})
         assert created.status_code == 201, created.text
         r = created.json()
         assert (r["imported"], r["duplicates"], r["rejected_total"], r["status"], r["suppressed"]) == (2, 1, 1, "draft", 0)

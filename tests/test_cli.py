@@ -119,3 +119,19 @@ def test_a_long_read_on_sqlite_does_not_hold_the_write_lock_workers_need(env) ->
             writer.execute(sa.update(Message).values(vendor_status="touched"))
         assert time.monotonic() - started < 1.0
     rt.close()
+
+
+def test_worker_and_beat_output_never_shows_the_passwords_in_the_urls(sqlite_url, redis_url, sandbox, spawn) -> None:  # noqa: ANN001
+    """Issue 12 item 16: `buttoncast worker` and `beat` print their banners and connection lines
+    with the broker, result and limiter URLs masked (redis://:**@...)."""
+    password = "redisPW-do-not-print"
+    host_and_db = redis_url.split("://", 1)[1]
+    env = stack_env(database_url=sqlite_url, sandbox_url=sandbox[0], broker_url=f"redis://:{password}@{host_and_db}",
+                    REDIS_URL=f"redis://:{password}@{host_and_db}")
+    worker = spawn(env, "worker", "--concurrency", "1", ready="Connected to")
+    beat = spawn(env, "beat", ready="beat lease")
+    worker.wait_for("ready.")
+    for proc in (worker, beat):
+        output = proc.log_path.read_text(errors="replace")
+        assert password not in output
+        assert "redis://:**@" in output

@@ -7,16 +7,22 @@ time (and, for Redis, the server's clock) with many threads and OS processes.
 from __future__ import annotations
 
 import multiprocessing
+import re
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
 from worker.errors import LimiterUnavailable
 import redis
+from redis.crc import key_slot
 
 from worker.ratelimit import (
     LimiterState,
@@ -26,6 +32,7 @@ from worker.ratelimit import (
     Reservation,
     build_rate_limiter,
 )
+from worker.ratelimit.redis import SCOPES_KEY, hash_tag, scope_keys
 from worker.settings import RateLimit, Settings
 
 HOUR_RATE = "1000/h"        # the documented plan: a slot every 3.6 s
@@ -284,10 +291,10 @@ def test_redis_keys_expire_when_idle(redis_url: str, scope: str) -> None:
     limiter.acquire(scope, max_wait_s=0)
     limiter.observe(scope, limit=1000, remaining=10, reset_at=time.time() + 60)
     limiter.block(scope, until=time.time() + 5)
-    keys = client.keys(f"buttoncast:ratelimit:{scope}:*")
+    keys = [key for key in scope_keys(scope) if client.exists(key)]
     assert len(keys) == 3
     assert all(0 < client.pttl(key) for key in keys)
-    assert client.pttl(f"buttoncast:ratelimit:{scope}:tat") <= SLOT_S * 1000
+    assert client.pttl(scope_keys(scope).tat) <= SLOT_S * 1000
 
 
 def test_redis_unreachable_raises_limiter_unavailable_a_transient_error(scope: str) -> None:
@@ -297,6 +304,122 @@ def test_redis_unreachable_raises_limiter_unavailable_a_transient_error(scope: s
         with pytest.raises(LimiterUnavailable) as info:
             call()
         assert info.value.retryable and isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+
+
+# --- Redis Cluster: one scope, one slot (issue 12 item 18) ---------------------------------------
+
+@pytest.mark.parametrize("scope_name", ["shop.example:button", "default:button", "a:b:c", "", "{x}:button",
+                                        "}odd{:button", "ws-{a}-{b}", "scopes"])
+def test_every_key_of_one_scope_maps_to_one_cluster_slot(scope_name: str) -> None:
+    """Issue 12 item 18: the keys one gcra.lua call is handed share a hash tag, so Redis Cluster
+    puts them in one slot (CRC16 as redis-py computes it), whatever braces the scope holds."""
+    keys = scope_keys(scope_name)
+    assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+    assert len(set(keys)) == 3
+    tag = hash_tag(scope_name)
+    assert tag and "{" not in tag and "}" not in tag
+    assert all(f"{{{tag}}}" in key for key in keys)
+
+
+def test_different_scopes_have_different_keys() -> None:
+    """Issue 12 item 18: the hash tag keeps scopes apart (a digest only for scopes with braces)."""
+    scopes = ["shop.example:button", "shop.example:text", "{shop.example}:button", "shop.example}:button", ""]
+    assert len({scope_keys(s).tat for s in scopes}) == len(scopes)
+
+
+def test_every_script_touches_only_the_keys_it_is_handed() -> None:
+    """Issue 12 item 18: no Lua script builds a key name itself. Redis Cluster routes a script by
+    its KEYS; a key made up inside (a string or a concatenation) may live on another node."""
+    from worker import beatlock
+
+    sources = {path.name: path.read_text() for path in Path(beatlock.__file__).parent.rglob("*.lua")}
+    sources["beatlock._RENEW"] = beatlock._RENEW
+    assert {"gcra.lua", "scopes.lua"} <= set(sources)
+    for name, source in sources.items():
+        code = re.sub(r"--\[\[.*?\]\]|--[^\n]*", "", source, flags=re.S)
+        calls = re.findall(r"redis\.call\(\s*'(\w+)'\s*(?:,\s*([^,)]+))?", code)
+        assert calls, f"{name}: no redis.call found"
+        for command, first in calls:
+            if command.upper() == "TIME":
+                continue
+            assert re.fullmatch(r"KEYS\[\d+\]", first.strip()), f"{name}: {command} on {first!r}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def cluster_node(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A one-node Redis Cluster holding all 16384 slots: it refuses a script whose KEYS span slots
+    (CROSSSLOT), as every cluster does."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+         "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=2)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "the one-node cluster did not come up"
+            time.sleep(0.05)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(10)
+
+
+def test_limiter_works_on_redis_cluster(cluster_node: redis.Redis) -> None:
+    """Issue 12 item 18: on a Redis Cluster node every limiter call runs (before: CROSSSLOT, the
+    scopes index was handed to the script with the scope's keys) and the accounting is the same
+    as on one Redis: pacing, vendor window, block, state and the scopes index."""
+    clock = FakeClock()
+    limiter = RedisRateLimiter(cluster_node, rate=RateLimit.parse(HOUR_RATE), burst=1, clock=clock)
+    scope = "shop.example:button"
+    assert limiter.acquire(scope, max_wait_s=0).granted
+    second = limiter.acquire(scope, max_wait_s=5)
+    assert (second.granted, second.wait_s, second.reason) == (True, approx(SLOT_S), "paced")
+    limiter.observe(scope, limit=1000, remaining=0, reset_at=clock.now + 60)
+    assert limiter.acquire(scope, max_wait_s=5).reason == "vendor_exhausted"
+    limiter.block(scope, until=clock.now + 120)
+    state = limiter.state(scope)
+    assert (state.vendor_remaining, state.blocked_until, state.next_free_at) == (0, approx(clock.now + 120), approx(clock.now + 120))
+    assert limiter.scopes() == [scope]
+    assert {key_slot(key) for key in cluster_node.keys("buttoncast:ratelimit:{*")} == {key_slot(scope_keys(scope).tat.encode())}
+    assert cluster_node.zscore(SCOPES_KEY, scope) == approx(clock.now)
+
+
+def test_scopes_index_is_marked_once_per_interval_not_per_call(redis_url: str, scope: str) -> None:
+    """Issue 12 item 18: the scopes index (another slot) is written by its own script, once per
+    SCOPES_TOUCH_INTERVAL_S per process, so the send path stays one round trip per acquire."""
+    client = redis.Redis.from_url(redis_url)
+    limiter = RedisRateLimiter(client, rate=RateLimit.parse("100/s"), burst=100)
+    limiter.acquire(scope, max_wait_s=0)
+    assert scope in limiter.scopes()
+    client.zrem(SCOPES_KEY, scope)
+    for _ in range(5):
+        assert limiter.acquire(scope, max_wait_s=0).granted
+    assert scope not in {s.decode() for s in client.zrange(SCOPES_KEY, 0, -1)}   # not re-marked per call
+    other = RedisRateLimiter(client, rate=RateLimit.parse("100/s"), burst=100)
+    other.block(scope, until=time.time() + 1)
+    assert scope in {s.decode() for s in client.zrange(SCOPES_KEY, 0, -1)}        # a fresh process marks it
 
 
 # --- contention: real time, many threads and processes ------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from worker.errors import ConfigError
 from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
 from worker.sandbox.client import signed_headers
 from worker.signing import SIGNATURE_HEADER, sign_body, signatures_match
@@ -346,3 +347,85 @@ def test_cli_prints_its_url_first_and_serves(tmp_path: Any) -> None:
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0
     assert SECRET not in stderr
+
+
+# --- exposure: loopback unless told, admin endpoints never open off loopback (issue 12 item 16) ---
+ADMIN_TOKEN = "test-admin-token"
+
+
+def outward_address() -> str | None:
+    """This machine's address on its default route (not loopback), or None when it has none."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the route
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "192.0.2.10", "example.org", "::"])
+def test_non_loopback_bind_is_refused_unless_allowed(host: str) -> None:
+    """Issue 12 item 16: the sandbox (known secrets) refuses to listen beyond loopback unless
+    allow_remote (--allow-remote, SANDBOX_ALLOW_REMOTE) is given."""
+    with pytest.raises(ConfigError, match="--allow-remote"):
+        SandboxConfig(host=host)
+    assert SandboxConfig(host=host, allow_remote=True).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1", "::ffff:127.0.0.1"])
+def test_loopback_bind_needs_no_flag(host: str) -> None:
+    assert SandboxConfig(host=host).host == host
+
+
+def test_cli_refuses_a_remote_bind_without_allow_remote() -> None:
+    """Issue 12 item 16: `buttoncast sandbox --host 0.0.0.0` exits with an error naming the flag."""
+    done = subprocess.run([sys.executable, "-m", "worker.sandbox", "--host", "0.0.0.0", "--port", "0"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and done.stdout == ""
+    assert "--allow-remote" in done.stderr
+
+
+def test_admin_endpoints_refuse_remote_callers_without_a_token(start: Any) -> None:
+    """Issue 12 item 16: bound to every interface, the sandbox still serves /_sandbox/* to loopback
+    callers only (403 from another address), while its send endpoint answers everyone."""
+    address = outward_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    server, _ = start(host="0.0.0.0", allow_remote=True)
+    port = server.base_url.rsplit(":", 1)[1]
+    remote = SandboxClient(f"http://{address}:{port}", secret=SECRET)
+    assert remote.send(MESSAGE).status_code == 200
+    for call in (remote.stats, remote.received, remote.reset, lambda: remote.configure(latency_ms=1)):
+        with pytest.raises(requests.HTTPError) as info:
+            call()
+        assert info.value.response.status_code == 403
+        assert "loopback" in info.value.response.json()["message"]
+    assert server.config.latency_ms == 0.0 and len(server.state.received(None)) == 1
+    local = SandboxClient(f"http://127.0.0.1:{port}", secret=SECRET)
+    assert local.stats()["accepted"] == 1
+
+
+def test_admin_token_is_required_from_every_caller_once_set(start: Any) -> None:
+    """Issue 12 item 16: with an admin token, /_sandbox/* wants it in X-Sandbox-Admin-Token (the
+    client sends it), from loopback too; a wrong or missing token gets 403 and changes nothing.
+    The token never shows in the public config."""
+    server, without = start(admin_token=ADMIN_TOKEN)
+    with pytest.raises(requests.HTTPError) as info:
+        without.configure(latency_ms=5)
+    assert info.value.response.status_code == 403
+    wrong = SandboxClient(server.base_url, secret=SECRET, admin_token="not-it")
+    with pytest.raises(requests.HTTPError):
+        wrong.reset()
+    assert server.config.latency_ms == 0.0
+    admin = SandboxClient(server.base_url, secret=SECRET, admin_token=ADMIN_TOKEN)
+    assert admin.configure(latency_ms=5)["changed"] == ["latency_ms"]
+    stats = admin.stats()
+    assert ADMIN_TOKEN not in json.dumps(stats) and "admin_token" not in stats["config"]
+    address = outward_address()
+    if address is not None:
+        remote = SandboxClient(f"http://{address}:{server.base_url.rsplit(':', 1)[1]}", admin_token=ADMIN_TOKEN)
+        with pytest.raises(requests.ConnectionError):   # bound to loopback: not even reachable
+            remote.stats()

@@ -8,10 +8,12 @@ import pytest
 from worker.errors import ConfigError
 from worker.settings import (
     DEFAULT_DATABASE_URL,
+    METRICS_HOST,
     EMBEDDED_BROKER_URL,
     RateLimit,
     Secret,
     Settings,
+    mask_url,
     normalize_database_url,
 )
 
@@ -215,3 +217,51 @@ def test_secret_is_not_in_repr_after_replace() -> None:
 def test_secret_compares_by_value_and_is_falsy_when_empty() -> None:
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
     assert not Secret("") and Secret("x")
+
+
+# --- passwords inside URLs (issue 12 item 16) ----------------------------------------------------
+URL_PASSWORD = "pg-PASSWORD-do-not-print"
+REDIS_PASSWORD = "redis-PASSWORD-do-not-print"
+
+
+def test_repr_and_str_of_settings_mask_the_passwords_inside_the_urls() -> None:
+    """Issue 12 item 16: repr(Settings) shows DATABASE_URL, CELERY_BROKER_URL and REDIS_URL with
+    their passwords masked, and the rest of each URL (user, host, database) as it is."""
+    settings = Settings.from_env({
+        "DATABASE_URL": f"postgresql://buttoncast:{URL_PASSWORD}@db.internal:5432/buttoncast",
+        "CELERY_BROKER_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/0",
+        "REDIS_URL": f"rediss://limiter:{REDIS_PASSWORD}@redis-2:6380/1",
+    })
+    assert settings.database_url.endswith(f":{URL_PASSWORD}@db.internal:5432/buttoncast")  # the value is intact
+    for text in (repr(settings), str(settings), f"{settings}", repr(settings.replace(worker_concurrency=3))):
+        assert URL_PASSWORD not in text and REDIS_PASSWORD not in text
+        assert "database_url='postgresql+psycopg://buttoncast:***@db.internal:5432/buttoncast'" in text
+        assert "broker_url='redis://:***@redis:6379/0'" in text
+        assert "redis_url='rediss://limiter:***@redis-2:6380/1'" in text
+    assert "metrics_port=9808" in repr(settings)       # every other field still shows
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://u:p%40ss@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u:pa/ss?x#y@h:5432/db?sslmode=require", "postgresql://u:***@h:5432/db?sslmode=require"),
+        ("postgresql://u@h/db?password=hunter2&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+        ("sentinel://:a;b@h1:26379;sentinel://:c@h2:26379", "sentinel://:***@h1:26379;sentinel://:***@h2:26379"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("sqlite:///buttoncast.db", "sqlite:///buttoncast.db"),
+        ("memory://", "memory://"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url_hides_every_password_form(url: str, shown: str) -> None:
+    """Issue 12 item 16: a password in the userinfo (even one holding '/', '?', '#' or ';'), in a
+    `password=` query parameter, or in any URL of a celery failover list is masked."""
+    assert mask_url(url) == shown
+
+
+def test_metrics_host_is_loopback_unless_set() -> None:
+    """Issue 12 item 16: the metrics endpoint binds 127.0.0.1 by default; METRICS_HOST changes it."""
+    assert Settings.from_env({}).metrics_host == "127.0.0.1" == METRICS_HOST
+    assert Settings.from_env({"METRICS_HOST": "0.0.0.0"}).metrics_host == "0.0.0.0"
+    assert Settings.from_env({"METRICS_HOST": ""}).metrics_host == "127.0.0.1"

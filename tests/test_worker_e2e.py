@@ -10,7 +10,7 @@ from tests.conftest import make_runtime, stack_env, wait_until
 from worker.enqueue import enqueue_message
 from worker.models import Attempt, Message
 from worker.publish import publish_send_tasks
-from worker.queues import QUEUE_ADHOC, TASK_ENQUEUE
+from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN, TASK_ENQUEUE
 
 pytestmark = pytest.mark.slow
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
@@ -108,3 +108,24 @@ def test_an_invalid_payload_from_the_broker_is_rejected_and_the_result_says_so(s
     assert result["errors"][0]["field"] == "body_text" and "1024" in result["errors"][0]["problem"]
     assert final(rt, result["message_id"]).status == "rejected"
     assert vendor.received(phone="96650000007") == []
+
+
+def test_a_broker_enqueue_redelivered_with_the_same_task_id_stores_and_sends_one_message(stack) -> None:
+    """Issue 12 item 6: a real worker gets `buttoncast.enqueue_message` twice with the same task id
+    and no idempotency_key (what acks_late redelivers after a worker died between commit and ack):
+    one message row (keyed by the task id), one send."""
+    rt, vendor = stack
+    payload = {"phone": "96650000008", "body_text": "Hi", "buttons": BUTTONS}
+    first = rt.celery.send_task(TASK_ENQUEUE, args=[payload], task_id="redelivered-enqueue-1").get(timeout=30)
+    assert first["status"] == "queued" and final(rt, first["message_id"]).status == "sent"
+
+    rt.celery.send_task(TASK_ENQUEUE, args=[payload], task_id="redelivered-enqueue-1")   # the redelivery
+    broker = rt.celery.connection().default_channel.client
+    # acks_late: a task stays in the transport's `unacked` hash until it has finished
+    wait_until(lambda: broker.llen(QUEUE_CAMPAIGN) == 0 and broker.hlen("unacked") == 0, 30,
+               what="the redelivered task to run and be acked")
+
+    with rt.session_factory() as s:
+        keys = s.scalars(sa.select(Message.idempotency_key).where(Message.phone == "96650000008")).all()
+    assert keys == ["celery-task:redelivered-enqueue-1"]
+    assert len(vendor.received(phone="96650000008")) == 1

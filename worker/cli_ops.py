@@ -37,7 +37,7 @@ def worker_command(concurrency: int | None, queues: str, loglevel: str) -> None:
         from worker.runtime import Runtime, install_runtime
 
         install_runtime(Runtime(replace(runtime.settings, worker_concurrency=concurrency), celery=runtime.celery))
-    serve_metrics(runtime.settings.metrics_port)
+    serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
     import worker.tasks  # noqa: F401 - registers the tasks
     import scheduler.tasks  # noqa: F401
 
@@ -67,7 +67,7 @@ def run_command(concurrency: int | None, until_idle: bool) -> None:
     runtime = load_runtime()
     runtime.settings.require_awal()
     ensure_schema(runtime)
-    serve_metrics(runtime.settings.metrics_port)
+    serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
     threads = concurrency or runtime.settings.worker_concurrency
     if runtime.settings.sqlite:
         threads = min(threads, EMBEDDED_CONCURRENCY_CAP)

@@ -18,15 +18,20 @@ from worker.message import parse_button_spec
 @click.option("--footer", "footer_text", default=None, help="Footer text, at most 60 characters.")
 @click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
 @click.option("--idempotency-key", default=None, help="The same key twice creates one message.")
+@click.option("--require-open-window", is_flag=True,
+              help="Hold it as suppressed (window_closed) if the recipient's 24-hour window is closed at send time.")
+@click.option("--expires-at", default=None, help="Not sent by then (ISO 8601 with offset) -> expired.")
 @friendly_errors
-def send_command(phone, body_text, buttons, header_text, footer_text, phone_number_id, idempotency_key) -> None:  # noqa: ANN001
+def send_command(phone, body_text, buttons, header_text, footer_text, phone_number_id, idempotency_key,  # noqa: ANN001
+                 require_open_window, expires_at) -> None:  # noqa: ANN001
     """Enqueue one button message; prints its id alone on standard output."""
     runtime = load_runtime()
     ensure_schema(runtime)
     message_id = enqueue_message(
         phone=phone, body_text=body_text, buttons=[parse_button_spec(b) for b in buttons],
         header_text=header_text, footer_text=footer_text, phone_number_id=phone_number_id,
-        idempotency_key=idempotency_key, runtime=runtime,
+        idempotency_key=idempotency_key, runtime=runtime, require_open_window=require_open_window,
+        expires_at=expires_at,
     )
     click.echo(f"queued message {message_id}", err=True)
     click.echo(message_id)
@@ -65,6 +70,8 @@ def message_show(message_id: int) -> None:
         f"  queued:        {_fmt(msg.queued_at)}   not before: {_fmt(msg.not_before)}",
         f"  sent:          {_fmt(msg.sent_at)}",
     ]
+    if msg.expires_at or msg.require_open_window:
+        lines.append(f"  gate:          expires {_fmt(msg.expires_at)}; require open window: {'yes' if msg.require_open_window else 'no'}")
     if msg.last_error_code or msg.last_error_message:
         lines.append(f"  last error:    {_fmt(msg.last_error_code)}: {_fmt(msg.last_error_message)} (request {_fmt(msg.last_request_id)})")
     if msg.idempotency_key:

@@ -86,11 +86,12 @@ class WebhookReceiver:
     def __init__(self, runtime: Runtime) -> None:
         from waitress.server import create_server
 
+        from worker.contacts import ConsentRules
         from worker.webhooks import create_app
 
         settings = runtime.settings
         app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
-                         path=settings.webhook_path)
+                         path=settings.webhook_path, consent=ConsentRules.from_settings(settings))
         self._server = create_server(app, host="127.0.0.1", port=0, threads=16, ident="buttoncast-demo")
         self.url = f"http://127.0.0.1:{self._server.effective_port}{settings.webhook_path}"
         self._thread = threading.Thread(target=self._server.run, name="webhook-receiver", daemon=True)

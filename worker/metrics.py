@@ -1,4 +1,4 @@
-"""Prometheus metrics a worker exposes (port: METRICS_PORT, default 9808; 0 disables).
+"""Prometheus metrics a worker exposes (METRICS_HOST:METRICS_PORT, default 127.0.0.1:9808; port 0 disables).
 
 buttoncast_messages_total{outcome}      messages by outcome: sent, failed, unknown, requeued, deferred, skipped, paused
 buttoncast_rate_limited_total           429 answers from the vendor
@@ -10,6 +10,8 @@ buttoncast_queue_depth{campaign,status} messages pending/queued/sending per camp
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from worker.settings import METRICS_HOST
 
 MESSAGES = Counter("buttoncast_messages_total", "Send task outcomes", ["outcome"])
 RATE_LIMITED = Counter("buttoncast_rate_limited_total", "HTTP 429 answers from the vendor")
@@ -23,16 +25,20 @@ RATE_WAIT_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge("buttoncast_queue_depth", "Messages not yet final, per campaign and status", ["campaign", "status"])
 
-_started_ports: set[int] = set()
+_started: set[tuple[str, int]] = set()
 
 
-def serve_metrics(port: int) -> bool:
-    """Start the /metrics HTTP endpoint once per process; 0 disables. False if the port is taken."""
-    if port <= 0 or port in _started_ports:
+def serve_metrics(port: int, host: str = METRICS_HOST) -> bool:
+    """Start the /metrics HTTP endpoint on host:port once per process; port 0 disables.
+
+    False if the port is taken. The host is loopback unless told otherwise (METRICS_HOST): the
+    endpoint has no authentication, so it is bound to every interface only where a scraper needs it.
+    """
+    if port <= 0 or (host, port) in _started:
         return False
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError:
         return False
-    _started_ports.add(port)
+    _started.add((host, port))
     return True

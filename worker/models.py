@@ -68,8 +68,13 @@ class Campaign(Base):
     window_start: Mapped[str | None] = mapped_column(sa.String(5))   # "09:00"
     window_end: Mapped[str | None] = mapped_column(sa.String(5))     # "21:00"
     window_tz: Mapped[str | None] = mapped_column(sa.String(64))     # "Asia/Riyadh"
+    #: copied to each recipient's message at import (see Message)
+    require_open_window: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pause_reason: Mapped[str | None] = mapped_column(sa.Text)
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: ambiguous outcomes (unknown) since the last send; AUTO_PAUSE_CONSECUTIVE_UNKNOWN pauses
+    consecutive_unknown: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     recipients_imported: Mapped[int] = mapped_column(sa.Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -112,6 +117,10 @@ class Message(Base):
     claim_token: Mapped[str | None] = mapped_column(sa.String(64))
     claimed_by: Mapped[str | None] = mapped_column(sa.String(200))
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: not sent by then -> `expired` (checked at claim time)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: hold as suppressed(window_closed) when the contact's 24-hour window is closed at claim time
+    require_open_window: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last task published
@@ -166,3 +175,37 @@ class MessageEvent(Base):
     actor: Mapped[str | None] = mapped_column(sa.String(200))  # worker hostname, "sweeper", "operator"
 
     message: Mapped[Message] = relationship(back_populates="events")
+
+
+class Contact(Base):
+    """One person, by normalised phone (digits, as `messages.phone`): what we know about their
+    consent and their 24-hour customer-service window. `opted_out_at` set means: never message."""
+
+    __tablename__ = "contacts"
+
+    phone: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: their last inbound message (`message.received`): the window is open until this + 24 h
+    last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: keyword, button, vendor_code, operator, import (worker.contacts.SOURCES)
+    opt_out_source: Mapped[str | None] = mapped_column(sa.String(16))
+    opt_out_note: Mapped[str | None] = mapped_column(sa.Text)
+    opted_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ContactEvent(Base):
+    """One change of a contact's consent (opt_out / opt_in), with where it came from."""
+
+    __tablename__ = "contact_events"
+    __table_args__ = (sa.Index("ix_contact_events_phone_at", "phone", "at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    phone: Mapped[str] = mapped_column(sa.ForeignKey("contacts.phone", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(sa.String(16))   # opt_out, opt_in
+    source: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    actor: Mapped[str | None] = mapped_column(sa.String(200))

@@ -12,3 +12,4 @@ TASK_SEND = "buttoncast.send_message"
 TASK_ENQUEUE = "buttoncast.enqueue_message"
 TASK_DISPATCH = "buttoncast.dispatch"
 TASK_SWEEP = "buttoncast.sweep"
+TASK_PRUNE = "buttoncast.prune"   # retention (issue 12 item 15)

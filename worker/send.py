@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Connection
@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from sqlalchemy.exc import OperationalError, InterfaceError
 
-from worker import metrics, store
+from scheduler.window import next_opening
+from worker import gate as consent_gate, metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
     AmbiguousError,
     LimiterUnavailable,
-    AuthenticationFailed,
     AwalError,
+    ConfigurationFailure,
     MessageInvalid,
     PermanentError,
     RateLimited,
@@ -49,6 +50,8 @@ class Outcome(str, enum.Enum):
     PAUSED = "paused"        # campaign paused (or 401): back to pending, untouched
     CANCELLED = "cancelled"
     SKIPPED = "skipped"      # not ours to send: duplicate delivery, already final, not yet due
+    SUPPRESSED = "suppressed"  # the gate held it: opted out, window closed, frequency cap (worker.gate)
+    EXPIRED = "expired"      # not sent before its expires_at
 
 
 class Client(Protocol):
@@ -101,6 +104,12 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         with deps.session_factory.begin() as session:
             store.cancel_one(session, job.id, actor=deps.worker_name)
         return _done(Outcome.CANCELLED, job, message_id)
+    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow())
+    if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
+        with deps.connect() as conn:
+            store.defer(conn, job.id, not_before=opens_at.astimezone(timezone.utc), actor=deps.worker_name)
+        log.info("message %s outside its campaign's send window; due again at %s", job.id, opens_at.isoformat())
+        return _done(Outcome.DEFERRED, job, message_id)
 
     message = _build(job)
     if message is None:
@@ -114,13 +123,14 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
     if wait_s:
         with deps.connect() as conn:
-            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s))  # no rate slot soon
+            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s), actor=deps.worker_name)  # no rate slot soon
         return _done(Outcome.DEFERRED, job, message_id)
 
+    gate = consent_gate.Gate(frequency_cap=s.marketing_frequency_cap)
     with deps.connect() as conn:
-        token = store.claim(conn, job.id, worker=deps.worker_name)
+        token = store.claim(conn, job.id, worker=deps.worker_name, gate=gate)
     if token is None:
-        return _done(Outcome.SKIPPED, job, message_id)
+        return _hold_or_skip(job, deps, gate)
 
     attempts: list[AttemptRecord] = []
     try:
@@ -131,12 +141,27 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         )
     except AwalError as error:
         return _record_error(job, token, error, attempts, deps)
-    # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
-    _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id),
-            job, result, unit=deps.connect if len(attempts) == 1 else None)
+    # Logged before the write, so the vendor's ids are on record whatever happens to the write.
     log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
-                vendor_message_id=result.message_id, attempts=len(attempts))
+                vendor_message_id=result.message_id, vendor_id=result.vendor_id, attempts=len(attempts))
+    # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
+    _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id,
+                                                    job.phone),
+            job, result, unit=deps.connect if len(attempts) == 1 else None)
     return _done(Outcome.SENT, job, message_id)
+
+
+def _hold_or_skip(job: store.SendJob, deps: SendDeps, gate: consent_gate.Gate) -> Outcome:
+    """The claim did not take the row. Only now (the rare case) ask why: if the gate bars it, it
+    ends suppressed or expired; otherwise someone else has it, or it is not due."""
+    with deps.session_factory.begin() as session:
+        reason = consent_gate.hold(session, job.id, gate=gate, actor=deps.worker_name)
+    if reason is None:
+        return _done(Outcome.SKIPPED, job, job.id)
+    expired = reason == consent_gate.EXPIRED
+    log_outcome(log, logging.INFO, consent_gate.explain(reason), campaign_id=job.campaign_id, message_id=job.id,
+                status=MessageStatus.EXPIRED.value if expired else MessageStatus.SUPPRESSED.value, error_code=reason)
+    return _done(Outcome.EXPIRED if expired else Outcome.SUPPRESSED, job, job.id)
 
 
 def _build(job: store.SendJob) -> ButtonMessage | None:
@@ -155,7 +180,10 @@ def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
     except MessageInvalid as exc:
         problem = str(exc)
     with deps.session_factory.begin() as session:
-        token = store.claim(session, job.id, worker=deps.worker_name)
+        gate = consent_gate.Gate(frequency_cap=deps.settings.marketing_frequency_cap)
+        token = store.claim(session, job.id, worker=deps.worker_name, gate=gate)
+        if token is None:   # a held message ends held; never left queued
+            consent_gate.hold(session, job.id, gate=gate, actor=deps.worker_name)
         if token:
             store.record_error(session, job.id, token, status=MessageStatus.REJECTED,
                                error=PermanentError(problem, code="invalid_message"), attempts=[], worker=deps.worker_name)
@@ -239,21 +267,24 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         due = utcnow() + timedelta(seconds=error.wait_s)
 
         def put_back(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
-                               worker=deps.worker_name, not_before=due)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
-                            f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
+            if store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error, attempts=attempts,
+                                  worker=deps.worker_name, not_before=due) == MessageStatus.QUEUED.value:
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
+                                f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
         _record(deps, put_back, job)
         return _done(Outcome.DEFERRED, job, job.id)
 
-    if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:
+    if isinstance(error, ConfigurationFailure) and job.campaign_id is not None:
+        # 401, TLS or proxy: wrong for every message, so pause the campaign; this one goes back
+        # untouched. (An ad-hoc message falls through to PermanentError: failed with the code.)
         def pause(ss: Session) -> None:
-            store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts, worker=deps.worker_name)
-            store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
-                            "authentication failed (401): not the recipient's fault", deps.worker_name)
-            store.pause_campaign(ss, job.campaign_id, reason=f"authentication failed (401) {error.code}: {error.message}")
+            if store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts,
+                                  worker=deps.worker_name) == MessageStatus.PENDING.value:   # not cancelled meanwhile
+                store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
+                                f"{error.summary}: not the recipient's fault", deps.worker_name)
+            store.pause_campaign(ss, job.campaign_id, reason=f"{error.summary} {error.code}: {error.message}")
         _record(deps, pause, job)
-        log_outcome(log, logging.ERROR, "authentication failed; campaign paused", status="pending", **fields)
+        log_outcome(log, logging.ERROR, f"{error.summary}; campaign paused", status="pending", **fields)
         return _done(Outcome.PAUSED, job, job.id)
 
     if isinstance(error, PermanentError):
@@ -267,8 +298,13 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         return _done(Outcome.FAILED, job, job.id)
 
     if isinstance(error, AmbiguousError):
-        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
-                                                    attempts=attempts, worker=deps.worker_name), job)
+        def unknown(ss: Session) -> None:
+            written = store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
+                                         attempts=attempts, worker=deps.worker_name)
+            if written and job.campaign_id is not None:   # a row we still owned: count it once
+                store.note_campaign_unknown(ss, job.campaign_id, threshold=s.auto_pause_consecutive_unknown,
+                                            reason=f"{error.code}: {error.message}")
+        _record(deps, unknown, job)
         log_outcome(log, logging.WARNING, "unknown: request sent, no answer; not resent automatically", status="unknown", **fields)
         return _done(Outcome.UNKNOWN, job, job.id)
 

@@ -35,17 +35,25 @@ SWEEP_INTERVAL_S = 30.0
 QUEUED_TASK_TIMEOUT_S = 600.0          # a queued message whose task has not run for this long is re-enqueued
 SENDING_TIMEOUT_S = 120.0              # a message `sending` for this long lost its worker -> unknown
 AUTO_PAUSE_CONSECUTIVE_FAILURES = 25
+AUTO_PAUSE_CONSECUTIVE_UNKNOWN = 10         # ambiguous outcomes (unknown) without a send that pause a campaign
 RECORD_RETRY_MAX_S = 60.0              # a worker retries writing a sent result for this long
 BEAT_LOCK_TTL_S = 30.0                 # a second beat takes over this long after the first stops renewing
 BROKER_STALL_EXIT_S = 60.0             # a worker whose consumer stays off the broker this long exits (0: never)
 WEBHOOK_PATH = "/webhooks/awal"
+WEBHOOK_MAX_BODY_BYTES = 1024 * 1024   # a larger declared body is refused with 413 before it is read
+WEBHOOK_CONNECTION_LIMIT = 1000        # open client connections the receiver holds; more wait in the backlog
+WEBHOOK_CLIENT_TIMEOUT_S = 10          # a connection silent this long (idle or mid-request) is closed
+WEBHOOK_MATCH_WINDOW_S = 86400.0       # unmatched webhook events younger than this are retried by the sweep
+RETENTION_DAYS = 30                    # attempts, message_events, webhook_events older than this are pruned (0: keep)
 METRICS_PORT = 9808
+METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
 API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
 API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
 CONSOLE_SESSION_TTL_S = 8 * 3600.0     # a console login lasts this long
 CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over HTTPS (or a trusted proxy says so)
 CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
+API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -82,6 +90,49 @@ class RateLimit:
             if self.period_s == seconds:
                 return f"{count}/{unit}"
         return f"{count}/{self.period_s:g}s"
+
+
+# Consent (worker.contacts, worker.gate, worker.webhooks.apply). Keywords match a whole inbound text,
+# trimmed and case-insensitive; button ids match a tapped reply button's id exactly.
+OPT_OUT_KEYWORDS = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "إيقاف", "ايقاف", "إلغاء", "الغاء", "توقف")
+OPT_OUT_BUTTON_IDS = ("stop", "unsubscribe", "opt_out")
+OPT_IN_KEYWORDS = ("START", "UNSTOP", "ابدأ", "اشتراك")
+MARKETING_FREQUENCY_CAP = ""           # e.g. "2/7d": at most 2 campaign messages per contact per 7 days; "" = off
+
+_CAP_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(h|hour|d|day|w|week)\s*$", re.I)
+_CAP_UNIT_S = {"h": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800, "week": 604800}
+
+
+@dataclass(frozen=True)
+class FrequencyCap:
+    """At most `count` campaign messages sent to one contact per `period_s` seconds, e.g. "2/7d"."""
+
+    count: int
+    period_s: float
+
+    @classmethod
+    def parse(cls, text: str, setting: str = "MARKETING_FREQUENCY_CAP") -> "FrequencyCap | None":
+        if not (text or "").strip() or text.strip().lower() == "off":
+            return None
+        match = _CAP_RE.match(text)
+        if not match:
+            raise ConfigError(f"{setting}={text!r} is not a cap; write messages per period, e.g. 2/7d, 1/24h, 3/1w (or leave it empty)")
+        count, multiplier, unit = match.groups()
+        period = int(multiplier or 1) * _CAP_UNIT_S[unit.lower()]
+        if int(count) < 1 or period <= 0:
+            raise ConfigError(f"{setting}={text!r} must allow at least one message per period")
+        return cls(count=int(count), period_s=float(period))
+
+    def __str__(self) -> str:
+        days = self.period_s / 86400
+        return f"{self.count}/{days:g}d" if days == int(days) else f"{self.count}/{self.period_s / 3600:g}h"
+
+
+def _words(env: Mapping[str, str], name: str, default: tuple[str, ...], *, fold: bool) -> frozenset[str]:
+    """A comma-separated list (trimmed; casefolded when `fold`); unset means the default, empty means none."""
+    raw = env.get(name)
+    items = default if raw is None else tuple(raw.split(","))
+    return frozenset(w.strip().casefold() if fold else w.strip() for w in items if w.strip())
 
 
 class Secret:
@@ -152,6 +203,34 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_URL_JOIN_RE = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")   # celery's failover list: url;url
+_QUERY_SECRET_RE = re.compile(r"((?:^|&)(?:password|passwd|pass|token)=)[^&#]*", re.I)
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by ***: `postgresql+psycopg://user:***@host/db`.
+
+    Masks the password of the userinfo (up to the last '@', so a password holding '/', '?' or '#'
+    does not leak), `password=` style query parameters, and every URL of a `url;url` failover list.
+    A string that is not a URL comes back unchanged.
+    """
+    return ";".join(_mask_one(part) for part in _URL_JOIN_RE.split(url))
+
+
+def _mask_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, tail = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:{MASK}@{tail}"
+    head, question, query = rest.partition("?")
+    if question:
+        rest = head + question + _QUERY_SECRET_RE.sub(lambda m: m.group(1) + MASK, query)
+    return scheme + sep + rest
+
+
 def normalize_database_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver buttoncast ships with."""
     for prefix in ("postgres://", "postgresql://"):
@@ -190,16 +269,36 @@ class Settings:
     queued_task_timeout_s: float = QUEUED_TASK_TIMEOUT_S
     sending_timeout_s: float = SENDING_TIMEOUT_S
     auto_pause_consecutive_failures: int = AUTO_PAUSE_CONSECUTIVE_FAILURES
+    auto_pause_consecutive_unknown: int = AUTO_PAUSE_CONSECUTIVE_UNKNOWN
     record_retry_max_s: float = RECORD_RETRY_MAX_S
     broker_stall_exit_s: float = BROKER_STALL_EXIT_S
     beat_lock_ttl_s: float = BEAT_LOCK_TTL_S
     webhook_path: str = WEBHOOK_PATH
+    webhook_max_body_bytes: int = WEBHOOK_MAX_BODY_BYTES
+    webhook_connection_limit: int = WEBHOOK_CONNECTION_LIMIT
+    webhook_client_timeout_s: int = WEBHOOK_CLIENT_TIMEOUT_S
+    webhook_match_window_s: float = WEBHOOK_MATCH_WINDOW_S
+    retention_days: int = RETENTION_DAYS
     metrics_port: int = METRICS_PORT
+    metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
     api_max_body_bytes: int = API_MAX_BODY_BYTES
     api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
     console_session_ttl_s: float = CONSOLE_SESSION_TTL_S
     console_cookie_secure: str = CONSOLE_COOKIE_SECURE
+    api_key_cache_s: float = API_KEY_CACHE_S
+    opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
+    opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
+    opt_in_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_IN_KEYWORDS)
+    marketing_frequency_cap: FrequencyCap | None = None
+
+    def __repr__(self) -> str:
+        """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            shown.append(f"{f.name}={(mask_url(value) if isinstance(value, str) else value)!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def pacing_rate(self) -> RateLimit:
@@ -234,6 +333,11 @@ class Settings:
         webhook_path = env.get("WEBHOOK_PATH") or WEBHOOK_PATH
         if not webhook_path.startswith("/"):
             raise ConfigError(f"WEBHOOK_PATH={webhook_path!r} must start with /")
+        opt_out_words = _words(env, "OPT_OUT_KEYWORDS", OPT_OUT_KEYWORDS, fold=True)
+        opt_in_words = _words(env, "OPT_IN_KEYWORDS", OPT_IN_KEYWORDS, fold=True)
+        if opt_out_words & opt_in_words:
+            raise ConfigError(f"OPT_OUT_KEYWORDS and OPT_IN_KEYWORDS share {', '.join(sorted(opt_out_words & opt_in_words))}: "
+                              "a reply cannot both opt out and opt in")
         return cls(
             database_url=normalize_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
             broker_url=broker,
@@ -263,16 +367,28 @@ class Settings:
             queued_task_timeout_s=_float(env, "QUEUED_TASK_TIMEOUT_S", QUEUED_TASK_TIMEOUT_S, 0.1),
             sending_timeout_s=_float(env, "SENDING_TIMEOUT_S", SENDING_TIMEOUT_S, 0.1),
             auto_pause_consecutive_failures=_int(env, "AUTO_PAUSE_CONSECUTIVE_FAILURES", AUTO_PAUSE_CONSECUTIVE_FAILURES, 1),
+            auto_pause_consecutive_unknown=_int(env, "AUTO_PAUSE_CONSECUTIVE_UNKNOWN", AUTO_PAUSE_CONSECUTIVE_UNKNOWN, 1),
             record_retry_max_s=_float(env, "RECORD_RETRY_MAX_S", RECORD_RETRY_MAX_S),
             broker_stall_exit_s=_float(env, "BROKER_STALL_EXIT_S", BROKER_STALL_EXIT_S),
             beat_lock_ttl_s=_float(env, "BEAT_LOCK_TTL_S", BEAT_LOCK_TTL_S, 1.0),
             webhook_path=webhook_path,
+            webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", WEBHOOK_MAX_BODY_BYTES, 1024),
+            webhook_connection_limit=_int(env, "WEBHOOK_CONNECTION_LIMIT", WEBHOOK_CONNECTION_LIMIT, 1),
+            webhook_client_timeout_s=_int(env, "WEBHOOK_CLIENT_TIMEOUT_S", WEBHOOK_CLIENT_TIMEOUT_S, 1),
+            webhook_match_window_s=_float(env, "WEBHOOK_MATCH_WINDOW_S", WEBHOOK_MATCH_WINDOW_S, 60.0),
+            retention_days=_int(env, "RETENTION_DAYS", RETENTION_DAYS, 0),
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
+            metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
             api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
             api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
             console_session_ttl_s=_float(env, "CONSOLE_SESSION_TTL_S", CONSOLE_SESSION_TTL_S, 60.0),
             console_cookie_secure=_choice(env, "CONSOLE_COOKIE_SECURE", CONSOLE_COOKIE_SECURE, CONSOLE_COOKIE_SECURE_CHOICES),
+            api_key_cache_s=_float(env, "API_KEY_CACHE_S", API_KEY_CACHE_S),
+            opt_out_keywords=opt_out_words,
+            opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
+            opt_in_keywords=opt_in_words,
+            marketing_frequency_cap=FrequencyCap.parse(env.get("MARKETING_FREQUENCY_CAP") or MARKETING_FREQUENCY_CAP),
         )
 
     def require_awal(self) -> None:

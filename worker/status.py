@@ -6,7 +6,7 @@ import enum
 
 
 class MessageStatus(str, enum.Enum):
-    """Where a message is in its life. Final: sent, failed, unknown, cancelled, rejected."""
+    """Where a message is in its life. Final: sent, failed, unknown, cancelled, rejected, suppressed, expired."""
 
     PENDING = "pending"      # stored, waiting for the dispatcher (campaign recipients)
     QUEUED = "queued"        # a send task is on the broker, or will be once `not_before` passes
@@ -16,6 +16,8 @@ class MessageStatus(str, enum.Enum):
     UNKNOWN = "unknown"      # sent, no answer: the vendor may have sent it; never resent on our own
     CANCELLED = "cancelled"  # its campaign was cancelled before it was sent
     REJECTED = "rejected"    # failed our own validation; never reached the vendor
+    SUPPRESSED = "suppressed"  # held at claim time: opted out, window closed or frequency cap (last_error_code)
+    EXPIRED = "expired"      # not sent before its expires_at
 
     @property
     def is_final(self) -> bool:
@@ -32,6 +34,8 @@ FINAL_MESSAGE_STATUSES = frozenset(
         MessageStatus.UNKNOWN,
         MessageStatus.CANCELLED,
         MessageStatus.REJECTED,
+        MessageStatus.SUPPRESSED,
+        MessageStatus.EXPIRED,
     }
 )
 

@@ -16,7 +16,10 @@ from sqlalchemy.orm import Session
 
 from worker.client import AttemptRecord, SendResult
 from worker.errors import AwalError
-from worker.models import Attempt, Campaign, Message, MessageEvent, UTCDateTime, utcnow
+from worker import gate as consent_gate
+from worker.fit import fit
+from worker.gate import NO_CAP, Gate
+from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, UTCDateTime, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
 Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
@@ -42,21 +45,32 @@ _LOAD_JOB = (
     sa.select(
         Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
         Message.phone, Message.content, Message.attempts, Message.not_before,
+        Campaign.window_start, Campaign.window_end, Campaign.window_tz,   # issue 12 item 8: checked at send time
     )
     .outerjoin(Campaign, Campaign.id == Message.campaign_id)
     .where(Message.id == _param("p_message_id"))
 )
-_CLAIM = (
-    sa.update(Message)
-    .where(
-        Message.id == _param("p_message_id"),
-        Message.status == Q,
-        sa.or_(Message.not_before.is_(None), Message.not_before <= _NOW),
+
+
+def _claim_statement(*, capped: bool) -> sa.Update:
+    """queued -> sending, only if the gate lets the message through (worker.gate: opted out,
+    expired, window closed, frequency cap are conditions of this same UPDATE)."""
+    return (
+        sa.update(Message)
+        .where(
+            Message.id == _param("p_message_id"),
+            Message.status == Q,
+            sa.or_(Message.not_before.is_(None), Message.not_before <= _NOW),
+            *consent_gate.conditions(capped=capped),
+        )
+        .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
+                sending_at=_NOW, updated_at=_NOW)
+        .execution_options(synchronize_session=False)
     )
-    .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
-            sending_at=_NOW, updated_at=_NOW)
-    .execution_options(synchronize_session=False)
-)
+
+
+_CLAIM = _claim_statement(capped=False)
+_CLAIM_CAPPED = _claim_statement(capped=True)
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,9 @@ class SendJob:
     content: dict
     attempts: int
     not_before: datetime | None
+    window_start: str | None = None   # the campaign's daily send window (scheduler.window); None: always open
+    window_end: str | None = None
+    window_tz: str | None = None
 
 
 def load_job(unit: Unit, message_id: int) -> SendJob | None:
@@ -79,11 +96,13 @@ def load_job(unit: Unit, message_id: int) -> SendJob | None:
     return SendJob(*row) if row else None
 
 
-def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = None) -> str | None:
-    """queued -> sending, atomically. Returns the claim token, or None if someone else has it."""
+def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = None, gate: Gate = NO_CAP) -> str | None:
+    """queued -> sending, atomically, if the gate lets it through. Returns the claim token, or None
+    if someone else has it, it is not due, or the gate bars it (worker.gate.hold says why)."""
     token = uuid.uuid4().hex
-    result = _core(unit).execute(_CLAIM, {"p_message_id": message_id, "p_now": now or utcnow(),
-                                          "p_token": token, "p_worker": worker})
+    now = now or utcnow()
+    params = {"p_message_id": message_id, "p_now": now, "p_token": token, "p_worker": worker, **gate.params(now)}
+    result = _core(unit).execute(_CLAIM_CAPPED if gate.frequency_cap else _CLAIM, params)
     return token if result.rowcount == 1 else None
 
 
@@ -101,8 +120,17 @@ _ATTEMPT_FIELDS = ("started_at", "duration_ms", "http_status", "outcome", "error
                    "request_id", "vendor_message_id")   # AttemptRecord's fields that are Attempt columns
 
 
+def _attempt_values(a: AttemptRecord) -> dict:
+    """The attempt's columns, every string fitted to its column (worker.fit)."""
+    values = {c: getattr(a, c) for c in _ATTEMPT_FIELDS}
+    for c in _ATTEMPT_FIELDS:
+        if isinstance(values[c], str):
+            values[c] = fit(Attempt.__table__.c[c], values[c])
+    return values
+
+
 def _attempt_row(message_id: int, a: AttemptRecord, worker: str) -> dict:
-    return dict(message_id=message_id, worker=worker, **{c: getattr(a, c) for c in _ATTEMPT_FIELDS})
+    return dict(message_id=message_id, worker=worker, **_attempt_values(a))
 
 
 def _add_attempts(unit: Unit, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
@@ -126,10 +154,20 @@ _RECORD_SENT = (
     )
     .execution_options(synchronize_session=False)
 )
+# A send breaks both streaks: permanent failures and ambiguous (unknown) outcomes.
+_STREAK_RUNNING = sa.or_(Campaign.consecutive_failures != 0, Campaign.consecutive_unknown != 0)
 _RESET_FAILURE_STREAK = (
     sa.update(Campaign)
-    .where(Campaign.id == _param("p_campaign_id"), Campaign.consecutive_failures != 0)
-    .values(consecutive_failures=0, updated_at=_NOW)
+    .where(Campaign.id == _param("p_campaign_id"), _STREAK_RUNNING)
+    .values(consecutive_failures=0, consecutive_unknown=0, updated_at=_NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
+_CONTACT_SENT = (   # the contact's last sent time (a contact made at enqueue or import; none: nothing to do)
+    sa.update(Contact)
+    .where(Contact.phone == _param("p_phone", sa.String()))
+    .values(last_sent_at=_NOW)
     .execution_options(synchronize_session=False)
 )
 
@@ -138,18 +176,24 @@ def _record_sent_statement() -> sa.Select:
     """Postgres: the sent-row UPDATE, its attempt row and the failure-streak reset as ONE statement
     (data-modifying CTEs), so on an autocommit connection the whole record is one round trip and
     still atomic. Selects how many message rows the claim token still owned (0 or 1)."""
-    sent = _RECORD_SENT.returning(Message.campaign_id).cte("sent")
+    sent = _RECORD_SENT.returning(Message.campaign_id, Message.phone).cte("sent")
     streak = (
         sa.update(Campaign)
-        .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), Campaign.consecutive_failures != 0)
-        .values(consecutive_failures=0, updated_at=_NOW)
+        .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), _STREAK_RUNNING)
+        .values(consecutive_failures=0, consecutive_unknown=0, updated_at=_NOW)
         .cte("streak")
     )
     attempt = sa.insert(Attempt).values(
         message_id=_param("p_message_id"), worker=_param("p_worker", sa.String()),
         **{c: _param(f"p_attempt_{c}", Attempt.__table__.c[c].type) for c in _ATTEMPT_FIELDS},
     ).cte("attempt")
-    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt)
+    contact = (
+        sa.update(Contact)
+        .where(Contact.phone.in_(sa.select(sent.c.phone)))
+        .values(last_sent_at=_NOW)
+        .cte("contact")
+    )
+    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt, contact)
 
 
 _RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
@@ -157,10 +201,11 @@ _RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
 
 def record_sent(
     unit: Unit, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str,
-    campaign_id: int | None = None,
+    campaign_id: int | None = None, phone: str | None = None,
 ) -> bool:
     """sending -> sent with the vendor's ids, the attempt rows, and the campaign's failure streak
-    broken; only while `token` still owns the row.
+    broken; only while `token` still owns the row. The contact's last_sent_at too (Postgres one
+    statement: always; otherwise when `phone` is given).
 
     One attempt (the usual case) on a Postgres connection outside a transaction: one statement.
     Otherwise `unit` must be a transaction (several attempts after in-client retries keep their
@@ -168,17 +213,20 @@ def record_sent(
     particular order)."""
     conn = _core(unit)
     params = {"p_message_id": message_id, "p_token": token, "p_now": utcnow(), "p_vendor_id": result.vendor_id,
-              "p_vendor_message_id": result.message_id, "p_vendor_status": result.vendor_status,
+              "p_vendor_message_id": fit(Message.vendor_message_id, result.message_id),
+              "p_vendor_status": fit(Message.vendor_status, result.vendor_status),
               "p_counted": _counted(attempts), "p_worker": worker, "p_campaign_id": campaign_id}
     if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         if len(attempts) != 1 or conn.dialect.name != "postgresql":
             raise ValueError(f"recording {len(attempts)} attempts on {conn.dialect.name} needs a transaction")
-        params.update({f"p_attempt_{c}": getattr(attempts[0], c) for c in _ATTEMPT_FIELDS})
+        params.update({f"p_attempt_{c}": v for c, v in _attempt_values(attempts[0]).items()})
         return conn.execute(_RECORD_SENT_ONE_STATEMENT, params).scalar_one() == 1
     done = conn.execute(_RECORD_SENT, params).rowcount
     _add_attempts(conn, message_id, attempts, worker)
     if campaign_id is not None:
         conn.execute(_RESET_FAILURE_STREAK, params)
+    if done and phone is not None:
+        conn.execute(_CONTACT_SENT, {"p_phone": phone, "p_now": params["p_now"]})
     return done == 1
 
 
@@ -192,53 +240,98 @@ def record_error(
     attempts: list[AttemptRecord],
     worker: str,
     not_before: datetime | None = None,
-) -> bool:
-    """Record a failure outcome: failed, unknown, or back to queued/pending with a not-before time."""
+) -> str | None:
+    """Record a failure outcome: failed, unknown, or back to queued/pending with a not-before time.
+
+    Returns the status written (None when `token` no longer owns the row). A row sent back to
+    queued/pending whose campaign was cancelled meanwhile is written `cancelled` instead (see
+    `_back_unless_cancelled`)."""
     now = utcnow()
     values: dict = dict(
         status=status.value, updated_at=now, attempts=Message.attempts + _counted(attempts),
-        last_error_code=error.code, last_error_message=error.message[:1000], last_request_id=error.request_id,
+        last_error_code=fit(Message.last_error_code, error.code), last_error_message=fit(Message.last_error_message, error.message),
+        last_request_id=fit(Message.last_request_id, error.request_id),
         not_before=not_before,
     )
     if status in (MessageStatus.QUEUED, MessageStatus.PENDING):
         values.update(claim_token=None, enqueued_at=None)
-    if status.is_final:
-        values["finished_at"] = now
-    done = _core(session).execute(
-        sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
-    ).rowcount
+        written = _back_unless_cancelled(session, _owned(message_id, token), values, from_status=S, actor=worker, now=now)
+    else:
+        if status.is_final:
+            values["finished_at"] = now
+        done = _core(session).execute(
+            sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
+        ).rowcount
+        written = status.value if done else None
     _add_attempts(session, message_id, attempts, worker)
-    return done == 1
+    return written
 
 
-def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q) -> bool:
+CANCELLED_IN_FLIGHT = "campaign cancelled while the send was in flight"
+_CAMPAIGN_CANCELLED = (
+    sa.select(Campaign.id)
+    .where(Campaign.id == Message.campaign_id, Campaign.status == CampaignStatus.CANCELLED.value)
+    .exists()
+)
+
+
+def _back_unless_cancelled(unit: Unit, where: sa.ColumnElement[bool], values: dict, *, from_status: str,
+                           actor: str | None, now: datetime) -> str | None:
+    """Issue 12 item 7: the one write that returns a row to queued/pending. If its campaign is
+    cancelled the same statement writes `cancelled` (nothing would ever move a queued row of a
+    cancelled campaign) and an event says why; if its campaign had completed meanwhile (a late
+    answer after the sweeper's `unknown`), the campaign reopens so the dispatcher serves the row.
+    Returns the status written, or None when `where` matched nothing."""
+    target = values["status"]
+    values = dict(values, status=sa.case((_CAMPAIGN_CANCELLED, MessageStatus.CANCELLED.value), else_=target),
+                  finished_at=sa.case((_CAMPAIGN_CANCELLED, now), else_=None))
+    row = _core(unit).execute(
+        sa.update(Message).where(where).values(**values)
+        .returning(Message.id, Message.status, Message.campaign_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.status == MessageStatus.CANCELLED.value:
+        _core(unit).execute(sa.insert(MessageEvent).values(
+            message_id=row.id, at=now, from_status=from_status, to_status=row.status, reason=CANCELLED_IN_FLIGHT, actor=actor))
+    elif row.campaign_id is not None:
+        _core(unit).execute(
+            sa.update(Campaign)
+            .where(Campaign.id == row.campaign_id, Campaign.status == CampaignStatus.COMPLETED.value)
+            .values(status=CampaignStatus.RUNNING.value, finished_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return row.status
+
+
+def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q, actor: str | None = None) -> bool:
     """A queued message that could not get a rate slot soon: back to the database, due later.
 
-    Its task is done; the dispatcher publishes a new one when `not_before` has passed.
+    Its task is done; the dispatcher publishes a new one when `not_before` has passed. (On a
+    Postgres autocommit connection the rare cancelled case is two statements: the row first.)
     """
-    done = _core(unit).execute(
-        sa.update(Message)
-        .where(Message.id == message_id, Message.status == from_status)
-        .values(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return done == 1
+    written = _back_unless_cancelled(
+        unit, sa.and_(Message.id == message_id, Message.status == from_status),
+        dict(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow()),
+        from_status=from_status, actor=actor, now=utcnow(),
+    )
+    return written == Q
 
 
 def return_to_pending(session: Session, message_id: int, *, reason: str, actor: str, token: str | None = None) -> bool:
     """Paused campaign (or a 401): the message goes back untouched, to be dispatched on resume."""
     cond = _owned(message_id, token) if token else sa.and_(Message.id == message_id, Message.status == Q)
     from_status = S if token else Q
-    done = session.execute(
-        sa.update(Message)
-        .where(cond)
-        .values(status=MessageStatus.PENDING.value, claim_token=None, enqueued_at=None, queued_at=None,
-                not_before=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if done:
+    written = _back_unless_cancelled(
+        session, cond,
+        dict(status=MessageStatus.PENDING.value, claim_token=None, enqueued_at=None, queued_at=None,
+             not_before=None, updated_at=utcnow()),
+        from_status=from_status, actor=actor, now=utcnow(),
+    )
+    if written == MessageStatus.PENDING.value:
         add_event(session, message_id, from_status, MessageStatus.PENDING.value, reason, actor)
-    return done == 1
+    return written == MessageStatus.PENDING.value
 
 
 def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
@@ -254,20 +347,35 @@ def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
 
 
 def add_event(session: Session, message_id: int, from_status: str | None, to_status: str, reason: str, actor: str | None) -> None:
-    session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor))
+    session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status,
+                             reason=fit(MessageEvent.reason, reason), actor=actor))
 
 
 def note_campaign_failure(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
     """Count a permanent failure; pause the campaign when the streak reaches `threshold`."""
-    session.execute(
+    return _note_streak(session, campaign_id, Campaign.consecutive_failures, threshold=threshold,
+                        reason=f"consecutive permanent failures; last: {reason}")
+
+
+def note_campaign_unknown(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
+    """Count an ambiguous outcome (`unknown`); pause the campaign when the streak reaches
+    `threshold`, so a systematic fault does not turn a whole campaign `unknown` at full rate."""
+    return _note_streak(session, campaign_id, Campaign.consecutive_unknown, threshold=threshold,
+                        reason=f"ambiguous outcomes (unknown: request sent, no answer) without a send; last: {reason}")
+
+
+def _note_streak(session: Session, campaign_id: int, counter: sa.orm.InstrumentedAttribute, *, threshold: int,
+                 reason: str) -> bool:
+    """Add one to a streak counter (reset by every send, see record_sent); pause at `threshold`."""
+    streak = session.execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id)
-        .values(consecutive_failures=Campaign.consecutive_failures + 1)
+        .values({counter.key: counter + 1})
+        .returning(counter)
         .execution_options(synchronize_session=False)
-    )
-    streak = session.scalar(sa.select(Campaign.consecutive_failures).where(Campaign.id == campaign_id)) or 0
+    ).scalar_one_or_none() or 0
     if streak >= threshold:
-        return pause_campaign(session, campaign_id, reason=f"{streak} consecutive permanent failures; last: {reason}")
+        return pause_campaign(session, campaign_id, reason=f"{streak} {reason}")
     return False
 
 
@@ -276,7 +384,7 @@ def pause_campaign(session: Session, campaign_id: int, *, reason: str) -> bool:
     done = session.execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
-        .values(status=CampaignStatus.PAUSED.value, pause_reason=reason, updated_at=utcnow())
+        .values(status=CampaignStatus.PAUSED.value, pause_reason=fit(Campaign.pause_reason, reason), updated_at=utcnow())
         .execution_options(synchronize_session=False)
     ).rowcount
     return done == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.celery_app import app
-from worker.enqueue import enqueue_payload
+from worker.enqueue import enqueue_payload, task_idempotency_key
 from worker.queues import TASK_ENQUEUE, TASK_SEND
 from worker.runtime import get_runtime
 from worker.send import send_message
@@ -17,7 +17,9 @@ def send_message_task(message_id: int) -> str:
     return send_message(int(message_id), get_runtime().send_deps()).value
 
 
-@app.task(name=TASK_ENQUEUE, acks_late=True, ignore_result=False)
-def enqueue_message_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """For apps that share only the broker: `send_task("buttoncast.enqueue_message", args=[{...}])`."""
-    return enqueue_payload(payload, get_runtime())
+@app.task(name=TASK_ENQUEUE, acks_late=True, ignore_result=False, bind=True)
+def enqueue_message_task(self, payload: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001 - the bound task
+    """For apps that share only the broker: `send_task("buttoncast.enqueue_message", args=[{...}])`.
+
+    Without an `idempotency_key` the task id is the key: a redelivery (acks_late) inserts nothing."""
+    return enqueue_payload(payload, get_runtime(), default_key=task_idempotency_key(self.request.id))

@@ -1,7 +1,7 @@
 """The HTTP API: api_keys (hashes only), api_idempotency (Idempotency-Key records), audit_events.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005 (the chain is re-made at merge)
 """
 from typing import Sequence, Union
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: Union[str, Sequence[str], None] = "0003"
+down_revision: Union[str, Sequence[str], None] = "0005"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

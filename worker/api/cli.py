@@ -7,12 +7,15 @@ import click
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 
 APP_FACTORY = "worker.api.app:create_app"
+#: how long uvicorn's supervisor waits for a worker process to answer its ping (uvicorn's default, 5 s,
+#: killed freshly spawned workers on a loaded 2-core machine while they were still importing)
+WORKER_HEALTHCHECK_TIMEOUT_S = 30
 
 
 def uvicorn_argv(host: str, port: int, workers: int) -> list[str]:
     """The uvicorn line `buttoncast api` is equivalent to (docs/api.md)."""
     return ["uvicorn", "--factory", APP_FACTORY, "--host", host, "--port", str(port), "--workers", str(workers),
-            "--no-server-header"]
+            "--no-server-header", "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_TIMEOUT_S)]
 
 
 @click.command("api")
@@ -21,14 +24,14 @@ def uvicorn_argv(host: str, port: int, workers: int) -> list[str]:
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes (each with its own pools).")
 @friendly_errors
 def api_command(host: str, port: int, workers: int) -> None:
-    """Serve the HTTP API: `uvicorn --factory worker.api.app:create_app --host H --port P --workers N`."""
+    """Serve the HTTP API: `uvicorn --factory worker.api.app:create_app --host H --port P --workers N` (docs/api.md)."""
     import uvicorn
 
     runtime = load_runtime()  # a bad setting stops here with one line, before any process starts
     ensure_schema(runtime)
     click.echo(f"buttoncast API on http://{host}:{port} ({workers} worker process(es)); docs at /docs", err=True)
     uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, server_header=False,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S)
 
 
 @click.group("apikey")

@@ -19,7 +19,8 @@ MessageId = Annotated[int, Path(ge=1, le=ID_MAX)]
 CampaignId = Annotated[int, Path(ge=1, le=ID_MAX)]
 
 
-def runtime() -> Runtime:
+async def runtime() -> Runtime:
+    """The process's runtime (async: no I/O, no thread-pool hop)."""
     return get_runtime()
 
 

@@ -5,8 +5,8 @@
 - The same key with a different body: refused, 422 (draft-ietf-httpapi-idempotency-key-header).
 - A request that failed (validation or anything else) stores nothing: the key can be used again.
 
-Two concurrent requests with one key: both try to insert the key's row; the loser sees the
-winner's row (same fingerprint) and runs the operation too, which is itself idempotent on the same
+Two concurrent requests with one key: both try to insert the key's row (INSERT ... ON CONFLICT DO
+NOTHING); the loser sees the winner's row (same fingerprint) and runs the operation too, which is itself idempotent on the same
 key (the `messages.idempotency_key` unique index), so both get the one message.
 """
 
@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.api.models import IdempotentRequest
 from worker.enqueue import IDEMPOTENCY_KEY_MAX_CHARS
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import utcnow
+from worker.runtime import Runtime
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -53,56 +53,49 @@ def check_key(key: str) -> str:
 
 
 def run_once(
-    session_factory: sessionmaker[Session],
+    runtime: Runtime,
     key: str | None,
     body: Any,
     api_key_id: int | None,
     operation: Callable[[str | None], tuple[int, dict[str, Any]]],
 ) -> Outcome:
-    """Run `operation(key)` once per key and body; see the module's docstring."""
+    """Run `operation(key)` once per key and body; see the module's docstring.
+
+    Each statement here is one round trip (`runtime.single_statements`: autocommit on Postgres)."""
     if key is None:
         return Outcome(*operation(None))
     check_key(key)
     request_hash = fingerprint(body)
-    first = _claim(session_factory, key, request_hash, api_key_id)
+    table = IdempotentRequest.__table__
+    first = _claim(runtime, table, key, request_hash, api_key_id)
     if first is not None and first.response is not None:
         return Outcome(first.status_code or 200, first.response, replayed=True)
     try:
         status_code, response = operation(key)
     except BaseException:
         if first is None:  # ours: a failed request leaves no trace (a concurrent twin keeps its own)
-            _forget(session_factory, key)
+            with runtime.single_statements() as conn:
+                conn.execute(sa.delete(table).where(table.c.key == key, table.c.response.is_(None)))
         raise
-    with session_factory.begin() as session:
-        session.execute(sa.update(IdempotentRequest)
-                        .where(IdempotentRequest.key == key, IdempotentRequest.response.is_(None))
-                        .values(status_code=status_code, response=response))
+    with runtime.single_statements() as conn:
+        conn.execute(sa.update(table).where(table.c.key == key, table.c.response.is_(None))
+                     .values(status_code=status_code, response=response))
     return Outcome(status_code, response, replayed=first is not None)
 
 
-def _claim(session_factory: sessionmaker[Session], key: str, request_hash: str, api_key_id: int | None) -> IdempotentRequest | None:
+def _claim(runtime: Runtime, table: sa.Table, key: str, request_hash: str, api_key_id: int | None) -> sa.Row | None:
     """Insert the key's row (None: this request is the first) or return the row already there."""
-    for _ in range(3):
-        existing = _get(session_factory, key)
-        if existing is not None:
-            if existing.request_hash != request_hash:
-                raise IdempotencyKeyReused(f"{HEADER} {key!r} was already used with a different request body; "
-                                           "use a new key for a new request")
-            return existing
-        try:
-            with session_factory.begin() as session:
-                session.add(IdempotentRequest(key=key, request_hash=request_hash, api_key_id=api_key_id, created_at=utcnow()))
+    insert = postgresql.insert if runtime.engine.dialect.name == "postgresql" else sqlite.insert
+    claim = (insert(table).values(key=key, request_hash=request_hash, api_key_id=api_key_id, created_at=utcnow())
+             .on_conflict_do_nothing(index_elements=["key"]).returning(table.c.key))
+    with runtime.single_statements() as conn:
+        if conn.execute(claim).first() is not None:
             return None
-        except IntegrityError:
-            continue  # a concurrent request with this key inserted first: judge against its row
-    raise ButtoncastError(f"{HEADER} {key!r} kept changing; try again")
-
-
-def _get(session_factory: sessionmaker[Session], key: str) -> IdempotentRequest | None:
-    with session_factory() as session:
-        return session.get(IdempotentRequest, key)
-
-
-def _forget(session_factory: sessionmaker[Session], key: str) -> None:
-    with session_factory.begin() as session:
-        session.execute(sa.delete(IdempotentRequest).where(IdempotentRequest.key == key, IdempotentRequest.response.is_(None)))
+        existing = conn.execute(sa.select(table.c.request_hash, table.c.status_code, table.c.response)
+                                .where(table.c.key == key)).first()
+    if existing is None:  # the first request failed and let the key go meanwhile: try again as the first
+        return _claim(runtime, table, key, request_hash, api_key_id)
+    if existing.request_hash != request_hash:
+        raise IdempotencyKeyReused(f"{HEADER} {key!r} was already used with a different request body; "
+                                   "use a new key for a new request")
+    return existing

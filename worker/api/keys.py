@@ -12,8 +12,11 @@ import enum
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from datetime import datetime
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +31,8 @@ PREFIX_CHARS = 8
 SECRET_BYTES = 32
 NAME_MAX_CHARS = 100
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
+_BY_PREFIX = sa.select(ApiKey.id, ApiKey.key_hash, ApiKey.name, ApiKey.scope, ApiKey.revoked_at).where(
+    ApiKey.prefix == sa.bindparam("prefix"))
 
 
 class Scope(str, enum.Enum):
@@ -122,21 +127,53 @@ def revoke_key(session_factory: sessionmaker[Session], key_id: int, *, actor: st
         return _info(row)
 
 
-def authenticate(session_factory: sessionmaker[Session], presented: str | None) -> Principal | None:
-    """The principal a presented key belongs to, or None (unknown, malformed or revoked key)."""
+def authenticate(connect: Callable[[], AbstractContextManager[sa.Connection]], presented: str | None) -> Principal | None:
+    """The principal a presented key belongs to, or None (unknown, malformed or revoked key).
+
+    `connect`: a runtime's `single_statements` (one statement, one round trip)."""
     if not presented or len(presented) > 128:
         return None
     parts = presented.split("_", 2)
     prefix = parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX else ""
-    with session_factory() as session:
-        row = session.execute(
-            sa.select(ApiKey.id, ApiKey.key_hash, ApiKey.name, ApiKey.scope, ApiKey.revoked_at).where(ApiKey.prefix == prefix)
-        ).one_or_none() if len(prefix) == PREFIX_CHARS else None
+    row = None
+    if len(prefix) == PREFIX_CHARS:
+        with connect() as conn:
+            row = conn.execute(_BY_PREFIX, {"prefix": prefix}).one_or_none()
     expected = row.key_hash if row is not None else _DUMMY_HASH
     matches = hmac.compare_digest(_hash(presented), expected)
     if row is None or not matches or row.revoked_at is not None:
         return None
     return Principal(key_id=row.id, prefix=prefix, name=row.name, scope=Scope(row.scope))
+
+
+class VerifiedKeys:
+    """A short per-process memory of keys already verified, so a busy client costs no database
+    round trip per request. Keyed by the key's sha256 (the key itself is never kept); an entry
+    lives `ttl_s` seconds, so a revoked key is refused at most that long after `apikey revoke`.
+    Unknown keys are never remembered: every bad guess is checked against the database."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, connect: Callable[[], AbstractContextManager[sa.Connection]], ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.connect, self.ttl_s, self.clock = connect, ttl_s, clock
+        self._seen: dict[str, tuple[float, Principal]] = {}
+
+    def lookup(self, presented: str) -> Principal | None:
+        """The cached principal, or None if the key must be checked (what `authenticate` does)."""
+        if self.ttl_s <= 0:
+            return None
+        entry = self._seen.get(_hash(presented))
+        return entry[1] if entry is not None and entry[0] > self.clock() else None
+
+    def verify(self, presented: str | None) -> Principal | None:
+        """`authenticate`, remembering a success for `ttl_s` seconds."""
+        principal = authenticate(self.connect, presented)
+        if principal is not None and self.ttl_s > 0 and presented:
+            if len(self._seen) >= self.MAX_ENTRIES:
+                self._seen.clear()
+            self._seen[_hash(presented)] = (self.clock() + self.ttl_s, principal)
+        return principal
 
 
 def _info(row: ApiKey) -> KeyInfo:

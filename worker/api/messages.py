@@ -11,7 +11,7 @@ from worker.api.auth import require
 from worker.api.deps import ID_MAX, MessageId, decode_cursor, encode_cursor, json_body, runtime
 from worker.api.idempotency import REPLAYED_HEADER, run_once
 from worker.api.keys import Principal, Scope
-from worker.api.schemas import AttemptOut, EventOut, MessageCreated, MessageDetail, MessageIn, MessagePage, MessageSummary
+from worker.api.schemas import AttemptOut, EventOut, MessageCreated, MessageDetail, MessagePage, MessageSummary
 from worker.enqueue import enqueue_json
 from worker.history import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, list_messages, message_history
 from worker.runtime import Runtime
@@ -32,7 +32,7 @@ def create_message(
     def enqueue(key: str | None) -> tuple[int, dict[str, Any]]:
         return 202, {"id": enqueue_json(body, idempotency_key=key, actor=principal.actor, runtime=rt), "status": MessageStatus.QUEUED.value}
 
-    outcome = run_once(rt.session_factory, idempotency_key, body, principal.key_id, enqueue)
+    outcome = run_once(rt, idempotency_key, body, principal.key_id, enqueue)
     return JSONResponse(outcome.response, status_code=outcome.status_code,
                         headers={REPLAYED_HEADER: "true"} if outcome.replayed else None)
 

@@ -60,13 +60,23 @@ def _flag(name: str, text: str) -> bool:
 
 
 async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -> CampaignUpload:
-    form = await request.form(max_files=1, max_fields=len(FORM_FIELDS) + 4, max_part_size=FORM_FIELD_MAX_BYTES)
+    form = await request.form(max_files=2, max_fields=len(FORM_FIELDS) + 4, max_part_size=FORM_FIELD_MAX_BYTES)
     try:
         problems = [FieldProblem(k, "is not a known field") for k in form.keys() if k not in FORM_FIELDS + ("recipients",)]
         upload = form.get("recipients")
         if not isinstance(upload, UploadFile):
             problems.append(FieldProblem("recipients", "is required: a CSV file part"))
         texts = {k: v for k, v in form.items() if k in FORM_FIELDS and isinstance(v, str)}
+        message_file = form.get("message")
+        if isinstance(message_file, UploadFile):  # curl -F message=@message.json sends it as a file
+            raw = await message_file.read(FORM_FIELD_MAX_BYTES + 1)
+            if len(raw) > FORM_FIELD_MAX_BYTES:
+                problems.append(FieldProblem("message", f"is larger than {FORM_FIELD_MAX_BYTES} bytes"))
+            else:
+                try:
+                    texts["message"] = raw.decode("utf-8-sig")
+                except UnicodeDecodeError:
+                    problems.append(FieldProblem("message", "is not UTF-8 text"))
         options: dict[str, Any] = {k: texts.get(k) for k in ("name", "at", "window", "tz", "phone_number_id")}
         for flag in ("draft", "strict"):
             try:

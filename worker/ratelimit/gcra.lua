@@ -7,9 +7,10 @@ ARGV[2] may carry a clock for tests ("" = TIME).
 KEYS[1] <prefix>:tat      string  GCRA theoretical arrival time; expires when it passes
 KEYS[2] <prefix>:vendor   hash    limit, remaining, reset_at, last_at (last slot granted in the window)
 KEYS[3] <prefix>:blocked  hash    until, reason; expires at `until`
-KEYS[4] scopes index      zset    scope -> last use, for `scopes()`
+<prefix> is buttoncast:ratelimit:{<scope>}: one hash tag, so one Redis Cluster slot. The script
+touches no key it is not handed in KEYS (the index of scopes is scopes.lua's, in another slot).
 
-ARGV[1] op, ARGV[2] now or "", ARGV[3] scope, ARGV[4..6] the TTLs named below (from base.py), then per op:
+ARGV[1] op, ARGV[2] now or "", ARGV[3..4] the TTLs named below (from base.py), then per op:
   acquire  interval_s tolerance_s max_wait_s   -> {granted 0|1, wait_s, reason}
   observe  limit remaining reset_at ("" = missing header)
   block    until reason
@@ -29,11 +30,10 @@ The rules (MemoryRateLimiter in memory.py mirrors them line for line):
 
 if redis.replicate_commands then pcall(redis.replicate_commands) end  -- TIME before writes on Redis < 5
 
-local SCOPES_TTL_S = tonumber(ARGV[4])
-local VENDOR_GRACE_S = tonumber(ARGV[5])
-local VENDOR_NO_RESET_TTL_S = tonumber(ARGV[6])
+local VENDOR_GRACE_S = tonumber(ARGV[3])
+local VENDOR_NO_RESET_TTL_S = tonumber(ARGV[4])
 
-local op, scope = ARGV[1], ARGV[3]
+local op = ARGV[1]
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
@@ -54,12 +54,6 @@ end
 
 local function ttl_ms(seconds)
   return math.max(1, math.ceil(seconds * 1000))
-end
-
-local function touch_scope()
-  redis.call('ZADD', KEYS[4], now, scope)
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - SCOPES_TTL_S)
-  redis.call('EXPIRE', KEYS[4], SCOPES_TTL_S)
 end
 
 local function load_vendor()
@@ -120,8 +114,7 @@ local function earliest(interval, tolerance)
 end
 
 if op == 'acquire' then
-  local interval, tolerance, max_wait = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  touch_scope()
+  local interval, tolerance, max_wait = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   -- A reservation never lies further ahead than max_wait + one interval (+ the burst), so a tat
   -- beyond that was set under a slower rate: after AWAL_RATE_LIMIT is raised it must not hold
   -- every worker back until the old rate's slot comes round.
@@ -141,8 +134,7 @@ if op == 'acquire' then
   return {1, fmt(wait), reason}
 
 elseif op == 'observe' then
-  local limit, remaining, reset_at = num(ARGV[7]), num(ARGV[8]), num(ARGV[9])
-  touch_scope()
+  local limit, remaining, reset_at = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
   local v = load_vendor()
   if limit ~= nil then v.limit = limit end
   if reset_at ~= nil and (v.reset_at == nil or reset_at > v.reset_at) then
@@ -158,8 +150,7 @@ elseif op == 'observe' then
   return 1
 
 elseif op == 'block' then
-  local until_, reason = tonumber(ARGV[7]), ARGV[8]
-  touch_scope()
+  local until_, reason = tonumber(ARGV[5]), ARGV[6]
   local current = num(redis.call('HGET', KEYS[3], 'until'))
   if until_ > now and (current == nil or until_ > current) then
     redis.call('HSET', KEYS[3], 'until', fmt(until_), 'reason', reason)
@@ -168,7 +159,7 @@ elseif op == 'block' then
   return 1
 
 elseif op == 'state' then
-  local interval, tolerance = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local interval, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
   local at, _, _, v, blocked_until, blocked_reason = earliest(interval, tolerance)
   local limit, remaining = '', ''
   if v.limit ~= nil then limit = string.format('%d', v.limit) end

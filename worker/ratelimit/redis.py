@@ -4,14 +4,21 @@ All the logic is one Lua script (gcra.lua), run with EVALSHA: each call is one r
 atomic step on the Redis server's clock. A worker never polls: it gets a slot with a wait, or a
 time to come back.
 
+Redis Cluster: the keys of one scope share the hash tag `{<scope>}`, so they live in one slot, and
+the script touches only the keys it is handed in KEYS. The index of scopes (for `scopes()`) is a
+key of its own in another slot: a second small script (scopes.lua) marks a scope in it, at most
+once per SCOPES_TOUCH_INTERVAL_S per process, and never inside the accounting script.
+
 Errors: when Redis is unreachable every method raises redis.exceptions.ConnectionError or
 redis.exceptions.TimeoutError (both redis.exceptions.RedisError); the caller decides what to do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from importlib import resources
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import redis
 
@@ -27,10 +34,32 @@ from worker.errors import LimiterUnavailable
 from worker.settings import RateLimit
 
 KEY_PREFIX = "buttoncast:ratelimit:"
-SCOPES_KEY = KEY_PREFIX + "scopes"       # zset; a scope named "scopes" would not clash: its keys get a suffix
+SCOPES_KEY = KEY_PREFIX + "scopes"       # zset; a scope named "scopes" would not clash: its keys are {scope}:...
+SCOPES_TOUCH_INTERVAL_S = 300.0           # a process re-marks a scope as used at most this often
 REDIS_SOCKET_TIMEOUT_S = 2.0
 
 _SCRIPT = resources.files(__package__).joinpath("gcra.lua").read_text(encoding="utf-8")
+_SCOPES_SCRIPT = resources.files(__package__).joinpath("scopes.lua").read_text(encoding="utf-8")
+
+
+class ScopeKeys(NamedTuple):
+    """The Redis keys of one scope, in gcra.lua's KEYS order; one hash tag, so one cluster slot."""
+
+    tat: str
+    vendor: str
+    blocked: str
+
+
+def hash_tag(scope: str) -> str:
+    """The scope itself; a digest of it when braces in it would end the tag early (or leave it empty)."""
+    if scope and "{" not in scope and "}" not in scope:
+        return scope
+    return "sha256:" + hashlib.sha256(scope.encode("utf-8")).hexdigest()[:32]
+
+
+def scope_keys(scope: str) -> ScopeKeys:
+    prefix = f"{KEY_PREFIX}{{{hash_tag(scope)}}}:"
+    return ScopeKeys(tat=prefix + "tat", vendor=prefix + "vendor", blocked=prefix + "blocked")
 
 
 def _number(value: float | int | None) -> str:
@@ -70,6 +99,8 @@ class RedisRateLimiter:
         self._configured = set(scopes)
         self._clock = clock
         self._script = client.register_script(_SCRIPT)
+        self._scopes_script = client.register_script(_SCOPES_SCRIPT)
+        self._touched: dict[str, float] = {}   # scope -> monotonic time this process last marked it
 
     @classmethod
     def from_url(cls, url: str, *, rate: RateLimit, burst: int, scopes: Iterable[str] = ()) -> "RedisRateLimiter":
@@ -79,12 +110,14 @@ class RedisRateLimiter:
         return cls(client, rate=rate, burst=burst, scopes=scopes)
 
     def acquire(self, scope: str, *, max_wait_s: float) -> Reservation:
+        self._touch(scope)
         granted, wait, reason = self._run(
             "acquire", scope, self._pacing.interval_s, self._pacing.tolerance_s, max_wait_s
         )
         return Reservation(granted=bool(granted), wait_s=float(wait), reason=_text(reason))
 
     def observe(self, scope: str, *, limit: int | None, remaining: int | None, reset_at: float | None) -> None:
+        self._touch(scope)
         self._run(
             "observe", scope,
             "" if limit is None else str(int(limit)),
@@ -93,6 +126,7 @@ class RedisRateLimiter:
         )
 
     def block(self, scope: str, *, until: float, reason: str = "429") -> None:
+        self._touch(scope)
         self._run("block", scope, until, reason)
 
     def state(self, scope: str) -> LimiterState:
@@ -119,13 +153,24 @@ class RedisRateLimiter:
             raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
         return sorted(self._configured | used)
 
-    def _run(self, op: str, scope: str, *args: object) -> list:
-        prefix = f"{KEY_PREFIX}{scope}:"
-        keys = [prefix + "tat", prefix + "vendor", prefix + "blocked", SCOPES_KEY]
+    def _touch(self, scope: str) -> None:
+        """Mark the scope as used in the index (its own slot), unless this process did lately."""
+        seen = time.monotonic()
+        last = self._touched.get(scope)
+        if last is not None and seen - last < SCOPES_TOUCH_INTERVAL_S:
+            return
         now = "" if self._clock is None else _number(self._clock())
-        argv = [op, now, scope, SCOPES_TTL_S, VENDOR_GRACE_S, VENDOR_NO_RESET_TTL_S]
+        try:
+            self._scopes_script(keys=[SCOPES_KEY], args=[now, scope, SCOPES_TTL_S])
+        except redis.RedisError as exc:
+            raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
+        self._touched[scope] = seen
+
+    def _run(self, op: str, scope: str, *args: object) -> list:
+        now = "" if self._clock is None else _number(self._clock())
+        argv = [op, now, VENDOR_GRACE_S, VENDOR_NO_RESET_TTL_S]
         argv += [_number(a) if isinstance(a, (int, float)) else a for a in args]
         try:
-            return self._script(keys=keys, args=argv)
+            return self._script(keys=list(scope_keys(scope)), args=argv)
         except redis.RedisError as exc:
             raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc

@@ -1,4 +1,8 @@
-"""Test and admin endpoints under `/_sandbox/` (no authentication: the sandbox is local only).
+"""Test and admin endpoints under `/_sandbox/`.
+
+Never open to an unauthenticated caller off loopback: with an admin token configured
+(`--admin-token`, SANDBOX_ADMIN_TOKEN) every call must carry it in X-Sandbox-Admin-Token (403
+otherwise); without one, only loopback peers get in (403 for the rest).
 
 GET  /_sandbox/received[?phone=]  -> {"received": [record, ...]}  (answered 200 or stalled)
 GET  /_sandbox/stats              -> {"counts": {...}, "accepted": n, "requests": n,
@@ -12,19 +16,22 @@ POST /_sandbox/script             -> {"phone": "...", "responses": ["503", "503"
 
 from __future__ import annotations
 
+import hmac
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from worker.errors import ConfigError
+from worker.sandbox.config import ADMIN_TOKEN_HEADER, is_loopback
 from worker.sandbox.faults import ScriptError
 
 if TYPE_CHECKING:
     from worker.sandbox.server import SandboxApp
 
 ADMIN_PREFIX = "/_sandbox"
-_HIDDEN = {"secret", "webhook_secret", "parsed_rate"}
+_HIDDEN = {"secret", "webhook_secret", "admin_token", "parsed_rate"}
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -38,6 +45,28 @@ def _bad(message: str) -> web.Response:
 def public_config(sandbox: "SandboxApp") -> dict[str, Any]:
     """The configuration without its secrets."""
     return {k: v for k, v in vars(sandbox.config).items() if k not in _HIDDEN}
+
+
+def admin_refusal(request: web.Request, token: str | None) -> str | None:
+    """Why this caller may not use /_sandbox/* (None: it may)."""
+    if token:
+        given = request.headers.get(ADMIN_TOKEN_HEADER, "")
+        if hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+            return None
+        return f"the sandbox's admin endpoints need the admin token in {ADMIN_TOKEN_HEADER}"
+    if is_loopback(request.remote):
+        return None
+    return "the sandbox's admin endpoints answer loopback only; start it with --admin-token to allow others"
+
+
+def _guarded(sandbox: "SandboxApp", handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.Response:
+        refusal = admin_refusal(request, sandbox.config.admin_token)
+        if refusal is not None:
+            return _json({"error": "forbidden", "message": refusal}, status=403)
+        return await handler(request)
+
+    return guarded
 
 
 def add_admin_routes(app: web.Application, sandbox: "SandboxApp") -> None:
@@ -90,8 +119,8 @@ def add_admin_routes(app: web.Application, sandbox: "SandboxApp") -> None:
             return _bad('send {"phone": "...", "responses": ["503", ...]}')
         return _json({"scripted": sandbox.faults.pending().get(phone, [])})
 
-    app.router.add_get(ADMIN_PREFIX + "/received", received)
-    app.router.add_get(ADMIN_PREFIX + "/stats", stats)
-    app.router.add_post(ADMIN_PREFIX + "/reset", reset)
-    app.router.add_post(ADMIN_PREFIX + "/config", configure)
-    app.router.add_post(ADMIN_PREFIX + "/script", script)
+    app.router.add_get(ADMIN_PREFIX + "/received", _guarded(sandbox, received))
+    app.router.add_get(ADMIN_PREFIX + "/stats", _guarded(sandbox, stats))
+    app.router.add_post(ADMIN_PREFIX + "/reset", _guarded(sandbox, reset))
+    app.router.add_post(ADMIN_PREFIX + "/config", _guarded(sandbox, configure))
+    app.router.add_post(ADMIN_PREFIX + "/script", _guarded(sandbox, script))

@@ -28,7 +28,13 @@ _share = click.FloatRange(0.0, 1.0)
 
 
 @click.command("sandbox")
-@click.option("--host", default=DEFAULT_HOST, show_default=True)
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="bind address; anything but loopback also needs --allow-remote")
+@click.option("--allow-remote", is_flag=True, envvar="SANDBOX_ALLOW_REMOTE",
+              help="allow a non-loopback --host (default: $SANDBOX_ALLOW_REMOTE); the sandbox's secrets are known")
+@click.option("--admin-token", envvar="SANDBOX_ADMIN_TOKEN", default=None,
+              help="/_sandbox/* then wants it in X-Sandbox-Admin-Token from every caller; without it only "
+                   "loopback callers get in (default: $SANDBOX_ADMIN_TOKEN); never printed")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="0 = a free port")
 @click.option("--secret", envvar="AWAL_HMAC_SECRET", default=DEFAULT_SECRET, show_default=False,
               help="HMAC secret (default: $AWAL_HMAC_SECRET, else a sandbox default); never printed")

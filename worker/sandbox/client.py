@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from worker.sandbox.config import DEFAULT_CLIENT_ID, DEFAULT_DOMAIN, DEFAULT_SECRET
+from worker.sandbox.config import ADMIN_TOKEN_HEADER, DEFAULT_CLIENT_ID, DEFAULT_DOMAIN, DEFAULT_SECRET
 from worker.signing import CLIENT_ID_HEADER, DOMAIN_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_request
 
 ADMIN_TIMEOUT_S = 10.0
@@ -37,15 +37,21 @@ def signed_headers(*, url: str, body: bytes, secret: str, client_id: str, domain
 
 
 class SandboxClient:
-    """Talks to a running sandbox at `base_url` (the same base URL the vendor client uses)."""
+    """Talks to a running sandbox at `base_url` (the same base URL the vendor client uses).
+
+    `admin_token` goes with every `/_sandbox/` call, as a sandbox started with `--admin-token`
+    (or reached from another machine) wants.
+    """
 
     def __init__(self, base_url: str, *, secret: str = DEFAULT_SECRET, client_id: str = DEFAULT_CLIENT_ID,
-                 domain: str = DEFAULT_DOMAIN, session: requests.Session | None = None) -> None:
+                 domain: str = DEFAULT_DOMAIN, session: requests.Session | None = None,
+                 admin_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.admin_url = f"{parts.scheme}://{parts.netloc}/_sandbox"
         self._secret, self._client_id, self._domain = secret, client_id, domain
         self.session = session or requests.Session()
+        self._admin_headers = {ADMIN_TOKEN_HEADER: admin_token} if admin_token else {}
 
     # --- sending, for tests and benchmarks -------------------------------------------------
     def send_url(self, phone_number_id: str) -> str:
@@ -63,12 +69,14 @@ class SandboxClient:
 
     # --- reading back and steering ---------------------------------------------------------
     def _get(self, path: str, **params: Any) -> Any:
-        response = self.session.get(self.admin_url + path, params=params, timeout=ADMIN_TIMEOUT_S)
+        response = self.session.get(self.admin_url + path, params=params, headers=self._admin_headers,
+                                    timeout=ADMIN_TIMEOUT_S)
         response.raise_for_status()
         return response.json()
 
     def _post(self, path: str, data: dict[str, Any] | None = None) -> Any:
-        response = self.session.post(self.admin_url + path, json=data or {}, timeout=ADMIN_TIMEOUT_S)
+        response = self.session.post(self.admin_url + path, json=data or {}, headers=self._admin_headers,
+                                     timeout=ADMIN_TIMEOUT_S)
         if response.status_code == 400:
             raise ValueError(response.json().get("message", response.text))
         response.raise_for_status()

@@ -6,6 +6,7 @@ CLI layer (`worker/sandbox/cli.py`) does that for its defaults only.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -17,6 +18,7 @@ DEFAULT_CLIENT_ID = "sandbox-client"
 DEFAULT_DOMAIN = "sandbox.local"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8099
+ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"   # what /_sandbox/* wants from a caller off loopback
 TIMESTAMP_TOLERANCE_S = 300            # the vendor rejects a timestamp more than 5 minutes off
 STALL_S = 30.0                         # a read-timeout fault holds the connection this long
 FIRST_VENDOR_ID = 10001                # message.id of the first accepted message
@@ -42,6 +44,8 @@ class SandboxConfig:
     path_prefix: str = ""              # e.g. "/api/v1": the endpoint is then /api/v1/w/message/button
     phone_number_ids: tuple[str, ...] | None = None   # allow-list; None accepts any id
     timestamp_tolerance_s: int = TIMESTAMP_TOLERANCE_S
+    allow_remote: bool = False         # a host other than loopback is refused unless this is set
+    admin_token: str | None = None     # /_sandbox/* then wants it in ADMIN_TOKEN_HEADER from everyone
     # --- runtime-settable (POST /_sandbox/config) ---
     rate_limit: str | None = None      # "50/s", "1000/h"; None = unlimited
     remaining_override: int | None = None
@@ -79,6 +83,11 @@ class SandboxConfig:
                 raise ConfigError(f"sandbox option {name}={getattr(self, name)!r} must not be negative")
         if self.remaining_override is not None and int(self.remaining_override) < 0:
             raise ConfigError(f"sandbox option remaining_override={self.remaining_override!r} must not be negative")
+        if not self.allow_remote and not is_loopback(self.host):
+            raise ConfigError(
+                f"sandbox host {self.host!r} is not loopback: the sandbox is a test double with known "
+                "secrets; pass --allow-remote (SANDBOX_ALLOW_REMOTE=1) to serve other machines"
+            )
         if self.path_prefix and not self.path_prefix.startswith("/"):
             raise ConfigError(f"sandbox option path_prefix={self.path_prefix!r} must start with /")
         self.path_prefix = self.path_prefix.rstrip("/")
@@ -115,6 +124,21 @@ RUNTIME_OPTIONS = frozenset(
     }
 )
 _FLOATS = {"latency_ms", "stall_s", "delivered_after_s", "read_after_s", *_SHARES}
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for "localhost" and any loopback address (127.0.0.0/8, ::1, ::ffff:127.x); False for
+    "", "0.0.0.0", other names and addresses."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def _coerce(name: str, value: Any) -> Any:

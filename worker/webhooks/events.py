@@ -30,6 +30,7 @@ STATUSES = frozenset(s.value for s in DeliveryStatus)
 REASON_MAX_CHARS = 1000
 WAMID_MAX_CHARS = 200   # webhook_events.vendor_message_id and messages.vendor_message_id
 PHONE_MAX_DIGITS = 64   # webhook_events.phone
+TEXT_MAX_CHARS = 4096   # an inbound text kept on the event for consent keywords (never stored apart from the body)
 
 
 class ShapeError(ValueError):
@@ -55,6 +56,7 @@ class Event:
     reason: str | None = None             # failed status: what the vendor said
     button_id: str | None = None
     button_title: str | None = None
+    text: str | None = None               # message.received: the inbound text (consent keywords)
 
 
 def parse_body(body: bytes, *, received_at: datetime) -> Verification | Event:
@@ -107,7 +109,8 @@ def _received_event(data: dict[str, Any], when: datetime, body: bytes) -> Event:
     phone = normalize_phone(data.get("from"))
     button = _button(data) if data.get("type") in BUTTON_REPLY_TYPES else None
     if button is None:
-        return Event(event_type=RECEIVED_EVENT, kind=EventKind.INBOUND, dedupe_key=key, occurred_at=when, phone=phone)
+        return Event(event_type=RECEIVED_EVENT, kind=EventKind.INBOUND, dedupe_key=key, occurred_at=when, phone=phone,
+                     text=_inbound_text(data))
     context = data.get("context") if isinstance(data.get("context"), dict) else {}
     replied_to = _text(context, "message_id", "data.context") or _text(context, "id", "data.context")
     if replied_to:
@@ -119,6 +122,16 @@ def _received_event(data: dict[str, Any], when: datetime, body: bytes) -> Event:
         event_type=RECEIVED_EVENT, kind=EventKind.REPLY, dedupe_key=key, occurred_at=when,
         vendor_message_id=replied_to or None, phone=phone, button_id=button_id, button_title=title,
     )
+
+
+def _inbound_text(data: dict[str, Any]) -> str | None:
+    """An inbound message's text: `data.body` (AWAL_API.md), else WhatsApp's `data.text.body`
+    or a plain `data.text`; None when there is none (media, location...)."""
+    text = data.get("text")
+    for found in (data.get("body"), text.get("body") if isinstance(text, dict) else text):
+        if isinstance(found, str):
+            return found[:TEXT_MAX_CHARS]
+    return None
 
 
 def _button(data: dict[str, Any]) -> tuple[str, str | None] | None:

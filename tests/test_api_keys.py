@@ -1,0 +1,76 @@
+"""Issue 14 item 2: API keys: only a hash is stored, a short prefix finds the row, bad and revoked
+keys are refused, a verified key is remembered only for API_KEY_CACHE_S (on SQLite and Postgres)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import sqlalchemy as sa
+
+from worker.api.keys import Scope, VerifiedKeys, authenticate, create_key, list_keys, revoke_key
+from worker.api.models import ApiKey
+from worker.audit import AuditEvent
+from worker.db import make_engine, make_session_factory, single_statements
+from worker.errors import MessageInvalid
+
+
+@pytest.fixture()
+def db(database_url):  # noqa: ANN001, ANN201
+    engine = make_engine(database_url)
+    yield make_session_factory(engine), single_statements(engine)
+    engine.dispose()
+
+
+def test_a_created_key_is_stored_as_its_sha256_and_authenticates_to_its_scope(db) -> None:  # noqa: ANN001
+    sessions, connect = db
+    info, key = create_key(sessions, name="shop", scope="send", actor="cli")
+    prefix = key.split("_")[1]
+    assert key.startswith("bc_") and info.prefix == prefix and len(prefix) == 8
+    with sessions() as s:
+        row = s.get(ApiKey, info.id)
+        audit = s.scalars(sa.select(AuditEvent.action).where(AuditEvent.subject_type == "api_key", AuditEvent.subject_id == info.id)).all()
+    assert row.key_hash == hashlib.sha256(key.encode()).hexdigest() and key not in str(vars(row))
+    assert audit == ["api_key.created"]
+    principal = authenticate(connect, key)
+    assert principal.scope == Scope.SEND and principal.actor == f"apikey:{prefix}:shop"
+    with sessions() as s:
+        assert info.id in [k.id for k in list_keys(s)]
+
+
+def test_wrong_malformed_and_revoked_keys_are_refused(db) -> None:  # noqa: ANN001
+    sessions, connect = db
+    info, key = create_key(sessions, name="crm", scope="admin")
+    prefix = key.split("_")[1]
+    for bad in (None, "", "bc_", key[:-1] + ("A" if key[-1] != "A" else "B"), f"bc_{prefix}_guess", "x" * 500,
+                key.replace("bc_", "xx_"), f"bc_{'0' * 8}_{key.split('_', 2)[2]}"):
+        assert authenticate(connect, bad) is None, bad
+    revoke_key(sessions, info.id, actor="cli")
+    assert authenticate(connect, key) is None
+    assert revoke_key(sessions, info.id).revoked_at is not None  # twice is fine
+
+
+def test_create_refuses_a_bad_name_or_scope_naming_the_field(db) -> None:  # noqa: ANN001
+    sessions, _ = db
+    with pytest.raises(MessageInvalid) as refused:
+        create_key(sessions, name=" ", scope="root")
+    assert [p["field"] for p in refused.value.as_dict()] == ["name", "scope"]
+
+
+def test_scopes_include_the_ones_below_them() -> None:
+    assert Scope.ADMIN.allows(Scope.CAMPAIGNS) and Scope.CAMPAIGNS.allows(Scope.SEND)
+    assert not Scope.SEND.allows(Scope.CAMPAIGNS) and not Scope.CAMPAIGNS.allows(Scope.ADMIN)
+
+
+def test_a_verified_key_is_remembered_for_the_ttl_only_and_a_bad_one_never(db) -> None:  # noqa: ANN001
+    sessions, connect = db
+    info, key = create_key(sessions, name="cache", scope="campaigns")
+    now = [1000.0]
+    keys = VerifiedKeys(connect, ttl_s=2.0, clock=lambda: now[0])
+    assert keys.lookup(key) is None and keys.verify(key).key_id == info.id
+    revoke_key(sessions, info.id)
+    assert keys.lookup(key).key_id == info.id      # within the TTL: trusted without a lookup
+    now[0] += 2.5
+    assert keys.lookup(key) is None and keys.verify(key) is None   # after it: the revocation holds
+    assert keys.verify("bc_deadbeef_nope") is None and keys.lookup("bc_deadbeef_nope") is None
+    assert VerifiedKeys(connect, ttl_s=0).lookup(key) is None
