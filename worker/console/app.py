@@ -1,7 +1,8 @@
 """Mount the console on the API's FastAPI app: its routers, its static files, HTML error pages.
 
 The API's problem handlers decide every error's status (404 for a missing campaign, 409 for an
-illegal transition, ...); on console paths their answer is shown as a page instead of JSON.
+illegal transition, ...); on console paths, to a browser (Accept: text/html), their answer is
+shown as a page instead of JSON.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def install_console(app: FastAPI) -> None:
 def _as_page(handler: Callable[[Request, Any], Awaitable[Response]]) -> Callable[[Request, Any], Awaitable[Response]]:
     async def on_error(request: Request, exc: Any) -> Response:
         response = await handler(request, exc)
-        if not is_console_path(request.url.path) or response.status_code in (301, 302, 303, 304, 307, 308):
+        wants_page = "text/html" in request.headers.get("accept", "")  # a browser; API clients keep the problem JSON
+        if not is_console_path(request.url.path) or not wants_page or 300 <= response.status_code < 400:
             return response
         try:
             problem = json.loads(bytes(response.body))
