@@ -1,5 +1,6 @@
-"""Console page times on a 1,000,000-recipient campaign: the campaign page, its live fragment,
-the recipients table's page 1 and page 500 (keyset), and the campaigns list.
+"""Console page times on a 1,000,000-recipient campaign: the campaign page (counts, funnel and the
+recipients' first page), its live fragment, the recipients table's page 1 and page 500 (keyset),
+a filtered page, and the campaigns list.
 
     .venv/bin/python bench/console_pages.py [--recipients 1000000] [--requests 20]
 
@@ -124,8 +125,9 @@ def main() -> None:
                 pages = [
                     ("campaign page (counts, funnel, recipients page 1)", f"/campaigns/{campaign_id}"),
                     ("live fragment (polled every second)", f"/campaigns/{campaign_id}/live"),
-                    ("recipients page 500", f"/campaigns/{campaign_id}?before={before}"),
-                    ("recipients, status failed, page 1", f"/campaigns/{campaign_id}?status=failed"),
+                    ("recipients page 1", f"/campaigns/{campaign_id}/recipients"),
+                    ("recipients page 500", f"/campaigns/{campaign_id}/recipients?before={before}"),
+                    ("recipients, status failed, page 1", f"/campaigns/{campaign_id}/recipients?status=failed"),
                     ("campaigns list", "/"),
                 ]
                 print(load_line())

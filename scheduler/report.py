@@ -17,7 +17,7 @@ from typing import IO, Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from scheduler.campaigns import get_campaign, status_counts
+from scheduler.campaigns import empty_counts, get_campaign, status_counts
 from worker.contacts import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.models import Campaign, Contact, Message, utcnow
 from worker.status import DeliveryStatus, MessageStatus
@@ -51,13 +51,20 @@ class Funnel:
         return count / self.sent if self.sent else None
 
 
+def _delivered() -> sa.ColumnElement[bool]:
+    # A read receipt can arrive without (or before) its delivered one: read implies delivered.
+    reached = (DeliveryStatus.DELIVERED.value, DeliveryStatus.READ.value)
+    return sa.or_(Message.delivered_at.is_not(None), Message.read_at.is_not(None), Message.delivery_status.in_(reached))
+
+
+def _read() -> sa.ColumnElement[bool]:
+    return sa.or_(Message.read_at.is_not(None), Message.delivery_status == DeliveryStatus.READ.value)
+
+
 def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> Funnel:
     """The funnel in two queries: conditional counts, then taps grouped by button."""
     since = (now or utcnow()) - timedelta(seconds=RATE_WINDOW_S)
-    reached = (DeliveryStatus.DELIVERED.value, DeliveryStatus.READ.value)
-    # A read receipt can arrive without (or before) its delivered one: read implies delivered.
-    delivered = sa.or_(Message.delivered_at.is_not(None), Message.read_at.is_not(None), Message.delivery_status.in_(reached))
-    read = sa.or_(Message.read_at.is_not(None), Message.delivery_status == DeliveryStatus.READ.value)
+    delivered, read = _delivered(), _read()
     row = session.execute(
         sa.select(
             sa.func.count(Message.sent_at),
@@ -147,6 +154,39 @@ def progress(session: Session, campaign_id: int, per_second_limit: float, now: d
     campaign = get_campaign(session, campaign_id)
     return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now,
                     audience(session, campaign_id, now))
+
+
+def overview(session: Session, campaign_id: int, per_second_limit: float,
+             now: datetime | None = None) -> tuple[Progress, dict[str, int]]:
+    """`progress()` (without the audience) and `late_failures()` from ONE scan of the campaign's
+    rows, grouped by status, button tapped and late failure: what the console's campaign page
+    reads every second, where four separate scans of a million rows cost four times as much."""
+    now = now or utcnow()
+    campaign = get_campaign(session, campaign_id)
+    since = now - timedelta(seconds=RATE_WINDOW_S)
+    late = sa.case((Message.delivery_status == DeliveryStatus.FAILED.value,
+                    sa.func.coalesce(Message.delivery_error, "(no reason given)")))
+    rows = session.execute(
+        sa.select(Message.status, Message.reply_button_id, Message.reply_button_title, late, sa.func.count(),
+                  sa.func.count(Message.sent_at), sa.func.count(sa.case((_delivered(), 1))),
+                  sa.func.count(sa.case((_read(), 1))), sa.func.count(Message.replied_at),
+                  sa.func.count(sa.case((Message.sent_at >= since, 1))))
+        .where(Message.campaign_id == campaign_id)
+        .group_by(Message.status, Message.reply_button_id, Message.reply_button_title, late)
+    ).all()
+    counts = empty_counts()
+    sums = [0, 0, 0, 0, 0]
+    taps: dict[tuple[str | None, str | None], int] = {}
+    failures: dict[str, int] = {}
+    for status, button_id, title, late_reason, n, *figures in rows:
+        counts[status] = counts.get(status, 0) + n
+        sums = [a + b for a, b in zip(sums, figures)]
+        if figures[3]:  # replied
+            taps[(button_id, title)] = taps.get((button_id, title), 0) + figures[3]
+        if late_reason is not None:
+            failures[str(late_reason)] = failures.get(str(late_reason), 0) + n
+    tap_rows = sorted(((b, t, n) for (b, t), n in taps.items()), key=lambda row: -row[2])
+    return Progress(campaign, counts, Funnel(*sums, taps=tap_rows), per_second_limit, now), failures
 
 
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:

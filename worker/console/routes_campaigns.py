@@ -48,22 +48,38 @@ def campaigns_page(request: Request, status: str = "", after: str = "", person: 
 
 
 def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
-    p = report.progress(session, campaign_id, rt.settings.rate_limit.per_second)
-    return {"p": p, "c": p.campaign, "late": report.late_failures(session, campaign_id),
+    p, late = report.overview(session, campaign_id, rt.settings.rate_limit.per_second)
+    return {"p": p, "c": p.campaign, "late": late,
             "final": p.campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value) and p.left == 0}
+
+
+def _recipients(session: Session, campaign_id: int, status: str, button: str, error_code: str, before: str) -> dict:
+    """One keyset page of the recipients table, newest first, with the filters as given."""
+    wanted = status if status in {s.value for s in MessageStatus} else None
+    rows = list_messages(session, campaign_id=campaign_id, status=wanted, before_id=_id_or_none(before),
+                         reply_button_id=button or None, error_code=error_code or None, limit=RECIPIENTS_PAGE_SIZE)
+    return {"recipients": rows, "status": wanted or "", "button": button, "error_code": error_code,
+            "statuses": [s.value for s in MessageStatus], "paged": bool(before),
+            "next_before": rows[-1].id if len(rows) == RECIPIENTS_PAGE_SIZE else None}
 
 
 @router.get("/campaigns/{campaign_id}")
 def campaign_page(request: Request, campaign_id: int, status: str = "", button: str = "", error_code: str = "",
-                  before: str = "", person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
-    wanted = status if status in {s.value for s in MessageStatus} else None
+                  person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
     with rt.read_sessions() as session:
         context = _campaign_context(session, rt, campaign_id)
-        recipients = list_messages(session, campaign_id=campaign_id, status=wanted, before_id=_id_or_none(before),
-                                   reply_button_id=button or None, error_code=error_code or None, limit=RECIPIENTS_PAGE_SIZE)
-    return render(request, "campaign.html", **context, recipients=recipients, status=wanted or "", button=button,
-                  error_code=error_code, statuses=[s.value for s in MessageStatus],
-                  next_before=recipients[-1].id if len(recipients) == RECIPIENTS_PAGE_SIZE else None)
+        table = _recipients(session, campaign_id, status, button, error_code, "")
+    return render(request, "campaign.html", **context, **table)
+
+
+@router.get("/campaigns/{campaign_id}/recipients")
+def recipients_page(request: Request, campaign_id: int, status: str = "", button: str = "", error_code: str = "",
+                    before: str = "", person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    """The recipients table alone, any page: no counts to compute, so page 500 costs what page 1 does."""
+    with rt.read_sessions() as session:
+        c = campaigns.get_campaign(session, campaign_id)
+        table = _recipients(session, campaign_id, status, button, error_code, before)
+    return render(request, "recipients.html", c=c, **table)
 
 
 @router.get("/campaigns/{campaign_id}/live")
