@@ -322,3 +322,34 @@ def test_every_page_renders_at_desktop_and_phone_width(page_for, stack: ConsoleS
     assert "attempt  HTTP" in page.inner_text("#trail")  # the trail as `message show` prints it
     page.goto("/health")
     assert page.inner_text("#h-beat").startswith("ticking")
+
+
+def test_contacts_opt_out_with_a_reason_import_and_export_the_suppression_list(page_for, stack: ConsoleStack, tmp_path: Path) -> None:
+    """An admin opts a phone out with a reason and back in, imports a suppression list (a bad line is
+    reported) and exports it; a viewer can look a contact up but gets 403 opting one out."""
+    page = page_for("admin")
+    page.goto("/contacts")
+    page.fill("#new-optout-phone", "966560000001")
+    page.fill("#new-optout-reason", "asked by phone")
+    page.click("section[aria-label='Opt out a phone'] button")
+    assert "966560000001 opted out" in page.inner_text(".flash")
+    assert "opted out" in page.inner_text("#consent") and "asked by phone" in page.inner_text("#consent")
+    shoot(page, "contact")
+    page.click("#opt-in")
+    assert "opted back in" in page.inner_text(".flash") and "may receive" in page.inner_text("#consent")
+    optouts = tmp_path / "optouts.csv"
+    optouts.write_text("phone,reason\n966560000002,complaint\nnot-a-phone,x\n966560000003,\n", encoding="utf-8")
+    page.set_input_files("#optouts", str(optouts))
+    page.click("#import-optouts")
+    assert "Opted out 2 contact(s)" in page.inner_text("#import-result") and "rejected 1 row(s)" in page.inner_text("#import-result")
+    assert "line 3" in page.inner_text("ul.rejected")
+    with page.expect_download() as download:
+        page.click("#export-optouts")
+    exported = {r["phone"] for r in csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8")))}
+    assert {"966560000002", "966560000003"} <= exported and "966560000001" not in exported
+    viewer = page_for("viewer")
+    viewer.goto("/contacts?phone=966560000002")
+    assert "opted out" in viewer.inner_text("#consent") and viewer.locator("#opt-in").count() == 0
+    response = viewer.request.post("/contacts/optin", form={"csrf_token": csrf_of(viewer), "phone": "966560000002"})
+    assert response.status == 403
+    assert viewer.request.get("/contacts/optouts.csv").status == 403
