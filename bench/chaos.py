@@ -1,5 +1,8 @@
 """The chaos scenario at full size: `python bench/chaos.py --recipients 20000 --rate 300`.
 
+Issue 12: `--broker-flush` adds a FLUSHDB of the broker and prints the seconds from the broker
+coming back to the first republished send; `--db-outage-s 90` cuts Postgres off for 90 s.
+
 The same code as tests/test_chaos.py (tests/chaos_scenario.py), with real processes: the sandbox,
 a private redis-server, a fresh Postgres database, `buttoncast worker` x N and `buttoncast beat`.
 Prints the figures and every broken promise; exits 1 if there was one.
@@ -24,6 +27,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--kills", type=int, default=6, help="worker SIGKILLs during the run")
+    parser.add_argument("--broker-flush", action="store_true", help="also FLUSHDB the broker mid-campaign (issue 12 item 12)")
+    parser.add_argument("--db-outage-s", type=float, default=0.0,
+                        help="cut every process off Postgres (a TCP proxy) for this long mid-campaign (issue 12 item 13)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--deadline-s", type=float, default=1800.0)
     parser.add_argument("--pg-admin-url", default=defaults.pg_admin_url,
@@ -32,6 +38,7 @@ def main() -> int:
     args = parser.parse_args()
     config = ChaosConfig(recipients=args.recipients, rate_per_s=args.rate, workers=args.workers,
                          concurrency=args.concurrency, worker_kills=args.kills, seed=args.seed,
+                         broker_flush=args.broker_flush, db_outage_s=args.db_outage_s,
                          deadline_s=args.deadline_s, pg_admin_url=args.pg_admin_url, workdir=args.workdir)
     print(f"chaos run: {config.recipients} recipients at {config.rate_per_s:g}/s, {config.workers} workers; logs in {config.workdir}",
           flush=True)

@@ -247,6 +247,7 @@ def create_with_recipients(
     draft: bool = False,
     scheduled_at: datetime | None = None,
     actor: str | None = None,
+    default_region: str | None = None,
     **fields: Any,
 ) -> tuple[int, ImportResult]:
     """Create a campaign and import its CSV; returns (campaign id, import result).
@@ -258,11 +259,11 @@ def create_with_recipients(
     template = MessageTemplate(fields["template"])  # validates message.json before the file is read
     check_header(recipients, template)
     if strict:
-        refuse_if_invalid(recipients, template)
+        refuse_if_invalid(recipients, template, default_region=default_region)
     with session_factory.begin() as session:
         campaign_id = create_campaign(session, draft=True, scheduled_at=scheduled_at, **fields).id
     try:
-        result = import_recipients(session_factory, campaign_id, recipients)
+        result = import_recipients(session_factory, campaign_id, recipients, default_region=default_region)
         if result.imported == 0:
             raise ImportRefused("no valid recipient in the file; the campaign was not created", result)
         with session_factory.begin() as session:
@@ -339,6 +340,9 @@ def create_from_options(
     phone_number_id: str | None = None,
     draft: bool = False,
     strict: bool = False,
+    require_open_window: bool = False,
+    expires_at: str | datetime | None = None,
+    opt_out_button: str | None = None,
     actor: str | None = None,
 ) -> tuple[Campaign, ImportResult]:
     """`campaign create` as its options come (from the API; `at` as ISO 8601 text or a datetime):
@@ -346,15 +350,20 @@ def create_from_options(
     from scheduler.window import parse_window
 
     scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
+    expires = parse_at(expires_at, "expires_at") if isinstance(expires_at, str) else expires_at
     send_window = parse_window(window, tz)
     if not isinstance(template, Mapping):
         raise MessageInvalid([FieldProblem("message", "must be a JSON object with body_text and buttons")])
+    if opt_out_button:
+        template = with_opt_out_button(template, opt_out_button, opt_out_button_ids=runtime.settings.opt_out_button_ids)
     sender = phone_number_id or runtime.settings.awal_phone_number_id
     if not sender:
         raise MessageInvalid([FieldProblem("phone_number_id", "is required: pass it or set AWAL_PHONE_NUMBER_ID")])
     campaign_id, result = create_with_recipients(
         runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=scheduled_at, actor=actor,
         name=name, phone_number_id=sender, template=template, window=send_window,
+        require_open_window=bool(require_open_window), expires_at=expires,
+        default_region=runtime.settings.default_country_code,
     )
     with runtime.session_factory() as session:
         return get_campaign(session, campaign_id), result

@@ -20,6 +20,7 @@ from scheduler.window import WindowInvalid, parse_window
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
 from worker.models import Campaign
+from worker.phone import parse_default_country
 from worker.runtime import Runtime
 from worker.status import CampaignStatus
 
@@ -97,6 +98,8 @@ def campaign_group() -> None:
 @click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
 @click.option("--draft", is_flag=True, help="Create it as a draft; start it later with `campaign schedule ID`.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any row is invalid.")
+@click.option("--default-country", default=None, metavar="REGION|CODE",
+              help="Country of national numbers written with a trunk 0 (e.g. SA or 966; default: DEFAULT_COUNTRY_CODE).")
 @click.option("--opt-out-button", default=None, metavar="ID:TITLE",
               help='Append an opt-out reply button, e.g. "stop:Stop offers" (counts toward the 3; ID in OPT_OUT_BUTTON_IDS).')
 @click.option("--require-open-window", is_flag=True,
@@ -105,7 +108,7 @@ def campaign_group() -> None:
               help="Not sent by then (ISO 8601 with offset) -> expired, never delivered late.")
 @campaign_errors
 def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict,  # noqa: ANN001
-                   opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
+                   default_country, opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
     """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
     at = parse_at(at_text)
     expires_at = parse_at(expires_text, "--expires-at")
@@ -119,8 +122,9 @@ def create_command(name, message_path, recipients, at_text, window, tz, phone_nu
     if not sender:
         raise ConfigError("no sender: pass --phone-number-id or set AWAL_PHONE_NUMBER_ID")
     ensure_schema(runtime)
+    region = parse_default_country(default_country, "--default-country") or runtime.settings.default_country_code
     campaign_id, result = campaigns.create_with_recipients(
-        runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=at,
+        runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=at, default_region=region,
         name=name, phone_number_id=sender, template=template, window=send_window,
         require_open_window=require_open_window, expires_at=expires_at,
     )

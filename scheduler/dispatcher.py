@@ -26,6 +26,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from scheduler.sweeper import recover_from_broker_loss
 from scheduler.window import in_window
 from worker import gate as consent_gate
 from worker.models import Campaign, Message, MessageEvent, UTCDateTime, utcnow
@@ -65,6 +66,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
     """One dispatcher tick. Safe to run concurrently with itself and with live workers."""
     now = now or utcnow()
     report = TickReport()
+    recover_from_broker_loss(runtime, now)   # a flushed broker: its lost tasks go out again this tick
     with runtime.session_factory.begin() as session:
         report.started = start_due_campaigns(session, now)
         report.in_flight = in_flight_count(session)

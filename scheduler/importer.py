@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,11 +27,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from scheduler.template import MessageTemplate
 from worker.contacts import ensure_contacts, opted_out_among
 from worker.errors import ButtoncastError, MessageInvalid
-from worker.message import normalize_phone
+from worker.phone import judge_phone
 from worker.models import Campaign, Message, utcnow
 from worker.status import MessageStatus
 
 BATCH_ROWS = 2_000
+LINE_MAX_CHARS = 1_048_576  # a longer physical line is rejected as a row, never held whole (item 11)
 MAX_DETAILS = 1_000        # row problems kept with their line and reason; all are counted
 PHONE_COLUMN = "phone"
 
@@ -112,44 +113,110 @@ def _layout(header: list[str], template: MessageTemplate, path: str) -> _Layout:
     return _Layout(len(columns), lowered.index(PHONE_COLUMN), tuple((n, columns.index(n)) for n in template.names))
 
 
-def _prepare(cells: list[str], line: int, layout: _Layout, template: MessageTemplate) -> Recipient | RowProblem | None:
+def _prepare(cells: list[str], line: int, layout: _Layout, template: MessageTemplate,
+             default_region: str | None = None) -> Recipient | RowProblem | None:
     """One row -> a Recipient, or the reason it is refused; None for a blank line."""
     if not any(c.strip() for c in cells):
         return None
     if len(cells) > layout.width and any(c.strip() for c in cells[layout.width:]):
         return RowProblem(line, f"has {len(cells)} fields; the header has {layout.width}")
+    phone, problem = judge_phone(cells[layout.phone_index] if layout.phone_index < len(cells) else "",
+                                 default_region=default_region)
+    if problem is not None:
+        return RowProblem(line, str(problem))
     try:
-        phone = normalize_phone(cells[layout.phone_index] if layout.phone_index < len(cells) else "")
         values = {name: (cells[i].strip() if i < len(cells) else "") for name, i in layout.variables}
-        return Recipient(line, phone, template.fill(values))
+        return Recipient(line, phone, template.fill(values))  # type: ignore[arg-type]
     except MessageInvalid as exc:
         return RowProblem(line, str(exc))
 
 
-def read_recipients(path: str | os.PathLike[str], template: MessageTemplate) -> Iterator[Recipient | RowProblem]:
+class _LineTooLong(Exception):
+    """A physical line over LINE_MAX_CHARS; the rest of it was read and dropped."""
+
+
+class _Lines:
+    """The file's physical lines for csv.reader, each at most LINE_MAX_CHARS, counted and quote-tracked.
+
+    Issue 12 item 11: after a bad row the csv reader is replaced by a fresh one, and this source
+    first skips to the end of the bad record: while the record's quotes are unbalanced, a quoted
+    field (possibly spanning lines) is still open. Memory stays bounded by LINE_MAX_CHARS.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream, self.line_no, self.quotes = stream, 0, 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        line = self.stream.readline(LINE_MAX_CHARS)
+        if not line:
+            raise StopIteration
+        self.line_no += 1
+        self.quotes += line.count('"')
+        if len(line) == LINE_MAX_CHARS and not line.endswith(("\n", "\r")):
+            while (rest := self.stream.readline(LINE_MAX_CHARS)) and not rest.endswith(("\n", "\r")):
+                self.quotes += rest.count('"')
+            self.quotes += rest.count('"')
+            raise _LineTooLong
+        return line
+
+    def skip_rest_of_record(self) -> None:
+        """Skip lines until the bad record's open quoted field (if any) closes."""
+        while self.quotes % 2:
+            try:
+                next(self)
+            except _LineTooLong:
+                continue
+            except StopIteration:
+                return
+
+
+def _bad_row_reason(exc: Exception) -> str:
+    if isinstance(exc, _LineTooLong):
+        return f"the line is over {LINE_MAX_CHARS:,} characters; row skipped"
+    if "field larger than field limit" in str(exc):
+        return f"a cell is over the CSV field limit of {csv.field_size_limit():,} characters; row skipped"
+    return f"is not valid CSV ({exc}); row skipped"
+
+
+def read_recipients(path: str | os.PathLike[str], template: MessageTemplate, *,
+                    default_region: str | None = None) -> Iterator[Recipient | RowProblem]:
     """Stream the file: checks the header first (raises RecipientsFileError), then yields per row.
 
     UTF-8 with or without a BOM; CRLF or LF; quoted fields may span lines (the line reported is
-    where the row starts).
+    where the row starts). A row the csv module cannot read (a cell over its field limit) is a
+    RowProblem; the rows after it are still read. `default_region` is for trunk-0 national phones.
     """
     name = os.fspath(path)
     with open(name, encoding="utf-8-sig", newline="") as stream:
-        reader = csv.reader(stream)
+        lines = _Lines(stream)
+        reader = csv.reader(lines)
         try:
-            header = next(reader, None)
+            try:
+                header = next(reader, None)
+            except (csv.Error, _LineTooLong) as exc:
+                raise RecipientsFileError(f"{name}: line 1 (the header): {_bad_row_reason(exc)}") from None
             if header is None:
                 raise RecipientsFileError(f"{name}: the file is empty; line 1 must be a header with a {PHONE_COLUMN!r} column")
             layout = _layout(header, template, name)
-            start = reader.line_num + 1
-            for cells in reader:
-                item = _prepare(cells, start, layout, template)
-                start = reader.line_num + 1
+            while True:
+                start, lines.quotes = lines.line_no + 1, 0
+                try:
+                    cells = next(reader)
+                except StopIteration:
+                    return
+                except (csv.Error, _LineTooLong) as exc:
+                    lines.skip_rest_of_record()
+                    reader = csv.reader(lines)  # a fresh parser: the old one may be mid-field
+                    yield RowProblem(start, _bad_row_reason(exc))
+                    continue
+                item = _prepare(cells, start, layout, template, default_region)
                 if item is not None:
                     yield item
         except UnicodeDecodeError as exc:
-            raise RecipientsFileError(f"{name}: not UTF-8 text after line {reader.line_num} ({exc.reason}); save it as UTF-8") from None
-        except csv.Error as exc:
-            raise RecipientsFileError(f"{name}: line {reader.line_num}: {exc}") from None
+            raise RecipientsFileError(f"{name}: not UTF-8 text after line {lines.line_no} ({exc.reason}); save it as UTF-8") from None
 
 
 def check_header(path: str | os.PathLike[str], template: MessageTemplate) -> None:
@@ -161,10 +228,11 @@ def check_header(path: str | os.PathLike[str], template: MessageTemplate) -> Non
         items.close()
 
 
-def check_recipients(path: str | os.PathLike[str], template: MessageTemplate) -> ImportResult:
+def check_recipients(path: str | os.PathLike[str], template: MessageTemplate, *,
+                     default_region: str | None = None) -> ImportResult:
     """A dry run: every row judged, nothing stored (what --strict does before importing)."""
     result = ImportResult()
-    for item in read_recipients(path, template):
+    for item in read_recipients(path, template, default_region=default_region):
         if isinstance(item, RowProblem):
             result.reject(item)
     return result
@@ -219,6 +287,7 @@ def import_recipients(
     *,
     strict: bool = False,
     batch_rows: int = BATCH_ROWS,
+    default_region: str | None = None,
 ) -> ImportResult:
     """Import a CSV into an existing campaign; updates its recipients_imported and rows_rejected.
 
@@ -233,10 +302,10 @@ def import_recipients(
         dialect = session.get_bind().dialect.name
     template = MessageTemplate(campaign.template)
     if strict:
-        refuse_if_invalid(path, template)
+        refuse_if_invalid(path, template, default_region=default_region)
     result = ImportResult()
     writer = _BatchWriter(session_factory, campaign, result, batch_rows, dialect)
-    for item in read_recipients(path, template):
+    for item in read_recipients(path, template, default_region=default_region):
         if isinstance(item, RowProblem):
             result.reject(item)
         else:
@@ -254,8 +323,9 @@ def import_recipients(
     return result
 
 
-def refuse_if_invalid(path: str | os.PathLike[str], template: MessageTemplate) -> None:
+def refuse_if_invalid(path: str | os.PathLike[str], template: MessageTemplate, *,
+                      default_region: str | None = None) -> None:
     """--strict: raise ImportRefused when any row of the file is invalid."""
-    checked = check_recipients(path, template)
+    checked = check_recipients(path, template, default_region=default_region)
     if checked.rejected:
         raise ImportRefused(f"--strict: {checked.rejected} invalid row(s); nothing was imported", checked)

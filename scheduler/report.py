@@ -235,6 +235,24 @@ def _text(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+#: OWASP CSV injection: a cell starting with one of these is a formula to a spreadsheet
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One report cell; text a spreadsheet would run as a formula gets a leading ' (issue 12 item 17).
+
+    Vendor error texts and button titles from webhooks are third-party text. Numbers (ids,
+    attempts) and phones (digits only) are never changed; the JSON report is left as it is.
+    """
+    if value is None:
+        return ""
+    value = _text(value)
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 def late_failures(session: Session, campaign_id: int) -> dict[str, int]:
     """Messages the vendor accepted and later reported failed (webhooks), counted by the error it gave."""
     rows = session.execute(
@@ -252,7 +270,7 @@ def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_RO
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for count, row in enumerate(rows, 1):
-        writer.writerow(["" if row[c] is None else _text(row[c]) for c in columns])
+        writer.writerow([csv_cell(row[c]) for c in columns])
         if count % chunk_rows == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -279,10 +297,13 @@ def stream_json(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_R
 def write_csv(rows: Iterator[dict[str, Any]], out: IO[str]) -> int:
     """CSV with a header row; times as ISO 8601 UTC. Returns the number of rows written."""
     writer = csv.writer(out, lineterminator="\n")
+    # QUOTE_MINIMAL quotes only what contains the "\n" terminator: a bare CR would split the row
+    quote_all = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(REPORT_COLUMNS)
     count = 0
     for row in rows:
-        writer.writerow(["" if row[c] is None else _text(row[c]) for c in REPORT_COLUMNS])
+        cells = [csv_cell(row[c]) for c in REPORT_COLUMNS]
+        (quote_all if any(isinstance(c, str) and "\r" in c for c in cells) else writer).writerow(cells)
         count += 1
     return count
 

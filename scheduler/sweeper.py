@@ -5,6 +5,11 @@
   publishes it again. A duplicate is harmless: only one task can claim the row.
 - A `sending` message older than SENDING_TIMEOUT_S lost its worker mid-request: the vendor may have
   sent it, so it becomes `unknown` with the reason, never resent on our own.
+- The broker lost its tasks (issue 12 item 12): its epoch key vanished or changed, so every
+  `queued` row published before the new epoch is handed back at once (also on every dispatcher
+  tick); on Redis the timeout path above hands back only ids whose task is no longer on the broker.
+- Outcomes the database refused were kept in the outcome journal (issue 12 item 13); they are
+  recorded first, before stale `sending` rows are given up on as `unknown`.
 Both are single conditional UPDATEs: safe when two sweeps run at once or race a live worker (a
 worker that does come back with an answer still records it; see worker.store).
 It also matches early webhook events and refreshes the queue-depth gauge.
@@ -19,13 +24,15 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from worker import metrics
+from worker import broker_epoch, journal, metrics
 from worker.models import Message, MessageEvent, utcnow
+from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
 from worker.status import MessageStatus
 
 log = logging.getLogger("buttoncast.sweeper")
 ACTOR = "sweeper"
+IN_CHUNK = 1000   # ids per UPDATE ... WHERE id IN (...)
 LOST_WORKER_REASON = "worker lost mid-request (no outcome recorded within SENDING_TIMEOUT_S); the vendor may have sent it"
 
 
@@ -34,23 +41,20 @@ class SweepReport:
     republished: int = 0
     unknown: int = 0
     matched_events: int = 0
+    lost_broker: int = 0       # queued messages handed back because the broker lost its tasks
+    journal_applied: int = 0   # outcomes recorded from the journal (the database had refused them)
 
 
 def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
     now = now or utcnow()
     s = runtime.settings
     report = SweepReport()
-    with runtime.session_factory.begin() as session:
-        report.republished = session.execute(
-            sa.update(Message)
-            .where(
-                Message.status == MessageStatus.QUEUED.value,
-                Message.enqueued_at.is_not(None),
-                Message.enqueued_at < now - timedelta(seconds=s.queued_task_timeout_s),
-            )
-            .values(enqueued_at=None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+    try:
+        report.lost_broker = recover_from_broker_loss(runtime, now)
+    except Exception as exc:  # noqa: BLE001 - the broker down must not stop the database's recovery
+        log.warning("could not read the broker's epoch (%s); checked again next tick", type(exc).__name__)
+    report.republished = _hand_back_stale_queued(runtime, now - timedelta(seconds=s.queued_task_timeout_s), now)
+    report.journal_applied = apply_outcome_journal(runtime)   # before any `sending` row is given up on
     with runtime.session_factory.begin() as session:
         lost = session.execute(
             sa.update(Message)
@@ -73,10 +77,68 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
     report.matched_events = _match_webhook_events(runtime)
     with runtime.read_sessions() as session:   # a read: on SQLite it does not take the write lock
         update_queue_depth_metric(session)
-    if report.republished or report.unknown or report.matched_events:
+    if report.republished or report.unknown or report.matched_events or report.journal_applied:
         log.warning("sweep: %s queued message(s) handed back for republishing, %s lost mid-request -> unknown, "
-                    "%s webhook event(s) matched", report.republished, report.unknown, report.matched_events)
+                    "%s webhook event(s) matched, %s outcome(s) applied from the journal", report.republished,
+                    report.unknown, report.matched_events, report.journal_applied)
     return report
+
+
+def recover_from_broker_loss(runtime: Runtime, now: datetime) -> int:
+    """Issue 12 item 12: when the broker's epoch vanished or changed, hand back every `queued` row
+    published before the new epoch began, so the dispatcher republishes it on this very tick.
+    One conditional UPDATE: rows republished since carry a later enqueued_at and are left alone,
+    so each id goes out once per loss however many processes notice it. Redis brokers only."""
+    epoch = broker_epoch.current_epoch(runtime.celery, now)
+    if epoch is None or epoch[0] == runtime.broker_epoch_seen:
+        return 0
+    with runtime.session_factory.begin() as session:
+        handed_back = session.execute(
+            sa.update(Message)
+            .where(Message.status == MessageStatus.QUEUED.value, Message.enqueued_at.is_not(None),
+                   Message.enqueued_at < epoch[1])
+            .values(enqueued_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if handed_back or runtime.broker_epoch_seen is not None:   # the process that handed them back warns
+        log.log(logging.WARNING if handed_back else logging.INFO,
+                "the broker lost its tasks (epoch %s began %s): %s queued message(s) handed back for "
+                "republishing", epoch[0][:8], epoch[1].isoformat(), handed_back)
+    runtime.broker_epoch_seen = epoch[0]
+    return handed_back
+
+
+def _hand_back_stale_queued(runtime: Runtime, published_before: datetime, now: datetime) -> int:
+    """Queued messages whose task has not run for QUEUED_TASK_TIMEOUT_S go back to the dispatcher.
+    On Redis only those whose task is no longer on the broker (issue 12 item 12): with no worker
+    consuming, the tasks are still waiting and a fresh copy every timeout would pile up."""
+    stale = sa.and_(Message.status == MessageStatus.QUEUED.value, Message.enqueued_at.is_not(None),
+                    Message.enqueued_at < published_before)
+    with runtime.session_factory() as session:
+        ids = list(session.scalars(sa.select(Message.id).where(stale)))
+    if not ids:
+        return 0
+    try:
+        waiting = broker_epoch.task_ids_on_broker(runtime.celery, (QUEUE_ADHOC, QUEUE_CAMPAIGN))
+    except Exception as exc:  # noqa: BLE001 - a broker that is down holds nothing we can count on
+        log.warning("could not list the broker's tasks (%s); stale queued messages wait for the next sweep",
+                    type(exc).__name__)
+        return 0
+    if waiting is not None:
+        ids = [i for i in ids if i not in waiting]
+    handed_back = 0
+    for start in range(0, len(ids), IN_CHUNK):
+        with runtime.session_factory.begin() as session:
+            handed_back += session.execute(
+                sa.update(Message).where(Message.id.in_(ids[start:start + IN_CHUNK]), stale)
+                .values(enqueued_at=None, updated_at=now).execution_options(synchronize_session=False)
+            ).rowcount
+    return handed_back
+
+
+def apply_outcome_journal(runtime: Runtime) -> int:
+    """Issue 12 item 13: record the outcomes the database refused (kept in the journal)."""
+    return journal.apply_entries(runtime.journal, runtime.session_factory, actor=ACTOR)
 
 
 def _match_webhook_events(runtime: Runtime) -> int:

@@ -178,6 +178,8 @@ class ChaosConfig:
     burst_s: float = 1.0
     deadline_s: float = 170.0
     seed: int = 20260301
+    broker_flush: bool = False         # issue 12 item 12: FLUSHDB the broker's Redis mid-campaign too
+    db_outage_s: float = 0.0           # issue 12 item 13: cut every process off Postgres for this long
     pg_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     workdir: Path = field(default_factory=lambda: Path("/tmp") / f"buttoncast-chaos-{uuid.uuid4().hex[:6]}")
 
@@ -201,6 +203,10 @@ class ChaosReport:
     beat_restarts: int = 0
     bursts_429: int = 0
     self_exits: int = 0                # workers that exited on their own (broker watchdog) and were restarted
+    broker_losses: list[dict] = field(default_factory=list)   # {"fault", "back_at", "lost_phones"} per broker loss
+    broker_back_to_resend_s: dict[str, float | None] = field(default_factory=dict)
+    db_outages: int = 0
+    unknown_with_200: int = 0          # unknown although the vendor's log shows it accepted (a 200)
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -215,7 +221,9 @@ class ChaosReport:
             f"  sandbox:  {self.sandbox_counts}",
             f"  sandbox:  phones with a 200 {self.phones_with_200}, with a read timeout {self.phones_with_timeout}, "
             f"most records for one phone {self.max_records_per_phone}, duplicates {len(self.duplicates)}",
-            f"  unknown the vendor did act on: {self.unknown_vendor_acted}",
+            f"  unknown the vendor did act on: {self.unknown_vendor_acted} (of which accepted with a 200: {self.unknown_with_200})",
+            f"  broker losses: seconds from the broker back to the first republished send {self.broker_back_to_resend_s}; "
+            f"database outages: {self.db_outages}",
             f"  problems: {len(self.problems)}" + "".join(f"\n    - {p}" for p in self.problems[:30]),
         ]
 
@@ -255,6 +263,9 @@ class Stack:
         self.beat: Proc | None = None
         self.starts = 0
         self.killed_at: dict[int, float] = {}      # pid -> when it was SIGKILLed (unix time)
+        self.proxy = None                          # tests.tcp_proxy.CuttableProxy when the database is cut
+        self.sessions = None
+        self.lost_phones: set[str] = set()
 
     def start_worker(self, slot: int, wait: bool = False) -> None:
         self.starts += 1
@@ -292,6 +303,10 @@ def _plan_chaos(cfg: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]
     events = [(rng.uniform(0.05, 0.8), "kill_worker") for _ in range(cfg.worker_kills)]
     events.append((rng.uniform(0.3, 0.5), "kill_redis"))
     events.append((rng.uniform(0.55, 0.75), "kill_beat"))
+    if cfg.broker_flush:
+        events.append((rng.uniform(0.15, 0.25), "flush_broker"))
+    if cfg.db_outage_s > 0:
+        events.append((rng.uniform(0.6, 0.7), "db_outage"))
     return sorted(events)
 
 
@@ -309,12 +324,19 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
         "--timeout-rate", str(cfg.timeout_rate), "--stall-s", str(cfg.read_timeout_s + 0.5),
         "--latency-ms", str(cfg.latency_ms), "--fail-phone-prefix", FAIL_PREFIX, "--seed", str(cfg.seed))
     stack: Stack | None = None
+    proxy = None
     try:
         with fresh_postgres_database(cfg.pg_admin_url) as database_url:
-            env = _env(cfg, database_url, sandbox.url, redis.url)
+            if cfg.db_outage_s > 0:   # the processes reach Postgres through a proxy the scenario cuts
+                from tests.tcp_proxy import CuttableProxy
+
+                url = sa.engine.make_url(database_url)
+                proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)
+            env = _env(cfg, proxy.url_for(database_url) if proxy else database_url, sandbox.url, redis.url)
             engine = make_engine(database_url)
             sessions = make_session_factory(engine)
             stack = Stack(cfg, env, redis)
+            stack.proxy, stack.sessions = proxy, sessions
             for slot in range(cfg.workers):
                 stack.start_worker(slot, wait=True)
             campaign_id, _ = create_with_recipients(sessions, _write_recipients(cfg, rng), name="chaos",
@@ -325,10 +347,13 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             report.duration_s = time.monotonic() - started
             stack.stop_all()  # nothing moves while the end state is read
             verify(sessions, campaign_id, sandbox.client, stack.killed_at, report)
+            _time_to_resend(sandbox.client, report)
             engine.dispose()
     finally:
         if stack is not None:
             stack.stop_all()
+        if proxy is not None:
+            proxy.stop()
         sandbox.stop()
         redis.kill()
     return report
@@ -361,7 +386,10 @@ def _drive(cfg: ChaosConfig, stack: Stack, sandbox: SandboxProcess, sessions, ca
                 stack.start_worker(slot)
         for item in [r for r in restarts if r[0] <= now]:
             restarts.remove(item)
-            {"worker": lambda: stack.start_worker(item[2]), "redis": stack.redis.start, "beat": stack.start_beat}[item[1]]()
+            if item[1] == "none":
+                continue
+            {"worker": lambda: stack.start_worker(item[2]), "redis": lambda: _broker_back(stack, report),
+             "beat": stack.start_beat, "db": lambda: stack.proxy.restore()}[item[1]]()
         if now > cfg.deadline_s:
             return False
         time.sleep(0.05)
@@ -375,12 +403,47 @@ def _strike(action: str, stack: Stack, rng: random.Random, report: ChaosReport, 
         report.worker_kills += 1
         return now + rng.uniform(0.5, 2.0), "worker", slot
     if action == "kill_redis":
+        stack.lost_phones = _phones_with_task_out(stack.sessions)
         stack.redis.kill()
         report.redis_restarts += 1
         return now + 1.5, "redis", -1
+    if action == "flush_broker":   # the broker never leaves: back at once, empty
+        import redis as redis_lib
+
+        lost = _phones_with_task_out(stack.sessions)
+        redis_lib.Redis.from_url(stack.redis.url).flushdb()
+        report.broker_losses.append({"fault": "flush", "back_at": time.time(), "lost_phones": lost})
+        return now, "none", -1
+    if action == "db_outage":
+        stack.proxy.cut()
+        report.db_outages += 1
+        return now + stack.cfg.db_outage_s, "db", -1
     stack.beat.kill(signal.SIGKILL)
     report.beat_restarts += 1
     return now + 1.0, "beat", -1
+
+
+def _phones_with_task_out(sessions) -> set[str]:  # noqa: ANN001
+    """Phones whose message is `queued` with its task on the broker: what a broker loss takes."""
+    from worker.models import Message
+
+    with sessions() as s:
+        return set(s.scalars(sa.select(Message.phone).where(Message.status == "queued", Message.enqueued_at.is_not(None))))
+
+
+def _broker_back(stack: Stack, report: ChaosReport) -> None:
+    stack.redis.start()
+    report.broker_losses.append({"fault": "restart", "back_at": time.time(), "lost_phones": stack.lost_phones})
+
+
+def _time_to_resend(vendor, report: ChaosReport) -> None:  # noqa: ANN001
+    """Issue 12 item 12: seconds from the broker coming back to the vendor's first request for a
+    message whose task the loss took (the sandbox's own clock of what it received)."""
+    received = vendor.received()
+    for n, loss in enumerate(report.broker_losses):
+        times = [r["received_at"] for r in received if r["phone"] in loss["lost_phones"] and r["received_at"] >= loss["back_at"]]
+        report.broker_back_to_resend_s[f"{loss['fault']}#{n} ({len(loss['lost_phones'])} lost)"] = (
+            round(min(times) - loss["back_at"], 2) if times else None)
 
 
 def _progress(sessions, campaign_id: int, recipients: int) -> tuple[float, bool]:  # noqa: ANN001
@@ -460,6 +523,7 @@ def verify(sessions, campaign_id: int, vendor, killed_at: dict[int, float], repo
     if dropped_unknown > stats["counts"].get("drop", 0):
         problems.append(f"{dropped_unknown} unknown after a dropped connection but the sandbox dropped only {stats['counts'].get('drop', 0)}")
     acted_unknown_200 = sum(1 for r in rows if r.status == "unknown" and any(x["outcome"] == "sent" for x in records.get(r.phone, [])))
+    report.unknown_with_200 = acted_unknown_200
     if report.phones_with_200 != report.db_counts.get("sent", 0) + acted_unknown_200:
         problems.append(f"sandbox 200s for {report.phones_with_200} phones != sent {report.db_counts.get('sent', 0)} + unknown-with-200 {acted_unknown_200}")
     by_phone = {r.phone: r.status for r in rows}

@@ -39,7 +39,7 @@ def api(migrated_postgres, redis_url, tmp_path_factory) -> ApiStack:  # noqa: AN
 
 
 def phone() -> str:
-    return "9665" + str(uuid.uuid4().int)[:8]
+    return "96650" + str(uuid.uuid4().int)[:7]
 
 
 def message_body(**changes) -> dict:  # noqa: ANN003
@@ -341,3 +341,56 @@ def test_readyz_is_503_naming_redis_when_redis_is_unreachable(migrated_postgres,
             assert anonymous.get("/healthz").status_code == 200
     finally:
         stack.close()
+
+
+# --- contacts (the consent work) ---------------------------------------------------------------
+
+def test_contacts_show_opt_out_opt_in_and_the_optouts_list_record_the_key(api: ApiStack) -> None:
+    number = phone()
+    with api.client("admin") as client, api.client("campaigns") as campaigns_key:
+        assert_problem(client.get(f"/v1/contacts/{number}"), 404)
+        assert_problem(campaigns_key.post(f"/v1/contacts/{number}/optout"), 403)
+        assert assert_problem(client.get("/v1/contacts/12"), 422)["errors"][0]["field"] == "phone"
+        out = client.post(f"/v1/contacts/+{number}/optout", json={"reason": "asked by phone"}).json()
+        assert out["opted_out"] and out["changed"] and out["opt_out_source"] == "operator" and out["opt_out_note"] == "asked by phone"
+        assert client.post(f"/v1/contacts/{number}/optout").json()["changed"] is False
+        assert out["history"][0]["actor"].endswith(":test-admin")
+        listed, cursor = [], None
+        while True:
+            page = client.get("/v1/optouts", params={"limit": 2, **({"cursor": cursor} if cursor else {})}).json()
+            listed += [c["phone"] for c in page["data"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        assert number in listed and listed == sorted(listed)
+        back = client.post(f"/v1/contacts/{number}/optin").json()
+        assert back["changed"] and not back["opted_out"] and [h["action"] for h in back["history"]] == ["opt_out", "opt_in"]
+        assert number not in [c["phone"] for c in client.get("/v1/optouts", params={"limit": 500}).json()["data"]]
+        shown = client.get(f"/v1/contacts/{number}").json()
+        assert shown["window_open"] is False and shown["recent_messages"] == []
+
+
+def test_consent_options_on_messages_and_campaigns(api: ApiStack) -> None:
+    """Given an opted-out phone, a campaign import reports it as suppressed; the create options
+    require_open_window, expires_at and opt_out_button are taken; a message takes the first two."""
+    number = phone()
+    message = {"body_text": "Hi {{name}}", "buttons": [{"id": "go", "title": "Go"}]}
+    with api.client("admin") as client:
+        client.post(f"/v1/contacts/{number}/optout")
+        created = client.post("/v1/campaigns", json={
+            "name": "Consent", "message": message, "draft": True, "require_open_window": True,
+            "expires_at": "2099-01-01T00:00:00+00:00", "opt_out_button": "stop:Stop offers",
+            "recipients": [{"phone": number, "name": "A"}, {"phone": phone(), "name": "B"}]})
+        assert created.status_code == 201, created.text
+        assert (created.json()["imported"], created.json()["suppressed"]) == (2, 1)
+        bad = assert_problem(client.post("/v1/campaigns", json={"name": "Bad", "message": message, "opt_out_button": "nope",
+                                                               "recipients": [{"phone": phone(), "name": "A"}]}), 422)
+        assert bad["errors"][0]["field"] == "--opt-out-button"
+        sent = client.post("/v1/messages", json=message_body(require_open_window=True, expires_at="2099-01-01T00:00:00Z"))
+        assert sent.status_code == 202, sent.text
+        late = assert_problem(client.post("/v1/messages", json=message_body(expires_at="soon")), 422)
+        assert late["errors"][0]["field"] == "expires_at"
+    with api.runtime.session_factory() as s:
+        rows = s.execute(sa.select(Message.require_open_window, Message.expires_at).where(Message.campaign_id == created.json()["id"])).all()
+        content = s.scalar(sa.select(Message.content).where(Message.campaign_id == created.json()["id"]).limit(1))
+    assert all(r.require_open_window and r.expires_at.year == 2099 for r in rows)
+    assert [b["id"] for b in content["buttons"]] == ["go", "stop"]

@@ -25,7 +25,7 @@ _prefix = iter(range(100, 999))
 
 def write_csv(tmp_path: Path, n: int) -> tuple[Path, list[str]]:
     prefix = next(_prefix)
-    phones = [f"966{prefix}{i:05d}" for i in range(n)]
+    phones = [f"96650{prefix}{i:04d}" for i in range(n)]  # valid Saudi mobile numbers (n < 10,000)
     path = tmp_path / f"recipients-{prefix}.csv"
     path.write_text("phone,name\n" + "".join(f"{p},Name {i}\n" for i, p in enumerate(phones)), encoding="utf-8")
     return path, phones

@@ -177,6 +177,24 @@ def test_report_rows_csv_json_and_funnel(sf):
     assert [r["status"] for r in doc] == ["sent", "failed", "pending"] and doc[0]["reply_button_title"] == "Yes"
 
 
+@pytest.mark.parametrize("text", ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"])
+def test_report_csv_neutralises_formula_cells_but_not_json_or_phones(sf, text):
+    """Issue 12 item 17: a CSV cell starting with = + - @ tab or CR gets a leading ' (OWASP); JSON is unchanged."""
+    campaign_id = new_campaign(sf, ["pending", "pending"], status="running")
+    _mark_sent(sf, campaign_id)
+    with sf.begin() as session:
+        first = session.scalars(sa.select(Message.id).where(Message.campaign_id == campaign_id).order_by(Message.id)).first()
+        session.execute(sa.update(Message).where(Message.id == first).values(reply_button_title=text, last_error_message=text))
+    with sf() as session:
+        text_out, json_out = io.StringIO(), io.StringIO()
+        write_csv(report_rows(session, campaign_id), text_out)
+        write_json(report_rows(session, campaign_id), json_out)
+    rows = list(csv.DictReader(io.StringIO(text_out.getvalue(), newline="")))
+    assert rows[0]["reply_button_title"] == "'" + text and rows[0]["last_error_message"] == "'" + text
+    assert rows[0]["phone"].isdigit() and rows[0]["attempts"] == "1"
+    assert json.loads(json_out.getvalue())[0]["reply_button_title"] == text
+
+
 # --- the CLI ------------------------------------------------------------------------------------
 
 def cli(db_url: str, *args: str, phone_number_id: str | None = "123456"):  # noqa: ANN201

@@ -38,7 +38,7 @@ def test_send_with_invalid_input_names_each_field_and_limit_and_exits_2(env) -> 
 
 
 def test_a_malformed_setting_stops_with_one_line_naming_it_and_never_the_secret(env) -> None:
-    result = run({**env, "AWAL_RATE_LIMIT": "lots", "AWAL_HMAC_SECRET": "s3cr3t-value"}, "send", "--phone", "96650000001",
+    result = run({**env, "AWAL_RATE_LIMIT": "lots", "AWAL_HMAC_SECRET": "s3cr3t-value"}, "send", "--phone", "966500000001",
                  "--body", "x", "--button", "a:A")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
@@ -57,7 +57,7 @@ def test_message_show_prints_status_ids_and_the_audit_trail(env, sqlite_url) -> 
     from tests.conftest import make_runtime
     from worker.send import send_message
 
-    message_id = int(run(env, "send", "--phone", "96650000002", "--body", "Hi", "--button", "yes:Yes").stdout)
+    message_id = int(run(env, "send", "--phone", "966500000002", "--body", "Hi", "--button", "yes:Yes").stdout)
     rt = make_runtime(env)
     send_message(message_id, rt.send_deps())
     rt.close()
@@ -109,7 +109,7 @@ def test_a_long_read_on_sqlite_does_not_hold_the_write_lock_workers_need(env) ->
     from tests.conftest import make_runtime
     from worker.models import Message
 
-    run(env, "send", "--phone", "96650000003", "--body", "Hi", "--button", "yes:Yes")
+    run(env, "send", "--phone", "966500000003", "--body", "Hi", "--button", "yes:Yes")
     rt = make_runtime(env)
     with rt.read_sessions() as reader:
         reader.execute(sa.select(Message.id)).all()  # the read transaction is open
@@ -119,6 +119,39 @@ def test_a_long_read_on_sqlite_does_not_hold_the_write_lock_workers_need(env) ->
             writer.execute(sa.update(Message).values(vendor_status="touched"))
         assert time.monotonic() - started < 1.0
     rt.close()
+
+
+def test_send_refuses_a_trunk_zero_number_unless_default_country_code_is_set(env) -> None:
+    """Issue 12 item 9: `send --phone 0501234567` names the missing country code; DEFAULT_COUNTRY_CODE=966 fixes it."""
+    import sqlalchemy as sa
+
+    from tests.conftest import make_runtime
+    from worker.models import Message
+
+    refused = run(env, "send", "--phone", "0501234567", "--body", "Hi", "--button", "yes:Yes")
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert "phone" in refused.stderr and "country calling code" in refused.stderr and "DEFAULT_COUNTRY_CODE" in refused.stderr
+    sent = run({**env, "DEFAULT_COUNTRY_CODE": "966"}, "send", "--phone", "0501234567", "--body", "Hi", "--button", "yes:Yes")
+    assert sent.exit_code == 0, sent.stderr
+    rt = make_runtime(env)
+    with rt.session_factory() as session:
+        assert session.scalar(sa.select(Message.phone).where(Message.id == int(sent.stdout))) == "966501234567"
+    rt.close()
+
+
+def test_campaign_create_default_country_reads_national_numbers(env, tmp_path) -> None:
+    """Issue 12 item 9: `campaign create --default-country SA` imports 0501234567 as 966501234567; XX is refused."""
+    import json
+
+    message, recipients = tmp_path / "message.json", tmp_path / "recipients.csv"
+    message.write_text(json.dumps({"body_text": "Hi", "buttons": [{"id": "yes", "title": "Yes"}]}))
+    recipients.write_text("phone\n0501234567\n+966501234567\n0501234568\n")
+    args = ["campaign", "create", "--name", "n", "--message", str(message), "--recipients", str(recipients), "--draft"]
+    result = run(env, *args, "--default-country", "SA")
+    assert result.exit_code == 0, result.stderr
+    assert "imported 2 recipient(s); rejected 0 row(s)" in result.stderr
+    bad = run(env, *args, "--default-country", "XX")
+    assert bad.exit_code == 2 and "--default-country='XX'" in bad.stderr
 
 
 def test_worker_and_beat_output_never_shows_the_passwords_in_the_urls(sqlite_url, redis_url, sandbox, spawn) -> None:  # noqa: ANN001

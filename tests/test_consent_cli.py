@@ -16,11 +16,11 @@ from tests.conftest import stack_env
 from worker.cli import main
 from worker.models import utcnow
 
-_seq = iter(range(30_000_000, 99_999_999))
+_seq = iter(range(5_000_000, 9_999_999))
 
 
 def new_phone() -> str:
-    return f"9665{next(_seq)}"
+    return f"96650{next(_seq):07d}"   # valid Saudi mobile numbers
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ import pytest
 
 from worker.errors import FieldProblem, MessageInvalid
 from worker.message import (
+    MULTILINE_FIELDS,
     BODY_TEXT_MAX_CHARS,
     BUTTON_ID_MAX_CHARS,
     BUTTON_TITLE_MAX_CHARS,
@@ -316,7 +317,7 @@ def test_phone_missing_empty_or_malformed_is_rejected(raw: Any) -> None:
 
 
 def test_phone_problem_is_none_for_a_valid_number_and_names_a_custom_field() -> None:
-    assert phone_problem("96650000000") is None
+    assert phone_problem("966501234567") is None
     problem = phone_problem("abc", field_name="recipients[3].phone")
     assert problem is not None and problem.field == "recipients[3].phone"
 
@@ -449,3 +450,46 @@ def test_parse_button_spec_without_colon_names_the_option() -> None:
     with pytest.raises(MessageInvalid) as info:
         parse_button_spec("yes")
     assert [p.field for p in info.value.problems] == ["--button"]
+
+
+# --- issue 12 item 10: text WhatsApp cannot show ----------------------------------------------
+@pytest.mark.parametrize("title", ["\u200b", " \u200b\u200d ", "\ufeff", "\u2800", "\u3164"],
+                         ids=["zwsp", "spaces-and-zero-width", "bom", "braille-blank", "hangul-filler"])
+def test_title_of_only_invisible_characters_is_refused_naming_the_field(title: str) -> None:
+    """Issue 12 item 10: a title WhatsApp would show as nothing is refused with its field name."""
+    problem = only_problem(buttons=[YES, {"id": "no", "title": title}])
+    assert problem.field == "buttons[1].title"
+    assert "invisible" in problem.problem or "whitespace" in problem.problem
+
+
+@pytest.mark.parametrize("field_name", ["body_text", "header_text", "footer_text"])
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\x1b", "\x7f", "\x85"], ids=["nul", "bel", "esc", "del", "nel"])
+def test_control_characters_are_refused_in_every_text(field_name: str, char: str) -> None:
+    """Issue 12 item 10: NUL and other C0/C1 control characters are refused, naming the field and code point."""
+    problem = only_problem(**{field_name: f"Hi{char}there"})
+    assert problem.field == field_name and f"U+{ord(char):04X}" in problem.problem
+
+
+@pytest.mark.parametrize("char", [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))])
+def test_bidi_overrides_and_isolates_are_refused(char: str) -> None:
+    """Issue 12 item 10: bidi controls (U+202A-U+202E, U+2066-U+2069) are refused in titles and body."""
+    assert only_problem(buttons=[{"id": "a", "title": f"Pay{char}lah"}]).field == "buttons[0].title"
+    assert only_problem(body_text=f"Total {char}001").field == "body_text"
+
+
+def test_newlines_are_fine_in_the_body_but_not_in_titles_header_footer_or_ids() -> None:
+    """Issue 12 item 10: MULTILINE_FIELDS (body_text only) is the one place this assumption lives."""
+    assert MULTILINE_FIELDS == frozenset({"body_text"})
+    assert build(body_text="Line one\nLine two\r\n\tindented").content.body_text.count("\n") == 2
+    for overrides, field_name in (({"buttons": [{"id": "a", "title": "Ye\ns"}]}, "buttons[0].title"),
+                                  ({"buttons": [{"id": "a\nb", "title": "Yes"}]}, "buttons[0].id"),
+                                  ({"header_text": "Hi\nthere"}, "header_text"), ({"footer_text": "Bye\r"}, "footer_text")):
+        problem = only_problem(**overrides)
+        assert problem.field == field_name and "one line" in problem.problem
+
+
+def test_arabic_text_with_joiners_and_emoji_sequences_is_still_accepted() -> None:
+    """Issue 12 item 10: only controls are refused, not the format characters real text needs (ZWJ, RLM)."""
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    message = build(body_text="مرحبا\u200f " + family, buttons=[{"id": "a", "title": "نعم " + family}])
+    assert family in message.content.body_text

@@ -4,8 +4,8 @@
   failed, and the next tick after Redis is back publishes the message (a private redis-server, so
   the machine's shared Redis is never touched).
 - The database down when a worker has the vendor's answer: the write is retried for
-  RECORD_RETRY_MAX_S; past that, an ERROR line carries the message id and the vendor's messageId
-  (the evidence to reconcile), the row stays `sending`, and the sweep later makes it `unknown`.
+  RECORD_RETRY_MAX_S; the first failure logs the vendor ids and journals the outcome (issue 12
+  item 13), and the sweep records it `sent` once the database is back (not `unknown`).
 - The rate limiter's Redis down mid-send: what the send path does with it (two cases below are
   expected failures of the current send path, reported to its owner).
 """
@@ -160,25 +160,32 @@ def test_a_short_database_outage_at_record_time_is_ridden_out_by_retrying_the_wr
     assert msg.status == "sent" and msg.vendor_message_id == received["message_id"]
 
 
-def test_a_long_database_outage_leaves_a_reconcile_line_and_the_sweep_makes_it_unknown(rt, sandbox, caplog) -> None:
+def test_issue12_item13_a_long_database_outage_keeps_the_outcome_and_the_sweep_records_it_sent(rt, sandbox, caplog) -> None:
+    """Issue 12 item 13: the write fails past RECORD_RETRY_MAX_S; the vendor ids were logged at the
+    first failure, the outcome was journaled, and the sweep (before its sending -> unknown step)
+    records the message `sent` with its messageId and attempt row."""
     mid = add_queued(rt)
-    caplog.set_level(logging.ERROR, logger="buttoncast.send")
+    caplog.set_level(logging.WARNING, logger="buttoncast.send")
 
     with pytest.raises(OperationalError):
         send_message(mid, deps_with_outage(rt, outage_s=60, record_retry_max_s=0.5))
 
-    # The evidence: one ERROR line with the message id and the vendor's messageId
     msg = load(rt, mid)
     [received] = sandbox[1].received(phone=msg.phone)
+    first = next(r for r in caplog.records if f"recording message {mid} failed" in r.getMessage())
+    assert first.levelno == logging.WARNING and f"messageId={received['message_id']}" in first.getMessage()
     [line] = [r.getMessage() for r in caplog.records if "RECONCILE" in r.getMessage()]
-    assert f"message {mid}" in line and f"messageId={received['message_id']}" in line
-    # The row was never written: still sending; the sweep makes it unknown (never resent on its own)
-    assert msg.status == "sending"
+    assert f"message {mid}" in line and "outcome journal" in line
+    assert msg.status == "sending" and [e.message_id for e in rt.journal.entries()] == [mid]
+    # The sweep runs after SENDING_TIMEOUT_S: the journal wins over the lost-worker guess
     sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 1))
-    assert load(rt, mid).status == "unknown"
+    msg = load(rt, mid)
+    assert (msg.status, msg.vendor_message_id) == ("sent", received["message_id"])
+    assert attempts_of(rt, mid) == [200] and rt.journal.entries() == []
     with rt.session_factory() as s:
         assert s.scalar(sa.select(MessageEvent.actor).where(MessageEvent.message_id == mid)) == "sweeper"
-    assert len(sandbox[1].received(phone=msg.phone)) == 1
+    sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 2))   # idempotent
+    assert attempts_of(rt, mid) == [200] and len(sandbox[1].received(phone=msg.phone)) == 1
 
 
 class LimiterRedisGoesDown(MemoryRateLimiter):

@@ -59,7 +59,7 @@ def test_workers_together_never_exceed_the_vendors_limit(env, sandbox, spawn, wo
     spawn(env, "beat", "--schedule-file", "beat-schedule", ready="beat: Starting")
     rt = make_runtime(env)
     # When 40 messages are enqueued at once
-    ids = enqueue_many(rt, 40, f"9665{workers}00")
+    ids = enqueue_many(rt, 40, f"96650{workers}00")
     started = time.monotonic()
     wait_until(lambda: all_sent(rt, ids), 60, what="all 40 sent")
     elapsed = time.monotonic() - started

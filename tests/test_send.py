@@ -13,11 +13,11 @@ from worker.send import Outcome, send_message
 from worker.status import MessageStatus
 
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
-_phone_seq = iter(range(10_000_000, 99_999_999))
+_phone_seq = iter(range(0, 9_999_999))
 
 
 def new_phone() -> str:
-    return f"9665{next(_phone_seq)}"
+    return f"96650{next(_phone_seq):07d}"  # valid Saudi mobile numbers
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -16,6 +16,7 @@ from scheduler import dispatcher
 from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import LOST_WORKER_REASON, sweep
 from tests.conftest import make_runtime, stack_env
+from worker.broker_epoch import EPOCH_KEY
 from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
 from worker.send import Outcome, send_message
@@ -73,6 +74,8 @@ def test_a_queued_message_whose_task_was_lost_is_republished_after_the_timeout(d
     # Given a Redis broker, and a message marked queued whose task the broker lost 10 s ago
     rt = make_runtime(settings_env(database_url, CELERY_BROKER_URL=redis_url))
     broker = rt.celery.connection().default_channel.client
+    # (a broker up since before these tasks were published: its epoch is older than them)
+    broker.set(EPOCH_KEY, f"test-epoch {(utcnow() - timedelta(hours=1)).isoformat()}")
     lost = add_message(rt, "queued", enqueued_ago_s=QUEUED_TIMEOUT_S * 2)
     recent = add_message(rt, "queued", enqueued_ago_s=1)  # its task is still on its way: leave it
     try:

@@ -414,3 +414,18 @@ def test_burst_of_5000_events_against_the_running_receiver_loses_none(server: st
         read = session.execute(sa.select(sa.func.count()).select_from(Message).where(
             Message.delivery_status == "read", Message.delivered_at == T0 + timedelta(seconds=1))).scalar_one()
     assert read == 2500
+
+
+def test_nul_in_a_signed_reply_is_stored_not_answered_503_for_ever(app: Any, sessions: Any) -> None:
+    """Issue 12 item 10: a NUL (JSON \\u0000) in a signed reply's texts is stored with U+FFFD, on Postgres too.
+
+    Postgres refuses NUL in text: before, every redelivery of this event failed to store (503).
+    """
+    mid = add_message(sessions, "wamid.NUL", phone="96650000001")
+    reply = reply_event({"type": "button_reply", "body": "Y\u0000es", "button": {"id": "yes", "title": "Y\u0000es"},
+                         "context": {"message_id": "wamid.NUL"}, "from": "96650000001\u0000"}, T0 + timedelta(minutes=1))
+    status, answer = call(app, reply)
+    assert (status, answer["outcome"]) == (200, "matched")
+    assert message(sessions, mid).reply_button_title == "Y\ufffdes"
+    assert "\\u0000" in events(sessions)[0].body  # the raw body is kept as received
+    assert call(app, reply)[0] == 200  # a redelivery is a duplicate, not an error

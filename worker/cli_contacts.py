@@ -38,8 +38,8 @@ def contacts_group() -> None:
 @friendly_errors
 def show_command(phone: str) -> None:
     """Consent state and its history, last inbound message, window open until when, recent messages."""
-    number = normalize_phone(phone)
     runtime = load_runtime()
+    number = normalize_phone(phone, default_region=runtime.settings.default_country_code)
     with runtime.read_sessions() as session:
         view = contacts.get_contact(session, number)
     if view is None:
@@ -73,8 +73,8 @@ def show_command(phone: str) -> None:
 @friendly_errors
 def optout_command(phones: tuple[str, ...], reason: str | None) -> None:
     """Opt phones out (source operator): their next claim is held, effective when this returns."""
-    numbers = [normalize_phone(p) for p in phones]
     runtime = load_runtime()
+    numbers = [normalize_phone(p, default_region=runtime.settings.default_country_code) for p in phones]
     ensure_schema(runtime)
     with runtime.session_factory.begin() as session:
         changed = [n for n in numbers if contacts.opt_out(session, n, source=contacts.SOURCE_OPERATOR, reason=reason, actor=ACTOR)]
@@ -87,8 +87,8 @@ def optout_command(phones: tuple[str, ...], reason: str | None) -> None:
 @friendly_errors
 def optin_command(phones: tuple[str, ...]) -> None:
     """Opt phones back in (source operator)."""
-    numbers = [normalize_phone(p) for p in phones]
     runtime = load_runtime()
+    numbers = [normalize_phone(p, default_region=runtime.settings.default_country_code) for p in phones]
     ensure_schema(runtime)
     with runtime.session_factory.begin() as session:
         changed = [n for n in numbers if contacts.opt_in(session, n, source=contacts.SOURCE_OPERATOR, actor=ACTOR)]
@@ -105,7 +105,8 @@ def import_command(path: str) -> None:
     runtime = load_runtime()
     ensure_schema(runtime)
     try:
-        result = import_optouts(runtime.session_factory, path, actor=ACTOR)
+        result = import_optouts(runtime.session_factory, path, actor=ACTOR,
+                                default_region=runtime.settings.default_country_code)
     except OptOutFileError as exc:
         fail(str(exc), 2)
     click.echo(f"opted out {result.opted_out} contact(s); {result.already_opted_out} already opted out; "

@@ -11,7 +11,7 @@ from worker.message import parse_button_spec
 
 
 @click.command("send")
-@click.option("--phone", required=True, help="Recipient, international format (e.g. 96650000000).")
+@click.option("--phone", required=True, help="Recipient, international format (e.g. 966501234567, +966 50 123 4567 or 00966501234567).")
 @click.option("--body", "body_text", required=True, help="Body text, at most 1024 characters.")
 @click.option("--button", "buttons", multiple=True, required=True, metavar="ID:TITLE", help="1 to 3 buttons, e.g. --button yes:Yes.")
 @click.option("--header", "header_text", default=None, help="Header text, at most 60 characters.")

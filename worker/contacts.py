@@ -202,6 +202,12 @@ def iter_contacts(session: Session, *, opted_out_only: bool = False, batch: int 
         session.expunge_all()
 
 
+def opted_out_page(session: Session, *, after: str = "", limit: int = 100) -> list[Contact]:
+    """One keyset page of opted-out contacts in phone order, after the phone `after` (the API's list)."""
+    return list(session.scalars(sa.select(Contact).where(Contact.phone > after, Contact.opted_out_at.is_not(None))
+                                .order_by(Contact.phone).limit(limit)))
+
+
 def opted_out_among(session: Session, campaign_id: int) -> int:
     """How many of a campaign's recipients are opted out now."""
     return session.scalar(

@@ -46,7 +46,7 @@ class OptOutImportResult:
             self.problems.append(f"line {line}: {reason}")
 
 
-def _rows(path: str, result: OptOutImportResult) -> Iterator[tuple[str, str | None]]:
+def _rows(path: str, result: OptOutImportResult, default_region: str | None) -> Iterator[tuple[str, str | None]]:
     with open(path, encoding="utf-8-sig", newline="") as stream:
         reader = csv.reader(stream)
         try:
@@ -61,7 +61,7 @@ def _rows(path: str, result: OptOutImportResult) -> Iterator[tuple[str, str | No
                 if not any(c.strip() for c in cells):
                     continue
                 try:
-                    phone = normalize_phone(cells[phone_at] if phone_at < len(cells) else "")
+                    phone = normalize_phone(cells[phone_at] if phone_at < len(cells) else "", default_region=default_region)
                 except MessageInvalid as exc:
                     result.reject(line, str(exc))
                     continue
@@ -98,8 +98,10 @@ def _opt_out_batch(session: Session, batch: dict[str, str | None], *, actor: str
 
 
 def import_optouts(session_factory: sessionmaker[Session], path: str | os.PathLike[str], *,
-                   actor: str | None = "operator", batch_rows: int = BATCH_ROWS) -> OptOutImportResult:
-    """Opt out every valid phone of the file (source `import`); returns the counts and problems."""
+                   actor: str | None = "operator", batch_rows: int = BATCH_ROWS,
+                   default_region: str | None = None) -> OptOutImportResult:
+    """Opt out every valid phone of the file (source `import`); returns the counts and problems.
+    `default_region` (DEFAULT_COUNTRY_CODE) reads national numbers written with a trunk 0."""
     result = OptOutImportResult()
     batch: dict[str, str | None] = {}
     seen_in_batch = 0
@@ -113,7 +115,7 @@ def import_optouts(session_factory: sessionmaker[Session], path: str | os.PathLi
             result.already_opted_out += seen_in_batch - changed
         batch, seen_in_batch = {}, 0
 
-    for phone, reason in _rows(os.fspath(path), result):
+    for phone, reason in _rows(os.fspath(path), result, default_region):
         batch.setdefault(phone, reason)   # the first row of a phone wins
         seen_in_batch += 1
         if len(batch) >= batch_rows:

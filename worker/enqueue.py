@@ -101,7 +101,8 @@ def enqueue_message(
     problems: list[FieldProblem] = []
     try:
         message = ButtonMessage.build(phone=phone, body_text=body_text, buttons=buttons or [],
-                                      header_text=header_text, footer_text=footer_text)
+                                      header_text=header_text, footer_text=footer_text,
+                                      judge_number=True, default_region=runtime.settings.default_country_code)
     except MessageInvalid as exc:
         problems.extend(exc.problems)
     for check in (lambda: _sender(phone_number_id, runtime), lambda: _check_key(idempotency_key),

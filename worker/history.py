@@ -64,6 +64,7 @@ def list_messages(
     campaign_id: int | None = None,
     before_id: int | None = None,
     limit: int = PAGE_SIZE_DEFAULT,
+    default_region: str | None = None,
     reply_button_id: str | None = None,
     error_code: str | None = None,
 ) -> list[Message]:
@@ -72,7 +73,7 @@ def list_messages(
     `phone` is normalised as at enqueue (a MessageInvalid names it if it is no phone number)."""
     query = sa.select(Message).order_by(Message.id.desc()).limit(max(1, min(limit, PAGE_SIZE_MAX)))
     if phone is not None:
-        query = query.where(Message.phone == normalize_phone(phone))
+        query = query.where(Message.phone == normalize_phone(phone, default_region=default_region))
     if status is not None:
         query = query.where(Message.status == status)
     if campaign_id is not None:

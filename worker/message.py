@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from worker import phone as phones
 from worker.errors import FieldProblem, MessageInvalid
 
 # --- The contract's limits, in one place ----------------------------------------------------
@@ -25,42 +26,42 @@ BUTTON_TITLE_MAX_CHARS = 20
 # Assumptions (AWAL_API.md): button ids must differ, and titles must differ too, as on WhatsApp.
 BUTTON_IDS_UNIQUE = True
 BUTTON_TITLES_UNIQUE = True
-# International format, digits only. E.164 allows at most 15 digits; fewer than 8 is no real number.
-PHONE_MIN_DIGITS = 8
-PHONE_MAX_DIGITS = 15
+# Which texts may span lines (assumption, AWAL_API.md is silent): WhatsApp shows newlines in the
+# body; titles, header, footer and ids are one line. Issue 12 item 10: the one place to change it.
+MULTILINE_FIELDS = frozenset({"body_text"})
 
-_PHONE_SEPARATORS = re.compile(r"[\s\-().]")
+# Issue 12 item 10: text WhatsApp cannot show is refused, never sent.
+#: C0/C1 control characters (NUL included; Postgres also refuses NUL in text and JSON)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: ...the same, less the line breaks and tab a body may hold
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: bidi embeddings, overrides and isolates: they reorder what the reader sees (U+202E spoofing)
+_BIDI_CONTROLS = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+#: anything a reader can see: not whitespace, not a zero-width or blank-looking filler
+_VISIBLE = re.compile(r"[^\s\u00ad\u034f\u115f\u1160\u180e\u200b-\u200f\u2060-\u2064\u2800\u3164\ufeff\uffa0]")
 
 
-def normalize_phone(raw: Any, field_name: str = "phone") -> str:
-    """Strip `+`, spaces, dashes, dots and parentheses; return digits or raise MessageInvalid."""
-    problem = phone_problem(raw, field_name)
-    if problem:
-        raise MessageInvalid([problem])
-    return _PHONE_SEPARATORS.sub("", str(raw).strip()).removeprefix("+")
+def normalize_phone(raw: Any, field_name: str = "phone", *, default_region: str | None = None) -> str:
+    """An input number -> E.164 digits without '+' (worker.phone, libphonenumber's rules)."""
+    return phones.normalize_phone(raw, default_region=default_region, field_name=field_name)
 
 
-def phone_problem(raw: Any, field_name: str = "phone") -> FieldProblem | None:
-    if raw is None or not isinstance(raw, (str, int)) or isinstance(raw, bool):
-        return FieldProblem(field_name, "is required (a phone number in international format)")
-    text = str(raw).strip()
-    if not text:
-        return FieldProblem(field_name, "is empty; a phone number in international format is required")
-    digits = _PHONE_SEPARATORS.sub("", text)
-    if digits.startswith("+"):
-        digits = digits[1:]
-    if not digits.isascii() or not digits.isdigit():
-        return FieldProblem(
-            field_name, f"{text!r} has characters other than digits, '+', spaces and dashes"
-        )
-    if len(digits) < PHONE_MIN_DIGITS:
-        return FieldProblem(
-            field_name, f"{text!r} has {len(digits)} digits; at least {PHONE_MIN_DIGITS} are required"
-        )
-    if len(digits) > PHONE_MAX_DIGITS:
-        return FieldProblem(
-            field_name, f"{text!r} has {len(digits)} digits; the limit is {PHONE_MAX_DIGITS}"
-        )
+def phone_problem(raw: Any, field_name: str = "phone", *, default_region: str | None = None) -> FieldProblem | None:
+    """Why `raw` is not a number we send to (worker.phone); None when it is one."""
+    return phones.phone_problem(raw, default_region=default_region, field_name=field_name)
+
+
+def _unshowable(name: str, value: str) -> FieldProblem | None:
+    """Issue 12 item 10: control characters, bidi overrides, or nothing visible at all."""
+    control = (_CONTROL_MULTILINE if name in MULTILINE_FIELDS else _CONTROL).search(value)
+    if control:
+        where = "" if name in MULTILINE_FIELDS or control.group() not in "\r\n\t" else " (it must be one line)"
+        return FieldProblem(name, f"contains the control character U+{ord(control.group()):04X} at position {control.start()}{where}; WhatsApp cannot show it")
+    bidi = _BIDI_CONTROLS.search(value)
+    if bidi:
+        return FieldProblem(name, f"contains the bidi control U+{ord(bidi.group()):04X} at position {bidi.start()}; it would reorder what the reader sees")
+    if not _VISIBLE.search(value):
+        return FieldProblem(name, "has only whitespace or invisible (zero-width) characters; WhatsApp would show nothing")
     return None
 
 
@@ -79,7 +80,7 @@ def _text_problem(name: str, value: Any, limit: int, required: bool) -> FieldPro
         return FieldProblem(name, "is empty or whitespace only; leave it out instead")
     if len(value) > limit:
         return FieldProblem(name, f"is {len(value)} characters; the limit is {limit}")
-    return None
+    return _unshowable(name, value)
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,21 @@ class ButtonMessage:
         buttons: Iterable[Any],
         header_text: Any = None,
         footer_text: Any = None,
+        judge_number: bool = False,
+        default_region: str | None = None,
     ) -> "ButtonMessage":
-        """Validate everything at once; raise MessageInvalid listing every problem."""
+        """Validate everything at once; raise MessageInvalid listing every problem.
+
+        `judge_number` (where a number enters: enqueue, send) applies libphonenumber's rules
+        (worker.phone, with `default_region` for a trunk-0 national number); without it the
+        phone need only be in the vendor's wire format, as a stored, already judged number is.
+        """
         problems: list[FieldProblem] = []
-        p = phone_problem(phone)
+        if judge_number:
+            number, p = phones.judge_phone(phone, default_region=default_region)
+        else:
+            p = phones.wire_phone_problem(phone)
+            number = None if p else phones.wire_phone(phone)
         if p:
             problems.append(p)
         try:
@@ -211,7 +223,7 @@ class ButtonMessage:
             content = None  # type: ignore[assignment]
         if problems:
             raise MessageInvalid(problems)
-        return cls(phone=normalize_phone(phone), content=content)
+        return cls(phone=number, content=content)  # type: ignore[arg-type]
 
     def payload(self) -> dict[str, Any]:
         """The JSON body in the vendor's field order (phone, body_text, buttons, header, footer)."""

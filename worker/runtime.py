@@ -30,6 +30,8 @@ class Runtime:
         #: campaign id (None: ad-hoc) -> the highest id this process's dispatcher claimed: where its
         #: next scan of pending rows starts (a hint; see scheduler.dispatcher._claim)
         self.dispatch_cursors: dict[int | None, int] = {}
+        #: the broker epoch this process last saw (issue 12 item 12; see worker.broker_epoch)
+        self.broker_epoch_seen: str | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -64,6 +66,13 @@ class Runtime:
     def client(self):  # noqa: ANN201 - worker.client.AwalClient
         return build_client(self.settings)
 
+    @cached_property
+    def journal(self):  # noqa: ANN201 - worker.journal.OutcomeJournal
+        """Where outcomes the database refused are kept until the sweep records them (issue 12 item 13)."""
+        from worker.journal import build_journal
+
+        return build_journal(self.settings)
+
     @property
     def scope(self) -> str:
         return workspace_scope(self.settings)
@@ -74,6 +83,7 @@ class Runtime:
         return SendDeps(
             session_factory=self.session_factory, connect=self.single_statements, client=self.client,
             limiter=self.limiter, scope=self.scope, settings=self.settings, worker_name=self.worker_name,
+            journal=self.journal,
         )
 
     @cached_property

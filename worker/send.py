@@ -10,7 +10,7 @@ import enum
 import logging
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta, timezone
 from typing import Callable, Protocol
 
@@ -20,7 +20,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from sqlalchemy.exc import OperationalError, InterfaceError
 
 from scheduler.window import next_opening
-from worker import gate as consent_gate, metrics, store
+from worker import gate as consent_gate, journal, metrics, store
 from worker.client import AttemptRecord, SendResult
 from worker.errors import (
     AmbiguousError,
@@ -85,6 +85,7 @@ class SendDeps:
     settings: Settings
     worker_name: str
     sleep: Callable[[float], None] = time.sleep
+    journal: journal.OutcomeJournal | None = None   # outcomes the database refused (issue 12 item 13)
 
 
 def send_message(message_id: int, deps: SendDeps) -> Outcome:
@@ -147,7 +148,8 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
     # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
     _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id,
                                                     job.phone),
-            job, result, unit=deps.connect if len(attempts) == 1 else None)
+            job, result, unit=deps.connect if len(attempts) == 1 else None,
+            entry=journal.JournalEntry.sent(job.id, token, result, attempts, deps.worker_name, job.campaign_id))
     return _done(Outcome.SENT, job, message_id)
 
 
@@ -322,12 +324,15 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
 
 
 def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.SendJob, result: SendResult | None = None,
-            unit: Callable[[], AbstractContextManager[store.Unit]] | None = None) -> None:
+            unit: Callable[[], AbstractContextManager[store.Unit]] | None = None,
+            entry: journal.JournalEntry | None = None) -> None:
     """Write an outcome in one unit (a transaction; `deps.connect` for a one-statement write),
     retrying while the database is unreachable (RECORD_RETRY_MAX_S).
 
-    If it still fails, the evidence goes to an ERROR log line with the ids needed to reconcile;
-    the message stays `sending` and the sweeper later marks it `unknown` (never resent on its own).
+    Issue 12 item 13: on the FIRST failed write the vendor ids go to a WARNING line and `entry` (the
+    outcome, if the caller gave one) to the outcome journal, which the sweep applies once the
+    database is back; a SIGKILL during the retries loses nothing. If the retries still fail, an
+    ERROR line says so; the journal (when it took the entry) makes the row `sent` later.
     """
     open_unit = unit or deps.session_factory.begin
     try:
@@ -335,8 +340,12 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
             write(opened)
         return
     except (OperationalError, InterfaceError) as exc:
-        log.warning("recording message %s failed, retrying for up to %ss: %s", job.id,
-                    deps.settings.record_retry_max_s, exc.__class__.__name__)
+        log.warning("recording message %s failed (%s), retrying for up to %ss: vendor messageId=%s vendor id=%s",
+                    job.id, exc.__class__.__name__, deps.settings.record_retry_max_s,
+                    result.message_id if result else None, result.vendor_id if result else None)
+        if entry is not None:
+            entry = replace(entry, error=exc.__class__.__name__)
+        kept = entry is not None and journal.keep(deps.journal, entry)
     try:
         for attempt in Retrying(
             stop=stop_after_delay(deps.settings.record_retry_max_s),
@@ -348,10 +357,13 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
                 write(opened)
     except (OperationalError, InterfaceError):
         log.error(
-            "RECONCILE: could not record the outcome of message %s (campaign %s): vendor messageId=%s vendor id=%s",
+            "RECONCILE: could not record the outcome of message %s (campaign %s): vendor messageId=%s vendor id=%s%s",
             job.id, job.campaign_id, result.message_id if result else None, result.vendor_id if result else None,
+            "; kept in the outcome journal, the sweep records it when the database is back" if kept else "",
         )
         raise
+    if kept:
+        journal.forget(deps.journal, entry)
 
 
 def _done(outcome: Outcome, job: store.SendJob | None, message_id: int) -> Outcome:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from worker.errors import ConfigError
+from worker.phone import parse_default_country
 
 DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
 EMBEDDED_BROKER_URL = "memory://"
@@ -54,6 +55,7 @@ CONSOLE_SESSION_TTL_S = 8 * 3600.0     # a console login lasts this long
 CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over HTTPS (or a trusted proxy says so)
 CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
 API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
+DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -291,6 +293,7 @@ class Settings:
     opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
     opt_in_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_IN_KEYWORDS)
     marketing_frequency_cap: FrequencyCap | None = None
+    default_country_code: str | None = DEFAULT_COUNTRY_CODE  # parsed to an ISO 3166 region, e.g. "SA"
 
     def __repr__(self) -> str:
         """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
@@ -389,6 +392,7 @@ class Settings:
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
             opt_in_keywords=opt_in_words,
             marketing_frequency_cap=FrequencyCap.parse(env.get("MARKETING_FREQUENCY_CAP") or MARKETING_FREQUENCY_CAP),
+            default_country_code=parse_default_country(env.get("DEFAULT_COUNTRY_CODE")),
         )
 
     def require_awal(self) -> None:

@@ -42,7 +42,7 @@ def create_campaign(upload: CampaignUpload = Depends(campaign_upload), principal
     return ImportReport(id=campaign.id, status=campaign.status, imported=result.imported,
                         rejected=[{"line": p.line, "reason": p.reason} for p in result.problems],
                         rejected_total=result.rejected, duplicates=result.duplicates,
-                        suppressed=getattr(result, "suppressed", 0))
+                        suppressed=result.opted_out)
 
 
 @router.get("", response_model=CampaignPage)

@@ -36,19 +36,20 @@ async def json_body(request: Request) -> Any:
         raise MessageInvalid([FieldProblem("body", f"is not valid JSON: {exc}")]) from None
 
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+def encode_cursor(last: int | str, kind: str = "id") -> str:
+    """An opaque cursor for the page after `last` (an id, or a phone for `kind="phone"`)."""
+    return base64.urlsafe_b64encode(f"{kind}:{last}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> int | None:
-    """The opaque cursor of a page -> the id it continues from; a tampered cursor is a 422."""
+def decode_cursor(cursor: str | None, kind: str = "id") -> Any:
+    """The opaque cursor of a page -> the id (or phone) it continues from; a tampered cursor is a 422."""
     if not cursor:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind == "id" and value.isdigit() and int(value) <= ID_MAX:
-            return int(value)
+        found, _, value = text.partition(":")
+        if found == kind and value.isdigit() and (kind != "id" or int(value) <= ID_MAX):
+            return int(value) if kind == "id" else value
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise MessageInvalid([FieldProblem("cursor", "is not a cursor this API gave out; pass next_cursor unchanged")])

@@ -62,6 +62,6 @@ def list_messages_route(
     """Newest first, `limit` per page; follow `next_cursor` for older ones."""
     with rt.read_sessions() as session:
         rows = list_messages(session, phone=phone, status=status.value if status else None, campaign_id=campaign_id,
-                             before_id=decode_cursor(cursor), limit=limit)
+                             before_id=decode_cursor(cursor), limit=limit, default_region=rt.settings.default_country_code)
         data = [MessageSummary.of(m) for m in rows]
     return MessagePage(data=data, next_cursor=encode_cursor(rows[-1].id) if len(rows) == limit else None)

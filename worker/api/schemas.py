@@ -56,6 +56,8 @@ class MessageIn(BaseModel):
     header_text: str | None = Field(None, max_length=limits.HEADER_TEXT_MAX_CHARS)
     footer_text: str | None = Field(None, max_length=limits.FOOTER_TEXT_MAX_CHARS)
     phone_number_id: str | None = Field(None, max_length=64, description="sender; default AWAL_PHONE_NUMBER_ID")
+    require_open_window: bool = Field(False, description="hold it (suppressed, window_closed) unless the contact wrote in the last 24 h")
+    expires_at: datetime | None = Field(None, description="not sent by then (ISO 8601 with offset): expired, never delivered late")
 
 
 class MessageCreated(BaseModel):
@@ -148,6 +150,10 @@ class CampaignOptions(BaseModel):
     phone_number_id: str | None = None
     draft: bool = False
     strict: bool = Field(False, description="refuse the whole file if any row is invalid")
+    require_open_window: bool = Field(False, description="hold recipients whose 24-hour window is closed at send time")
+    expires_at: str | None = Field(None, description="not sent by then (ISO 8601 with offset): expired")
+    opt_out_button: str | None = Field(None, examples=["stop:Stop offers"],
+                                       description="append an opt-out reply button ID:TITLE (ID in OPT_OUT_BUTTON_IDS)")
 
 
 class CampaignJsonIn(CampaignOptions):
@@ -231,7 +237,7 @@ class ImportReport(BaseModel):
     rejected: list[RejectedRow] = Field(description=f"the first rows refused, with their line numbers (all are counted)")
     rejected_total: int
     duplicates: int
-    suppressed: int = Field(description="recipients left out because they opted out")
+    suppressed: int = Field(description="imported recipients who opted out: never sent (suppressed)")
 
 
 class ScheduleIn(BaseModel):
@@ -248,6 +254,59 @@ class TestIn(BaseModel):
 
 class CancelOut(CampaignSummary):
     cancelled_messages: int
+
+
+# --- contacts ------------------------------------------------------------------------------
+
+class ContactSummary(BaseModel):
+    phone: str
+    opted_out: bool
+    opted_out_at: datetime | None
+    opt_out_source: str | None
+    opt_out_note: str | None
+    opted_in_at: datetime | None
+
+    @classmethod
+    def of(cls, c: Any) -> "ContactSummary":
+        return cls(phone=c.phone, opted_out=c.opted_out_at is not None, opted_out_at=c.opted_out_at,
+                   opt_out_source=c.opt_out_source, opt_out_note=c.opt_out_note, opted_in_at=c.opted_in_at)
+
+
+class ConsentChangeOut(BaseModel):
+    at: datetime
+    action: str
+    source: str
+    reason: str | None
+    actor: str | None
+
+
+class RecentMessageOut(BaseModel):
+    id: int
+    campaign_id: int | None
+    status: str
+    created_at: datetime
+    sent_at: datetime | None
+    reason: str | None
+
+
+class ContactOut(ContactSummary):
+    first_seen_at: datetime
+    last_inbound_at: datetime | None
+    last_sent_at: datetime | None
+    window_open_until: datetime | None = Field(description="the 24-hour customer-service window: last inbound + 24 h")
+    window_open: bool
+    history: list[ConsentChangeOut]
+    recent_messages: list[RecentMessageOut]
+    changed: bool | None = Field(None, description="on optout/optin: whether this request changed the consent")
+
+
+class OptOutIn(BaseModel):
+    reason: str | None = Field(None, max_length=1000)
+
+
+class OptOutPage(BaseModel):
+    data: list[ContactSummary]
+    next_cursor: str | None
 
 
 # --- retry, limits, health -----------------------------------------------------------------

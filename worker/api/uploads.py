@@ -24,7 +24,10 @@ from worker.api.problems import Problem
 from worker.errors import FieldProblem, MessageInvalid
 
 COPY_CHUNK_BYTES = 1 << 20
-FORM_FIELDS = ("name", "message", "at", "window", "tz", "phone_number_id", "draft", "strict")
+FORM_FIELDS = ("name", "message", "at", "window", "tz", "phone_number_id", "draft", "strict",
+               "require_open_window", "expires_at", "opt_out_button")
+TEXT_OPTIONS = ("name", "at", "window", "tz", "phone_number_id", "expires_at", "opt_out_button")
+FLAG_OPTIONS = ("draft", "strict", "require_open_window")
 FORM_FIELD_MAX_BYTES = 1 << 20
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
@@ -77,8 +80,8 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
                     texts["message"] = raw.decode("utf-8-sig")
                 except UnicodeDecodeError:
                     problems.append(FieldProblem("message", "is not UTF-8 text"))
-        options: dict[str, Any] = {k: texts.get(k) for k in ("name", "at", "window", "tz", "phone_number_id")}
-        for flag in ("draft", "strict"):
+        options: dict[str, Any] = {k: texts.get(k) for k in TEXT_OPTIONS}
+        for flag in FLAG_OPTIONS:
             try:
                 options[flag] = _flag(flag, texts.get(flag, ""))
             except MessageInvalid as exc:
@@ -103,7 +106,7 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
 def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpload:
     if not isinstance(body, dict):
         raise MessageInvalid([FieldProblem("body", "must be a JSON object")])
-    known = ("name", "message", "recipients", "at", "window", "tz", "phone_number_id", "draft", "strict")
+    known = ("message", "recipients") + TEXT_OPTIONS + FLAG_OPTIONS
     problems = [FieldProblem(str(k), "is not a known field") for k in body if k not in known]
     recipients = body.get("recipients")
     if not isinstance(recipients, list) or not recipients:
@@ -118,7 +121,7 @@ def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpl
             if value is not None and (isinstance(value, (dict, list, bool)) or not isinstance(value, (str, int, float))):
                 problems.append(FieldProblem(f"recipients[{i}].{column}", "must be a string or a number"))
             columns.setdefault(str(column), None)
-    for flag in ("draft", "strict"):
+    for flag in FLAG_OPTIONS:
         if not isinstance(body.get(flag, False), bool):
             problems.append(FieldProblem(flag, "must be true or false"))
     if problems:
@@ -129,9 +132,9 @@ def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpl
         writer.writerow(list(columns))
         for row in recipients:
             writer.writerow(["" if row.get(c) is None else str(row.get(c)) for c in columns])
-    options = {k: body.get(k) for k in ("name", "at", "window", "tz", "phone_number_id")}
-    options.update(template=body.get("message"), draft=body.get("draft", False), strict=body.get("strict", False))
-    for text_field in ("at", "window", "tz", "phone_number_id"):
+    options = {k: body.get(k) for k in TEXT_OPTIONS}
+    options.update({k: body.get(k, False) for k in FLAG_OPTIONS}, template=body.get("message"))
+    for text_field in TEXT_OPTIONS[1:]:
         if options[text_field] is not None and not isinstance(options[text_field], str):
             raise MessageInvalid([FieldProblem(text_field, "must be a string")])
     return CampaignUpload(options, path, "recipients", directory)

@@ -69,6 +69,11 @@ def parse_body(body: bytes, *, received_at: datetime) -> Verification | Event:
         raise ShapeError(f"body is not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise ShapeError(f"body is a JSON {type(doc).__name__}, expected an object")
+    if b"\\u0000" in body.lower():  # JSON can carry NUL only as this escape
+        try:
+            doc = without_nul(doc)
+        except RecursionError:
+            raise ShapeError("body is nested too deeply") from None
     if doc.get("type") == "verification":
         challenge = doc.get("challenge")
         if not isinstance(challenge, str):
@@ -203,6 +208,25 @@ def normalize_phone(value: Any) -> str | None:
     if len(digits) > PHONE_MAX_DIGITS:
         raise ShapeError(f"phone {str(value)[:20]!r}... has {len(digits)} digits; at most {PHONE_MAX_DIGITS}")
     return digits or None
+
+
+NUL_REPLACEMENT = "\ufffd"  # shown where the vendor sent U+0000
+
+
+def without_nul(value: Any) -> Any:
+    """Every string in a parsed body with U+0000 replaced by U+FFFD (issue 12 item 10).
+
+    Postgres refuses NUL in text and JSON, so a signed event carrying one (a button title) would
+    fail to be stored on every redelivery and the receiver would answer 503 for ever. The raw
+    body is kept as received: JSON writes NUL as the escape `\\u0000`, which text columns take.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_REPLACEMENT) if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def dedupe_key(*parts: str) -> str:
