@@ -224,7 +224,7 @@ def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, 
 
 def test_pause_and_resume(page_for, stack: ConsoleStack, tmp_path: Path) -> None:
     """Given a campaign scheduled for later, a marketer pauses it and resumes it from its page."""
-    cid = make_campaign(stack, tmp_path, ["966520000001", "966520000002"], name="Later", scheduled_at=utcnow() + timedelta(hours=1))
+    cid = make_campaign(stack, tmp_path, ["966570000001", "966570000002"], name="Later", scheduled_at=utcnow() + timedelta(hours=1))
     page = page_for("marketer")
     page.goto(f"/campaigns/{cid}")
     page.click("#action-pause")
