@@ -353,3 +353,26 @@ def test_contacts_opt_out_with_a_reason_import_and_export_the_suppression_list(p
     response = viewer.request.post("/contacts/optin", form={"csrf_token": csrf_of(viewer), "phone": "966560000002"})
     assert response.status == 403
     assert viewer.request.get("/contacts/optouts.csv").status == 403
+
+
+def test_an_admin_adds_a_person_who_logs_in_and_disables_them(page_for, stack: ConsoleStack) -> None:
+    """An admin adds a marketer on People; the marketer logs in; once disabled, their session ends and
+    their password no longer works. A marketer cannot open People (403)."""
+    admin = page_for("admin")
+    admin.goto("/people")
+    admin.fill("#new-email", "new.marketer@example.com")
+    admin.select_option("#new-role", "marketer")
+    admin.fill("#new-password", PASSWORD)
+    admin.click("#add-person")
+    assert "new.marketer@example.com (marketer) can log in now" in admin.inner_text(".flash")
+    shoot(admin, "people")
+    newcomer = page_for()
+    log_in(newcomer, "new.marketer@example.com", PASSWORD)
+    assert newcomer.locator("h1").inner_text() == "Campaigns" and newcomer.request.get("/people").status == 403
+    admin.click("tr[data-email='new.marketer@example.com'] button")
+    assert "is disabled" in admin.inner_text(".flash")
+    assert admin.inner_text("tr[data-email='new.marketer@example.com'] .state") == "disabled"
+    newcomer.goto("/")
+    assert "/login" in newcomer.url  # the session ended
+    log_in(newcomer, "new.marketer@example.com", PASSWORD)
+    assert "/login" in newcomer.url

@@ -14,7 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from worker.console import routes_campaigns, routes_contacts, routes_health, routes_login, routes_messages, routes_new
+from worker.console import (
+    routes_campaigns, routes_contacts, routes_health, routes_login, routes_messages, routes_new, routes_people,
+)
 from worker.console.web import PACKAGE_DIR, Denied, NotLoggedIn, denied, not_logged_in, render
 
 API_PATHS = ("/v1/", "/healthz", "/readyz", "/docs", "/openapi.json", "/redoc")
@@ -28,7 +30,7 @@ def is_console_path(path: str) -> bool:
 def install_console(app: FastAPI) -> None:
     """Call after the API's problem handlers are installed."""
     # routes_new first: its /campaigns/new must not be read as /campaigns/{campaign_id}
-    for module in (routes_login, routes_new, routes_campaigns, routes_messages, routes_contacts, routes_health):
+    for module in (routes_login, routes_new, routes_campaigns, routes_messages, routes_contacts, routes_people, routes_health):
         app.include_router(module.router)
     app.mount(STATIC_PATH, StaticFiles(directory=str(PACKAGE_DIR / "static")), name="console-static")
     app.add_exception_handler(NotLoggedIn, not_logged_in)
