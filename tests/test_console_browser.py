@@ -376,3 +376,23 @@ def test_an_admin_adds_a_person_who_logs_in_and_disables_them(page_for, stack: C
     assert "/login" in newcomer.url  # the session ended
     log_in(newcomer, "new.marketer@example.com", PASSWORD)
     assert "/login" in newcomer.url
+
+
+def test_the_session_cookie_is_secure_behind_an_https_proxy(stack: ConsoleStack) -> None:
+    """Given a proxy on 127.0.0.1 that says X-Forwarded-Proto: https (uvicorn believes it from there),
+    the session cookie is Secure, HttpOnly and SameSite=Lax; over plain http it is not Secure."""
+    import re
+
+    import httpx
+
+    for proto, secure in (("https", True), ("http", False)):
+        with httpx.Client(base_url=stack.base_url, headers={"X-Forwarded-Proto": proto}, timeout=30) as client:
+            form = client.get("/login")
+            token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+            # httpx keeps a Secure cookie from an http:// URL to itself: hand the login cookie over as a browser on https would
+            login_cookie = form.headers["set-cookie"].split(";")[0]
+            done = client.post("/login", data={"email": stack.emails["viewer"], "password": PASSWORD, "csrf_token": token},
+                               headers={"Cookie": login_cookie})
+            assert done.status_code == 303, done.text[:300]
+            cookie = next(v for k, v in done.headers.multi_items() if k == "set-cookie" and v.startswith("bc_session="))
+            assert ("; secure" in cookie.lower()) is secure and "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
