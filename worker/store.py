@@ -172,6 +172,14 @@ _CONTACT_SENT = (   # the contact's last sent time (a contact made at enqueue or
 )
 
 
+_CONTACT_SENT_BY_MESSAGE = (
+    sa.update(Contact)
+    .where(Contact.phone == sa.select(Message.phone).where(Message.id == _param("p_message_id")).scalar_subquery())
+    .values(last_sent_at=_NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
 def _record_sent_statement() -> sa.Select:
     """Postgres: the sent-row UPDATE, its attempt row and the failure-streak reset as ONE statement
     (data-modifying CTEs), so on an autocommit connection the whole record is one round trip and
@@ -205,7 +213,7 @@ def record_sent(
 ) -> bool:
     """sending -> sent with the vendor's ids, the attempt rows, and the campaign's failure streak
     broken; only while `token` still owns the row. The contact's last_sent_at too (Postgres one
-    statement: always; otherwise when `phone` is given).
+    statement; otherwise by `phone`, or the message row's phone when it is not given).
 
     One attempt (the usual case) on a Postgres connection outside a transaction: one statement.
     Otherwise `unit` must be a transaction (several attempts after in-client retries keep their
@@ -225,8 +233,9 @@ def record_sent(
     _add_attempts(conn, message_id, attempts, worker)
     if campaign_id is not None:
         conn.execute(_RESET_FAILURE_STREAK, params)
-    if done and phone is not None:
-        conn.execute(_CONTACT_SENT, {"p_phone": phone, "p_now": params["p_now"]})
+    if done:   # a replay from the journal passes no phone: the message row knows it
+        conn.execute(_CONTACT_SENT if phone is not None else _CONTACT_SENT_BY_MESSAGE,
+                     {"p_phone": phone, "p_message_id": message_id, "p_now": params["p_now"]})
     return done == 1
 
 
