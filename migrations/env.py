@@ -9,6 +9,7 @@ from worker.models import Base
 import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on Base.metadata
 import worker.api.models  # noqa: F401,E402 - registers api_keys, api_idempotency
 import worker.audit  # noqa: F401,E402 - registers audit_events
+import worker.console.models  # noqa: F401,E402 - registers console_users, console_sessions
 from worker.settings import Settings
 
 config = context.config

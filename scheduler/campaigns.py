@@ -279,15 +279,30 @@ def create_with_recipients(
     return campaign_id, result
 
 
+def discard_draft(session_factory: sessionmaker[Session], campaign_id: int, *, actor: str | None = None) -> None:
+    """Delete a draft and its recipients (the console's "discard" after the import report).
+    Only a draft: a campaign that was ever scheduled keeps its history."""
+    with session_factory.begin() as session:
+        campaign = get_campaign(session, campaign_id)
+        if campaign.status != S.DRAFT.value:
+            raise IllegalTransition(campaign_id, campaign.status, "discarded")
+        record_audit(session, actor, "campaign.discarded", "campaign", campaign_id, name=campaign.name)
+    _delete_campaign(session_factory, campaign_id)
+
+
 def _delete_campaign(session_factory: sessionmaker[Session], campaign_id: int) -> None:
     with session_factory.begin() as session:
         session.execute(sa.delete(Message).where(Message.campaign_id == campaign_id))
         session.execute(sa.delete(Campaign).where(Campaign.id == campaign_id))
 
 
-def list_campaigns(session: Session, *, after_id: int = 0, limit: int | None = None) -> list[tuple[Campaign, dict[str, int]]]:
-    """Campaigns in id order from `after_id` (keyset), each with its message counts per status."""
+def list_campaigns(session: Session, *, after_id: int = 0, limit: int | None = None,
+                   status: str | None = None) -> list[tuple[Campaign, dict[str, int]]]:
+    """Campaigns in id order from `after_id` (keyset), each with its message counts per status;
+    only those in `status` when given."""
     query = sa.select(Campaign).where(Campaign.id > after_id).order_by(Campaign.id)
+    if status is not None:
+        query = query.where(Campaign.status == status)
     if limit is not None:
         query = query.limit(limit)
     rows = list(session.scalars(query))

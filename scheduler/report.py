@@ -17,7 +17,7 @@ from typing import IO, Any, Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from scheduler.campaigns import get_campaign, status_counts
+from scheduler.campaigns import empty_counts, get_campaign, status_counts
 from worker.contacts import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.failures import FailureClass
 from worker.models import Campaign, Contact, Message, utcnow
@@ -53,13 +53,20 @@ class Funnel:
         return count / self.sent if self.sent else None
 
 
+def _delivered() -> sa.ColumnElement[bool]:
+    # A read receipt can arrive without (or before) its delivered one: read implies delivered.
+    reached = (DeliveryStatus.DELIVERED.value, DeliveryStatus.READ.value)
+    return sa.or_(Message.delivered_at.is_not(None), Message.read_at.is_not(None), Message.delivery_status.in_(reached))
+
+
+def _read() -> sa.ColumnElement[bool]:
+    return sa.or_(Message.read_at.is_not(None), Message.delivery_status == DeliveryStatus.READ.value)
+
+
 def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> Funnel:
     """The funnel in two queries: conditional counts, then taps grouped by button."""
     since = (now or utcnow()) - timedelta(seconds=RATE_WINDOW_S)
-    reached = (DeliveryStatus.DELIVERED.value, DeliveryStatus.READ.value)
-    # A read receipt can arrive without (or before) its delivered one: read implies delivered.
-    delivered = sa.or_(Message.delivered_at.is_not(None), Message.read_at.is_not(None), Message.delivery_status.in_(reached))
-    read = sa.or_(Message.read_at.is_not(None), Message.delivery_status == DeliveryStatus.READ.value)
+    delivered, read = _delivered(), _read()
     row = session.execute(
         sa.select(
             sa.func.count(Message.sent_at),
@@ -163,6 +170,40 @@ def progress(session: Session, campaign_id: int, per_second_limit: float, now: d
                     audience(session, campaign_id, now), late_failures(session, campaign_id))
 
 
+def overview(session: Session, campaign_id: int, per_second_limit: float,
+             now: datetime | None = None) -> tuple[Progress, dict[str, int]]:
+    """`progress()` (without the audience) and `late_failures()` from ONE scan of the campaign's
+    rows, grouped by status, button tapped and late failure: what the console's campaign page
+    reads every second, where four separate scans of a million rows cost four times as much."""
+    now = now or utcnow()
+    campaign = get_campaign(session, campaign_id)
+    since = now - timedelta(seconds=RATE_WINDOW_S)
+    late = Message.failure_class   # a late failure's class (worker.failures), as late_failures() counts it
+    rows = session.execute(
+        sa.select(Message.status, Message.reply_button_id, Message.reply_button_title, late, sa.func.count(),
+                  sa.func.count(Message.sent_at), sa.func.count(sa.case((_delivered(), 1))),
+                  sa.func.count(sa.case((_read(), 1))), sa.func.count(Message.replied_at),
+                  sa.func.count(sa.case((Message.sent_at >= since, 1))))
+        .where(Message.campaign_id == campaign_id)
+        .group_by(Message.status, Message.reply_button_id, Message.reply_button_title, late)
+    ).all()
+    counts = empty_counts()
+    sums = [0, 0, 0, 0, 0]
+    taps: dict[tuple[str | None, str | None], int] = {}
+    failures: dict[str, int] = {}
+    for status, button_id, title, late_reason, n, *figures in rows:
+        counts[status] = counts.get(status, 0) + n
+        sums = [a + b for a, b in zip(sums, figures)]
+        if figures[3]:  # replied
+            taps[(button_id, title)] = taps.get((button_id, title), 0) + figures[3]
+        if late_reason is not None:
+            failures[str(late_reason)] = failures.get(str(late_reason), 0) + n
+    tap_rows = sorted(((b, t, n) for (b, t), n in taps.items()), key=lambda row: -row[2])
+    failures = dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Progress(campaign, counts, Funnel(*sums, taps=tap_rows), per_second_limit, now,
+                    late_failures=failures), failures
+
+
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
     """One dict per recipient in import order, streamed (server-side cursor on Postgres)."""
     get_campaign(session, campaign_id)
@@ -179,6 +220,30 @@ def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
         inbound = out.pop("last_inbound_at")
         out["window_open_until"] = inbound + SERVICE_WINDOW if inbound else None
         yield out
+
+
+def queue_depth(session: Session) -> dict[str, int]:
+    """Messages not yet final, all campaigns and ad-hoc sends, per status (pending, queued, sending)."""
+    rows = session.execute(
+        sa.select(Message.status, sa.func.count()).where(Message.status.in_(LEFT_STATUSES)).group_by(Message.status)
+    ).all()
+    return {status: 0 for status in LEFT_STATUSES} | {status: count for status, count in rows}
+
+
+TAPPER_COLUMNS = ("phone", "message_id", "replied_at", "reply_button_id", "reply_button_title")
+
+
+def tapper_rows(session: Session, campaign_id: int, button_id: str) -> Iterator[dict[str, Any]]:
+    """Everyone who tapped `button_id` in this campaign (to target them again), streamed."""
+    get_campaign(session, campaign_id)
+    query = (
+        sa.select(Message.phone, Message.id.label("message_id"), Message.replied_at, Message.reply_button_id,
+                  Message.reply_button_title)
+        .where(Message.campaign_id == campaign_id, Message.replied_at.is_not(None), Message.reply_button_id == button_id)
+        .order_by(Message.id).execution_options(yield_per=REPORT_YIELD_ROWS)
+    )
+    for row in session.execute(query):
+        yield dict(row._mapping)
 
 
 def _text(value: Any) -> Any:
@@ -203,13 +268,14 @@ def csv_cell(value: Any) -> Any:
     return value
 
 
-def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS) -> Iterator[str]:
+def stream_csv(rows: Iterator[dict[str, Any]], chunk_rows: int = REPORT_YIELD_ROWS,
+               columns: tuple[str, ...] = REPORT_COLUMNS) -> Iterator[str]:
     """The CSV of `write_csv` as text chunks of `chunk_rows` rows, for a streamed HTTP response."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
+    writer.writerow(columns)
     for count, row in enumerate(rows, 1):
-        writer.writerow([csv_cell(row[c]) for c in REPORT_COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in columns])
         if count % chunk_rows == 0:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -281,3 +281,30 @@ def test_cli_test_send_is_an_ad_hoc_message_with_the_first_recipients_variables(
         assert (message.campaign_id, message.phone, message.content) == (None, "966500000999", first)
         assert message.phone_number_id == "123456" and message.status == MessageStatus.QUEUED.value
         assert c.status_counts(session, campaign_id) == before
+
+
+def test_overview_is_progress_and_late_failures_in_one_scan(sf, tmp_path):  # noqa: ANN001
+    """The console's one-scan overview gives the same counts, funnel, taps and late failures as
+    progress() and late_failures(), on a campaign with sent, tapped, read, failed and late-failed rows."""
+    import sqlalchemy as sa
+
+    from scheduler import report
+    from worker.models import Message, utcnow
+
+    campaign_id = new_campaign(sf, ["pending"] * 6, status="running")
+    now = utcnow()
+    with sf.begin() as session:
+        ids = list(session.scalars(sa.select(Message.id).where(Message.campaign_id == campaign_id).order_by(Message.id)))
+        changes = [dict(status="sent", sent_at=now, read_at=now, replied_at=now, reply_button_id="yes", reply_button_title="Yes"),
+                   dict(status="sent", sent_at=now, delivered_at=now, replied_at=now, reply_button_id="no", reply_button_title="No"),
+                   dict(status="sent", sent_at=now, replied_at=now, reply_button_id="yes", reply_button_title="Yes"),
+                   dict(status="sent", sent_at=now, delivery_status="failed", delivery_error="131047 re-engagement"),
+                   dict(status="failed", last_error_code="invalid_phone_number")]
+        for message_id, values in zip(ids, changes):
+            session.execute(sa.update(Message).where(Message.id == message_id).values(**values))
+    with sf() as session:
+        expected = report.progress(session, campaign_id, 10.0, now)
+        got, late = report.overview(session, campaign_id, 10.0, now)
+        assert got.counts == expected.counts and got.funnel == expected.funnel
+        assert late == report.late_failures(session, campaign_id) == {"131047 re-engagement": 1}
+        assert got.funnel.taps == [("yes", "Yes", 2), ("no", "No", 1)]

@@ -68,3 +68,10 @@ def hold_beat_lease(app: Celery, redis_url: str, ttl_s: float) -> None:
         lease = BeatLease(redis.Redis.from_url(redis_url, socket_timeout=5), ttl_s)
         atexit.register(lease.release)  # a clean stop hands over at once; a kill after the TTL
         lease.acquire(poll_s=max(0.5, ttl_s / 10))
+
+
+def lease_left_s(client: redis.Redis) -> float | None:
+    """Seconds left on the beat lease (it is renewed every third of BEAT_LOCK_TTL_S while a beat
+    ticks), or None when no beat holds it: what the console's health page shows."""
+    left_ms = client.pttl(LOCK_KEY)
+    return left_ms / 1000 if left_ms and left_ms > 0 else None

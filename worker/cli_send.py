@@ -6,7 +6,7 @@ import click
 
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.enqueue import enqueue_message
-from worker.history import MessageNotFound, message_history
+from worker.history import MessageNotFound, message_history, trail
 from worker.message import parse_button_spec
 
 
@@ -78,10 +78,7 @@ def message_show(message_id: int) -> None:
         lines.append(f"  late failure:  {_fmt(msg.failure_code)} {msg.failure_class}: {_fmt(msg.delivery_error)}")
     if msg.idempotency_key:
         lines.append(f"  idempotency key: {msg.idempotency_key}")
-    trail = [(a.started_at, f"attempt  HTTP {_fmt(a.http_status):>4} {a.outcome:<20} {a.duration_ms:>6} ms  "
-                            f"{_fmt(a.error_code)} {_fmt(a.error_message) if a.error_code else _fmt(a.vendor_message_id)}"
-                            f"  request {_fmt(a.request_id)}  worker {_fmt(a.worker)}") for a in attempts]
-    trail += [(e.at, f"status   {_fmt(e.from_status)} -> {e.to_status}: {e.reason}  by {_fmt(e.actor)}") for e in events]
+    lines_of_trail = trail(history)
     lines.append(f"  history ({len(attempts)} attempts, {len(events)} status changes):")
-    lines += [f"    {at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"  {text}" for at, text in sorted(trail, key=lambda t: t[0])] or ["    (none)"]
+    lines += [f"    {at:%Y-%m-%d %H:%M:%S.%f}"[:-3] + f"  {text}" for at, text in lines_of_trail] or ["    (none)"]
     click.echo("\n".join(lines))

@@ -40,6 +40,8 @@ REPORT_FILE_NAME = "report.csv"
 CAMPAIGN_NAME = "Spring offer (demo)"
 PHONE_NUMBER_ID = "123456"
 WEBHOOK_SECRET = "demo-webhook-secret"
+DEMO_CONSOLE_PORT = 8080
+DEMO_CONSOLE_EMAIL = "demo@example.com"
 FAIL_PHONE_PREFIX = "96659990"         # valid numbers (they pass import) that the sandbox answers 400 invalid_phone_number
 TAP_SHARE = 0.3                        # share of read messages whose recipient taps a button
 DELIVERED_AFTER_S = 0.3
@@ -339,7 +341,10 @@ def run_campaign(runtime: Runtime, campaign_id: int, out: IO[str]) -> None:
 @click.command("demo")
 @click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help=f"Working directory for the database, log and report (default: ./{DEMO_DIR_NAME}).")
-def demo_command(workdir: Path | None) -> None:
+@click.option("--console", "with_console", is_flag=True,
+              help="Afterwards, leave the web console running on the demo's data and print its URL and a login (Ctrl-C ends it).")
+@click.option("--console-port", type=int, default=DEMO_CONSOLE_PORT, show_default=True, help="Where --console listens (0: a free port).")
+def demo_command(workdir: Path | None, with_console: bool, console_port: int) -> None:
     """Send the sample campaign to a local sandbox and show the report: no account, broker or setup needed."""
     started = time.monotonic()
     # Celery lets these environment variables override any app's configured broker and backend;
@@ -365,10 +370,34 @@ def demo_command(workdir: Path | None) -> None:
         follow_ups = describe_follow_ups(hold_follow_ups(stack.runtime, campaign_id))
         report_path = workdir / REPORT_FILE_NAME
         summary = write_report(stack.runtime, campaign_id, report_path)
+        print("\n".join(follow_ups), file=out)
+        print("\n".join(summary), file=out)
+        print(f"full report (one row per recipient): {report_path}", file=out)
+        print(f"log of every outcome: {workdir / LOG_FILE_NAME}", file=out)
+        if with_console:
+            serve_console(stack.runtime, console_port, out)
     finally:
         stack.stop()
-    print("\n".join(follow_ups), file=out)
-    print("\n".join(summary), file=out)
-    print(f"full report (one row per recipient): {report_path}", file=out)
-    print(f"log of every outcome: {workdir / LOG_FILE_NAME}", file=out)
     print(f"done in {time.monotonic() - started:.1f}s; nothing is left running.", file=out)
+
+
+def serve_console(runtime: Runtime, port: int, out: IO[str]) -> None:
+    """The web console on the demo's database until Ctrl-C, with a fresh admin login printed once.
+    Nothing sends any more (the embedded worker has stopped): it is for looking, filtering and downloading."""
+    import secrets
+    import socket
+
+    import uvicorn
+
+    from worker.api.app import create_app
+    from worker.console.users import create_user
+
+    password = secrets.token_urlsafe(12)
+    create_user(runtime.session_factory, email=DEMO_CONSOLE_EMAIL, role="admin", password=password, actor="demo")
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    print(f"console on http://127.0.0.1:{port}/  login {DEMO_CONSOLE_EMAIL}  password {password}  (Ctrl-C to stop)",
+          file=out, flush=True)
+    uvicorn.run(create_app(), host="127.0.0.1", port=port, log_level="warning", server_header=False)

@@ -6,6 +6,7 @@ The CLI's `message show` and the API's `GET /v1/messages[/{id}]` both read throu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -41,6 +42,20 @@ def message_history(session: Session, message_id: int) -> MessageHistory:
     return MessageHistory(msg, list(attempts), list(events))
 
 
+def _fmt(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def trail(history: MessageHistory) -> list[tuple[datetime, str]]:
+    """Every attempt and status change as (when, one line), oldest first: what `message show` prints
+    and the console's message page shows."""
+    lines = [(a.started_at, f"attempt  HTTP {_fmt(a.http_status):>4} {a.outcome:<20} {a.duration_ms:>6} ms  "
+                            f"{_fmt(a.error_code)} {_fmt(a.error_message) if a.error_code else _fmt(a.vendor_message_id)}"
+                            f"  request {_fmt(a.request_id)}  worker {_fmt(a.worker)}") for a in history.attempts]
+    lines += [(e.at, f"status   {_fmt(e.from_status)} -> {e.to_status}: {e.reason}  by {_fmt(e.actor)}") for e in history.events]
+    return sorted(lines, key=lambda t: t[0])
+
+
 def list_messages(
     session: Session,
     *,
@@ -50,6 +65,8 @@ def list_messages(
     before_id: int | None = None,
     limit: int = PAGE_SIZE_DEFAULT,
     default_region: str | None = None,
+    reply_button_id: str | None = None,
+    error_code: str | None = None,
 ) -> list[Message]:
     """Newest first; the next page starts below the last id returned (keyset: no OFFSET scan).
 
@@ -63,4 +80,8 @@ def list_messages(
         query = query.where(Message.campaign_id == campaign_id)
     if before_id is not None:
         query = query.where(Message.id < before_id)
+    if reply_button_id is not None:
+        query = query.where(Message.reply_button_id == reply_button_id)
+    if error_code is not None:
+        query = query.where(Message.last_error_code == error_code)
     return list(session.scalars(query))

@@ -54,6 +54,9 @@ METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; co
 LOG_FORMAT = "text"
 API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
 API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
+CONSOLE_SESSION_TTL_S = 8 * 3600.0     # a console login lasts this long
+CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over HTTPS (or a trusted proxy says so)
+CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
 API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
 DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
 
@@ -191,6 +194,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={env.get(name)!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     value = _float(env, name, default)
     if value >= 0.5:
@@ -286,6 +296,8 @@ class Settings:
     log_format: str = LOG_FORMAT
     api_max_body_bytes: int = API_MAX_BODY_BYTES
     api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
+    console_session_ttl_s: float = CONSOLE_SESSION_TTL_S
+    console_cookie_secure: str = CONSOLE_COOKIE_SECURE
     api_key_cache_s: float = API_KEY_CACHE_S
     opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
     opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
@@ -386,6 +398,8 @@ class Settings:
             log_format=log_format,
             api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
             api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
+            console_session_ttl_s=_float(env, "CONSOLE_SESSION_TTL_S", CONSOLE_SESSION_TTL_S, 60.0),
+            console_cookie_secure=_choice(env, "CONSOLE_COOKIE_SECURE", CONSOLE_COOKIE_SECURE, CONSOLE_COOKIE_SECURE_CHOICES),
             api_key_cache_s=_float(env, "API_KEY_CACHE_S", API_KEY_CACHE_S),
             opt_out_keywords=opt_out_words,
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),

@@ -13,6 +13,7 @@ from worker.api.auth import ApiKeyAuthentication
 from worker.api.bodylimit import BodySizeLimit
 from worker.api.problems import install_problem_handlers
 from worker.api.schemas import CampaignJsonIn, CampaignMultipartIn, MessageIn, ProblemDetail
+from worker.console.app import install_console
 from worker.logs import configure_logging
 from worker.runtime import get_runtime
 
@@ -35,6 +36,7 @@ def create_app() -> FastAPI:
     for module in (messages, campaigns, retry, contacts, limits, health):
         app.include_router(module.router)
     install_problem_handlers(app)
+    install_console(app)  # the web console at / (worker/console/)
     _document_raw_bodies(app)
     app.add_middleware(ApiKeyAuthentication)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.api_max_body_bytes, max_upload_bytes=settings.api_max_upload_bytes)

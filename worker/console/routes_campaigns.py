@@ -1,0 +1,215 @@
+"""The campaigns list, one campaign (live counts, funnel, recipients), its actions and downloads.
+
+Each handler binds the form, checks the role and CSRF (dependencies), and calls the one service
+function the CLI and the API call; errors from the service come back as a one-line notice.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.orm import Session
+
+from scheduler import campaigns, report
+from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
+from worker.console.roles import Permission
+from worker.console.users import Person
+from worker.console.web import allowed, csrf_checked, redirect, render, runtime
+from worker.errors import ButtoncastError, MessageInvalid
+from worker.history import list_messages
+from worker.models import utcnow
+from worker.runtime import Runtime
+from worker.status import CampaignStatus, MessageStatus
+
+router = APIRouter(include_in_schema=False)
+VIEW = Depends(allowed(Permission.VIEW))
+SEND = Depends(allowed(Permission.SEND))
+POSTED = [Depends(csrf_checked)]
+LIST_PAGE_SIZE = 50
+RECIPIENTS_PAGE_SIZE = 50
+
+
+def _id_or_none(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() and len(text) < 19 else None
+
+
+@router.get("/")
+def campaigns_page(request: Request, status: str = "", after: str = "", person: Person = VIEW,
+                   rt: Runtime = Depends(runtime)) -> Response:
+    wanted = status if status in {s.value for s in CampaignStatus} else None
+    with rt.read_sessions() as session:
+        rows = campaigns.list_campaigns(session, after_id=_id_or_none(after) or 0, limit=LIST_PAGE_SIZE, status=wanted)
+        progress = [report.Progress(c, counts, report.Funnel(0, 0, 0, 0, 0), rt.settings.rate_limit.per_second, utcnow())
+                    for c, counts in rows]
+    return render(request, "campaigns.html", rows=progress, status=wanted or "", statuses=[s.value for s in CampaignStatus],
+                  next_after=rows[-1][0].id if len(rows) == LIST_PAGE_SIZE else None)
+
+
+def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
+    p, late = report.overview(session, campaign_id, rt.settings.rate_limit.per_second)
+    return {"p": p, "c": p.campaign, "late": late,
+            "final": p.campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value) and p.left == 0}
+
+
+def _recipients(session: Session, campaign_id: int, status: str, button: str, error_code: str, before: str) -> dict:
+    """One keyset page of the recipients table, newest first, with the filters as given."""
+    wanted = status if status in {s.value for s in MessageStatus} else None
+    rows = list_messages(session, campaign_id=campaign_id, status=wanted, before_id=_id_or_none(before),
+                         reply_button_id=button or None, error_code=error_code or None, limit=RECIPIENTS_PAGE_SIZE)
+    return {"recipients": rows, "status": wanted or "", "button": button, "error_code": error_code,
+            "statuses": [s.value for s in MessageStatus], "paged": bool(before),
+            "next_before": rows[-1].id if len(rows) == RECIPIENTS_PAGE_SIZE else None}
+
+
+@router.get("/campaigns/{campaign_id}")
+def campaign_page(request: Request, campaign_id: int, status: str = "", button: str = "", error_code: str = "",
+                  person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    with rt.read_sessions() as session:
+        context = _campaign_context(session, rt, campaign_id)
+        table = _recipients(session, campaign_id, status, button, error_code, "")
+    return render(request, "campaign.html", **context, **table)
+
+
+@router.get("/campaigns/{campaign_id}/recipients")
+def recipients_page(request: Request, campaign_id: int, status: str = "", button: str = "", error_code: str = "",
+                    before: str = "", person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    """The recipients table alone, any page: no counts to compute, so page 500 costs what page 1 does."""
+    with rt.read_sessions() as session:
+        c = campaigns.get_campaign(session, campaign_id)
+        table = _recipients(session, campaign_id, status, button, error_code, before)
+    return render(request, "recipients.html", c=c, **table)
+
+
+@router.get("/campaigns/{campaign_id}/live")
+def campaign_live(request: Request, campaign_id: int, person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    """The fragment the page polls: counts, progress, rate, ETA, funnel."""
+    with rt.read_sessions() as session:
+        context = _campaign_context(session, rt, campaign_id)
+    return render(request, "_live.html", **context)
+
+
+def _act(campaign_id: int, action: Callable[[], object], done: str) -> Response:
+    try:
+        action()
+    except (ButtoncastError, RetryRefused) as exc:
+        text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, MessageInvalid) else str(exc)
+        return redirect(f"/campaigns/{campaign_id}", f"Not done: {text}")
+    return redirect(f"/campaigns/{campaign_id}", done)
+
+
+def _in_transaction(rt: Runtime, step: Callable[[Session], object]) -> Callable[[], object]:
+    def run() -> object:
+        with rt.session_factory.begin() as session:
+            return step(session)
+    return run
+
+
+@router.post("/campaigns/{campaign_id}/schedule", dependencies=POSTED)
+def schedule(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.schedule(s, campaign_id, actor=person.actor)),
+                "Scheduled.")
+
+
+@router.post("/campaigns/{campaign_id}/pause", dependencies=POSTED)
+def pause(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.pause(s, campaign_id, actor=person.actor)),
+                "Paused: nothing more is sent until you resume.")
+
+
+@router.post("/campaigns/{campaign_id}/resume", dependencies=POSTED)
+def resume(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.resume(s, campaign_id, actor=person.actor)), "Resumed.")
+
+
+@router.post("/campaigns/{campaign_id}/cancel", dependencies=POSTED)
+def cancel(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.cancel(s, campaign_id, actor=person.actor)),
+                "Cancelled: messages not yet sent will not be.")
+
+
+@router.post("/campaigns/{campaign_id}/test", dependencies=POSTED)
+def test_send(campaign_id: int, phone: str = Form(""), person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    result: dict[str, int] = {}
+
+    def send() -> None:
+        result["id"] = campaigns.send_test(rt, campaign_id, phone, actor=person.actor)
+
+    response = _act(campaign_id, send, "")
+    if "id" in result:
+        return redirect(f"/campaigns/{campaign_id}", f"Test message {result['id']} queued to {phone}.")
+    return response
+
+
+def _failed_selection(campaign_id: int) -> RetrySelection:
+    return RetrySelection(campaign_id=campaign_id, status=MessageStatus.FAILED)
+
+
+@router.get("/campaigns/{campaign_id}/retry")
+def retry_page(request: Request, campaign_id: int, person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    """The dry run: how many failed messages would be sent again, by error code, before anything happens."""
+    with rt.read_sessions() as session:
+        c = campaigns.get_campaign(session, campaign_id)
+        plan = plan_retry(session, _failed_selection(campaign_id))
+    return render(request, "retry.html", c=c, plan=plan)
+
+
+@router.post("/campaigns/{campaign_id}/retry", dependencies=POSTED)
+def retry_failed(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    outcome: dict[str, int] = {}
+
+    def run() -> None:
+        _plan, result = retry_messages(rt.session_factory, _failed_selection(campaign_id), actor=person.actor)
+        outcome["requeued"] = result.requeued if result else 0
+
+    response = _act(campaign_id, run, "")
+    if "requeued" in outcome:
+        return redirect(f"/campaigns/{campaign_id}", f"{outcome['requeued']} failed message(s) requeued.")
+    return response
+
+
+def _download(rt: Runtime, rows: Callable[[Session], Iterator[dict]], stream: Callable[[Iterator[dict]], Iterator[str]],
+              filename: str, media: str) -> StreamingResponse:
+    """Stream rows as they are read; the read session closes when the response ends."""
+    session = rt.read_sessions()
+    try:
+        iterator = rows(session)
+        first = next(iterator, None)  # a missing campaign raises here, before the response starts
+    except BaseException:
+        session.close()
+        raise
+
+    def chunks() -> Iterator[str]:
+        try:
+            yield from stream(_chain(first, iterator) if first is not None else iter(()))
+        finally:
+            session.close()
+
+    return StreamingResponse(chunks(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _chain(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
+    yield first
+    yield from rest
+
+
+@router.get("/campaigns/{campaign_id}/report.{fmt}")
+def download_report(campaign_id: int, fmt: str, person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    if fmt not in ("csv", "json"):
+        return Response("report.csv or report.json", status_code=404)
+    stream, media = (report.stream_csv, "text/csv; charset=utf-8") if fmt == "csv" else (report.stream_json, "application/json")
+    return _download(rt, lambda s: report.report_rows(s, campaign_id), stream, f"campaign-{campaign_id}.{fmt}", media)
+
+
+@router.get("/campaigns/{campaign_id}/tappers.csv")
+def download_tappers(campaign_id: int, button: str = Query(..., min_length=1, max_length=256), person: Person = VIEW,
+                     rt: Runtime = Depends(runtime)) -> Response:
+    """Everyone who tapped `button`: a CSV with a phone column, ready to import as a new campaign."""
+    return _download(rt, lambda s: report.tapper_rows(s, campaign_id, button),
+                     lambda rows: report.stream_csv(rows, columns=report.TAPPER_COLUMNS),
+                     f"campaign-{campaign_id}-tapped-{_safe_name(button)}.csv", "text/csv; charset=utf-8")
+
+
+def _safe_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)[:60]

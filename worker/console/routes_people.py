@@ -1,0 +1,59 @@
+"""People (admins only): who may log in, with which role; create, disable, set a new password.
+The same functions as `buttoncast user create|list|disable|reset-password`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import Response
+
+from worker.console.roles import Permission, Role
+from worker.console.routes_campaigns import POSTED
+from worker.console.users import Person, UserNotFound, create_user, disable_user, list_users, reset_password
+from worker.console.web import allowed, redirect, render, runtime
+from worker.errors import MessageInvalid
+from worker.models import utcnow
+from worker.runtime import Runtime
+
+router = APIRouter(include_in_schema=False)
+ADMIN = Depends(allowed(Permission.ADMIN))
+
+
+def _problem(exc: Exception) -> str:
+    return "; ".join(str(p) for p in exc.problems) if isinstance(exc, MessageInvalid) else str(exc)
+
+
+@router.get("/people")
+def people_page(request: Request, person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
+    with rt.read_sessions() as session:
+        people = list_users(session)
+    return render(request, "people.html", people=people, roles=[r.value for r in Role], now=utcnow())
+
+
+@router.post("/people", dependencies=POSTED)
+def create(email: str = Form(""), role: str = Form(""), password: str = Form(""), person: Person = ADMIN,
+           rt: Runtime = Depends(runtime)) -> Response:
+    try:
+        created = create_user(rt.session_factory, email=email, role=role, password=password, actor=person.actor)
+    except MessageInvalid as exc:
+        return redirect("/people", f"Not done: {_problem(exc)}")
+    return redirect("/people", f"{created.email} ({created.role.value}) can log in now.")
+
+
+@router.post("/people/disable", dependencies=POSTED)
+def disable(email: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
+    if email.strip().lower() == person.email:
+        return redirect("/people", "Not done: you cannot disable yourself.")
+    try:
+        done = disable_user(rt.session_factory, email, actor=person.actor)
+    except (UserNotFound, MessageInvalid) as exc:
+        return redirect("/people", f"Not done: {_problem(exc)}")
+    return redirect("/people", f"{done.email} is disabled; their sessions ended.")
+
+
+@router.post("/people/reset-password", dependencies=POSTED)
+def reset(email: str = Form(""), password: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
+    try:
+        done = reset_password(rt.session_factory, email, password, actor=person.actor)
+    except (UserNotFound, MessageInvalid) as exc:
+        return redirect("/people", f"Not done: {_problem(exc)}")
+    return redirect("/people", f"{done.email} has a new password (lock lifted, sessions ended).")
