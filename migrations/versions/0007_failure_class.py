@@ -5,7 +5,7 @@ Backfills the code and class of late failures already stored, from the reason te
 delivery_error (worker.failures holds the code table).
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0009 (main's head when this was merged; the brief says 0003, re-chained)
 """
 from typing import Sequence, Union
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: Union[str, Sequence[str], None] = "0006"
+down_revision: Union[str, Sequence[str], None] = "0009"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
