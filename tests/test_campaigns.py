@@ -298,7 +298,8 @@ def test_overview_is_progress_and_late_failures_in_one_scan(sf, tmp_path):  # no
         changes = [dict(status="sent", sent_at=now, read_at=now, replied_at=now, reply_button_id="yes", reply_button_title="Yes"),
                    dict(status="sent", sent_at=now, delivered_at=now, replied_at=now, reply_button_id="no", reply_button_title="No"),
                    dict(status="sent", sent_at=now, replied_at=now, reply_button_id="yes", reply_button_title="Yes"),
-                   dict(status="sent", sent_at=now, delivery_status="failed", delivery_error="131047 re-engagement"),
+                   dict(status="sent", sent_at=now, delivery_status="failed", delivery_error="131047 re-engagement",
+                        failure_code="131047", failure_class="window_closed"),   # as the receiver records it
                    dict(status="failed", last_error_code="invalid_phone_number")]
         for message_id, values in zip(ids, changes):
             session.execute(sa.update(Message).where(Message.id == message_id).values(**values))
@@ -306,5 +307,5 @@ def test_overview_is_progress_and_late_failures_in_one_scan(sf, tmp_path):  # no
         expected = report.progress(session, campaign_id, 10.0, now)
         got, late = report.overview(session, campaign_id, 10.0, now)
         assert got.counts == expected.counts and got.funnel == expected.funnel
-        assert late == report.late_failures(session, campaign_id) == {"131047 re-engagement": 1}
+        assert late == report.late_failures(session, campaign_id) == {"window_closed": 1}   # by class
         assert got.funnel.taps == [("yes", "Yes", 2), ("no", "No", 1)]
