@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from datetime import timedelta
+import socket
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -269,6 +270,19 @@ def test_new_campaign_expiry_opt_out_button_and_open_window_rule_reach_the_revie
         assert draft.template["buttons"][-1] == {"id": "stop", "title": "Stop offers"}
     page.click("#discard")
     page.wait_for_url(f"{stack.base_url}/")
+
+
+def test_health_lists_the_running_worker_as_answering_with_when_it_was_last_seen(page_for, stack: ConsoleStack) -> None:
+    """Given the stack's real `buttoncast worker`: the Health page's workers seen recently lists it
+    (celery@<this host>) as answering, last seen within the last minute."""
+    page = page_for("viewer")
+    page.goto("/health")
+    row = page.locator(f"#h-workers tr[data-worker='celery@{socket.gethostname()}']")
+    assert row.count() == 1, page.inner_text("main")
+    assert "answering" == row.locator("td").nth(1).inner_text()
+    seen = datetime.strptime(row.locator("td").nth(2).inner_text(), "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+    assert abs((utcnow() - seen).total_seconds()) < 60
+    shoot(page, "health")
 
 
 def test_pause_and_resume(page_for, stack: ConsoleStack, tmp_path: Path) -> None:
