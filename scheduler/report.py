@@ -156,6 +156,15 @@ def progress(session: Session, campaign_id: int, per_second_limit: float, now: d
                     audience(session, campaign_id, now))
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What one scan of a campaign's rows yields: counts per status, the funnel, late failures."""
+
+    counts: dict[str, int]
+    funnel: Funnel
+    late_failures: dict[str, int]
+
+
 def overview(session: Session, campaign_id: int, per_second_limit: float,
              now: datetime | None = None) -> tuple[Progress, dict[str, int]]:
     """`progress()` (without the audience) and `late_failures()` from ONE scan of the campaign's
@@ -163,6 +172,14 @@ def overview(session: Session, campaign_id: int, per_second_limit: float,
     reads every second, where four separate scans of a million rows cost four times as much."""
     now = now or utcnow()
     campaign = get_campaign(session, campaign_id)
+    t = tally(session, campaign_id, now)
+    return Progress(campaign, t.counts, t.funnel, per_second_limit, now), t.late_failures
+
+
+def tally(session: Session, campaign_id: int, now: datetime | None = None) -> Tally:
+    """The one scan behind `overview()` (the campaign row not read: a cache of tallies can pair
+    an older tally with the campaign as it is now)."""
+    now = now or utcnow()
     since = now - timedelta(seconds=RATE_WINDOW_S)
     late = sa.case((Message.delivery_status == DeliveryStatus.FAILED.value,
                     sa.func.coalesce(Message.delivery_error, "(no reason given)")))
@@ -186,7 +203,7 @@ def overview(session: Session, campaign_id: int, per_second_limit: float,
         if late_reason is not None:
             failures[str(late_reason)] = failures.get(str(late_reason), 0) + n
     tap_rows = sorted(((b, t, n) for (b, t), n in taps.items()), key=lambda row: -row[2])
-    return Progress(campaign, counts, Funnel(*sums, taps=tap_rows), per_second_limit, now), failures
+    return Tally(counts, Funnel(*sums, taps=tap_rows), failures)
 
 
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
