@@ -102,3 +102,43 @@ def test_issue12_item13_a_journal_entry_holds_ids_and_statuses_never_a_secret(rt
     text = entry_for(1).to_json()
     assert "sandbox-secret" not in text and "hmac" not in text.lower()
     assert JournalEntry.from_json(text) == entry_for(1).__class__(**JournalEntry.from_json(text).__dict__)
+
+
+def failure_entry_for(mid: int, status: str, token: str = "tok-1", not_before=None) -> JournalEntry:  # noqa: ANN001
+    from worker.errors import PermanentError, ServerError
+    from worker.status import MessageStatus
+
+    error = (PermanentError("phone is not valid", code="invalid_phone_number", http_status=400, request_id="req_9")
+             if status == "failed" else ServerError("HTTP 503", code="http_503", http_status=503))
+    attempt = AttemptRecord(started_at=utcnow(), duration_ms=80, http_status=error.http_status, outcome=type(error).__name__,
+                            error_code=error.code, error_message=error.message, request_id=error.request_id)
+    return JournalEntry.failure(mid, token, MessageStatus(status), error, [attempt], "host:1", None, not_before)
+
+
+@pytest.mark.parametrize("status", ["failed", "queued"])
+def test_issue12_item13_a_journaled_failure_outcome_is_recorded_not_left_to_become_unknown(rt, journal, status) -> None:
+    """Issue 12 item 13: a 400 (failed) or a 503 (queued for a retry) whose write the database refused is
+    kept too; the sweep's journal pass records it with the vendor's error, instead of the row turning
+    `unknown` after SENDING_TIMEOUT_S."""
+    mid = add_sending(rt)
+    due = utcnow() + timedelta(minutes=5)
+    entry = failure_entry_for(mid, status, not_before=due if status == "queued" else None)
+    journal.append(JournalEntry.from_json(entry.to_json()))   # through its stored form
+
+    assert apply_entries(journal, rt.session_factory, actor="sweeper") == 1
+    with rt.session_factory() as s:
+        m = s.get(Message, mid)
+    assert m.status == status
+    assert m.last_error_code == entry.error_code
+    if status == "queued":
+        assert m.claim_token is None and abs((m.not_before - due).total_seconds()) < 1
+    else:
+        assert m.last_request_id == "req_9" and m.finished_at is not None
+    with rt.session_factory() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Attempt).where(Attempt.message_id == mid)) == 1
+    assert journal.entries() == []
+    # applied again (a second sweep racing the first): the token no longer owns the row, nothing changes
+    journal.append(entry)
+    assert apply_entries(journal, rt.session_factory, actor="sweeper") == 0
+    with rt.session_factory() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Attempt).where(Attempt.message_id == mid)) == 1

@@ -188,6 +188,42 @@ def test_issue12_item13_a_long_database_outage_keeps_the_outcome_and_the_sweep_r
     assert attempts_of(rt, mid) == [200] and len(sandbox[1].received(phone=msg.phone)) == 1
 
 
+class RefusedThenOutage:
+    """The vendor refuses the message (400), and at that moment the database goes away."""
+
+    def __init__(self, sessions: DatabaseGoesAway, outage_s: float) -> None:
+        self.sessions, self.outage_s = sessions, outage_s
+
+    def send(self, message, phone_number_id, *, before_request=None, on_attempt=None):  # noqa: ANN001, ANN201
+        from worker.client import AttemptRecord
+        from worker.errors import PermanentError
+
+        error = PermanentError("phone is not a WhatsApp number", code="invalid_phone_number", http_status=400,
+                               request_id="req_outage")
+        on_attempt(AttemptRecord(started_at=utcnow(), duration_ms=5, http_status=400, outcome="PermanentError",
+                                 error_code=error.code, error_message=error.message, request_id=error.request_id))
+        self.sessions.down_until = time.monotonic() + self.outage_s
+        raise error
+
+
+def test_issue12_item13_a_failure_outcome_the_database_refused_is_journaled_and_recorded_failed_not_unknown(rt) -> None:
+    """Issue 12 item 13: the vendor's 400 arrives while the database is down past RECORD_RETRY_MAX_S;
+    the outcome is journaled, and the sweep records the message `failed` with the vendor's code
+    (before, the row stayed `sending` and the sweep turned it `unknown`)."""
+    mid = add_queued(rt)
+    deps = deps_with_outage(rt, outage_s=60, record_retry_max_s=0.3)
+    deps.client = RefusedThenOutage(deps.session_factory, outage_s=60)
+
+    with pytest.raises(OperationalError):
+        send_message(mid, deps)
+
+    assert load(rt, mid).status == "sending" and [e.status for e in rt.journal.entries()] == ["failed"]
+    sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 1))
+    msg = load(rt, mid)
+    assert (msg.status, msg.last_error_code, msg.last_request_id) == ("failed", "invalid_phone_number", "req_outage")
+    assert attempts_of(rt, mid) == [400] and rt.journal.entries() == []
+
+
 class LimiterRedisGoesDown(MemoryRateLimiter):
     """An in-memory limiter that starts failing like RedisRateLimiter does when Redis is unreachable."""
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import store
 from worker.client import AttemptRecord, SendResult
+from worker.errors import AwalError
 from worker.models import Message
 from worker.settings import Settings
 from worker.status import MessageStatus
@@ -53,6 +54,11 @@ class JournalEntry:
     http_status: int | None = None
     attempts: list[dict] = field(default_factory=list)
     error: str | None = None          # why the database refused it (exception class)
+    # a failure outcome (failed, unknown, or back to queued/pending): the vendor's error and when to retry
+    error_code: str | None = None
+    error_message: str | None = None
+    request_id: str | None = None
+    not_before: str | None = None     # ISO 8601, aware
 
     @property
     def key(self) -> str:
@@ -72,6 +78,22 @@ class JournalEntry:
                    campaign_id=campaign_id, vendor_id=result.vendor_id, vendor_message_id=result.message_id,
                    vendor_status=result.vendor_status, http_status=result.http_status,
                    attempts=[{k: getattr(a, k) for k in _ATTEMPT_KEYS} for a in attempts], error=error)
+
+    @classmethod
+    def failure(cls, message_id: int, token: str, status: MessageStatus, error: AwalError,
+                attempts: list[AttemptRecord], worker: str, campaign_id: int | None,
+                not_before: datetime | None = None) -> "JournalEntry":
+        """A failure outcome: the request was answered (or not) and the row must move on; nothing
+        the vendor accepted, so replaying it can never send twice."""
+        return cls(message_id=message_id, claim_token=token, status=status.value, worker=worker,
+                   campaign_id=campaign_id, http_status=error.http_status,
+                   attempts=[{k: getattr(a, k) for k in _ATTEMPT_KEYS} for a in attempts],
+                   error_code=error.code, error_message=error.message, request_id=error.request_id,
+                   not_before=not_before.isoformat() if not_before else None)
+
+    def error_outcome(self) -> AwalError:
+        return AwalError(self.error_message or "", code=self.error_code, http_status=self.http_status,
+                         request_id=self.request_id)
 
     def result(self) -> SendResult:
         return SendResult(vendor_id=self.vendor_id, message_id=self.vendor_message_id or "",
@@ -182,22 +204,39 @@ class _Superseded(Exception):
     """The claim token no longer owns the row: nothing of this entry is written."""
 
 
+_FAILURE_STATUSES = frozenset({MessageStatus.FAILED.value, MessageStatus.UNKNOWN.value,
+                               MessageStatus.QUEUED.value, MessageStatus.PENDING.value})
+
+
+def _write(session: Session, entry: JournalEntry) -> str | None:
+    """The entry's outcome, guarded by its claim token; the status written, or None if superseded.
+    A failure's side effects on its campaign (failure streaks, a 401's pause) are not replayed:
+    the next message's outcome brings them back."""
+    if entry.status == MessageStatus.SENT.value:
+        done = store.record_sent(session, entry.message_id, entry.claim_token, entry.result(),
+                                 entry.attempt_records(), entry.worker, entry.campaign_id)
+        return entry.status if done else None
+    not_before = datetime.fromisoformat(entry.not_before) if entry.not_before else None
+    return store.record_error(session, entry.message_id, entry.claim_token, status=MessageStatus(entry.status),
+                              error=entry.error_outcome(), attempts=entry.attempt_records(), worker=entry.worker,
+                              not_before=not_before)
+
+
 def _apply(entry: JournalEntry, session_factory: sessionmaker[Session], actor: str) -> bool:
-    if entry.status != MessageStatus.SENT.value:
+    if entry.status != MessageStatus.SENT.value and entry.status not in _FAILURE_STATUSES:
         log.error("journal entry %s has status %r, which this version cannot apply; dropped", entry.key, entry.status)
         return False
     try:
         with session_factory() as session, session.begin():
             before = session.scalar(sa.select(Message.status).where(Message.id == entry.message_id))
-            done = store.record_sent(session, entry.message_id, entry.claim_token, entry.result(),
-                                     entry.attempt_records(), entry.worker, entry.campaign_id)
-            if not done:   # recorded meanwhile, or no longer this claim's: roll back the attempt rows too
+            written = _write(session, entry)
+            if written is None:   # recorded meanwhile, or no longer this claim's: roll back the attempt rows too
                 raise _Superseded(before)
-            store.add_event(session, entry.message_id, before, MessageStatus.SENT.value,
+            store.add_event(session, entry.message_id, before, written,
                             f"recorded from the outcome journal: the database had refused it ({entry.error})", actor)
     except _Superseded as superseded:
         log.info("journal entry %s already recorded or superseded (message is %s)", entry.key, superseded.args[0])
         return False
-    log.warning("message %s recorded sent from the outcome journal: vendor messageId=%s", entry.message_id,
-                entry.vendor_message_id)
+    log.warning("message %s recorded %s from the outcome journal: vendor messageId=%s", entry.message_id,
+                entry.status, entry.vendor_message_id)
     return True

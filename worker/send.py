@@ -11,7 +11,7 @@ import logging
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Connection
@@ -256,12 +256,18 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
     fields = dict(campaign_id=job.campaign_id, message_id=job.id, error_code=error.code, request_id=error.request_id)
     counted = job.attempts + sum(1 for a in attempts if a.http_status != 429)
 
+    def kept(status: MessageStatus, not_before: datetime | None = None) -> journal.JournalEntry:
+        """What the outcome journal keeps if the database refuses this outcome (issue 12 item 13)."""
+        return journal.JournalEntry.failure(job.id, token, status, error, attempts, deps.worker_name,
+                                            job.campaign_id, not_before)
+
     if isinstance(error, RateLimited):
         metrics.RATE_LIMITED.inc()
         _block_everyone(deps, error.retry_after)
         due = utcnow() + timedelta(seconds=error.retry_after)
         _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
-                                                    attempts=attempts, worker=deps.worker_name, not_before=due), job)
+                                                    attempts=attempts, worker=deps.worker_name, not_before=due), job,
+                entry=kept(MessageStatus.QUEUED, due))
         log_outcome(log, logging.INFO, f"rate limited; retry after {error.retry_after:.0f}s", status="queued", **fields)
         return _done(Outcome.REQUEUED, job, job.id)
 
@@ -273,7 +279,7 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
                                   worker=deps.worker_name, not_before=due) == MessageStatus.QUEUED.value:
                 store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.QUEUED.value,
                                 f"retry needs a rate slot; {error.message}; due {due:%H:%M:%S}", deps.worker_name)
-        _record(deps, put_back, job)
+        _record(deps, put_back, job, entry=kept(MessageStatus.QUEUED, due))
         return _done(Outcome.DEFERRED, job, job.id)
 
     if isinstance(error, ConfigurationFailure) and job.campaign_id is not None:
@@ -285,7 +291,7 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
                 store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
                                 f"{error.summary}: not the recipient's fault", deps.worker_name)
             store.pause_campaign(ss, job.campaign_id, reason=f"{error.summary} {error.code}: {error.message}")
-        _record(deps, pause, job)
+        _record(deps, pause, job, entry=kept(MessageStatus.PENDING))
         log_outcome(log, logging.ERROR, f"{error.summary}; campaign paused", status="pending", **fields)
         return _done(Outcome.PAUSED, job, job.id)
 
@@ -295,7 +301,7 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
             if job.campaign_id is not None:
                 store.note_campaign_failure(ss, job.campaign_id, threshold=s.auto_pause_consecutive_failures,
                                             reason=f"{error.code}: {error.message}")
-        _record(deps, fail, job)
+        _record(deps, fail, job, entry=kept(MessageStatus.FAILED))
         log_outcome(log, logging.WARNING, f"failed: {error.message}", status="failed", **fields)
         return _done(Outcome.FAILED, job, job.id)
 
@@ -306,19 +312,21 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
             if written and job.campaign_id is not None:   # a row we still owned: count it once
                 store.note_campaign_unknown(ss, job.campaign_id, threshold=s.auto_pause_consecutive_unknown,
                                             reason=f"{error.code}: {error.message}")
-        _record(deps, unknown, job)
+        _record(deps, unknown, job, entry=kept(MessageStatus.UNKNOWN))
         log_outcome(log, logging.WARNING, "unknown: request sent, no answer; not resent automatically", status="unknown", **fields)
         return _done(Outcome.UNKNOWN, job, job.id)
 
     # TransientError: the vendor did not act. Retry later, until the budget runs out.
     if counted >= s.message_max_attempts:
         _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.FAILED, error=error,
-                                                    attempts=attempts, worker=deps.worker_name), job)
+                                                    attempts=attempts, worker=deps.worker_name), job,
+                entry=kept(MessageStatus.FAILED))
         log_outcome(log, logging.WARNING, f"failed after {counted} attempts: {error.message}", status="failed", **fields)
         return _done(Outcome.FAILED, job, job.id)
     due = store.backoff_until(counted, base_s=s.requeue_backoff_base_s, max_s=s.requeue_backoff_max_s)
     _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
-                                                attempts=attempts, worker=deps.worker_name, not_before=due), job)
+                                                attempts=attempts, worker=deps.worker_name, not_before=due), job,
+            entry=kept(MessageStatus.QUEUED, due))
     log_outcome(log, logging.INFO, f"transient failure; retry at {due:%H:%M:%S}", status="queued", **fields)
     return _done(Outcome.REQUEUED, job, job.id)
 
@@ -332,7 +340,7 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
     Issue 12 item 13: on the FIRST failed write the vendor ids go to a WARNING line and `entry` (the
     outcome, if the caller gave one) to the outcome journal, which the sweep applies once the
     database is back; a SIGKILL during the retries loses nothing. If the retries still fail, an
-    ERROR line says so; the journal (when it took the entry) makes the row `sent` later.
+    ERROR line says so; the journal (when it took the entry) records the outcome later (`sent` with its ids, or the failure).
     """
     open_unit = unit or deps.session_factory.begin
     try:
