@@ -101,11 +101,12 @@ def audience(session: Session, campaign_id: int, now: datetime | None = None) ->
     return Audience(recipients=recipients, opted_out=opted_out_among(session, campaign_id), window_open=window_open)
 
 
-def describe_audience(a: Audience, *, require_open_window: bool) -> str:
-    """The pre-flight / show line: who has an open window, and what happens to the others."""
+def describe_audience(a: Audience, *, require_open_window: bool, rule: str = "--require-open-window") -> str:
+    """The pre-flight / show line: who has an open window, and what happens to the others
+    (`rule`: what the reader calls the open-window rule, the CLI's flag by default)."""
     share = f" ({a.window_share:.1%})" if a.window_share is not None else ""
     closed = a.recipients - a.window_open
-    then = ("held as suppressed (window_closed) at send time: --require-open-window" if require_open_window
+    then = (f"held as suppressed (window_closed) at send time: {rule}" if require_open_window
             else "button messages to them are likely to fail with 131047 (re-engagement: outside the 24-hour window)")
     text = f"24-hour window open now for {a.window_open} of {a.recipients} recipient(s){share}"
     if closed:

@@ -260,7 +260,7 @@ def test_new_campaign_expiry_opt_out_button_and_open_window_rule_reach_the_revie
     assert "2031" in page.inner_text("#review-expires")
     assert page.inner_text("#review-opt-out") == "stop: “Stop offers”"
     assert "only contacts who wrote" in page.inner_text("#review-open-window")
-    assert "held as suppressed" in page.inner_text("#audience")  # nobody here wrote in: all 3 would be held
+    assert "held as suppressed (window_closed) at send time: the 24-hour window rule" in page.inner_text("#audience")  # nobody here wrote in: all 3 would be held
     shoot(page, "review-rules")
     cid = int(page.get_attribute("form[action$='/schedule']", "action").split("/")[2])
     with stack.runtime.session_factory() as session:

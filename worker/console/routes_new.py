@@ -121,7 +121,8 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
         audience = report.audience(session, campaign.id)
     opt_out = [b for b in campaign.template.get("buttons", []) if b.get("id") in rt.settings.opt_out_button_ids]
     return render(request, "review.html", c=campaign, result=result, p=progress, rate=rt.settings.rate_limit,
-                  audience=report.describe_audience(audience, require_open_window=campaign.require_open_window),
+                  audience=report.describe_audience(audience, require_open_window=campaign.require_open_window,
+                                                    rule="the 24-hour window rule"),
                   opt_out_buttons=opt_out)
 
 
