@@ -114,11 +114,12 @@ def audience(session: Session, campaign_id: int, now: datetime | None = None) ->
     return Audience(recipients=recipients, opted_out=opted_out_among(session, campaign_id), window_open=window_open)
 
 
-def describe_audience(a: Audience, *, require_open_window: bool) -> str:
-    """The pre-flight / show line: who has an open window, and what happens to the others."""
+def describe_audience(a: Audience, *, require_open_window: bool, rule: str = "--require-open-window") -> str:
+    """The pre-flight / show line: who has an open window, and what happens to the others
+    (`rule`: what the reader calls the open-window rule, the CLI's flag by default)."""
     share = f" ({a.window_share:.1%})" if a.window_share is not None else ""
     closed = a.recipients - a.window_open
-    then = ("held as suppressed (window_closed) at send time: --require-open-window" if require_open_window
+    then = (f"held as suppressed (window_closed) at send time: {rule}" if require_open_window
             else "button messages to them are likely to fail with 131047 (re-engagement: outside the 24-hour window)")
     text = f"24-hour window open now for {a.window_open} of {a.recipients} recipient(s){share}"
     if closed:
@@ -170,6 +171,15 @@ def progress(session: Session, campaign_id: int, per_second_limit: float, now: d
                     audience(session, campaign_id, now), late_failures(session, campaign_id))
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What one scan of a campaign's rows yields: counts per status, the funnel, late failures."""
+
+    counts: dict[str, int]
+    funnel: Funnel
+    late_failures: dict[str, int]
+
+
 def overview(session: Session, campaign_id: int, per_second_limit: float,
              now: datetime | None = None) -> tuple[Progress, dict[str, int]]:
     """`progress()` (without the audience) and `late_failures()` from ONE scan of the campaign's
@@ -177,6 +187,14 @@ def overview(session: Session, campaign_id: int, per_second_limit: float,
     reads every second, where four separate scans of a million rows cost four times as much."""
     now = now or utcnow()
     campaign = get_campaign(session, campaign_id)
+    t = tally(session, campaign_id, now)
+    return Progress(campaign, t.counts, t.funnel, per_second_limit, now, late_failures=t.late_failures), t.late_failures
+
+
+def tally(session: Session, campaign_id: int, now: datetime | None = None) -> Tally:
+    """The one scan behind `overview()` (the campaign row not read: a cache of tallies can pair
+    an older tally with the campaign as it is now)."""
+    now = now or utcnow()
     since = now - timedelta(seconds=RATE_WINDOW_S)
     late = Message.failure_class   # a late failure's class (worker.failures), as late_failures() counts it
     rows = session.execute(
@@ -200,8 +218,7 @@ def overview(session: Session, campaign_id: int, per_second_limit: float,
             failures[str(late_reason)] = failures.get(str(late_reason), 0) + n
     tap_rows = sorted(((b, t, n) for (b, t), n in taps.items()), key=lambda row: -row[2])
     failures = dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])))
-    return Progress(campaign, counts, Funnel(*sums, taps=tap_rows), per_second_limit, now,
-                    late_failures=failures), failures
+    return Tally(counts, Funnel(*sums, taps=tap_rows), failures)
 
 
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from datetime import timedelta
+import socket
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -220,6 +221,68 @@ def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, 
     assert page.locator("#recipients .s-pending").count() == 0 and page.locator("#action-pause").count() == 0
     assert page.evaluate("window.__notReloaded") is True
     shoot(page, "campaign")
+
+
+def test_new_campaign_expiry_opt_out_button_and_open_window_rule_reach_the_review(page_for, stack: ConsoleStack, tmp_path: Path) -> None:
+    """Given a marketer on New campaign: an expiry without an offset and an opt-out button whose id is
+    not an opt-out id are refused by the server, each note next to its field; fixed, the review step
+    shows the expiry, the 24-hour window rule and the opt-out button, and the draft holds them."""
+    page = page_for("marketer")
+    page.goto("/campaigns/new")
+    page.fill("#name", "Expiring offer")
+    page.fill("#body_text", "Hello {{name}}, offer ends tonight")
+    page.fill("#button_id_1", "yes")
+    page.fill("#button_title_1", "Yes please")
+    upload = tmp_path / "expiring.csv"
+    upload.write_text("phone,name\n" + "".join(f"9665150{i:05d},Name {i}\n" for i in range(3)), encoding="utf-8")
+    page.set_input_files("#recipients", str(upload))
+    page.fill("#expires_at", "2031-01-01T21:00:00")
+    page.fill("#opt_out_button", "halt:Halt")
+    page.check("#require_open_window")
+    page.click("#import")
+    page.wait_for_selector("#expires_at-error")
+    assert "no UTC offset" in page.inner_text("#expires_at-error")
+    assert page.get_attribute("#expires_at", "aria-invalid") == "true"
+    assert page.input_value("#expires_at") == "2031-01-01T21:00:00"  # what was typed is kept
+    assert page.is_checked("#require_open_window")
+    shoot(page, "new-campaign-errors")
+    page.set_input_files("#recipients", str(upload))  # a file input is never refilled by the server
+    page.fill("#expires_at", "2031-01-01T21:00:00+03:00")
+    page.click("#import")
+    page.wait_for_selector("#opt_out_button-error")
+    assert "OPT_OUT_BUTTON_IDS" in page.inner_text("#opt_out_button-error")
+    assert page.locator("#expires_at-error").count() == 0
+    page.set_input_files("#recipients", str(upload))
+    page.fill("#opt_out_button", "stop:Stop offers")
+    page.click("#import")
+    page.wait_for_selector("#review-expires, #form-problems")
+    assert page.locator("#form-problems").count() == 0, page.inner_text("main")
+    assert "2031" in page.inner_text("#review-expires")
+    assert page.inner_text("#review-opt-out") == "stop: “Stop offers”"
+    assert "only contacts who wrote" in page.inner_text("#review-open-window")
+    assert "held as suppressed (window_closed) at send time: the 24-hour window rule" in page.inner_text("#audience")  # nobody here wrote in: all 3 would be held
+    shoot(page, "review-rules")
+    cid = int(page.get_attribute("form[action$='/schedule']", "action").split("/")[2])
+    with stack.runtime.session_factory() as session:
+        draft = campaigns.get_campaign(session, cid)
+        assert draft.status == "draft" and draft.require_open_window is True
+        assert draft.expires_at.isoformat() == "2031-01-01T18:00:00+00:00"
+        assert draft.template["buttons"][-1] == {"id": "stop", "title": "Stop offers"}
+    page.click("#discard")
+    page.wait_for_url(f"{stack.base_url}/")
+
+
+def test_health_lists_the_running_worker_as_answering_with_when_it_was_last_seen(page_for, stack: ConsoleStack) -> None:
+    """Given the stack's real `buttoncast worker`: the Health page's workers seen recently lists it
+    (celery@<this host>) as answering, last seen within the last minute."""
+    page = page_for("viewer")
+    page.goto("/health")
+    row = page.locator(f"#h-workers tr[data-worker='celery@{socket.gethostname()}']")
+    assert row.count() == 1, page.inner_text("main")
+    assert "answering" == row.locator("td").nth(1).inner_text()
+    seen = datetime.strptime(row.locator("td").nth(2).inner_text(), "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+    assert abs((utcnow() - seen).total_seconds()) < 60
+    shoot(page, "health")
 
 
 def test_pause_and_resume(page_for, stack: ConsoleStack, tmp_path: Path) -> None:

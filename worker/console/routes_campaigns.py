@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from scheduler import campaigns, report
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.console.roles import Permission
+from worker.console.tallies import tallies_for
 from worker.console.users import Person
 from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.errors import ButtoncastError, MessageInvalid
@@ -48,7 +49,9 @@ def campaigns_page(request: Request, status: str = "", after: str = "", person: 
 
 
 def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
-    p, late = report.overview(session, campaign_id, rt.settings.rate_limit.per_second)
+    campaign = campaigns.get_campaign(session, campaign_id)  # read now: a status is never stale
+    t = tallies_for(rt).get(campaign_id)
+    p, late = report.Progress(campaign, t.counts, t.funnel, rt.settings.rate_limit.per_second, utcnow(), late_failures=t.late_failures), t.late_failures
     return {"p": p, "c": p.campaign, "late": late,
             "final": p.campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value) and p.left == 0}
 
@@ -90,12 +93,14 @@ def campaign_live(request: Request, campaign_id: int, person: Person = VIEW, rt:
     return render(request, "_live.html", **context)
 
 
-def _act(campaign_id: int, action: Callable[[], object], done: str) -> Response:
+def _act(rt: Runtime, campaign_id: int, action: Callable[[], object], done: str) -> Response:
     try:
         action()
     except (ButtoncastError, RetryRefused) as exc:
+        tallies_for(rt).forget(campaign_id)
         text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, MessageInvalid) else str(exc)
         return redirect(f"/campaigns/{campaign_id}", f"Not done: {text}")
+    tallies_for(rt).forget(campaign_id)  # its rows changed: the page shows them at once
     return redirect(f"/campaigns/{campaign_id}", done)
 
 
@@ -108,24 +113,24 @@ def _in_transaction(rt: Runtime, step: Callable[[Session], object]) -> Callable[
 
 @router.post("/campaigns/{campaign_id}/schedule", dependencies=POSTED)
 def schedule(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.schedule(s, campaign_id, actor=person.actor)),
+    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.schedule(s, campaign_id, actor=person.actor)),
                 "Scheduled.")
 
 
 @router.post("/campaigns/{campaign_id}/pause", dependencies=POSTED)
 def pause(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.pause(s, campaign_id, actor=person.actor)),
+    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.pause(s, campaign_id, actor=person.actor)),
                 "Paused: nothing more is sent until you resume.")
 
 
 @router.post("/campaigns/{campaign_id}/resume", dependencies=POSTED)
 def resume(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.resume(s, campaign_id, actor=person.actor)), "Resumed.")
+    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.resume(s, campaign_id, actor=person.actor)), "Resumed.")
 
 
 @router.post("/campaigns/{campaign_id}/cancel", dependencies=POSTED)
 def cancel(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(campaign_id, _in_transaction(rt, lambda s: campaigns.cancel(s, campaign_id, actor=person.actor)),
+    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.cancel(s, campaign_id, actor=person.actor)),
                 "Cancelled: messages not yet sent will not be.")
 
 
@@ -136,7 +141,7 @@ def test_send(campaign_id: int, phone: str = Form(""), person: Person = SEND, rt
     def send() -> None:
         result["id"] = campaigns.send_test(rt, campaign_id, phone, actor=person.actor)
 
-    response = _act(campaign_id, send, "")
+    response = _act(rt, campaign_id, send, "")
     if "id" in result:
         return redirect(f"/campaigns/{campaign_id}", f"Test message {result['id']} queued to {phone}.")
     return response
@@ -163,7 +168,7 @@ def retry_failed(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(
         _plan, result = retry_messages(rt.session_factory, _failed_selection(campaign_id), actor=person.actor)
         outcome["requeued"] = result.requeued if result else 0
 
-    response = _act(campaign_id, run, "")
+    response = _act(rt, campaign_id, run, "")
     if "requeued" in outcome:
         return redirect(f"/campaigns/{campaign_id}", f"{outcome['requeued']} failed message(s) requeued.")
     return response

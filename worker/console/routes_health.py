@@ -1,4 +1,4 @@
-"""Health: the account's rate limit as the limiter sees it, any 429 block, the queue, beat."""
+"""Health: the account's rate limit as the limiter sees it, any 429 block, the queue, beat, the workers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from worker.api.health import database_state, redis_state
 from worker.console.roles import Permission
 from worker.console.users import Person
 from worker.console.web import allowed, render, runtime
+from worker.console.workers import Roll, roll_for
 from worker.limits import limit_states
 from worker.runtime import Runtime
 
@@ -37,10 +38,18 @@ def _beat(rt: Runtime) -> str:
     return f"ticking (its lease is renewed; {left:.0f} s left)" if left is not None else "NOT ticking: no beat holds the lease"
 
 
+def _workers(rt: Runtime) -> Roll | None:
+    """Workers seen recently (None in embedded mode: `buttoncast run` is the worker)."""
+    if rt.settings.embedded:
+        return None
+    return roll_for(rt.settings.broker_url, lambda: rt.celery).roll()
+
+
 @router.get("/health")
 def health_page(request: Request, person: Person = Depends(allowed(Permission.VIEW)), rt: Runtime = Depends(runtime)) -> Response:
     with rt.read_sessions() as session:
         depth = queue_depth(session)
     states = limit_states(rt)
     return render(request, "health.html", states=states, depth=depth, beat=_beat(rt), database=database_state(rt),
-                  redis=redis_state(rt), configured=str(rt.settings.rate_limit), now=time.time())
+                  redis=redis_state(rt), configured=str(rt.settings.rate_limit), now=time.time(),
+                  workers=_workers(rt))

@@ -8,6 +8,7 @@ The draft is made by `campaigns.create_from_options`, the function `campaign cre
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -22,7 +23,7 @@ from worker.console.roles import Permission
 from worker.console.routes_campaigns import POSTED
 from worker.console.users import Person
 from worker.console.web import allowed, redirect, render, runtime
-from worker.errors import MessageInvalid
+from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
@@ -34,11 +35,45 @@ LIMITS = {"header_text": limits.HEADER_TEXT_MAX_CHARS, "body_text": limits.BODY_
           "button_id": limits.BUTTON_ID_MAX_CHARS}
 
 
+FIELD_OF_PROBLEM = {"--at": "at", "scheduled_at": "at", "--expires-at": "expires_at", "--opt-out-button": "opt_out_button"}
+BUTTON_PROBLEM = re.compile(r"buttons\[(\d+)\]\.(id|title)")
+
+
 def _form_page(request: Request, rt: Runtime, values: dict, problems: list[str] | None = None, status_code: int = 200,
-               rejected: list | None = None) -> Response:
+               rejected: list | None = None, field_problems: dict[str, list[str]] | None = None) -> Response:
     return render(request, "new.html", status_code=status_code, v=values, problems=problems or [], limits=LIMITS,
                   slots=range(1, BUTTON_SLOTS + 1), default_sender=rt.settings.awal_phone_number_id or "",
-                  rejected=rejected or [])
+                  rejected=rejected or [], fp=field_problems or {},
+                  opt_out_ids=sorted(rt.settings.opt_out_button_ids))
+
+
+def _form_field(problem: FieldProblem, form: dict[str, str]) -> str | None:
+    """The form input a service problem is about (None: the form as a whole). The opt-out button is
+    appended after the form's own buttons, so a problem with a button past them is the opt-out field's."""
+    if problem.field in FIELD_OF_PROBLEM:
+        return FIELD_OF_PROBLEM[problem.field]
+    button = BUTTON_PROBLEM.fullmatch(problem.field)
+    if button:
+        index, part = int(button.group(1)), button.group(2)
+        filled = [i for i in range(1, BUTTON_SLOTS + 1) if form.get(f"button_id_{i}") or form.get(f"button_title_{i}")]
+        return f"button_{part}_{filled[index]}" if index < len(filled) else "opt_out_button"
+    known = {"name", "phone_number_id", "at", "expires_at", "header_text", "body_text", "footer_text", "opt_out_button"}
+    return problem.field if problem.field in known else None
+
+
+def _invalid_page(request: Request, rt: Runtime, form: dict[str, str], exc: MessageInvalid) -> Response:
+    """The form again with each problem next to its field; those about no one field go on top."""
+    general: list[str] = []
+    by_field: dict[str, list[str]] = {}
+    for problem in exc.problems:
+        field = _form_field(problem, form)
+        if field is None:
+            general.append(str(problem))
+        else:
+            by_field.setdefault(field, []).append(problem.problem)
+    if not general:
+        general = [f"{len(exc.problems)} field(s) need fixing; see the notes next to them."]
+    return _form_page(request, rt, form, general, 422, field_problems=by_field)
 
 
 @router.get("/campaigns/new")
@@ -70,9 +105,11 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
             campaign, result = campaigns.create_from_options(
                 rt, path, name=form.get("name", ""), template=_template(form), at=form.get("at") or None,
                 window=form.get("window") or None, tz=form.get("tz") or None,
-                phone_number_id=form.get("phone_number_id") or None, draft=True, actor=person.actor)
+                phone_number_id=form.get("phone_number_id") or None, draft=True, actor=person.actor,
+                require_open_window=form.get("require_open_window") == "on",
+                expires_at=form.get("expires_at") or None, opt_out_button=form.get("opt_out_button") or None)
         except MessageInvalid as exc:
-            return _form_page(request, rt, form, [str(p) for p in exc.problems], 422)
+            return _invalid_page(request, rt, form, exc)
         except ImportRefused as exc:
             return _form_page(request, rt, form, [str(exc)], 422, rejected=exc.result.problems)
         except (RecipientsFileError, WindowInvalid) as exc:
@@ -81,7 +118,12 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
         shutil.rmtree(directory, ignore_errors=True)
     with rt.read_sessions() as session:
         progress = report.progress(session, campaign.id, rt.settings.rate_limit.per_second)
-    return render(request, "review.html", c=campaign, result=result, p=progress, rate=rt.settings.rate_limit)
+        audience = report.audience(session, campaign.id)
+    opt_out = [b for b in campaign.template.get("buttons", []) if b.get("id") in rt.settings.opt_out_button_ids]
+    return render(request, "review.html", c=campaign, result=result, p=progress, rate=rt.settings.rate_limit,
+                  audience=report.describe_audience(audience, require_open_window=campaign.require_open_window,
+                                                    rule="the 24-hour window rule"),
+                  opt_out_buttons=opt_out)
 
 
 @router.post("/campaigns/{campaign_id}/discard", dependencies=POSTED)
