@@ -7,6 +7,7 @@ time (and, for Redis, the server's clock) with many threads and OS processes.
 from __future__ import annotations
 
 import multiprocessing
+import random
 import re
 import shutil
 import socket
@@ -345,10 +346,18 @@ def test_every_script_touches_only_the_keys_it_is_handed() -> None:
             assert re.fullmatch(r"KEYS\[\d+\]", first.strip()), f"{name}: {command} on {first!r}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000, which Redis Cluster also binds) is free
+    too: an ephemeral port above 55535 has no bus port, and redis-server exits at once."""
+    for port in random.sample(range(20000, 30000), 200):
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port pair for a Redis Cluster node")
 
 
 @pytest.fixture
@@ -358,21 +367,24 @@ def cluster_node(tmp_path: Path) -> Iterator[redis.Redis]:
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = _free_cluster_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
          "--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path),
          "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    client = redis.Redis(port=port, socket_timeout=2)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
             try:
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
                 break
             except redis.ConnectionError:
+                if process.poll() is not None:   # it could not start (e.g. the port was taken meanwhile)
+                    pytest.fail(f"redis-server --cluster-enabled exited {process.returncode}: "
+                                f"{process.stdout.read().decode(errors='replace')[-2000:]}")
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
