@@ -7,6 +7,7 @@ from alembic import context
 from worker.db import make_engine
 from worker.models import Base
 import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on Base.metadata
+import worker.hooks.models  # noqa: F401,E402 - registers the hook tables
 from worker.settings import Settings
 
 config = context.config

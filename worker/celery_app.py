@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, TASK_DISPATCH, TASK_SWEEP
+from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH, TASK_SWEEP
 from worker.beatlock import hold_beat_lease
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
@@ -59,6 +59,8 @@ def create_celery(settings: Settings) -> Celery:
                          "options": {"queue": QUEUE_CONTROL, "expires": settings.dispatch_interval_s * 2}},
             "sweep": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_s,
                       "options": {"queue": QUEUE_CONTROL, "expires": settings.sweep_interval_s * 2}},
+            "hooks": {"task": TASK_DELIVER_HOOKS, "schedule": settings.hooks_interval_s,
+                      "options": {"queue": QUEUE_HOOKS, "expires": settings.hooks_interval_s * 2}},
         },
     )
     if not settings.embedded:

@@ -9,6 +9,7 @@ from scheduler.cli_retry import retry_command
 from worker.cli_ops import beat_command, db_group, limits_command, run_command, worker_command
 from worker.cli_send import message_group, send_command
 from worker.demo import demo_command
+from worker.hooks.cli import hooks_group
 from worker.sandbox.cli import sandbox_command
 from worker.webhooks.cli import webhooks_command
 
@@ -21,7 +22,7 @@ def main() -> None:
 
 for command in (
     send_command, message_group, campaign_group, retry_command, worker_command, beat_command, run_command,
-    db_group, limits_command, webhooks_command, sandbox_command, demo_command,
+    db_group, limits_command, webhooks_command, sandbox_command, demo_command, hooks_group,
 ):
     main.add_command(command)
 

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from worker.hooks.outbox import emit_vendor_event
 from worker.models import Message, UTCDateTime, utcnow
 from worker.status import DeliveryStatus
 from worker.webhooks.events import Event, parse_body
@@ -89,12 +90,16 @@ def _latest_message_to(session: Session, event: Event) -> int | None:
 
 
 def apply_to_message(session: Session, event: Event, message_id: int) -> bool:
-    """Apply a status or reply event to one message; True if the row changed."""
+    """Apply a status or reply event to one message; True if the row changed. Writes its outbound
+    hook event (worker.hooks) in the same transaction."""
     if event.kind == EventKind.STATUS:
-        return _apply_status(session, event, message_id)
-    if event.kind == EventKind.REPLY:
-        return _apply_reply(session, event, message_id)
-    return False
+        changed = _apply_status(session, event, message_id)
+    elif event.kind == EventKind.REPLY:
+        changed = _apply_reply(session, event, message_id)
+    else:
+        return False
+    emit_vendor_event(session, event, message_id, applied=changed)
+    return changed
 
 
 def _earliest(column: sa.orm.InstrumentedAttribute, when: sa.ColumnElement) -> sa.ColumnElement:
