@@ -6,6 +6,9 @@ the bare client loop (sign + POST + parse, no database, no limiter) in the same 
 prints cProfile's top functions by cumulative time. Example:
 
     .venv/bin/python bench/send_loop.py --messages 5000 --profile
+
+`--hook` first adds an outbound hook endpoint subscribed to message.sent, so every record also
+writes its outbox row (one more CTE in the same statement); nothing is delivered during the loop.
 """
 
 from __future__ import annotations
@@ -63,18 +66,35 @@ def send_loop(env: dict[str, str], ids: list[int], warmup: int, profile: bool) -
     return count / elapsed, cpu * 1000 / count, report
 
 
+def add_sent_hook(env: dict[str, str]) -> None:
+    from worker.hooks.service import add_endpoint
+    from worker.runtime import Runtime
+    from worker.settings import Secret, Settings
+
+    runtime = Runtime(Settings.from_env(env))
+    try:
+        with runtime.session_factory.begin() as session:
+            add_endpoint(session, "http://127.0.0.1:9/hooks", "message.sent", signing_key=Secret("bench" * 8))
+    finally:
+        runtime.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--profile", action="store_true", help="cProfile the timed loop (slows it down)")
+    parser.add_argument("--hook", action="store_true", help="an outbound hook subscribed to message.sent exists")
     args = parser.parse_args()
-    print(f"send loop: {args.messages} messages, one thread, no Celery; {load_line()}")
+    print(f"send loop: {args.messages} messages, one thread, no Celery{', a message.sent hook' if args.hook else ''}; "
+          f"{load_line()}")
     with private_redis() as broker_url, scratch_postgres("loop") as database_url, sandbox(0.0) as sandbox_url:
         from worker.settings import Settings
 
         env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, REDIS_URL=broker_url,
                         **UNTHROTTLED)
+        if args.hook:
+            add_sent_hook(env)
         base_rate, base_cpu = client_loop(Settings.from_env(env), args.messages)
         print(f"  baseline: client loop (sign + POST + parse only): {base_rate:,.0f} msg/s, {base_cpu:.2f} ms CPU/msg")
         rate, cpu, report = send_loop(env, queued_message_ids(database_url, args.warmup + args.messages), args.warmup,

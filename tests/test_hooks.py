@@ -85,6 +85,13 @@ def test_verifier_accepts_a_fresh_signature_and_returns_the_event() -> None:
     assert verify(body, header, "whsec_x")["id"] == "evt_1"
 
 
+def test_the_signature_matches_the_test_vector_in_docs_hooks_md() -> None:
+    header = signature_header(Secret("whsec_test"), b'{"id":"evt_1"}', 1733164201)
+    assert header == "t=1733164201,v1=0945f1e56a81dc0cf7b461ef00cb5afa1c41e9425067df7595f6ad3c49c22e68"
+    assert header in open("docs/hooks.md", encoding="utf-8").read()
+    assert verify(b'{"id":"evt_1"}', header, "whsec_test", now=1733164201 + 299)["id"] == "evt_1"
+
+
 @pytest.mark.parametrize("case", ["stale", "future", "wrong secret", "altered body", "no header", "no v1"])
 def test_verifier_refuses_stale_timestamps_wrong_secrets_altered_bodies(case: str) -> None:
     body, now = b'{"id":"evt_1"}', int(time.time())
