@@ -4,6 +4,7 @@ with the reference verifier (worker.hooks.verify) and answers what the test scri
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +29,7 @@ class HookReceiver:
     secrets: dict[str, str] = field(default_factory=dict)
     script: dict[str, list[int]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
+    delay_s: dict[str, float] = field(default_factory=dict)   # a slow receiver: sleep before answering
 
     def start(self) -> str:
         receiver = self
@@ -40,6 +42,7 @@ class HookReceiver:
                                             receiver.secrets.get(self.path, "")), None
                 except SignatureError as exc:
                     event, refused = None, str(exc)
+                time.sleep(receiver.delay_s.get(self.path, 0.0))
                 statuses = receiver.script.get(self.path) or []
                 status = statuses.pop(0) if statuses else 200
                 if status in (301, 302, 307, 308):

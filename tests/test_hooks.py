@@ -252,6 +252,28 @@ def test_a_redirect_is_never_followed(rt: Any, receiver: Any) -> None:
     assert row.last_http_status == 302 and "not followed" in row.last_error and len(r.received) == 1
 
 
+def test_a_slow_receiver_holds_one_tick_at_a_time_and_sends_go_on(rt: Any, receiver: Any) -> None:
+    """While one tick waits on a slow receiver, another tick in the process returns at once (so
+    a worker lends hooks at most one thread) and messages are still sent."""
+    import threading
+
+    r, base = receiver
+    _, r.secrets["/slow"] = add(rt, base + "/slow", "message.sent")
+    r.delay_s["/slow"] = 1.0
+    send_one(rt)
+    slow = threading.Thread(target=deliver, args=(rt,))
+    slow.start()
+    time.sleep(0.3)
+    began = time.monotonic()
+    assert deliver(rt).claimed == 0 and time.monotonic() - began < 0.5
+    mid = send_one(rt)
+    with rt.session_factory() as s:
+        assert s.get(Message, mid).status == "sent"
+    assert slow.is_alive()
+    slow.join(5)
+    assert [x.answered for x in r.at("/slow")] == [200] and rows(rt)[0].status == "delivered"
+
+
 def test_a_claimed_row_is_not_claimed_again_until_its_lease_ends(rt: Any) -> None:
     from worker.hooks.delivery import claim_due
 
