@@ -79,6 +79,17 @@ def add_sent_hook(env: dict[str, str]) -> None:
         runtime.close()
 
 
+def outbox_rows(database_url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM hook_outbox WHERE event_type = 'message.sent'")).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
@@ -101,6 +112,8 @@ def main() -> None:
                                       args.profile)
         print(f"  buttoncast send_message loop: {rate:,.0f} msg/s, {cpu:.2f} ms CPU/msg "
               f"(the database and limiter add {cpu - base_cpu:.2f} ms)")
+        if args.hook:
+            print(f"  outbox rows written: {outbox_rows(database_url):,} (one per message sent)")
     print(ratio_line("send path alone", rate, base_rate, "msg/s", "none; shows what the database and limiter add"))
     if report:
         print(report)

@@ -23,7 +23,7 @@ from worker.enqueue import enqueue_message
 from worker.errors import ConfigError
 from worker.hooks import outbox, service
 from worker.hooks.delivery import deliver_due
-from worker.hooks.models import DeliveryStatus, HookEndpoint, HookOutbox
+from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox
 from worker.hooks.signing import endpoint_secret, signature_header
 from worker.hooks.verify import SignatureError, verify
 from worker.models import Message, utcnow

@@ -23,6 +23,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Iterator
 
 import requests
 import sqlalchemy as sa
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.hooks import outbox
 from worker.hooks.events import render_body
-from worker.hooks.models import DeliveryStatus, HookEndpoint, HookOutbox
+from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox
 from worker.hooks.signing import EVENT_ID_HEADER, EVENT_TYPE_HEADER, SIGNATURE_HEADER, endpoint_secret, signature_header
 from worker.models import Message, utcnow
 from worker.settings import Settings
@@ -86,14 +87,14 @@ def claim_due(session: Session, *, limit: int, lease: float, now: datetime | Non
     token = uuid.uuid4().hex
     due = (
         sa.select(HookOutbox.id)
-        .where(HookOutbox.status == DeliveryStatus.PENDING.value, HookOutbox.next_attempt_at <= now)
+        .where(HookOutbox.status == OutboxStatus.PENDING.value, HookOutbox.next_attempt_at <= now)
         .order_by(HookOutbox.next_attempt_at, HookOutbox.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
     ids = session.execute(
         sa.update(HookOutbox)
-        .where(HookOutbox.id.in_(due.scalar_subquery()), HookOutbox.status == DeliveryStatus.PENDING.value)
+        .where(HookOutbox.id.in_(due.scalar_subquery()), HookOutbox.status == OutboxStatus.PENDING.value)
         .values(claim_token=token, next_attempt_at=now + timedelta(seconds=lease))
         .returning(HookOutbox.id)
         .execution_options(synchronize_session=False)
@@ -120,12 +121,28 @@ def _claimed(row: HookOutbox, url: str, salt: str, campaign_id: int | None, phon
 
 
 class Poster:
-    """POSTs one signed event. One requests.Session per thread (keep-alive to each receiver)."""
+    """POSTs signed events on its own HOOKS_CONCURRENCY threads, each with its own requests.Session
+    (keep-alive to each receiver across ticks)."""
 
     def __init__(self, settings: Settings, clock=time.time) -> None:  # noqa: ANN001
         self._settings = settings
         self._clock = clock
         self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def post_all(self, batch: list[Claimed]) -> Iterator[Outcome]:
+        """The outcomes of `batch`, in its order, HOOKS_CONCURRENCY requests at a time."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._settings.hooks_concurrency, thread_name_prefix="hooks")
+        return self._pool.map(self.post, batch)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -136,6 +153,14 @@ class Poster:
         return session
 
     def post(self, item: Claimed) -> Outcome:
+        """One attempt; every failure is an Outcome (a row is never left claimed by an exception)."""
+        try:
+            return self._post(item)
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed attempt, retried as any other
+            log.exception("hook event %s to endpoint %s: unexpected error", item.event_id, item.endpoint_id)
+            return Outcome(False, None, f"internal error ({type(exc).__name__})")
+
+    def _post(self, item: Claimed) -> Outcome:
         secret = endpoint_secret(self._settings.hooks_signing_key, item.endpoint_id, item.key_salt)
         headers = {
             "Content-Type": "application/json", "User-Agent": USER_AGENT,
@@ -183,18 +208,18 @@ def next_try(settings: Settings, *, attempts: int, retry_since: datetime, now: d
 
 
 def record_outcome(session: Session, item: Claimed, outcome: Outcome, settings: Settings,
-                   now: datetime | None = None) -> DeliveryStatus | None:
+                   now: datetime | None = None) -> OutboxStatus | None:
     """Write one attempt's outcome while `item.token` still owns the row; the status written."""
     now = now or utcnow()
     attempts = item.attempts + 1
     values: dict = dict(attempts=attempts, last_attempt_at=now, last_http_status=outcome.http_status,
                         last_error=outcome.error, claim_token=None)
     if outcome.ok:
-        status = DeliveryStatus.DELIVERED
+        status = OutboxStatus.DELIVERED
         values.update(delivered_at=now)
     else:
         due = next_try(settings, attempts=attempts, retry_since=item.retry_since, now=now)
-        status = DeliveryStatus.PENDING if due else DeliveryStatus.DEAD
+        status = OutboxStatus.PENDING if due else OutboxStatus.DEAD
         values.update(next_attempt_at=due) if due else values.update(dead_at=now)
     done = session.execute(
         sa.update(HookOutbox)
@@ -224,32 +249,35 @@ def deliver_due(session_factory: sessionmaker[Session], settings: Settings, post
         report.claimed = len(batch)
         if not batch:
             return report
+        own = poster is None
         poster = poster or Poster(settings)
-        with ThreadPoolExecutor(max_workers=min(settings.hooks_concurrency, len(batch)),
-                                thread_name_prefix="hooks") as pool:
-            for item, outcome in zip(batch, pool.map(poster.post, batch)):
+        try:
+            for item, outcome in zip(batch, poster.post_all(batch)):
                 _count(report, _record(session_factory, item, outcome, settings))
+        finally:
+            if own:
+                poster.close()
         return report
     finally:
         _tick_lock.release()
 
 
 def _record(session_factory: sessionmaker[Session], item: Claimed, outcome: Outcome,
-            settings: Settings) -> DeliveryStatus | None:
+            settings: Settings) -> OutboxStatus | None:
     with session_factory.begin() as session:
         status = record_outcome(session, item, outcome, settings)
-    if status is DeliveryStatus.DEAD:
+    if status is OutboxStatus.DEAD:
         log.warning("hook event %s (%s) to endpoint %s dead-lettered after %s attempts: %s", item.event_id,
                     item.event_type, item.endpoint_id, item.attempts + 1, outcome.error)
-    elif status is DeliveryStatus.PENDING:
+    elif status is OutboxStatus.PENDING:
         log.info("hook event %s to endpoint %s failed (%s); will retry", item.event_id, item.endpoint_id, outcome.error)
     return status
 
 
-def _count(report: DeliveryReport, status: DeliveryStatus | None) -> None:
-    if status is DeliveryStatus.DELIVERED:
+def _count(report: DeliveryReport, status: OutboxStatus | None) -> None:
+    if status is OutboxStatus.DELIVERED:
         report.delivered += 1
-    elif status is DeliveryStatus.PENDING:
+    elif status is OutboxStatus.PENDING:
         report.retrying += 1
-    elif status is DeliveryStatus.DEAD:
+    elif status is OutboxStatus.DEAD:
         report.dead += 1

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from worker.models import Base, BigId, UTCDateTime, utcnow
 
 
-class DeliveryStatus(str, enum.Enum):
+class OutboxStatus(str, enum.Enum):
     PENDING = "pending"       # to be delivered (now, or at next_attempt_at after a failure)
     DELIVERED = "delivered"   # the receiver answered 2xx
     DEAD = "dead"             # still failing after HOOKS_RETRY_MAX_S: dead-lettered, see `hooks redeliver`

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from worker.hooks.events import HookEvent, iso, new_event_id
-from worker.hooks.models import DeliveryStatus, HookOutbox, HookSubscription
+from worker.hooks.models import OutboxStatus, HookOutbox, HookSubscription
 from worker.models import UTCDateTime, utcnow
 
 #: how stale a process's view of the subscriptions may be: an endpoint added (or an event type
@@ -91,7 +91,7 @@ def _rows_for(event_type: str, message_id: sa.ColumnElement | None, source: sa.F
         message_id if message_id is not None else _typed("p_hook_message_id", sa.BigInteger()),
         _typed("p_hook_phone", sa.String()),
         _typed("p_hook_data", sa.Text()),
-        now, sa.literal(DeliveryStatus.PENDING.value, sa.String()), sa.literal(0, sa.Integer()), now, now,
+        now, sa.literal(OutboxStatus.PENDING.value, sa.String()), sa.literal(0, sa.Integer()), now, now,
     )
     if source is not None:
         select = select.select_from(source).join(HookSubscription, sa.true())

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.hooks import outbox
 from worker.hooks.events import EVENT_ID_PREFIX, parse_events
-from worker.hooks.models import DeliveryStatus, HookEndpoint, HookOutbox, HookSubscription
+from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox, HookSubscription
 from worker.hooks.signing import endpoint_secret, new_salt
 from worker.models import utcnow
 from worker.settings import Secret
@@ -102,9 +102,9 @@ def list_endpoints(session: Session) -> list[EndpointView]:
     return [
         EndpointView(
             id=e.id, url=e.url, events=events.get(e.id, []), created_at=e.created_at,
-            pending=counts.get((e.id, DeliveryStatus.PENDING.value), 0),
-            delivered=counts.get((e.id, DeliveryStatus.DELIVERED.value), 0),
-            dead=counts.get((e.id, DeliveryStatus.DEAD.value), 0),
+            pending=counts.get((e.id, OutboxStatus.PENDING.value), 0),
+            delivered=counts.get((e.id, OutboxStatus.DELIVERED.value), 0),
+            dead=counts.get((e.id, OutboxStatus.DEAD.value), 0),
             last_error=_last_error(session, e.id),
         )
         for e in endpoints
@@ -115,7 +115,7 @@ def _last_error(session: Session, endpoint_id: int) -> str | None:
     return session.execute(
         sa.select(HookOutbox.last_error)
         .where(HookOutbox.endpoint_id == endpoint_id, HookOutbox.last_error.is_not(None),
-               HookOutbox.status != DeliveryStatus.DELIVERED.value)
+               HookOutbox.status != OutboxStatus.DELIVERED.value)
         .order_by(HookOutbox.last_attempt_at.desc()).limit(1)
     ).scalar_one_or_none()
 
@@ -138,14 +138,14 @@ def redeliver(session: Session, *, event_id: str | None = None, endpoint_id: int
     if event_id is not None and not event_id.startswith(EVENT_ID_PREFIX):
         raise HookInvalid([FieldProblem("event_id", f"{event_id!r} is not an event id (evt_...)")])
     now = utcnow()
-    where = [HookOutbox.event_id == event_id] if event_id else [HookOutbox.status == DeliveryStatus.DEAD.value]
+    where = [HookOutbox.event_id == event_id] if event_id else [HookOutbox.status == OutboxStatus.DEAD.value]
     if endpoint_id is not None:
         if session.get(HookEndpoint, endpoint_id) is None:
             raise HookNotFound(f"no hook endpoint {endpoint_id}")
         where.append(HookOutbox.endpoint_id == endpoint_id)
     done = session.execute(
         sa.update(HookOutbox).where(*where)
-        .values(status=DeliveryStatus.PENDING.value, next_attempt_at=now, retry_since=now, claim_token=None,
+        .values(status=OutboxStatus.PENDING.value, next_attempt_at=now, retry_since=now, claim_token=None,
                 dead_at=None, delivered_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount
