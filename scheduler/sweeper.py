@@ -86,7 +86,7 @@ def _match_webhook_events(runtime: Runtime) -> int:
     except ImportError:
         return 0
     with runtime.session_factory.begin() as session:
-        return int(match_pending_events(session) or 0)
+        return int(match_pending_events(session, window_s=runtime.settings.webhook_match_window_s) or 0)
 
 
 def update_queue_depth_metric(session: Session) -> None:

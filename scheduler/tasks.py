@@ -1,4 +1,4 @@
-"""Beat-driven tasks: the dispatcher tick and the recovery sweep, on the control queue.
+"""Beat-driven tasks: the dispatcher tick, the recovery sweep and daily retention, on the control queue.
 
 When the broker or database is down a tick fails and says so once; the next tick that works says
 it recovered. Nothing is marked sent or failed because of an outage.
@@ -11,7 +11,8 @@ import logging
 from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import sweep
 from worker.celery_app import app
-from worker.queues import TASK_DISPATCH, TASK_SWEEP
+from worker.queues import TASK_DISPATCH, TASK_PRUNE, TASK_SWEEP
+from worker.retention import prune_expired
 from worker.runtime import get_runtime
 
 log = logging.getLogger("buttoncast.scheduler")
@@ -29,7 +30,7 @@ def run_tick(name: str, tick) -> dict | None:  # noqa: ANN001
         return None
     if _failing.pop(name, False):
         log.warning("%s tick recovered", name)
-    return result.__dict__
+    return result.__dict__ if result is not None else None
 
 
 @app.task(name=TASK_DISPATCH, ignore_result=True, acks_late=False)
@@ -40,3 +41,9 @@ def dispatch_task() -> dict | None:
 @app.task(name=TASK_SWEEP, ignore_result=True, acks_late=False)
 def sweep_task() -> dict | None:
     return run_tick("sweep", sweep)
+
+
+@app.task(name=TASK_PRUNE, ignore_result=True, acks_late=False)
+def prune_task() -> dict | None:
+    """Daily retention (issue 12 item 15): nothing when RETENTION_DAYS is 0."""
+    return run_tick("prune", prune_expired)

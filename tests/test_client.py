@@ -654,8 +654,12 @@ def test_proxy_settings_come_from_the_environment_read_when_the_client_is_built(
     direct = make_client(base_url)
     monkeypatch.delenv("HTTP_PROXY")   # later changes do not matter: read once, at build time
 
-    with pytest.raises(ConnectionNotMade):  # the proxy could not be reached: nothing was sent
+    # the proxy could not be reached: nothing was sent, and a wrong proxy is wrong for every message
+    # (issue 12 item 3: a configuration error that pauses the campaign, not a retry)
+    from worker.errors import TransportConfigError
+    with pytest.raises(TransportConfigError) as info:
         through_proxy.send(message_to(phone), SENDER)
+    assert info.value.code == "proxy_error"
     assert direct.send(message_to(phone), SENDER).message_id
     through_proxy.close()
     direct.close()

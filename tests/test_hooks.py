@@ -322,3 +322,18 @@ def test_cli_add_prints_the_secret_alone_on_the_last_line_and_list_shows_the_cou
     assert no_key.returncode == 2 and "HOOKS_SIGNING_KEY is not set" in no_key.stderr
     missing = _cli(env, "remove", "999")
     assert missing.returncode == 1 and "no hook endpoint 999" in missing.stderr
+
+
+def test_retention_prunes_old_delivered_and_dead_hook_events_and_keeps_pending_ones(rt: Any) -> None:
+    from worker.retention import prune
+
+    add(rt, "https://a.example/h", "message.sent")
+    for _ in range(3):
+        send_one(rt)
+    old = utcnow() - timedelta(days=40)
+    with rt.session_factory.begin() as s:
+        ids = list(s.scalars(sa.select(HookOutbox.id).order_by(HookOutbox.id)))
+        for row_id, status in zip(ids, ("delivered", "dead", "pending")):
+            s.execute(sa.update(HookOutbox).where(HookOutbox.id == row_id).values(status=status, last_attempt_at=old))
+    report = prune(rt.session_factory, older_than=timedelta(days=30))
+    assert report.deleted["hook_outbox"] == 2 and [r.status for r in rows(rt)] == ["pending"]

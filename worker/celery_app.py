@@ -9,7 +9,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH, TASK_SWEEP
+from worker.queues import (ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH,
+                           TASK_PRUNE, TASK_SWEEP)
 from worker.beatlock import hold_beat_lease
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
@@ -19,6 +20,7 @@ from worker.watchdog import broker_watchdog_step
 VISIBILITY_TIMEOUT_S = 3600
 PREFETCH_MULTIPLIER = 4
 MEMORY_POLLING_INTERVAL_S = 0.05
+PRUNE_INTERVAL_S = 86400.0   # retention runs daily; each run deletes in batches (worker/retention.py)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -59,6 +61,8 @@ def create_celery(settings: Settings) -> Celery:
                          "options": {"queue": QUEUE_CONTROL, "expires": settings.dispatch_interval_s * 2}},
             "sweep": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_s,
                       "options": {"queue": QUEUE_CONTROL, "expires": settings.sweep_interval_s * 2}},
+            "prune": {"task": TASK_PRUNE, "schedule": PRUNE_INTERVAL_S,
+                      "options": {"queue": QUEUE_CONTROL, "expires": PRUNE_INTERVAL_S / 2}},
             "hooks": {"task": TASK_DELIVER_HOOKS, "schedule": settings.hooks_interval_s,
                       "options": {"queue": QUEUE_HOOKS, "expires": settings.hooks_interval_s * 2}},
         },

@@ -6,6 +6,7 @@ import click
 
 from scheduler.cli_campaign import campaign_group
 from scheduler.cli_retry import retry_command
+from worker.cli_prune import prune_command
 from worker.cli_ops import beat_command, db_group, limits_command, run_command, worker_command
 from worker.cli_send import message_group, send_command
 from worker.demo import demo_command
@@ -22,7 +23,8 @@ def main() -> None:
 
 for command in (
     send_command, message_group, campaign_group, retry_command, worker_command, beat_command, run_command,
-    db_group, limits_command, webhooks_command, sandbox_command, demo_command, hooks_group,
+    db_group, limits_command, webhooks_command, sandbox_command, demo_command,
+    prune_command, hooks_group,
 ):
     main.add_command(command)
 

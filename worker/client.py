@@ -6,6 +6,8 @@ The task never looks at `requests` exceptions or status codes; `classify_respons
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -13,7 +15,7 @@ from typing import Callable, Protocol
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+from requests.adapters import BaseAdapter, HTTPAdapter
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from worker.errors import (
@@ -25,6 +27,7 @@ from worker.errors import (
     RateLimited,
     ServerError,
     TransientError,
+    TransportConfigError,
 )
 from worker.message import ButtonMessage
 from worker.signing import (
@@ -44,6 +47,12 @@ POOL_CONNECTIONS = 4
 #: that every thread reuses its connection (past the pool's size urllib3 opens a new TCP and TLS
 #: connection per request and throws it away afterwards)
 POOL_MAXSIZE_MIN = 16
+#: a Retry-After (or reset) further away than this is capped: a number that large is no instruction
+MAX_RETRY_AFTER_S = 86_400.0
+#: the vendor's numeric message id is stored in a signed 64-bit column; a larger one is not an id
+MAX_VENDOR_ID = 2**63 - 1
+#: vendor text kept from an error body that is not JSON (an HTML error page)
+RAW_TEXT_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,10 @@ class RateHeaders:
     def parse(cls, headers: "requests.structures.CaseInsensitiveDict[str]") -> "RateHeaders":
         def number(name: str) -> float | None:
             try:
-                return float(headers[name])
+                value = float(headers[name])
             except (KeyError, TypeError, ValueError):
                 return None
+            return value if math.isfinite(value) and abs(value) < 1e15 else None
 
         limit, remaining, reset = (number(h) for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"))
         return cls(
@@ -106,15 +116,61 @@ class BeforeRequest(Protocol):
         """Called before every HTTP request (first try and retries): waits for a rate slot or raises."""
 
 
-def _error_fields(response: requests.Response) -> tuple[str | None, str | None, str | None, dict]:
+def _text(value: object) -> str | None:
+    """A vendor field as text whatever its JSON type: None stays None, a string is kept, anything
+    else (a number, an object, a list) is rendered as compact JSON."""
+    if value is None or isinstance(value, str):
+        return value
     try:
-        body = response.json()
-    except ValueError:
-        return None, (response.text or "")[:300] or None, None, {}
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (TypeError, ValueError, RecursionError):
+        return str(value)
+
+
+def _json_body(response: requests.Response) -> tuple[bool, object]:
+    """(True, body) when the body is JSON, else (False, None). Never raises."""
+    try:
+        return True, response.json()
+    except (ValueError, RecursionError):   # JSONDecodeError, undecodable bytes, absurd nesting
+        return False, None
+
+
+def _error_fields(response: requests.Response) -> tuple[str | None, str | None, str | None, dict]:
+    """(code, message, request_id, details) of an error body, each of the right type or None."""
+    readable, body = _json_body(response)
+    if not readable:
+        try:
+            raw = response.text or ""
+        except Exception:  # noqa: BLE001 - a body we cannot decode is no reason to lose the status
+            raw = ""
+        return None, raw[:RAW_TEXT_CHARS] or None, None, {}
     if not isinstance(body, dict):
         return None, None, None, {}
     details = body.get("details") if isinstance(body.get("details"), dict) else {}
-    return body.get("error"), body.get("message"), body.get("request_id"), details
+    return _text(body.get("error")) or None, _text(body.get("message")) or None, _text(body.get("request_id")) or None, details
+
+
+def _accepted_message(body: object) -> dict | None:
+    """The `message` object of an accepted send, or None.
+
+    Assumption (AWAL_API.md), kept here only: a 200 is an accepted send only with `status` true and
+    a non-empty `message.messageId`; any other readable 200 is a permanent failure for this message.
+    """
+    if not isinstance(body, dict) or body.get("status") is not True:
+        return None
+    message = body.get("message")
+    if not isinstance(message, dict) or not _text(message.get("messageId")):
+        return None
+    return message
+
+
+def _vendor_id(value: object) -> int | None:
+    """The vendor's numeric id when it is a non-negative 64-bit integer (or its decimal string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= MAX_VENDOR_ID else None
 
 
 def retry_after_seconds(response: requests.Response, rate: RateHeaders, now: float) -> float:
@@ -131,33 +187,33 @@ def retry_after_seconds(response: requests.Response, rate: RateHeaders, now: flo
         retry_after = max(0.0, float(raw)) if raw else None
     except ValueError:
         retry_after = None
+    if retry_after is not None and not math.isfinite(retry_after):
+        retry_after = None
     if retry_after is None:
-        return until_reset if until_reset is not None else DEFAULT_RETRY_AFTER_S
+        return min(until_reset, MAX_RETRY_AFTER_S) if until_reset is not None else DEFAULT_RETRY_AFTER_S
+    retry_after = min(retry_after, MAX_RETRY_AFTER_S)
     if until_reset is not None and until_reset <= retry_after < until_reset + 1.0:
         return until_reset
     return retry_after
 
 
 def classify_response(response: requests.Response, now: float | None = None) -> SendResult:
-    """Turn one HTTP response into a SendResult, or raise the matching AwalError."""
+    """Turn one HTTP response into a SendResult, or raise the matching AwalError.
+
+    The status code decides the class; the body only adds detail, read defensively, so no reply
+    (wrong JSON types, HTML, empty, undecodable bytes) makes this raise anything but an AwalError.
+    """
     now = time.time() if now is None else now
     rate = RateHeaders.parse(response.headers)
     status = response.status_code
     if status == 200:
-        try:
-            body = response.json()
-            message = body["message"]
-            ok = body.get("status") is True and isinstance(message.get("messageId"), str) and message["messageId"]
-        except ValueError:
-            ok, body = False, None
-        except (KeyError, TypeError, AttributeError):
-            ok = False
-        if body is None:
+        readable, body = _json_body(response)
+        if not readable:
             # A 200 we cannot read: the vendor may well have sent the WhatsApp message.
             raise AmbiguousError("HTTP 200 with an unreadable body", code="unreadable_response", http_status=status)
-        if not ok:
-            # Assumption (AWAL_API.md): a 200 whose `status` is not true is a failure. The vendor
-            # answered, so this is not ambiguous; it is permanent for this message.
+        message = _accepted_message(body)
+        if message is None:
+            # The vendor answered, so this is not ambiguous; it is permanent for this message.
             code, text, request_id, _ = _error_fields(response)
             raise PermanentError(
                 text or "HTTP 200 without status true and a messageId",
@@ -165,11 +221,10 @@ def classify_response(response: requests.Response, now: float | None = None) -> 
                 http_status=status,
                 request_id=request_id,
             )
-        vendor_id = message.get("id")
         return SendResult(
-            vendor_id=int(vendor_id) if isinstance(vendor_id, (int, str)) and str(vendor_id).isdigit() else None,
-            message_id=message["messageId"],
-            vendor_status=message.get("status"),
+            vendor_id=_vendor_id(message.get("id")),
+            message_id=_text(message["messageId"]),
+            vendor_status=_text(message.get("status")),
             http_status=status,
             rate=rate,
         )
@@ -188,7 +243,12 @@ def classify_response(response: requests.Response, now: float | None = None) -> 
 
 
 def classify_transport_error(exc: requests.RequestException) -> AwalError:
-    """Connection never made -> transient; request sent but no answer -> ambiguous."""
+    """Connection never made -> transient; request sent but no answer -> ambiguous; TLS or proxy
+    failure -> configuration error (the handshake failed, so the request was never carried)."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return TransportConfigError(f"TLS handshake failed: {_reason(exc)}", code="tls_error")
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return TransportConfigError(f"proxy failed: {_reason(exc)}", code="proxy_error")
     if isinstance(exc, requests.ConnectTimeout):
         return ConnectionNotMade(f"connect timeout: {exc.__class__.__name__}", code="connect_timeout")
     if isinstance(exc, requests.ReadTimeout):
@@ -201,6 +261,17 @@ def classify_transport_error(exc: requests.RequestException) -> AwalError:
             return ConnectionNotMade("connection could not be opened", code="connection_failed")
         return AmbiguousError("connection dropped after the request was sent", code="connection_dropped")
     return AmbiguousError(f"transport error: {exc.__class__.__name__}", code="transport_error")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause's text, short (e.g. "certificate verify failed: self-signed certificate")."""
+    inner: BaseException = exc
+    while True:
+        nested = getattr(inner, "reason", None) or (inner.args[0] if inner.args and isinstance(inner.args[0], BaseException) else None)
+        if not isinstance(nested, BaseException) or nested is inner:
+            break
+        inner = nested
+    return f"{type(inner).__name__}: {inner}"[:RAW_TEXT_CHARS]
 
 
 class AwalClient:
@@ -219,6 +290,7 @@ class AwalClient:
         retry_max_wait_s: float,
         pool_maxsize: int = POOL_MAXSIZE_MIN,
         clock: Callable[[], float] = time.time,
+        transport: BaseAdapter | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
@@ -238,7 +310,8 @@ class AwalClient:
         )
         self._clock = clock
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=pool_maxsize, max_retries=0)
+        # `transport`: a stub adapter for tests that script raw replies (tests/test_replies.py)
+        adapter = transport or HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         # The environment's proxy and CA-bundle settings (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE)
@@ -365,6 +438,7 @@ __all__ = [
     "RateHeaders",
     "SendResult",
     "TransientError",
+    "TransportConfigError",
     "build_client",
     "classify_response",
     "classify_transport_error",

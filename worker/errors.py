@@ -6,7 +6,9 @@ AwalError
     ServerError        5xx
     RateLimited        429; `retry_after` seconds (not the message's fault)
   PermanentError       4xx: retrying the same request gives the same answer
-    AuthenticationFailed 401: configuration is wrong; every other message fails too
+    ConfigurationFailure our side is set up wrong: every other message fails too (pause the campaign)
+      AuthenticationFailed 401: credentials or signature
+      TransportConfigError TLS/certificate or proxy failure: the request was never carried
   AmbiguousError       the request was sent, no answer came back: the vendor may have sent it
 
 LimiterUnavailable (a TransientError) says the shared rate limiter could not be reached.
@@ -65,6 +67,7 @@ class AwalError(ButtoncastError):
         request_id: str | None = None,
         details: dict | None = None,
     ) -> None:
+        message = message if isinstance(message, str) else str(message)
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -115,10 +118,28 @@ class PermanentError(AwalError):
     code = "permanent"
 
 
-class AuthenticationFailed(PermanentError):
+class ConfigurationFailure(PermanentError):
+    """Our configuration is wrong for every message, not this one: the campaign is paused with
+    `summary` and the reason, and the message goes back to pending (nothing was sent)."""
+
+    code = "configuration_failure"
+    summary = "configuration failure"
+
+
+class AuthenticationFailed(ConfigurationFailure):
     """401: credentials or signature are wrong; every other message will fail the same way."""
 
     code = "authentication_failed"
+    summary = "authentication failed (401)"
+
+
+class TransportConfigError(ConfigurationFailure):
+    """The TLS handshake (certificate, CA bundle) or the proxy failed before the request was
+    carried: the vendor never saw it, and every other message meets the same wall.
+    Codes: "tls_error", "proxy_error"."""
+
+    code = "tls_error"
+    summary = "TLS or proxy failure before the request was sent"
 
 
 class AmbiguousError(AwalError):

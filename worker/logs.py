@@ -10,7 +10,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-OUTCOME_FIELDS = ("campaign_id", "message_id", "status", "request_id", "vendor_message_id", "error_code", "attempts")
+OUTCOME_FIELDS = ("campaign_id", "message_id", "status", "request_id", "vendor_message_id", "vendor_id", "error_code",
+                  "attempts")
 LOGGER_NAME = "buttoncast"
 
 

@@ -70,6 +70,8 @@ class Campaign(Base):
     window_tz: Mapped[str | None] = mapped_column(sa.String(64))     # "Asia/Riyadh"
     pause_reason: Mapped[str | None] = mapped_column(sa.Text)
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
+    #: ambiguous outcomes (unknown) since the last send; AUTO_PAUSE_CONSECUTIVE_UNKNOWN pauses
+    consecutive_unknown: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     recipients_imported: Mapped[int] = mapped_column(sa.Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(sa.Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -14,3 +14,4 @@ TASK_ENQUEUE = "buttoncast.enqueue_message"
 TASK_DISPATCH = "buttoncast.dispatch"
 TASK_SWEEP = "buttoncast.sweep"
 TASK_DELIVER_HOOKS = "buttoncast.deliver_hooks"
+TASK_PRUNE = "buttoncast.prune"   # retention (issue 12 item 15)

@@ -25,8 +25,8 @@ from worker.client import AttemptRecord, SendResult
 from worker.errors import (
     AmbiguousError,
     LimiterUnavailable,
-    AuthenticationFailed,
     AwalError,
+    ConfigurationFailure,
     MessageInvalid,
     PermanentError,
     RateLimited,
@@ -138,11 +138,12 @@ def send_message(message_id: int, deps: SendDeps) -> Outcome:
         )
     except AwalError as error:
         return _record_error(job, token, error, attempts, deps)
+    # Logged before the write, so the vendor's ids are on record whatever happens to the write.
+    log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
+                vendor_message_id=result.message_id, vendor_id=result.vendor_id, attempts=len(attempts))
     # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
     _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id),
             job, result, unit=deps.connect if len(attempts) == 1 else None)
-    log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
-                vendor_message_id=result.message_id, attempts=len(attempts))
     return _done(Outcome.SENT, job, message_id)
 
 
@@ -253,15 +254,17 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         _record(deps, put_back, job)
         return _done(Outcome.DEFERRED, job, job.id)
 
-    if isinstance(error, AuthenticationFailed) and job.campaign_id is not None:
+    if isinstance(error, ConfigurationFailure) and job.campaign_id is not None:
+        # 401, TLS or proxy: wrong for every message, so pause the campaign; this one goes back
+        # untouched. (An ad-hoc message falls through to PermanentError: failed with the code.)
         def pause(ss: Session) -> None:
             if store.record_error(ss, job.id, token, status=MessageStatus.PENDING, error=error, attempts=attempts,
                                   worker=deps.worker_name) == MessageStatus.PENDING.value:   # not cancelled meanwhile
                 store.add_event(ss, job.id, MessageStatus.SENDING.value, MessageStatus.PENDING.value,
-                                "authentication failed (401): not the recipient's fault", deps.worker_name)
-            store.pause_campaign(ss, job.campaign_id, reason=f"authentication failed (401) {error.code}: {error.message}")
+                                f"{error.summary}: not the recipient's fault", deps.worker_name)
+            store.pause_campaign(ss, job.campaign_id, reason=f"{error.summary} {error.code}: {error.message}")
         _record(deps, pause, job)
-        log_outcome(log, logging.ERROR, "authentication failed; campaign paused", status="pending", **fields)
+        log_outcome(log, logging.ERROR, f"{error.summary}; campaign paused", status="pending", **fields)
         return _done(Outcome.PAUSED, job, job.id)
 
     if isinstance(error, PermanentError):
@@ -275,8 +278,13 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
         return _done(Outcome.FAILED, job, job.id)
 
     if isinstance(error, AmbiguousError):
-        _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
-                                                    attempts=attempts, worker=deps.worker_name), job)
+        def unknown(ss: Session) -> None:
+            written = store.record_error(ss, job.id, token, status=MessageStatus.UNKNOWN, error=error,
+                                         attempts=attempts, worker=deps.worker_name)
+            if written and job.campaign_id is not None:   # a row we still owned: count it once
+                store.note_campaign_unknown(ss, job.campaign_id, threshold=s.auto_pause_consecutive_unknown,
+                                            reason=f"{error.code}: {error.message}")
+        _record(deps, unknown, job)
         log_outcome(log, logging.WARNING, "unknown: request sent, no answer; not resent automatically", status="unknown", **fields)
         return _done(Outcome.UNKNOWN, job, job.id)
 

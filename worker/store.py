@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from worker.client import AttemptRecord, SendResult
 from worker.errors import AwalError
+from worker.fit import fit
 from worker.hooks import outbox as hooks_outbox
 from worker.hooks.events import HookEvent
 from worker.models import Attempt, Campaign, Message, MessageEvent, UTCDateTime, utcnow
@@ -107,8 +108,17 @@ _ATTEMPT_FIELDS = ("started_at", "duration_ms", "http_status", "outcome", "error
                    "request_id", "vendor_message_id")   # AttemptRecord's fields that are Attempt columns
 
 
+def _attempt_values(a: AttemptRecord) -> dict:
+    """The attempt's columns, every string fitted to its column (worker.fit)."""
+    values = {c: getattr(a, c) for c in _ATTEMPT_FIELDS}
+    for c in _ATTEMPT_FIELDS:
+        if isinstance(values[c], str):
+            values[c] = fit(Attempt.__table__.c[c], values[c])
+    return values
+
+
 def _attempt_row(message_id: int, a: AttemptRecord, worker: str) -> dict:
-    return dict(message_id=message_id, worker=worker, **{c: getattr(a, c) for c in _ATTEMPT_FIELDS})
+    return dict(message_id=message_id, worker=worker, **_attempt_values(a))
 
 
 def _add_attempts(unit: Unit, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
@@ -132,10 +142,12 @@ _RECORD_SENT = (
     )
     .execution_options(synchronize_session=False)
 )
+# A send breaks both streaks: permanent failures and ambiguous (unknown) outcomes.
+_STREAK_RUNNING = sa.or_(Campaign.consecutive_failures != 0, Campaign.consecutive_unknown != 0)
 _RESET_FAILURE_STREAK = (
     sa.update(Campaign)
-    .where(Campaign.id == _param("p_campaign_id"), Campaign.consecutive_failures != 0)
-    .values(consecutive_failures=0, updated_at=_NOW)
+    .where(Campaign.id == _param("p_campaign_id"), _STREAK_RUNNING)
+    .values(consecutive_failures=0, consecutive_unknown=0, updated_at=_NOW)
     .execution_options(synchronize_session=False)
 )
 
@@ -148,8 +160,8 @@ def _record_sent_statement(with_hook: bool = False) -> sa.Select:
     sent = _RECORD_SENT.returning(Message.id, Message.campaign_id).cte("sent")
     streak = (
         sa.update(Campaign)
-        .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), Campaign.consecutive_failures != 0)
-        .values(consecutive_failures=0, updated_at=_NOW)
+        .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), _STREAK_RUNNING)
+        .values(consecutive_failures=0, consecutive_unknown=0, updated_at=_NOW)
         .cte("streak")
     )
     attempt = sa.insert(Attempt).values(
@@ -178,17 +190,18 @@ def record_sent(
     conn = _core(unit)
     now = utcnow()
     params = {"p_message_id": message_id, "p_token": token, "p_now": now, "p_vendor_id": result.vendor_id,
-              "p_vendor_message_id": result.message_id, "p_vendor_status": result.vendor_status,
+              "p_vendor_message_id": fit(Message.vendor_message_id, result.message_id),
+              "p_vendor_status": fit(Message.vendor_status, result.vendor_status),
               "p_counted": _counted(attempts), "p_worker": worker, "p_campaign_id": campaign_id}
     if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         if len(attempts) != 1 or conn.dialect.name != "postgresql":
             raise ValueError(f"recording {len(attempts)} attempts on {conn.dialect.name} needs a transaction")
-        params.update({f"p_attempt_{c}": getattr(attempts[0], c) for c in _ATTEMPT_FIELDS})
+        params.update({f"p_attempt_{c}": v for c, v in _attempt_values(attempts[0]).items()})
         statement = _RECORD_SENT_ONE_STATEMENT
         if hooks_outbox.subscribed(conn, HookEvent.MESSAGE_SENT):   # a cached answer, not a query
             statement = _RECORD_SENT_ONE_STATEMENT_WITH_HOOK
-            params.update(hooks_outbox.sent_params(vendor_id=result.vendor_id, vendor_message_id=result.message_id,
-                                                   vendor_status=result.vendor_status, now=now))
+            params.update(hooks_outbox.sent_params(vendor_id=result.vendor_id, vendor_message_id=params["p_vendor_message_id"],
+                                                   vendor_status=params["p_vendor_status"], now=now))
         return conn.execute(statement, params).scalar_one() == 1
     done = conn.execute(_RECORD_SENT, params).rowcount
     _add_attempts(conn, message_id, attempts, worker)
@@ -219,7 +232,8 @@ def record_error(
     now = utcnow()
     values: dict = dict(
         status=status.value, updated_at=now, attempts=Message.attempts + _counted(attempts),
-        last_error_code=error.code, last_error_message=error.message[:1000], last_request_id=error.request_id,
+        last_error_code=fit(Message.last_error_code, error.code), last_error_message=fit(Message.last_error_message, error.message),
+        last_request_id=fit(Message.last_request_id, error.request_id),
         not_before=not_before,
     )
     if status in (MessageStatus.QUEUED, MessageStatus.PENDING):
@@ -320,20 +334,35 @@ def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
 
 
 def add_event(session: Session, message_id: int, from_status: str | None, to_status: str, reason: str, actor: str | None) -> None:
-    session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status, reason=reason, actor=actor))
+    session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status,
+                             reason=fit(MessageEvent.reason, reason), actor=actor))
 
 
 def note_campaign_failure(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
     """Count a permanent failure; pause the campaign when the streak reaches `threshold`."""
-    session.execute(
+    return _note_streak(session, campaign_id, Campaign.consecutive_failures, threshold=threshold,
+                        reason=f"consecutive permanent failures; last: {reason}")
+
+
+def note_campaign_unknown(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
+    """Count an ambiguous outcome (`unknown`); pause the campaign when the streak reaches
+    `threshold`, so a systematic fault does not turn a whole campaign `unknown` at full rate."""
+    return _note_streak(session, campaign_id, Campaign.consecutive_unknown, threshold=threshold,
+                        reason=f"ambiguous outcomes (unknown: request sent, no answer) without a send; last: {reason}")
+
+
+def _note_streak(session: Session, campaign_id: int, counter: sa.orm.InstrumentedAttribute, *, threshold: int,
+                 reason: str) -> bool:
+    """Add one to a streak counter (reset by every send, see record_sent); pause at `threshold`."""
+    streak = session.execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id)
-        .values(consecutive_failures=Campaign.consecutive_failures + 1)
+        .values({counter.key: counter + 1})
+        .returning(counter)
         .execution_options(synchronize_session=False)
-    )
-    streak = session.scalar(sa.select(Campaign.consecutive_failures).where(Campaign.id == campaign_id)) or 0
+    ).scalar_one_or_none() or 0
     if streak >= threshold:
-        return pause_campaign(session, campaign_id, reason=f"{streak} consecutive permanent failures; last: {reason}")
+        return pause_campaign(session, campaign_id, reason=f"{streak} {reason}")
     return False
 
 
@@ -342,7 +371,7 @@ def pause_campaign(session: Session, campaign_id: int, *, reason: str) -> bool:
     done = session.execute(
         sa.update(Campaign)
         .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
-        .values(status=CampaignStatus.PAUSED.value, pause_reason=reason, updated_at=utcnow())
+        .values(status=CampaignStatus.PAUSED.value, pause_reason=fit(Campaign.pause_reason, reason), updated_at=utcnow())
         .execution_options(synchronize_session=False)
     ).rowcount
     return done == 1

@@ -1,7 +1,7 @@
 """Outbound hooks: endpoints, their subscriptions, and the outbox of events to deliver.
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0004a
 """
 from typing import Sequence, Union
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: Union[str, Sequence[str], None] = "0003"
+down_revision: Union[str, Sequence[str], None] = "0004a"   # main's head when merged; the brief said 0003 (re-chained at merge)
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 

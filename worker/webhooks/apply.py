@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from worker.hooks.outbox import emit_vendor_event
 from worker.models import Message, UTCDateTime, utcnow
+from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import DeliveryStatus
 from worker.webhooks.events import Event, parse_body
 from worker.webhooks.models import EventKind, WebhookEvent
@@ -141,29 +142,42 @@ def _apply_reply(session: Session, event: Event, message_id: int) -> bool:
     return done == 1
 
 
-def match_pending_events(session: Session, limit: int = PENDING_BATCH) -> int:
+def match_pending_events(
+    session: Session, limit: int = PENDING_BATCH, *, window_s: float = WEBHOOK_MATCH_WINDOW_S,
+    now: datetime | None = None,
+) -> int:
     """Apply up to `limit` unmatched status/reply events whose message now exists; returns how many.
 
     For the sweeper (beat schedule): an event can arrive before the send path records the wamid.
+    Only events received within `window_s` are retried (issue 12 item 15): older ones are other
+    apps' messages or strangers' replies that will never match; they stay stored until pruned but
+    are no longer rescanned, so the sweep's cost does not grow with history (partial index
+    ix_webhook_events_unmatched_received).
     Safe to run concurrently with the receiver and with itself (every write is conditional).
     Does not commit: call inside the sweeper's transaction.
     """
+    young = _young_unmatched((now or utcnow()) - timedelta(seconds=window_s))
     by_wamid = session.execute(
         sa.select(WebhookEvent.id, WebhookEvent.body, WebhookEvent.received_at, Message.id)
         .join(Message, Message.vendor_message_id == WebhookEvent.vendor_message_id)
-        .where(WebhookEvent.matched.is_(False), WebhookEvent.kind.in_([EventKind.STATUS, EventKind.REPLY]))
-        .order_by(WebhookEvent.id)
+        .where(*young, WebhookEvent.kind.in_([EventKind.STATUS, EventKind.REPLY]))
+        .order_by(WebhookEvent.received_at, WebhookEvent.id)
         .limit(limit)
     ).all()
     matched = 0
     for event_id, body, received_at, message_id in by_wamid:
         matched += _apply_pending(session, event_id, body, received_at, message_id)
     if len(by_wamid) < limit:
-        matched += _match_replies_by_phone(session, limit - len(by_wamid))
+        matched += _match_replies_by_phone(session, limit - len(by_wamid), young)
     return matched
 
 
-def _match_replies_by_phone(session: Session, limit: int) -> int:
+def _young_unmatched(since: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """Unmatched events received since `since`: the predicate of the partial index, then its range."""
+    return WebhookEvent.matched.is_(False), WebhookEvent.received_at >= since
+
+
+def _match_replies_by_phone(session: Session, limit: int, young: tuple[sa.ColumnElement[bool], ...]) -> int:
     """Replies without context whose phone now has a sent message."""
     # sent_at <= occurred_at (no skew) guarantees find_message succeeds, so no row is picked forever
     has_message = sa.exists().where(
@@ -171,11 +185,8 @@ def _match_replies_by_phone(session: Session, limit: int) -> int:
     )
     rows = session.execute(
         sa.select(WebhookEvent.id, WebhookEvent.body, WebhookEvent.received_at)
-        .where(
-            WebhookEvent.matched.is_(False), WebhookEvent.kind == EventKind.REPLY,
-            WebhookEvent.vendor_message_id.is_(None), has_message,
-        )
-        .order_by(WebhookEvent.id)
+        .where(*young, WebhookEvent.kind == EventKind.REPLY, WebhookEvent.vendor_message_id.is_(None), has_message)
+        .order_by(WebhookEvent.received_at, WebhookEvent.id)
         .limit(limit)
     ).all()
     matched = 0

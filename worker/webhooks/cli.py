@@ -1,4 +1,4 @@
-"""`buttoncast webhooks`: serve the webhook receiver with waitress (a production WSGI server).
+"""`buttoncast webhooks`: serve the webhook receiver with waitress, limits applied (worker/webhooks/server.py).
 
 The first line on stdout is the endpoint URL (flushed), so a parent process (bench, demo) can read
 it; with `--port 0` the port is a free one. The webhook secret is never printed.
@@ -15,12 +15,11 @@ import sqlalchemy as sa
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.runtime import Runtime
 from worker.webhooks.app import create_app
+from worker.webhooks.server import ReceiverLimits, create_receiver_server
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
 DEFAULT_THREADS = 8
-#: waitress accepts this many queued connections beyond its threads before the OS backlog
-CONNECTION_LIMIT = 1000
 
 
 @click.command("webhooks")
@@ -31,8 +30,6 @@ CONNECTION_LIMIT = 1000
 @friendly_errors
 def webhooks_command(host: str, port: int, threads: int) -> None:
     """Receive the vendor's webhooks: delivery receipts and button replies (needs AWAL_WEBHOOK_SECRET)."""
-    from waitress.server import create_server
-
     runtime = load_runtime()
     # waitress logs a warning for every request that waits for a thread: a flood in any burst
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -42,9 +39,9 @@ def webhooks_command(host: str, port: int, threads: int) -> None:
     ensure_schema(runtime)
     _require_table(runtime)
     app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
-                     path=settings.webhook_path)
-    server = create_server(app, host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
-                           ident="buttoncast-webhooks")
+                     path=settings.webhook_path, max_body_bytes=settings.webhook_max_body_bytes)
+    server = create_receiver_server(app, host=host, port=port, threads=threads,
+                                    limits=ReceiverLimits.from_settings(settings))
     url = f"http://{host}:{server.effective_port}{settings.webhook_path}"
     click.echo(url)
     sys.stdout.flush()

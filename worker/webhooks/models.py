@@ -31,6 +31,9 @@ class WebhookEvent(Base):
     __tablename__ = "webhook_events"
     __table_args__ = (
         sa.Index("ix_webhook_events_matched_wamid", "matched", "vendor_message_id"),
+        # the sweep's windowed matching (issue 12 item 15; migration 0004)
+        sa.Index("ix_webhook_events_unmatched_received", "received_at", "id",
+                 postgresql_where=sa.text("matched IS false"), sqlite_where=sa.text("matched IS 0")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -1,0 +1,124 @@
+"""Retention: old attempts, message_events and webhook_events are deleted, in bounded batches.
+
+Issue 12 item 15. Rows older than the retention period are history nobody reads, and the tables
+grew without bound. What is kept whatever its age:
+- messages themselves (a campaign's report and funnel read them; they are one row per recipient,
+  and deleting a campaign is an operator's decision, not a timer's);
+- every attempt and status event of a message that is not final yet (pending, queued, sending):
+  it is still being worked on;
+- a `sent` attempt of a message whose status is not `sent`: `buttoncast retry` reads it as proof
+  that the vendor accepted the message, so it is never requeued (scheduler/retry.py);
+- unmatched webhook events younger than WEBHOOK_MATCH_WINDOW_S: the sweep may still match them;
+- outbound hook events still pending delivery (hook_outbox: delivered and dead-lettered rows go
+  once their last attempt is older than the period).
+Each batch is its own short transaction (`DELETE ... WHERE id IN (ids of up to batch_size rows)`),
+so a big first prune never holds locks or a giant transaction, and a concurrent writer only waits
+for one batch. Safe to run twice at once: a row deleted by one is simply not found by the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.hooks.models import HookOutbox, OutboxStatus
+from worker.models import Attempt, Message, MessageEvent, utcnow
+from worker.settings import WEBHOOK_MATCH_WINDOW_S
+from worker.status import FINAL_MESSAGE_STATUSES, MessageStatus
+from worker.webhooks.models import WebhookEvent
+
+log = logging.getLogger("buttoncast.retention")
+PRUNE_BATCH_ROWS = 5000
+TABLES = ("attempts", "message_events", "webhook_events", "hook_outbox")
+_FINAL = [s.value for s in FINAL_MESSAGE_STATUSES]
+
+
+@dataclass
+class PruneReport:
+    """Rows deleted (or, in a dry run, that would be) per table, and the cut-off used."""
+
+    cutoff: datetime
+    dry_run: bool
+    deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+
+def prunable(table: str, cutoff: datetime, *, now: datetime,
+             match_window_s: float = WEBHOOK_MATCH_WINDOW_S) -> tuple[sa.Table, sa.ColumnElement[bool]]:
+    """The table and the condition a row must meet to be deleted (see the module docstring)."""
+    if table == "attempts":
+        final = sa.select(Message.id).where(Message.id == Attempt.message_id, Message.status.in_(_FINAL)).exists()
+        retry_guard = sa.select(Message.id).where(
+            Message.id == Attempt.message_id, Message.status != MessageStatus.SENT.value).exists()
+        return Attempt.__table__, sa.and_(
+            Attempt.started_at < cutoff, final, ~sa.and_(Attempt.outcome == "sent", retry_guard))
+    if table == "message_events":
+        final = sa.select(Message.id).where(Message.id == MessageEvent.message_id, Message.status.in_(_FINAL)).exists()
+        return MessageEvent.__table__, sa.and_(MessageEvent.at < cutoff, final)
+    if table == "webhook_events":
+        still_matchable = now - timedelta(seconds=match_window_s)
+        return WebhookEvent.__table__, sa.and_(
+            WebhookEvent.received_at < cutoff,
+            sa.or_(WebhookEvent.matched.is_(True), WebhookEvent.received_at < still_matchable))
+    if table == "hook_outbox":
+        return HookOutbox.__table__, sa.and_(
+            HookOutbox.status.in_([OutboxStatus.DELIVERED.value, OutboxStatus.DEAD.value]), HookOutbox.last_attempt_at < cutoff)
+    raise ValueError(f"no retention rule for table {table!r}; known: {', '.join(TABLES)}")
+
+
+def prune(
+    session_factory: sessionmaker[Session], *, older_than: timedelta, dry_run: bool = False,
+    now: datetime | None = None, match_window_s: float = WEBHOOK_MATCH_WINDOW_S,
+    batch_rows: int = PRUNE_BATCH_ROWS,
+) -> PruneReport:
+    """Delete (or with `dry_run` count) what is older than `older_than` in every table of TABLES."""
+    if older_than <= timedelta(0):
+        raise ValueError("older_than must be positive (0 days means keep for ever: do not prune)")
+    now = now or utcnow()
+    report = PruneReport(cutoff=now - older_than, dry_run=dry_run)
+    for name in TABLES:
+        table, condition = prunable(name, report.cutoff, now=now, match_window_s=match_window_s)
+        if dry_run:
+            with session_factory() as session:
+                report.deleted[name] = session.execute(
+                    sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one()
+        else:
+            report.deleted[name] = _delete_in_batches(session_factory, table, condition, batch_rows)
+    if report.total and not dry_run:
+        log.info("pruned rows older than %s: %s", report.cutoff.isoformat(),
+                 ", ".join(f"{n} {c}" for n, c in report.deleted.items()))
+    return report
+
+
+def _delete_in_batches(session_factory: sessionmaker[Session], table: sa.Table, condition: sa.ColumnElement[bool],
+                       batch_rows: int) -> int:
+    """Keyset over the primary key: each batch starts after the last id seen, one transaction each."""
+    deleted, after = 0, 0
+    while True:
+        with session_factory.begin() as session:
+            ids = session.execute(
+                sa.select(table.c.id).where(condition, table.c.id > after).order_by(table.c.id).limit(batch_rows)
+            ).scalars().all()
+            if not ids:
+                return deleted
+            deleted += session.execute(
+                sa.delete(table).where(table.c.id.in_(ids)).execution_options(synchronize_session=False)).rowcount
+        after = ids[-1]
+        if len(ids) < batch_rows:
+            return deleted
+
+
+def prune_expired(runtime) -> PruneReport | None:  # noqa: ANN001 - worker.runtime.Runtime
+    """The beat job: prune with RETENTION_DAYS (None when it is 0, keep for ever)."""
+    days = runtime.settings.retention_days
+    if days == 0:
+        return None
+    return prune(runtime.session_factory, older_than=timedelta(days=days),
+                 match_window_s=runtime.settings.webhook_match_window_s)
