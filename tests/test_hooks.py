@@ -192,6 +192,16 @@ def test_receipts_and_taps_from_the_vendor_write_their_events_in_the_receivers_t
     assert got == [("message.delivered", mid), ("message.read", mid), ("button.tapped", mid)]
     assert json.loads(rows(rt)[2].data)["button_id"] == "yes"
 
+    late = send_one(rt)                              # the vendor reports a sent message failed: message.failed
+    with rt.session_factory() as s:
+        wamid = s.get(Message, late).vendor_message_id
+    _vendor(rt, {"event": "message.status.updated",
+                 "data": {"message_id": wamid, "status": "failed", "error": {"code": 131047, "message": "window closed"}}})
+    failed = rows(rt)[-1]
+    data = json.loads(failed.data)
+    assert (failed.event_type, failed.message_id, data["stage"]) == ("message.failed", late, "delivery")
+    assert "131047" in data["error_message"]
+
 
 # --- delivery: signed POSTs, retries, dead letters, redelivery ------------------------------------
 
