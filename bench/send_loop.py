@@ -6,6 +6,9 @@ the bare client loop (sign + POST + parse, no database, no limiter) in the same 
 prints cProfile's top functions by cumulative time. Example:
 
     .venv/bin/python bench/send_loop.py --messages 5000 --profile
+
+`--hook` first adds an outbound hook endpoint subscribed to message.sent, so every record also
+writes its outbox row (one more CTE in the same statement); nothing is delivered during the loop.
 """
 
 from __future__ import annotations
@@ -74,6 +77,28 @@ def add_contacts(database_url: str) -> None:
             "SELECT phone, now() at time zone 'utc', CASE WHEN id % 2 = 0 THEN now() at time zone 'utc' END, "
             "now() at time zone 'utc' FROM messages ON CONFLICT DO NOTHING"))
     engine.dispose()
+def add_sent_hook(env: dict[str, str]) -> None:
+    from worker.hooks.service import add_endpoint
+    from worker.runtime import Runtime
+    from worker.settings import Secret, Settings
+
+    runtime = Runtime(Settings.from_env(env))
+    try:
+        with runtime.session_factory.begin() as session:
+            add_endpoint(session, "http://127.0.0.1:9/hooks", "message.sent", signing_key=Secret("bench" * 8))
+    finally:
+        runtime.close()
+
+
+def outbox_rows(database_url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM hook_outbox WHERE event_type = 'message.sent'")).scalar_one()
+    finally:
+        engine.dispose()
 
 
 def main() -> None:
@@ -84,13 +109,17 @@ def main() -> None:
     parser.add_argument("--with-contacts", action="store_true",
                         help="a contact row per recipient (as an import makes them), so the consent gate and the "
                              "contact's last-sent stamp do real work")
+    parser.add_argument("--hook", action="store_true", help="an outbound hook subscribed to message.sent exists")
     args = parser.parse_args()
-    print(f"send loop: {args.messages} messages, one thread, no Celery; {load_line()}")
+    print(f"send loop: {args.messages} messages, one thread, no Celery{', a message.sent hook' if args.hook else ''}; "
+          f"{load_line()}")
     with private_redis() as broker_url, scratch_postgres("loop") as database_url, sandbox(0.0) as sandbox_url:
         from worker.settings import Settings
 
         env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, REDIS_URL=broker_url,
                         **UNTHROTTLED)
+        if args.hook:
+            add_sent_hook(env)
         base_rate, base_cpu = client_loop(Settings.from_env(env), args.messages)
         print(f"  baseline: client loop (sign + POST + parse only): {base_rate:,.0f} msg/s, {base_cpu:.2f} ms CPU/msg")
         ids = queued_message_ids(database_url, args.warmup + args.messages)
@@ -99,6 +128,8 @@ def main() -> None:
         rate, cpu, report = send_loop(env, ids, args.warmup, args.profile)
         print(f"  buttoncast send_message loop: {rate:,.0f} msg/s, {cpu:.2f} ms CPU/msg "
               f"(the database and limiter add {cpu - base_cpu:.2f} ms)")
+        if args.hook:
+            print(f"  outbox rows written: {outbox_rows(database_url):,} (one per message sent)")
     print(ratio_line("send path alone", rate, base_rate, "msg/s", "none; shows what the database and limiter add"))
     if report:
         print(report)

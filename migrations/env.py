@@ -10,6 +10,7 @@ import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on B
 import worker.api.models  # noqa: F401,E402 - registers api_keys, api_idempotency
 import worker.audit  # noqa: F401,E402 - registers audit_events
 import worker.console.models  # noqa: F401,E402 - registers console_users, console_sessions
+import worker.hooks.models  # noqa: F401,E402 - registers the hook tables
 from worker.settings import Settings
 
 config = context.config

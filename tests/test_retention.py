@@ -85,7 +85,7 @@ def test_item15_prune_deletes_old_history_of_final_messages_in_batches_and_keeps
     add_history(rt, guarded, OLD, outcome="sent")
 
     dry = prune(rt.session_factory, older_than=timedelta(days=30), dry_run=True, now=NOW)
-    assert dry.deleted == {"attempts": 3, "message_events": 4, "webhook_events": 0}
+    assert dry.deleted == {"attempts": 3, "message_events": 4, "webhook_events": 0, "hook_outbox": 0}
     assert counts(rt, done) == (4, 4)   # the dry run deleted nothing
 
     report = prune(rt.session_factory, older_than=timedelta(days=30), now=NOW, batch_rows=2)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker.queues import ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, TASK_DISPATCH, TASK_PRUNE, TASK_SWEEP
+from worker.queues import (ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH,
+                           TASK_PRUNE, TASK_SWEEP)
 from worker.beatlock import hold_beat_lease
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
@@ -62,6 +63,8 @@ def create_celery(settings: Settings) -> Celery:
                       "options": {"queue": QUEUE_CONTROL, "expires": settings.sweep_interval_s * 2}},
             "prune": {"task": TASK_PRUNE, "schedule": PRUNE_INTERVAL_S,
                       "options": {"queue": QUEUE_CONTROL, "expires": PRUNE_INTERVAL_S / 2}},
+            "hooks": {"task": TASK_DELIVER_HOOKS, "schedule": settings.hooks_interval_s,
+                      "options": {"queue": QUEUE_HOOKS, "expires": settings.hooks_interval_s * 2}},
         },
     )
     if not settings.embedded:

@@ -13,6 +13,7 @@ from worker.cli_ops import beat_command, db_group, limits_command, run_command, 
 from worker.cli_send import message_group, send_command
 from worker.console.cli import user_group
 from worker.demo import demo_command
+from worker.hooks.cli import hooks_group
 from worker.sandbox.cli import sandbox_command
 from worker.webhooks.cli import webhooks_command
 
@@ -26,7 +27,7 @@ def main() -> None:
 for command in (
     send_command, message_group, campaign_group, retry_command, worker_command, beat_command, run_command,
     db_group, limits_command, webhooks_command, sandbox_command, demo_command,
-    api_command, apikey_group, prune_command, contacts_group, user_group,
+    api_command, apikey_group, prune_command, contacts_group, user_group, hooks_group,
 ):
     main.add_command(command)
 

@@ -8,7 +8,9 @@ grew without bound. What is kept whatever its age:
   it is still being worked on;
 - a `sent` attempt of a message whose status is not `sent`: `buttoncast retry` reads it as proof
   that the vendor accepted the message, so it is never requeued (scheduler/retry.py);
-- unmatched webhook events younger than WEBHOOK_MATCH_WINDOW_S: the sweep may still match them.
+- unmatched webhook events younger than WEBHOOK_MATCH_WINDOW_S: the sweep may still match them;
+- outbound hook events still pending delivery (hook_outbox: delivered and dead-lettered rows go
+  once their last attempt is older than the period).
 Each batch is its own short transaction (`DELETE ... WHERE id IN (ids of up to batch_size rows)`),
 so a big first prune never holds locks or a giant transaction, and a concurrent writer only waits
 for one batch. Safe to run twice at once: a row deleted by one is simply not found by the other.
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.hooks.models import HookOutbox, OutboxStatus
 from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import FINAL_MESSAGE_STATUSES, MessageStatus
@@ -30,7 +33,7 @@ from worker.webhooks.models import WebhookEvent
 
 log = logging.getLogger("buttoncast.retention")
 PRUNE_BATCH_ROWS = 5000
-TABLES = ("attempts", "message_events", "webhook_events")
+TABLES = ("attempts", "message_events", "webhook_events", "hook_outbox")
 _FINAL = [s.value for s in FINAL_MESSAGE_STATUSES]
 
 
@@ -64,6 +67,9 @@ def prunable(table: str, cutoff: datetime, *, now: datetime,
         return WebhookEvent.__table__, sa.and_(
             WebhookEvent.received_at < cutoff,
             sa.or_(WebhookEvent.matched.is_(True), WebhookEvent.received_at < still_matchable))
+    if table == "hook_outbox":
+        return HookOutbox.__table__, sa.and_(
+            HookOutbox.status.in_([OutboxStatus.DELIVERED.value, OutboxStatus.DEAD.value]), HookOutbox.last_attempt_at < cutoff)
     raise ValueError(f"no retention rule for table {table!r}; known: {', '.join(TABLES)}")
 
 

@@ -59,6 +59,13 @@ CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over
 CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
 API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
 DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
+HOOKS_TIMEOUT_S = 10.0                 # outbound hook: connect and read timeout of one POST to a receiver
+HOOKS_RETRY_MAX_S = 86400.0            # a hook event still failing this long after it was written is dead-lettered
+HOOKS_BACKOFF_BASE_S = 10.0            # failed delivery -> next try after base * 2**(attempts-1) ...
+HOOKS_BACKOFF_MAX_S = 3600.0           # ... capped at this
+HOOKS_INTERVAL_S = 2.0                 # delivery tick (beat, queue buttoncast.hooks)
+HOOKS_BATCH_SIZE = 100                 # outbox rows one tick claims and delivers
+HOOKS_CONCURRENCY = 4                  # POSTs in flight per tick (its own threads: never the send threads)
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -307,6 +314,14 @@ class Settings:
     auto_pause_late_failure_rate: float = AUTO_PAUSE_LATE_FAILURE_RATE
     webhook_metrics_port: int = WEBHOOK_METRICS_PORT
     default_country_code: str | None = DEFAULT_COUNTRY_CODE  # parsed to an ISO 3166 region, e.g. "SA"
+    hooks_signing_key: Secret = field(default_factory=lambda: Secret(""))
+    hooks_timeout_s: float = HOOKS_TIMEOUT_S
+    hooks_retry_max_s: float = HOOKS_RETRY_MAX_S
+    hooks_backoff_base_s: float = HOOKS_BACKOFF_BASE_S
+    hooks_backoff_max_s: float = HOOKS_BACKOFF_MAX_S
+    hooks_interval_s: float = HOOKS_INTERVAL_S
+    hooks_batch_size: int = HOOKS_BATCH_SIZE
+    hooks_concurrency: int = HOOKS_CONCURRENCY
 
     def __repr__(self) -> str:
         """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
@@ -409,6 +424,14 @@ class Settings:
             auto_pause_late_failure_rate=_share(env, "AUTO_PAUSE_LATE_FAILURE_RATE", AUTO_PAUSE_LATE_FAILURE_RATE),
             webhook_metrics_port=_int(env, "WEBHOOK_METRICS_PORT", WEBHOOK_METRICS_PORT, 0),
             default_country_code=parse_default_country(env.get("DEFAULT_COUNTRY_CODE")),
+            hooks_signing_key=Secret(env.get("HOOKS_SIGNING_KEY") or ""),
+            hooks_timeout_s=_float(env, "HOOKS_TIMEOUT_S", HOOKS_TIMEOUT_S, 0.01),
+            hooks_retry_max_s=_float(env, "HOOKS_RETRY_MAX_S", HOOKS_RETRY_MAX_S, 0.1),
+            hooks_backoff_base_s=_float(env, "HOOKS_BACKOFF_BASE_S", HOOKS_BACKOFF_BASE_S, 0.01),
+            hooks_backoff_max_s=_float(env, "HOOKS_BACKOFF_MAX_S", HOOKS_BACKOFF_MAX_S, 0.01),
+            hooks_interval_s=_float(env, "HOOKS_INTERVAL_S", HOOKS_INTERVAL_S, 0.05),
+            hooks_batch_size=_int(env, "HOOKS_BATCH_SIZE", HOOKS_BATCH_SIZE, 1),
+            hooks_concurrency=_int(env, "HOOKS_CONCURRENCY", HOOKS_CONCURRENCY, 1),
         )
 
     def require_awal(self) -> None:

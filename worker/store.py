@@ -19,6 +19,8 @@ from worker.errors import AwalError
 from worker import gate as consent_gate
 from worker.fit import fit
 from worker.gate import NO_CAP, Gate
+from worker.hooks import outbox as hooks_outbox
+from worker.hooks.events import HookEvent
 from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, UTCDateTime, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
@@ -180,11 +182,12 @@ _CONTACT_SENT_BY_MESSAGE = (
 )
 
 
-def _record_sent_statement() -> sa.Select:
-    """Postgres: the sent-row UPDATE, its attempt row and the failure-streak reset as ONE statement
-    (data-modifying CTEs), so on an autocommit connection the whole record is one round trip and
-    still atomic. Selects how many message rows the claim token still owned (0 or 1)."""
-    sent = _RECORD_SENT.returning(Message.campaign_id, Message.phone).cte("sent")
+def _record_sent_statement(with_hook: bool = False) -> sa.Select:
+    """Postgres: the sent-row UPDATE, its attempt row, the failure-streak reset and the contact's
+    last-sent stamp as ONE statement (data-modifying CTEs), so on an autocommit connection the whole
+    record is one round trip and still atomic. Selects how many message rows the claim token still
+    owned (0 or 1). `with_hook`: one more CTE writes the message.sent outbox rows (worker.hooks.outbox)."""
+    sent = _RECORD_SENT.returning(Message.id, Message.campaign_id, Message.phone).cte("sent")
     streak = (
         sa.update(Campaign)
         .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), _STREAK_RUNNING)
@@ -201,10 +204,12 @@ def _record_sent_statement() -> sa.Select:
         .values(last_sent_at=_NOW)
         .cte("contact")
     )
-    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt, contact)
+    hook = [hooks_outbox.sent_event_cte(sent)] if with_hook else []
+    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt, contact, *hook)
 
 
 _RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
+_RECORD_SENT_ONE_STATEMENT_WITH_HOOK = _record_sent_statement(with_hook=True)
 
 
 def record_sent(
@@ -220,7 +225,8 @@ def record_sent(
     order in the table only when inserted in order; PostgreSQL runs the parts of one statement in no
     particular order)."""
     conn = _core(unit)
-    params = {"p_message_id": message_id, "p_token": token, "p_now": utcnow(), "p_vendor_id": result.vendor_id,
+    now = utcnow()
+    params = {"p_message_id": message_id, "p_token": token, "p_now": now, "p_vendor_id": result.vendor_id,
               "p_vendor_message_id": fit(Message.vendor_message_id, result.message_id),
               "p_vendor_status": fit(Message.vendor_status, result.vendor_status),
               "p_counted": _counted(attempts), "p_worker": worker, "p_campaign_id": campaign_id}
@@ -228,7 +234,12 @@ def record_sent(
         if len(attempts) != 1 or conn.dialect.name != "postgresql":
             raise ValueError(f"recording {len(attempts)} attempts on {conn.dialect.name} needs a transaction")
         params.update({f"p_attempt_{c}": v for c, v in _attempt_values(attempts[0]).items()})
-        return conn.execute(_RECORD_SENT_ONE_STATEMENT, params).scalar_one() == 1
+        statement = _RECORD_SENT_ONE_STATEMENT
+        if hooks_outbox.subscribed(conn, HookEvent.MESSAGE_SENT):   # a cached answer, not a query
+            statement = _RECORD_SENT_ONE_STATEMENT_WITH_HOOK
+            params.update(hooks_outbox.sent_params(vendor_id=result.vendor_id, vendor_message_id=params["p_vendor_message_id"],
+                                                   vendor_status=params["p_vendor_status"], now=now))
+        return conn.execute(statement, params).scalar_one() == 1
     done = conn.execute(_RECORD_SENT, params).rowcount
     _add_attempts(conn, message_id, attempts, worker)
     if campaign_id is not None:
@@ -236,6 +247,9 @@ def record_sent(
     if done:   # a replay from the journal passes no phone: the message row knows it
         conn.execute(_CONTACT_SENT if phone is not None else _CONTACT_SENT_BY_MESSAGE,
                      {"p_phone": phone, "p_message_id": message_id, "p_now": params["p_now"]})
+    if done == 1:
+        hooks_outbox.emit(conn, HookEvent.MESSAGE_SENT, message_id=message_id, now=now, data=hooks_outbox.sent_data(
+            vendor_id=result.vendor_id, vendor_message_id=result.message_id, vendor_status=result.vendor_status, now=now))
     return done == 1
 
 
@@ -272,6 +286,10 @@ def record_error(
             sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
         ).rowcount
         written = status.value if done else None
+        if done and status in (MessageStatus.FAILED, MessageStatus.REJECTED):
+            hooks_outbox.emit(session, HookEvent.MESSAGE_FAILED, message_id=message_id, now=now, data={
+                "status": status.value, "stage": "send", "error_code": error.code,
+                "error_message": error.message[:1000], "request_id": error.request_id})
     _add_attempts(session, message_id, attempts, worker)
     return written
 

@@ -23,3 +23,6 @@ def enqueue_message_task(self, payload: dict[str, Any]) -> dict[str, Any]:  # no
 
     Without an `idempotency_key` the task id is the key: a redelivery (acks_late) inserts nothing."""
     return enqueue_payload(payload, get_runtime(), default_key=task_idempotency_key(self.request.id))
+
+
+import worker.hooks.tasks  # noqa: E402,F401 - registers buttoncast.deliver_hooks wherever the send tasks are

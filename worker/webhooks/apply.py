@@ -28,6 +28,7 @@ from worker.breaker import DEFAULT_POLICY, LatePolicy, check as check_breaker
 from worker.contacts import DEFAULT_RULES, SOURCE_VENDOR_CODE, ConsentRules, apply_inbound, opt_out
 from worker.failures import FailureClass, classify, describe_code
 from worker.logs import log_outcome
+from worker.hooks.outbox import emit_vendor_event
 from worker.models import Message, UTCDateTime, utcnow
 from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import DeliveryStatus
@@ -110,14 +111,19 @@ def _latest_message_to(session: Session, event: Event) -> int | None:
 
 
 def apply_to_message(session: Session, event: Event, message_id: int, *, late: LatePolicy = DEFAULT_POLICY) -> bool:
-    """Apply a status or reply event to one message; True if the row changed."""
+    """Apply a status or reply event to one message; True if the row changed. Writes its outbound
+    hook event (worker.hooks) in the same transaction."""
     if event.kind == EventKind.STATUS:
         if event.status == _FAILED.value:
-            return _apply_late_failure(session, event, message_id, late)
-        return _apply_status(session, event, message_id)
-    if event.kind == EventKind.REPLY:
-        return _apply_reply(session, event, message_id)
-    return False
+            changed = _apply_late_failure(session, event, message_id, late)
+        else:
+            changed = _apply_status(session, event, message_id)
+    elif event.kind == EventKind.REPLY:
+        changed = _apply_reply(session, event, message_id)
+    else:
+        return False
+    emit_vendor_event(session, event, message_id, applied=changed)
+    return changed
 
 
 def _earliest(column: sa.orm.InstrumentedAttribute, when: sa.ColumnElement) -> sa.ColumnElement:
