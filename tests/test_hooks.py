@@ -347,3 +347,20 @@ def test_retention_prunes_old_delivered_and_dead_hook_events_and_keeps_pending_o
             s.execute(sa.update(HookOutbox).where(HookOutbox.id == row_id).values(status=status, last_attempt_at=old))
     report = prune(rt.session_factory, older_than=timedelta(days=30))
     assert report.deleted["hook_outbox"] == 2 and [r.status for r in rows(rt)] == ["pending"]
+
+
+def test_an_opt_out_writes_a_contact_opted_out_hook_event_in_its_own_transaction(rt: Any) -> None:
+    """Issue 14 item 4: contact.opted_out reaches subscribers (an operator's or a keyword's opt-out
+    writes the outbox row with the consent change); a second opt-out of the same phone writes none."""
+    from worker.contacts import SOURCE_OPERATOR, opt_out
+
+    add(rt, "http://127.0.0.1:9/hooks", "contact.opted_out")
+    phone = f"9665{next(_phones)}"
+    for _ in range(2):
+        with rt.session_factory.begin() as s:
+            opt_out(s, phone, source=SOURCE_OPERATOR, reason="asked by phone", actor="operator")
+    with rt.session_factory() as s:
+        rows = s.execute(sa.select(HookOutbox.event_type, HookOutbox.phone, HookOutbox.data)).all()
+    assert [(r.event_type, r.phone) for r in rows] == [("contact.opted_out", phone)]
+    data = json.loads(rows[0].data)
+    assert (data["phone"], data["source"], data["reason"]) == (phone, "operator", "asked by phone")

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from worker.hooks import outbox as hooks_outbox
+from worker.hooks.events import HookEvent
 from worker.models import Contact, ContactEvent, Message, utcnow
 from worker.settings import Settings
 
@@ -76,6 +78,8 @@ def opt_out(session: Session, phone: str, *, source: str, reason: str | None = N
     ).rowcount
     if done:
         _add_event(session, phone, OPT_OUT, source, note, actor, at)
+        hooks_outbox.emit(session, HookEvent.CONTACT_OPTED_OUT, phone=phone, now=at,   # same transaction
+                          data={"phone": phone, "source": source, "reason": note, "at": at.isoformat()})
     return done == 1
 
 
