@@ -9,6 +9,7 @@ import uuid
 
 import httpx
 import pytest
+import requests
 import sqlalchemy as sa
 
 from tests.api_stack import ApiStack, create_key, start_api_stack
@@ -32,7 +33,7 @@ def api(migrated_postgres, redis_url, tmp_path_factory) -> ApiStack:  # noqa: AN
     sandbox_url = server.start_in_thread()
     stack = start_api_stack(migrated_postgres, redis_url, sandbox_url, tmp_path_factory.mktemp("api"),
                             API_MAX_BODY_BYTES=str(MAX_BODY), API_MAX_UPLOAD_BYTES=str(4 * MAX_BODY),
-                            API_KEY_CACHE_S=str(KEY_CACHE_S))
+                            API_KEY_CACHE_S=str(KEY_CACHE_S), HOOKS_SIGNING_KEY="api-test-hooks-signing-key-0123456789")
     yield stack
     stack.close()
     server.stop()
@@ -394,3 +395,24 @@ def test_consent_options_on_messages_and_campaigns(api: ApiStack) -> None:
         content = s.scalar(sa.select(Message.content).where(Message.campaign_id == created.json()["id"]).limit(1))
     assert all(r.require_open_window and r.expires_at.year == 2099 for r in rows)
     assert [b["id"] for b in content["buttons"]] == ["go", "stop"]
+
+
+def test_hooks_are_managed_over_the_api_by_admin_keys_only(api: ApiStack) -> None:
+    """Issue 14 item 4: /v1/hooks (admin): add shows the signing secret once, list shows the endpoint
+    and its counts, a bad event is 422 naming the field, remove is 204 then 404; a campaigns key gets 403."""
+    admin = {"Authorization": f"Bearer {api.keys['admin']}"}
+    body = {"url": "http://127.0.0.1:9/hook", "events": ["message.sent", "button.tapped"]}
+    assert requests.post(api.base_url + "/v1/hooks", json=body,
+                         headers={"Authorization": f"Bearer {api.keys['campaigns']}"}, timeout=10).status_code == 403
+    bad = requests.post(api.base_url + "/v1/hooks", json={**body, "events": ["nope"]}, headers=admin, timeout=10)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "events"
+    created = requests.post(api.base_url + "/v1/hooks", json=body, headers=admin, timeout=10)
+    assert created.status_code == 201, created.text
+    hook = created.json()
+    assert hook["secret"] and sorted(hook["events"]) == ["button.tapped", "message.sent"]
+    listed = requests.get(api.base_url + "/v1/hooks", headers=admin, timeout=10).json()["data"]
+    [mine] = [h for h in listed if h["id"] == hook["id"]]
+    assert "secret" not in mine and mine["dead"] == 0
+    assert requests.delete(f"{api.base_url}/v1/hooks/{hook['id']}", headers=admin, timeout=10).status_code == 204
+    gone = requests.delete(f"{api.base_url}/v1/hooks/{hook['id']}", headers=admin, timeout=10)
+    assert gone.status_code == 404 and gone.headers["content-type"].startswith("application/problem+json")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from worker.api import campaigns, contacts, health, limits, messages, retry
+from worker.api import campaigns, contacts, health, hooks, limits, messages, retry
 from worker.api.auth import ApiKeyAuthentication
 from worker.api.bodylimit import BodySizeLimit
 from worker.api.problems import install_problem_handlers
@@ -33,7 +33,7 @@ def create_app() -> FastAPI:
                     "problem details. See docs/api.md.",
         responses=ERROR_RESPONSES,
     )
-    for module in (messages, campaigns, retry, contacts, limits, health):
+    for module in (messages, campaigns, retry, contacts, hooks, limits, health):
         app.include_router(module.router)
     install_problem_handlers(app)
     install_console(app)  # the web console at / (worker/console/)

@@ -24,6 +24,7 @@ from worker.api.idempotency import IdempotencyKeyReused
 from worker.api.keys import ApiKeyNotFound
 from worker.errors import ButtoncastError, ConfigError, MessageInvalid
 from worker.history import MessageNotFound
+from worker.hooks.service import HookNotFound
 
 log = logging.getLogger("buttoncast.api")
 PROBLEM_JSON = "application/problem+json"
@@ -109,7 +110,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(422, "import-refused", str(exc), rejected=rejected, rejected_total=exc.result.rejected)
 
     async def on_ours(request: Request, exc: ButtoncastError) -> JSONResponse:
-        if isinstance(exc, (CampaignNotFound, MessageNotFound, ApiKeyNotFound)):
+        if isinstance(exc, (CampaignNotFound, MessageNotFound, ApiKeyNotFound, HookNotFound)):
             return problem_response(404, "not-found", str(exc))
         if isinstance(exc, (RecipientsFileError, WindowInvalid)):
             return problem_response(422, "recipients-invalid" if isinstance(exc, RecipientsFileError) else "window-invalid", str(exc))

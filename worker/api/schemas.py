@@ -361,3 +361,43 @@ class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
     database: str
     redis: str
+
+
+# --- outbound hooks (worker.api.hooks) -----------------------------------------------------------
+
+class HookIn(BaseModel):
+    url: str = Field(examples=["https://crm.example.com/buttoncast"])
+    events: list[str] = Field(examples=[["message.sent", "button.tapped"]])
+
+
+class HookOut(BaseModel):
+    id: int
+    url: str
+    events: list[str]
+    created_at: datetime
+    pending: int
+    delivered: int
+    dead: int
+    last_error: str | None = None
+
+    @classmethod
+    def of(cls, view: Any) -> "HookOut":  # worker.hooks.service.EndpointView
+        return cls(id=view.id, url=view.url, events=view.events, created_at=view.created_at, pending=view.pending,
+                   delivered=view.delivered, dead=view.dead, last_error=view.last_error)
+
+
+class HookCreated(HookOut):
+    secret: str = Field(description="the endpoint's signing secret (whsec_...): shown only in this response")
+
+
+class HookList(BaseModel):
+    data: list[HookOut]
+
+
+class RedeliverIn(BaseModel):
+    event_id: str | None = Field(None, examples=["evt_3f2a9c0d5b7e4e1f8a6b2c3d4e5f6a7b"])
+    endpoint_id: int | None = Field(None, ge=1, le=2**63 - 1)
+
+
+class RedeliverOut(BaseModel):
+    due: int
