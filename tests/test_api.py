@@ -33,7 +33,7 @@ def api(migrated_postgres, redis_url, tmp_path_factory) -> ApiStack:  # noqa: AN
     sandbox_url = server.start_in_thread()
     stack = start_api_stack(migrated_postgres, redis_url, sandbox_url, tmp_path_factory.mktemp("api"),
                             API_MAX_BODY_BYTES=str(MAX_BODY), API_MAX_UPLOAD_BYTES=str(4 * MAX_BODY),
-                            API_KEY_CACHE_S=str(KEY_CACHE_S), HOOKS_SIGNING_KEY="api-test-hooks-signing-key-0123456789")
+                            API_KEY_CACHE_S=str(KEY_CACHE_S))
     yield stack
     stack.close()
     server.stop()
