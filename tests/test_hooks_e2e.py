@@ -51,7 +51,7 @@ def test_hooks_are_delivered_signed_retried_after_500_dead_lettered_and_redelive
         spawn(env, "beat", "--schedule-file", "beat-schedule", ready="beat: Starting")
 
         # When a message is sent
-        mid = enqueue_message(phone="96650007001", body_text="Your order shipped", buttons=[{"id": "ok", "title": "OK"}],
+        mid = enqueue_message(phone="966500007001", body_text="Your order shipped", buttons=[{"id": "ok", "title": "OK"}],
                               runtime=rt)
 
         # Then /flaky gets message.sent twice (500, then 200), both verified, with one event id
