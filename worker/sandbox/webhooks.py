@@ -106,41 +106,23 @@ def failed_event(record: Record, code: str) -> dict[str, Any]:
     return event
 
 
+def _inbound(record: Record, type_: str, body: str | None, **extra: Any) -> dict[str, Any]:
+    """A `message.received` event from the recipient of `record`."""
+    now = iso_now()
+    data = {"message_id": new_wamid(), "conversation_id": "conv_" + os.urandom(6).hex(), "from": record.phone,
+            "to": record.phone_number_id, "type": type_, "body": body, **extra, "timestamp": now}
+    return {"event": "message.received", "timestamp": now, "data": data}
+
+
 def stop_event(record: Record, text: str) -> dict[str, Any]:
     """The recipient writes STOP (a plain inbound text, no context)."""
-    now = iso_now()
-    return {
-        "event": "message.received",
-        "timestamp": now,
-        "data": {
-            "message_id": new_wamid(),
-            "conversation_id": "conv_" + os.urandom(6).hex(),
-            "from": record.phone,
-            "to": record.phone_number_id,
-            "type": "text",
-            "body": text,
-            "timestamp": now,
-        },
-    }
+    return _inbound(record, "text", text)
 
 
 def tap_event(record: Record, button: dict[str, str]) -> dict[str, Any]:
-    now = iso_now()
-    return {
-        "event": "message.received",
-        "timestamp": now,
-        "data": {
-            "message_id": new_wamid(),
-            "conversation_id": "conv_" + os.urandom(6).hex(),
-            "from": record.phone,
-            "to": record.phone_number_id,
-            "type": "button_reply",
-            "body": button.get("title"),
-            "button": {"id": button.get("id"), "title": button.get("title")},
-            "context": {"message_id": record.message_id},
-            "timestamp": now,
-        },
-    }
+    return _inbound(record, "button_reply", button.get("title"),
+                    button={"id": button.get("id"), "title": button.get("title")},
+                    context={"message_id": record.message_id})
 
 
 def chosen_button(record: Record, tap_button_id: str | None) -> dict[str, str] | None:
