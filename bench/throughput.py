@@ -1,0 +1,234 @@
+"""Throughput (issue 16): one `buttoncast worker` against what one would write instead, same run.
+
+Against an independent vendor stand-in (bench/vendor_standin.py: a stdlib threaded HTTP server that
+answers after --latency-ms), Postgres (a scratch database) and a private redis-server on loopback,
+for each vendor latency:
+
+  sequential   one thread: sign + POST with `requests`, no database (the loop every first version is)
+  naive        bench/naive_sender.py: a Celery task per recipient that signs, POSTs with `requests` and
+               inserts a result row with the ORM; `--pool threads -c 16`, no guarantee of any kind
+  buttoncast   `buttoncast worker` with NO options (its defaults), or each --configs variant
+               (`PxT`: --processes P --threads T), sending a campaign's queued messages end to end
+               (load, rate slot, claim, HTTP, record) with every guarantee
+
+Each sender gets the same --recipients tasks, pushed on the broker at once; the clock runs from the
+push until the queue is empty and nothing is unacknowledged (after a warm-up batch). Worker CPU is
+the CPU of the worker's whole process tree divided by the messages.
+
+    .venv/bin/python bench/throughput.py [--recipients 3000] [--latencies 0,50,200] [--configs default,1x16,2x32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    BENCH_DIR, SANDBOX_ENV, UNTHROTTLED, Processes, check_all_sent, free_port, load_line, private_redis, push_tasks,
+    queued_message_ids, scratch_postgres, stack_env, start_profile, summarize_profile, wait_drained,
+)
+
+BUTTONCAST_QUEUE = "buttoncast.campaign"
+
+
+@dataclass
+class Run:
+    rate: float          # messages/s
+    cpu_ms: float        # worker process tree CPU per message (0 for the sequential loop: it is this process)
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def standin(latency_ms: float) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(BENCH_DIR / "vendor_standin.py"), "--port", str(port),
+                             "--latency-ms", str(latency_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def sequential(vendor_url: str, count: int) -> Run:
+    import hashlib
+    import hmac
+    import json
+
+    import requests
+
+    from naive_sender import PATH, SECRET
+
+    http = requests.Session()
+    began = time.perf_counter()
+    for i in range(count):
+        body = json.dumps({"to": f"9665{i:08d}", "type": "button", "body": {"text": "Hello"},
+                           "buttons": [{"id": "a", "title": "A"}]}).encode()
+        ts = str(int(time.time()))
+        sig = hmac.new(SECRET, b"POST" + PATH.encode() + ts.encode() + body, hashlib.sha256).hexdigest()
+        http.post(vendor_url + PATH, data=body, timeout=30,
+                  headers={"Content-Type": "application/json", "X-Awal-Timestamp": ts, "X-Awal-Signature-256": sig}).json()
+    elapsed = time.perf_counter() - began
+    http.close()
+    return Run(count / elapsed, 0.0)
+
+
+def _timed(procs: Processes, pid: int, broker_url: str, queue: str, push, warm, timed, profile_s: int = 0) -> tuple[float, float]:  # noqa: ANN001
+    push(warm)
+    wait_drained(broker_url, queue, timeout_s=180)
+    cpu0 = tree_cpu_s(pid)
+    profilers = [start_profile(p, profile_s, procs.log_dir / f"profile-{p}.txt") for p in tree_pids(pid)[-1:]] if profile_s else []
+    began = time.monotonic()
+    push(timed)
+    ended = wait_drained(broker_url, queue, timeout_s=600)
+    cpu = tree_cpu_s(pid) - cpu0
+    for profiler in profilers:
+        if profiler is not None:
+            profiler.wait(profile_s + 30)
+    for path in procs.log_dir.glob("profile-*.txt"):
+        print(summarize_profile(path, top=45))
+    return ended - began, cpu
+
+
+def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, threads: int) -> Run:
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS naive_results (id serial PRIMARY KEY, phone varchar(20),"
+                             " message_id varchar(128), status varchar(16))"))
+        conn.execute(sa.text("TRUNCATE naive_results"))
+    env = dict(os.environ, NAIVE_BROKER_URL=broker_url, NAIVE_DATABASE_URL=database_url, NAIVE_VENDOR_URL=vendor_url,
+               PYTHONPATH=str(BENCH_DIR))
+    procs = Processes()
+    from naive_sender import QUEUE, TASK
+
+    try:
+        worker = procs.start([sys.executable, "-m", "celery", "-A", "naive_sender", "worker", "--pool", "threads",
+                              "-c", str(threads), "--queues", QUEUE, "--loglevel", "WARNING",
+                              "--without-gossip", "--without-mingle"], env)
+        ids = list(range(1, warmup + recipients + 1))
+        elapsed, cpu = _timed(procs, worker.pid, broker_url, QUEUE, lambda batch: push_tasks(broker_url, batch, QUEUE, TASK),
+                              ids[:warmup], ids[warmup:])
+    except TimeoutError:
+        print(procs.tail())
+        raise
+    finally:
+        procs.cleanup()
+    with engine.connect() as conn:
+        done = conn.execute(sa.text("SELECT count(*) FROM naive_results")).scalar()
+    engine.dispose()
+    if done != warmup + recipients:
+        raise SystemExit(f"naive sender: {done} result rows, expected {warmup + recipients}")
+    return Run(recipients / elapsed, cpu * 1000 / recipients)
+
+
+def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, config: str,
+               profile_s: int = 0) -> Run:
+    engine = sa.create_engine(database_url)
+    with engine.begin() as conn:   # each run starts from an empty messages table
+        conn.execute(sa.text("TRUNCATE messages, campaigns RESTART IDENTITY CASCADE"))
+    engine.dispose()
+    ids = queued_message_ids(database_url, warmup + recipients)
+    env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=vendor_url, **UNTHROTTLED)
+    env.update(SANDBOX_ENV)
+    argv = [sys.executable, "-m", "worker.cli", "worker", "--loglevel", "WARNING"]
+    if config != "default":
+        processes, threads = config.split("x")
+        argv += ["--processes", processes, "--concurrency", threads]
+    procs = Processes()
+    try:
+        worker = procs.start(argv, env)
+        elapsed, cpu = _timed(procs, worker.pid, broker_url, BUTTONCAST_QUEUE,
+                              lambda batch: push_tasks(broker_url, batch, BUTTONCAST_QUEUE), ids[:warmup], ids[warmup:],
+                              profile_s)
+    except TimeoutError:
+        print(procs.tail())
+        raise
+    finally:
+        procs.cleanup()
+    print(check_all_sent(database_url, len(ids)))
+    return Run(recipients / elapsed, cpu * 1000 / recipients)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--latencies", default="0,50,200", help="vendor latencies in ms, comma-separated")
+    parser.add_argument("--configs", default="default", help="buttoncast worker configurations: default and/or PxT")
+    parser.add_argument("--naive-threads", type=int, default=16)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--profile", type=int, default=0, metavar="S", help="py-spy one buttoncast worker process for S s")
+    args = parser.parse_args()
+    print(f"throughput: {args.recipients:,} recipients per sender; {load_line()}")
+    summary = []
+    with private_redis() as broker_url, scratch_postgres("throughput") as database_url:
+        for latency in (float(v) for v in args.latencies.split(",")):
+            proc, vendor_url = standin(latency)
+            try:
+                count = args.recipients if latency == 0 else max(40, int(4000 / max(latency, 1)))
+                seq = sequential(vendor_url, count)
+                print(f"[{latency:.0f} ms] sequential loop ({count} messages): {seq.rate:,.0f} msg/s")
+                base = None
+                if not args.skip_naive:
+                    base = naive(broker_url, database_url, vendor_url, args.recipients, args.warmup, args.naive_threads)
+                    print(f"[{latency:.0f} ms] naive Celery sender (threads x {args.naive_threads}): {base.rate:,.0f} msg/s, "
+                          f"worker CPU {base.cpu_ms:.2f} ms/msg")
+                for config in args.configs.split(","):
+                    ours = buttoncast(broker_url, database_url, vendor_url, args.recipients, args.warmup, config, args.profile)
+                    vs_naive = f", {ours.rate / base.rate:.2f}x naive (goal >= 1.5)" if base else ""
+                    line = (f"[{latency:.0f} ms] buttoncast worker {config}: {ours.rate:,.0f} msg/s, worker CPU "
+                            f"{ours.cpu_ms:.2f} ms/msg (goal <= 1.5){vs_naive}, {ours.rate / seq.rate:.1f}x sequential")
+                    print(line)
+                    summary.append(line)
+                print(f"  {load_line()}")
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    print("\nsummary")
+    for line in summary:
+        print(" ", line)
+    print(f"after: {load_line()}")
+
+
+if __name__ == "__main__":
+    main()
