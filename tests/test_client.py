@@ -406,11 +406,11 @@ def test_connect_timeout_is_retried_as_connection_not_made(monkeypatch: pytest.M
     # No traffic leaves the machine: the session raises the ConnectTimeout requests would raise.
     calls: list[str] = []
 
-    def refuse(self: requests.Session, url: str, **_kwargs: Any) -> requests.Response:
-        calls.append(url)
+    def refuse(self: requests.adapters.HTTPAdapter, request: requests.PreparedRequest, **_kwargs: Any) -> requests.Response:
+        calls.append(request.url)
         raise requests.ConnectTimeout("connect timed out")
 
-    monkeypatch.setattr(requests.Session, "post", refuse)
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", refuse)
     attempts = Attempts()
     awal = make_client("http://127.0.0.1:9")
     with pytest.raises(ConnectionNotMade) as info:

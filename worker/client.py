@@ -320,6 +320,15 @@ class AwalClient:
         env = self._session.merge_environment_settings(self._origin + self._path, {}, None, None, None)
         self._session.proxies, self._session.verify = env["proxies"], env["verify"]
         self._session.trust_env = False
+        # Each send goes straight to the adapter with a copy of one request prepared here: requests'
+        # Session.request re-merges settings, hooks and cookies and re-parses the URL per call, about
+        # a third of a send's CPU, for an API that takes no cookies and no redirects. Same adapter,
+        # same exceptions (so classify_transport_error sees what it always saw), same proxies and CA.
+        self._adapter = adapter
+        self._template = requests.Request("POST", self._origin + self._path, headers={
+            "Accept": "application/json", "Content-Type": "application/json",
+            DOMAIN_HEADER: self._domain, CLIENT_ID_HEADER: self._client_id,
+        }).prepare()
 
     def __repr__(self) -> str:
         return f"AwalClient(origin={self._origin!r}, client_id={self._client_id!r})"
@@ -353,24 +362,23 @@ class AwalClient:
         """One signed HTTP request with the exact bytes `body`."""
         query = "?phone_number_id=" + quote(str(phone_number_id), safe="")
         timestamp = str(int(self._clock()))
-        headers = {
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign_request(
-                secret=self._secret, method="POST", path=self._path, query_string=query, timestamp=timestamp, body=body
-            ),
-            TIMESTAMP_HEADER: timestamp,
-            DOMAIN_HEADER: self._domain,
-            CLIENT_ID_HEADER: self._client_id,
-        }
+        request = self._template.copy()
+        request.url += query
+        request.body = body
+        request.headers[SIGNATURE_HEADER] = sign_request(
+            secret=self._secret, method="POST", path=self._path, query_string=query, timestamp=timestamp, body=body
+        )
+        request.headers[TIMESTAMP_HEADER] = timestamp
+        request.headers["Content-Length"] = str(len(body))
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         response: requests.Response | None = None
         try:
-            # No redirects: one would re-send to a path the signature does not cover.
-            response = self._session.post(
-                self._origin + self._path + query, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
-            )
+            # No redirects (the adapter follows none): one would re-send to a path the signature
+            # does not cover. Reading the body here releases the connection to the pool.
+            response = self._adapter.send(request, timeout=self._timeout, verify=self._session.verify,
+                                          proxies=self._session.proxies, stream=False, cert=None)
+            response.content  # noqa: B018 - read now: a connection dropped mid-body is a transport error
             result = classify_response(response)
         except requests.RequestException as exc:
             error = classify_transport_error(exc)
