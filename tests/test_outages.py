@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import logging
 import shutil
 import time
@@ -113,12 +115,28 @@ class DatabaseGoesAway:
         self._check()
         return self.sessions.begin()
 
+    @contextmanager
     def connect(self):  # noqa: ANN201
+        """A connection whose statements fail while the database is away, including one a task
+        opened before the outage and still holds (worker.send keeps one per task on Postgres)."""
         self._check()
-        return self.real_connect()
+        with self.real_connect() as conn:
+            yield _FailsWhenAway(conn, self._check)
 
     def __call__(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN204
         return self.sessions(*args, **kwargs)
+
+
+class _FailsWhenAway:
+    def __init__(self, conn, check) -> None:  # noqa: ANN001
+        self._conn, self._check = conn, check
+
+    def execute(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        self._check()
+        return self._conn.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._conn, name)
 
 
 class OutageAfterAnswer:

@@ -83,7 +83,7 @@ class Runtime:
         return SendDeps(
             session_factory=self.session_factory, connect=self.single_statements, client=self.client,
             limiter=self.limiter, scope=self.scope, settings=self.settings, worker_name=self.worker_name,
-            journal=self.journal,
+            journal=self.journal, hold_connection=not self.settings.sqlite,
         )
 
     @cached_property
