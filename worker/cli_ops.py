@@ -13,35 +13,63 @@ from worker.queues import ALL_QUEUES
 EMBEDDED_CONCURRENCY_CAP = 8
 
 
-def worker_argv(concurrency: int, queues: tuple[str, ...] = ALL_QUEUES, loglevel: str = "INFO") -> list[str]:
-    """The Celery worker line `buttoncast worker` runs (threads: the work is I/O-bound)."""
+def worker_argv(concurrency: int, queues: tuple[str, ...] = ALL_QUEUES, loglevel: str = "INFO",
+                hostname: str | None = None) -> list[str]:
+    """The Celery worker line each worker process runs (threads: the work is I/O-bound)."""
     return ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--queues", ",".join(queues),
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle", *(["--hostname", hostname] if hostname else [])]
 
 
 @click.command("worker")
-@click.option("--concurrency", type=int, default=None, help="Threads (default: WORKER_CONCURRENCY).")
+@click.option("--processes", type=int, default=None,
+              help="Worker processes (default: WORKER_PROCESSES; 0 = one per core, 1 on SQLite).")
+@click.option("--concurrency", type=int, default=None, help="Threads per process (default: WORKER_CONCURRENCY).")
 @click.option("--queues", default=",".join(ALL_QUEUES), show_default=True, help="Queues to consume.")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--hostname", default=None, help="Celery node name of a single process (default: celery@host).")
 @friendly_errors
-def worker_command(concurrency: int | None, queues: str, loglevel: str) -> None:
-    """Start a Celery worker: `celery -A worker.celery_app worker --pool threads ...`."""
+def worker_command(processes: int | None, concurrency: int | None, queues: str, loglevel: str, hostname: str | None) -> None:
+    """Start the workers: one Celery worker process per core (`celery -A worker.celery_app worker
+    --pool threads ...` each), supervised (worker/supervisor.py)."""
     runtime = load_runtime()
     runtime.settings.require_awal()
     if runtime.settings.embedded:
         fail("CELERY_BROKER_URL is not set: a separate worker needs a shared broker (use `buttoncast run` for the embedded mode)")
-    if concurrency and concurrency != runtime.settings.worker_concurrency:
+    if processes is not None and processes < 0:
+        fail(f"--processes {processes}: must be 0 (one per core) or more")
+    from worker.supervisor import Supervisor, process_count
+
+    count = process_count(runtime.settings.worker_processes if processes is None else processes, sqlite=runtime.settings.sqlite)
+    threads = concurrency or runtime.settings.worker_concurrency
+    if count > 1:
+        raise SystemExit(Supervisor(count, lambda i: _child_argv(i, threads, queues, loglevel),
+                                    env=lambda i: _child_env(i, runtime.settings.metrics_port)).run())
+    if threads != runtime.settings.worker_concurrency:
         # The database pool is sized from the settings' thread count: keep the two in step.
         from dataclasses import replace
 
         from worker.runtime import Runtime, install_runtime
 
-        install_runtime(Runtime(replace(runtime.settings, worker_concurrency=concurrency), celery=runtime.celery))
+        install_runtime(Runtime(replace(runtime.settings, worker_concurrency=threads), celery=runtime.celery))
     serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
     import worker.tasks  # noqa: F401 - registers the tasks
     import scheduler.tasks  # noqa: F401
 
-    runtime.celery.worker_main(worker_argv(concurrency or runtime.settings.worker_concurrency, tuple(queues.split(",")), loglevel))
+    runtime.celery.worker_main(worker_argv(threads, tuple(queues.split(",")), loglevel, hostname))
+
+
+def _child_argv(index: int, threads: int, queues: str, loglevel: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--concurrency", str(threads),
+            "--queues", queues, "--loglevel", loglevel, "--hostname", f"worker{index + 1}@%h"]
+
+
+def _child_env(index: int, metrics_port: int) -> dict[str, str]:
+    """The supervisor's environment; child i serves its /metrics on METRICS_PORT + i (0: none)."""
+    import os
+
+    return dict(os.environ, METRICS_PORT=str(metrics_port + index if metrics_port > 0 else 0))
 
 
 @click.command("beat")
