@@ -354,6 +354,8 @@ def summarize_profile(path: Path, top: int = 25, prefixes: tuple[str, ...] = ())
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():   # a line py-spy was still writing when it stopped
+            continue
         n = int(count)
         total += n
         seen = set()
