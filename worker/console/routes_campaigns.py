@@ -49,11 +49,20 @@ def campaigns_page(request: Request, status: str = "", after: str = "", person: 
 
 
 def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
-    campaign = campaigns.get_campaign(session, campaign_id)  # read now: a status is never stale
-    t = tallies_for(rt).get(campaign_id)
-    p, late = report.Progress(campaign, t.counts, t.funnel, rt.settings.rate_limit.per_second, utcnow(), late_failures=t.late_failures), t.late_failures
-    return {"p": p, "c": p.campaign, "late": late,
-            "final": p.campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value) and p.left == 0}
+    """The campaign row read now (a status is never stale) and its counts from the tally snapshot
+    (worker.console.tallies): `counts_as_of` is the snapshot's time when it is not current,
+    `p` is None while a never-counted campaign has its first count."""
+    campaign = campaigns.get_campaign(session, campaign_id)
+    counts = tallies_for(rt).get(campaign_id)
+    snapshot, p = counts.snapshot, None
+    if snapshot is not None:
+        t = snapshot.tally
+        p = report.Progress(campaign, t.counts, t.funnel, rt.settings.rate_limit.per_second, utcnow(),
+                            late_failures=t.late_failures)
+    ended = campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
+    return {"p": p, "c": campaign, "late": p.late_failures if p else {},
+            "counts_as_of": None if counts.current or snapshot is None else snapshot.taken_at,
+            "final": ended and p is not None and p.left == 0 and counts.current}
 
 
 def _recipients(session: Session, campaign_id: int, status: str, button: str, error_code: str, before: str) -> dict:
@@ -97,10 +106,10 @@ def _act(rt: Runtime, campaign_id: int, action: Callable[[], object], done: str)
     try:
         action()
     except (ButtoncastError, RetryRefused) as exc:
-        tallies_for(rt).forget(campaign_id)
+        tallies_for(rt).forget(campaign_id)  # it may have changed some rows before it was refused
         text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, MessageInvalid) else str(exc)
         return redirect(f"/campaigns/{campaign_id}", f"Not done: {text}")
-    tallies_for(rt).forget(campaign_id)  # its rows changed: the page shows them at once
+    tallies_for(rt).forget(campaign_id)  # its rows changed: older counts are shown with their time until recounted
     return redirect(f"/campaigns/{campaign_id}", done)
 
 
