@@ -300,14 +300,20 @@ def list_campaigns(session: Session, *, after_id: int = 0, limit: int | None = N
                    status: str | None = None) -> list[tuple[Campaign, dict[str, int]]]:
     """Campaigns in id order from `after_id` (keyset), each with its message counts per status;
     only those in `status` when given."""
+    rows = list_campaign_rows(session, after_id=after_id, limit=limit, status=status)
+    counts = status_counts_many(session, [c.id for c in rows]) if rows else {}
+    return [(c, counts.get(c.id) or empty_counts()) for c in rows]
+
+
+def list_campaign_rows(session: Session, *, after_id: int = 0, limit: int | None = None,
+                       status: str | None = None) -> list[Campaign]:
+    """`list_campaigns` without the counts (for a caller that has them from tally snapshots)."""
     query = sa.select(Campaign).where(Campaign.id > after_id).order_by(Campaign.id)
     if status is not None:
         query = query.where(Campaign.status == status)
     if limit is not None:
         query = query.limit(limit)
-    rows = list(session.scalars(query))
-    counts = status_counts_many(session, [c.id for c in rows]) if rows else {}
-    return [(c, counts.get(c.id) or empty_counts()) for c in rows]
+    return list(session.scalars(query))
 
 
 class NoRecipients(ButtoncastError):

@@ -99,6 +99,19 @@ def load(session: Session, campaign_id: int) -> Snapshot | None:
         return None
 
 
+def load_many(session: Session, campaign_ids: list[int]) -> dict[int, Snapshot]:
+    """The stored snapshots of these campaigns (one query); the never-counted ones are absent."""
+    out: dict[int, Snapshot] = {}
+    if not campaign_ids:
+        return out
+    for row in session.scalars(sa.select(CampaignTally).where(CampaignTally.campaign_id.in_(campaign_ids))):
+        try:
+            out[row.campaign_id] = Snapshot(row.campaign_id, _from_json(row.tally), row.taken_at, row.scan_ms)
+        except (KeyError, TypeError, ValueError):
+            log.warning("campaign %s: its stored tally does not read; it is counted again", row.campaign_id)
+    return out
+
+
 def store(session_factory: sessionmaker[Session], snapshot: Snapshot) -> None:
     """Keep `snapshot` unless a newer one is stored already (two processes may scan at once)."""
     values = {"campaign_id": snapshot.campaign_id, "taken_at": snapshot.taken_at, "scan_ms": snapshot.scan_ms,

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from scheduler import campaigns, report
+from scheduler import campaigns, report, snapshots
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.console.roles import Permission
-from worker.console.tallies import tallies_for
+from worker.console.tallies import CURRENT_S, tallies_for
 from worker.console.users import Person
 from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.errors import ButtoncastError, MessageInvalid
@@ -39,13 +39,28 @@ def _id_or_none(text: str | None) -> int | None:
 @router.get("/")
 def campaigns_page(request: Request, status: str = "", after: str = "", person: Person = VIEW,
                    rt: Runtime = Depends(runtime)) -> Response:
+    """Each campaign with its stored tally snapshot (time shown when not current); a campaign never
+    counted yet (no beat running, no one looked) is counted here by status."""
     wanted = status if status in {s.value for s in CampaignStatus} else None
+    now, per_second = utcnow(), rt.settings.rate_limit.per_second
     with rt.read_sessions() as session:
-        rows = campaigns.list_campaigns(session, after_id=_id_or_none(after) or 0, limit=LIST_PAGE_SIZE, status=wanted)
-        progress = [report.Progress(c, counts, report.Funnel(0, 0, 0, 0, 0), rt.settings.rate_limit.per_second, utcnow())
-                    for c, counts in rows]
-    return render(request, "campaigns.html", rows=progress, status=wanted or "", statuses=[s.value for s in CampaignStatus],
-                  next_after=rows[-1][0].id if len(rows) == LIST_PAGE_SIZE else None)
+        rows = campaigns.list_campaign_rows(session, after_id=_id_or_none(after) or 0, limit=LIST_PAGE_SIZE, status=wanted)
+        stored = snapshots.load_many(session, [c.id for c in rows])
+        missing = [c.id for c in rows if c.id not in stored]
+        counted = campaigns.status_counts_many(session, missing) if missing else {}
+    progress, as_of = [], {}
+    for c in rows:
+        snapshot = stored.get(c.id)
+        if snapshot is None:
+            progress.append(report.Progress(c, counted.get(c.id) or campaigns.empty_counts(), report.Funnel(0, 0, 0, 0, 0),
+                                            per_second, now))
+            continue
+        progress.append(report.Progress(c, snapshot.tally.counts, snapshot.tally.funnel, per_second, now))
+        if snapshot.age_s(now) >= CURRENT_S:
+            as_of[c.id] = snapshot.taken_at
+    return render(request, "campaigns.html", rows=progress, as_of=as_of, status=wanted or "",
+                  statuses=[s.value for s in CampaignStatus],
+                  next_after=rows[-1].id if len(rows) == LIST_PAGE_SIZE else None)
 
 
 def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
