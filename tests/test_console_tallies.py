@@ -87,6 +87,18 @@ def test_a_stale_snapshot_is_served_at_once_while_one_background_scan_replaces_i
     assert cache.get(7).snapshot.tally == 2
 
 
+def test_a_campaign_whose_scan_is_slow_is_recounted_less_often() -> None:
+    # Given a snapshot whose scan took 1 s (a big campaign), it is reused for 4 s, not 1 s
+    clock, queued = Clock(), []
+    store = Store(clock)
+    store.rows[7] = Snapshot(7, 1, clock(), 1000)
+    cache = cache_for(clock, store, queued)
+    clock.advance(3.5)
+    assert cache.get(7).current and queued == []
+    clock.advance(1)
+    assert cache.get(7).current and len(queued) == 1
+
+
 def test_a_never_counted_campaign_waits_briefly_for_its_first_scan() -> None:
     clock = Clock()
     store = Store(clock)

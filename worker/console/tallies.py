@@ -3,7 +3,9 @@
 The campaign page and its live fragment (polled every second by every viewer) need one scan of
 the campaign's rows (`report.tally`): ~400 ms on a million recipients. So no viewer waits for one:
 
-- a snapshot younger than FRESH_S (in this process) is served as is;
+- a snapshot younger than FRESH_S, or than SCAN_SHARE_FACTOR times its own scan's duration (a
+  big campaign is recounted less often: the database spends at most 1/SCAN_SHARE_FACTOR of a core
+  on it, however many people watch), is served as is;
 - an older one is served too, while one background scan replaces it (for all viewers of the
   campaign in this process); before scanning, the stored snapshot is read again, since another
   api process or beat's sweep may have just taken one (scheduler.snapshots);
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 
 FRESH_S = 1.0        # served without a rescan; about the live poll's period
 CURRENT_S = 5.0      # older counts are labelled with their time
-FIRST_WAIT_S = 0.1   # a campaign never counted: how long its first view waits for the scan
+SCAN_SHARE_FACTOR = 4.0   # a snapshot is fresh for at least this many times its scan's duration
+FIRST_WAIT_S = 0.05  # a campaign never counted: how long its first view waits for the scan
 FORGET_S = 60.0      # a campaign nobody asked about this long is dropped from this process
 _NEVER = datetime.min.replace(tzinfo=utcnow().tzinfo)
 
@@ -88,7 +91,7 @@ class TallyCache:
             entry.loaded = True
         with self._lock:
             snapshot = entry.snapshot
-            if snapshot is not None and now - snapshot.taken_at < self._fresh and snapshot.taken_at >= entry.changed_at:
+            if snapshot is not None and now - snapshot.taken_at < self._fresh_for(snapshot) and snapshot.taken_at >= entry.changed_at:
                 return Counts(snapshot, True)
             if not entry.refreshing:
                 entry.refreshing = True
@@ -109,6 +112,9 @@ class TallyCache:
             entry = self._entries.setdefault(key, _Entry(asked_at=now))
             entry.changed_at = now
 
+    def _fresh_for(self, snapshot: Snapshot) -> timedelta:
+        return max(self._fresh, timedelta(milliseconds=SCAN_SHARE_FACTOR * snapshot.scan_ms))
+
     def _is_current(self, entry: _Entry, snapshot: Snapshot | None) -> bool:
         return (snapshot is not None and self._clock() - snapshot.taken_at < self._current
                 and snapshot.taken_at >= entry.changed_at)
@@ -121,7 +127,7 @@ class TallyCache:
     def _refresh(self, key: int, entry: _Entry) -> None:
         try:
             stored = self._load(key)  # another process or beat's sweep may have just counted it
-            if stored is not None and self._clock() - stored.taken_at < self._fresh and stored.taken_at >= entry.changed_at:
+            if stored is not None and self._clock() - stored.taken_at < self._fresh_for(stored) and stored.taken_at >= entry.changed_at:
                 self._adopt(entry, stored)
             else:
                 self._adopt(entry, self._refresh_one(key))
