@@ -300,14 +300,20 @@ def list_campaigns(session: Session, *, after_id: int = 0, limit: int | None = N
                    status: str | None = None) -> list[tuple[Campaign, dict[str, int]]]:
     """Campaigns in id order from `after_id` (keyset), each with its message counts per status;
     only those in `status` when given."""
+    rows = list_campaign_rows(session, after_id=after_id, limit=limit, status=status)
+    counts = status_counts_many(session, [c.id for c in rows]) if rows else {}
+    return [(c, counts.get(c.id) or empty_counts()) for c in rows]
+
+
+def list_campaign_rows(session: Session, *, after_id: int = 0, limit: int | None = None,
+                       status: str | None = None) -> list[Campaign]:
+    """`list_campaigns` without the counts (for a caller that has them from tally snapshots)."""
     query = sa.select(Campaign).where(Campaign.id > after_id).order_by(Campaign.id)
     if status is not None:
         query = query.where(Campaign.status == status)
     if limit is not None:
         query = query.limit(limit)
-    rows = list(session.scalars(query))
-    counts = status_counts_many(session, [c.id for c in rows]) if rows else {}
-    return [(c, counts.get(c.id) or empty_counts()) for c in rows]
+    return list(session.scalars(query))
 
 
 class NoRecipients(ButtoncastError):
@@ -345,10 +351,13 @@ def create_from_options(
     require_open_window: bool = False,
     expires_at: str | datetime | None = None,
     opt_out_button: str | None = None,
+    default_region: str | None = None,
     actor: str | None = None,
 ) -> tuple[Campaign, ImportResult]:
-    """`campaign create` as its options come (from the API; `at` as ISO 8601 text or a datetime):
-    parse them, default the sender, create and import. Returns the stored campaign and the import."""
+    """`campaign create`, `POST /v1/campaigns` and the console's New campaign: their options as
+    they come (`at`/`expires_at` as ISO 8601 text or a datetime; `default_region` as a region,
+    default DEFAULT_COUNTRY_CODE): parse them, default the sender, create and import. Returns the
+    stored campaign and the import."""
     from scheduler.window import parse_window
 
     scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
@@ -365,7 +374,7 @@ def create_from_options(
         runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=scheduled_at, actor=actor,
         name=name, phone_number_id=sender, template=template, window=send_window,
         require_open_window=bool(require_open_window), expires_at=expires,
-        default_region=runtime.settings.default_country_code,
+        default_region=default_region or runtime.settings.default_country_code,
     )
     with runtime.session_factory() as session:
         return get_campaign(session, campaign_id), result

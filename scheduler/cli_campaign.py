@@ -5,18 +5,19 @@ report) goes to standard output.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
 from scheduler import campaigns, report
 from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
 from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
-from scheduler.window import WindowInvalid, parse_window
+from scheduler.window import WindowInvalid
 from worker.cli_common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
 from worker.models import Campaign
@@ -110,32 +111,43 @@ def campaign_group() -> None:
 def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict,  # noqa: ANN001
                    default_country, opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
     """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
+    # This face binds its options (times, the country, the file) and names them as the user typed
+    # them; creating is `campaigns.create_from_options`, as for the API and the console.
     at = parse_at(at_text)
     expires_at = parse_at(expires_text, "--expires-at")
-    send_window = parse_window(window, tz)
     template = _load_message(message_path)
     runtime = load_runtime()
-    if opt_out_button:
-        template = campaigns.with_opt_out_button(template, opt_out_button,
-                                                 opt_out_button_ids=runtime.settings.opt_out_button_ids)
-    sender = phone_number_id or runtime.settings.awal_phone_number_id
-    if not sender:
-        raise ConfigError("no sender: pass --phone-number-id or set AWAL_PHONE_NUMBER_ID")
+    region = parse_default_country(default_country, "--default-country")
     ensure_schema(runtime)
-    region = parse_default_country(default_country, "--default-country") or runtime.settings.default_country_code
-    campaign_id, result = campaigns.create_with_recipients(
-        runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=at, default_region=region,
-        name=name, phone_number_id=sender, template=template, window=send_window,
-        require_open_window=require_open_window, expires_at=expires_at,
-    )
+    with _named_as_options():
+        campaign, result = campaigns.create_from_options(
+            runtime, recipients, name=name, template=template, at=at, window=window, tz=tz,
+            phone_number_id=phone_number_id, draft=draft, strict=strict, require_open_window=require_open_window,
+            expires_at=expires_at, opt_out_button=opt_out_button, default_region=region,
+        )
     _print_result(result)
     with runtime.session_factory() as session:
-        campaign = campaigns.get_campaign(session, campaign_id)
-        click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign_id),
+        click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign.id),
                                                              require_open_window=require_open_window), err=True)
-    when = "draft: start it with `buttoncast campaign schedule %d`" % campaign_id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
-    click.echo(f"campaign {campaign_id} created ({when})", err=True)
-    click.echo(campaign_id)
+    when = "draft: start it with `buttoncast campaign schedule %d`" % campaign.id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
+    click.echo(f"campaign {campaign.id} created ({when})", err=True)
+    click.echo(campaign.id)
+
+
+#: the service's field names as this command's options
+OPTION_FOR_FIELD = {"at": "--at", "expires_at": "--expires-at", "phone_number_id": "--phone-number-id",
+                    "message": "--message", "name": "--name"}
+
+
+@contextlib.contextmanager
+def _named_as_options() -> Iterator[None]:
+    """A refused field named as the option that set it (`phone_number_id` -> `--phone-number-id`)."""
+    try:
+        yield
+    except MessageInvalid as exc:
+        if not any(p.field in OPTION_FOR_FIELD for p in exc.problems):
+            raise
+        raise MessageInvalid([FieldProblem(OPTION_FOR_FIELD.get(p.field, p.field), p.problem) for p in exc.problems]) from None
 
 
 def _change(campaign_id: int, action: Callable[..., Any], *args: Any) -> Campaign:

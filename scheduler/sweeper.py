@@ -12,7 +12,8 @@
   recorded first, before stale `sending` rows are given up on as `unknown`.
 Both are single conditional UPDATEs: safe when two sweeps run at once or race a live worker (a
 worker that does come back with an answer still records it; see worker.store).
-It also matches early webhook events and refreshes the queue-depth gauge.
+It also matches early webhook events, refreshes the queue-depth gauge, and recounts the tally
+snapshots of campaigns with recent activity (scheduler.snapshots), last and within a time budget.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from scheduler import snapshots
 from worker import broker_epoch, journal, metrics
 from worker.models import Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
@@ -43,6 +45,7 @@ class SweepReport:
     matched_events: int = 0
     lost_broker: int = 0       # queued messages handed back because the broker lost its tasks
     journal_applied: int = 0   # outcomes recorded from the journal (the database had refused them)
+    tallies_refreshed: int = 0  # campaign tally snapshots recounted (scheduler.snapshots)
 
 
 def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
@@ -77,6 +80,10 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
     report.matched_events = _match_webhook_events(runtime)
     with runtime.read_sessions() as session:   # a read: on SQLite it does not take the write lock
         update_queue_depth_metric(session)
+    try:
+        report.tallies_refreshed = snapshots.refresh_due(runtime, now)
+    except Exception as exc:  # noqa: BLE001 - counts for the console must not stop the recovery above
+        log.warning("could not refresh campaign tallies (%s: %s); tried again next sweep", type(exc).__name__, exc)
     if report.republished or report.unknown or report.matched_events or report.journal_applied:
         log.warning("sweep: %s queued message(s) handed back for republishing, %s lost mid-request -> unknown, "
                     "%s webhook event(s) matched, %s outcome(s) applied from the journal", report.republished,

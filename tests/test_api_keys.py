@@ -74,3 +74,27 @@ def test_a_verified_key_is_remembered_for_the_ttl_only_and_a_bad_one_never(db) -
     assert keys.lookup(key) is None and keys.verify(key) is None   # after it: the revocation holds
     assert keys.verify("bc_deadbeef_nope") is None and keys.lookup("bc_deadbeef_nope") is None
     assert VerifiedKeys(connect, ttl_s=0).lookup(key) is None
+
+
+def listed_key(sessions, key_id: int):  # noqa: ANN001, ANN201
+    with sessions() as s:
+        return {k.id: k for k in list_keys(s)}[key_id]
+
+
+def test_a_key_records_its_last_use_at_most_once_a_minute_and_its_creator(db) -> None:  # noqa: ANN001
+    sessions, connect = db
+    info, key = create_key(sessions, name="used", scope="send", actor="user:ana@example.com")
+    now = [1000.0]
+    keys = VerifiedKeys(connect, ttl_s=0, clock=lambda: now[0])
+    listed = listed_key(sessions, info.id)
+    assert listed.last_used_at is None and listed.created_by == "user:ana@example.com"
+    assert keys.verify(key).key_id == info.id
+    first = listed_key(sessions, info.id).last_used_at
+    assert first is not None
+    now[0] += 30
+    keys.verify(key)                                   # within the minute: no write
+    assert listed_key(sessions, info.id).last_used_at == first
+    now[0] += 31
+    keys.verify(key)
+    assert listed_key(sessions, info.id).last_used_at > first
+    keys.verify("bc_deadbeef_nope")                   # an unknown key records nothing

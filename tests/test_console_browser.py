@@ -441,6 +441,64 @@ def test_an_admin_adds_a_person_who_logs_in_and_disables_them(page_for, stack: C
     assert "/login" in newcomer.url
 
 
+def test_an_admin_creates_an_api_key_sees_it_once_it_works_and_revokes_it(page_for, stack: ConsoleStack) -> None:
+    """An admin creates a key on API keys: the key is shown once (only its hash is stored), it
+    authenticates /v1, the list shows who created it and its last use; revoked, it gets 401. Both
+    are in the audit trail with the admin's name. A marketer or viewer has no link and gets 403."""
+    import hashlib
+
+    import httpx
+    import sqlalchemy as sa
+
+    from worker.api.models import ApiKey
+    from worker.audit import AuditEvent
+
+    admin = page_for("admin")
+    admin.goto("/")
+    admin.click("nav >> text=API keys")
+    assert admin.locator("h1").inner_text() == "API keys"
+    assert admin.request.post("/keys", form={"name": "no token", "scope": "send"}).status == 403   # CSRF
+    refused = admin.request.post("/keys", form={"csrf_token": csrf_of(admin), "name": "x" * 101, "scope": "send"})
+    assert refused.status == 422 and "is 101 characters; the limit is 100" in refused.text()   # next to the name field
+    admin.fill("#key-name", "CRM sync")
+    admin.select_option("#key-scope", "campaigns")
+    admin.click("#create-key")
+    key = admin.input_value("#new-key-secret")
+    assert key.startswith("bc_") and "shown this once" in admin.inner_text(".secret")
+    shoot(admin, "keys-created")
+    prefix = key.split("_")[1]
+    row = f"#keys tr[data-prefix='{prefix}']"
+    with stack.runtime.session_factory() as session:
+        stored = session.scalars(sa.select(ApiKey).where(ApiKey.prefix == prefix)).one()
+        assert stored.key_hash == hashlib.sha256(key.encode()).hexdigest() and key not in str(stored.__dict__)
+    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        assert client.get("/v1/campaigns").status_code == 200
+        admin.goto("/keys")
+        assert admin.locator(".secret").count() == 0 and key not in admin.content()    # never shown again
+        cells = admin.inner_text(row)
+        assert "CRM sync" in cells and "campaigns" in cells and stack.emails["admin"] in cells and "never" not in cells
+        shoot(admin, "keys")
+        admin.click(f"{row} button")
+        assert f"API key {prefix} (CRM sync) is revoked" in admin.inner_text(".flash")
+        assert admin.inner_text(f"{row} .state").startswith("revoked")
+        wait_until(lambda: client.get("/v1/campaigns").status_code == 401, timeout_s=10, what="the revoked key refused")
+    with stack.runtime.session_factory() as session:
+        trail = session.execute(sa.select(AuditEvent.action, AuditEvent.actor)
+                                .where(AuditEvent.subject_type == "api_key", AuditEvent.subject_id == stored.id)
+                                .order_by(AuditEvent.id)).all()
+    assert [tuple(t) for t in trail] == [("api_key.created", f"user:{stack.emails['admin']}"),
+                                         ("api_key.revoked", f"user:{stack.emails['admin']}")]
+    for role in ("marketer", "viewer"):
+        other = page_for(role)
+        assert other.locator("nav >> text=API keys").count() == 0
+        assert other.request.get("/keys").status == 403
+        refused = other.request.post("/keys", form={"csrf_token": csrf_of(other), "name": "sneaky", "scope": "admin"})
+        assert refused.status == 403
+        assert other.request.post(f"/keys/{stored.id}/revoke", form={"csrf_token": csrf_of(other)}).status == 403
+    with stack.runtime.session_factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.name == "sneaky")) == 0
+
+
 def test_the_session_cookie_is_secure_behind_an_https_proxy(stack: ConsoleStack) -> None:
     """Given a proxy on 127.0.0.1 that says X-Forwarded-Proto: https (uvicorn believes it from there),
     the session cookie is Secure, HttpOnly and SameSite=Lax; over plain http it is not Secure."""

@@ -216,3 +216,18 @@ class ContactEvent(Base):
     source: Mapped[str] = mapped_column(sa.String(16))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     actor: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class CampaignTally(Base):
+    """A campaign's counts as one full scan of its rows found them (`scheduler.report.tally`), and
+    when: a snapshot, never a counter. The console shows it at once and says how old it is; the
+    console and beat's sweep replace it with a newer scan (scheduler.snapshots)."""
+
+    __tablename__ = "campaign_tallies"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    #: when the scan began: rows are counted as they were then (or later)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scan_ms: Mapped[int] = mapped_column(sa.Integer)
+    #: counts per status, the funnel, taps per button, late failures by class (scheduler.snapshots)
+    tally: Mapped[dict] = mapped_column(sa.JSON)

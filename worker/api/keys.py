@@ -4,6 +4,8 @@ A key reads `bc_<prefix>_<secret>`: the 8-character prefix is public and finds t
 is 32 random bytes (256 bits), so a plain sha256 of the whole key is a sound stored hash (no slow
 password hash is needed for a high-entropy key, and authentication stays one indexed lookup and one
 hash). The hash comparison is constant-time; an unknown prefix costs the same hash as a known one.
+A key's last use is written when the database verifies it, at most once per LAST_USED_RESOLUTION_S
+per key and process, so a busy client costs no write per request.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,17 +25,20 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.api.models import ApiKey
-from worker.audit import record_audit
+from worker.audit import AuditEvent, record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
-from worker.models import utcnow
+from worker.models import UTCDateTime, utcnow
 
+log = logging.getLogger(__name__)
 KEY_PREFIX = "bc"
 PREFIX_CHARS = 8
 SECRET_BYTES = 32
 NAME_MAX_CHARS = 100
+LAST_USED_RESOLUTION_S = 60.0   # "last used" is this precise: one write per key and process per minute at most
 _DUMMY_HASH = hashlib.sha256(b"no such key").hexdigest()
 _BY_PREFIX = sa.select(ApiKey.id, ApiKey.key_hash, ApiKey.name, ApiKey.scope, ApiKey.revoked_at).where(
     ApiKey.prefix == sa.bindparam("prefix"))
+_TOUCH = sa.update(ApiKey).where(ApiKey.id == sa.bindparam("key_id")).values(last_used_at=sa.bindparam("now", type_=UTCDateTime()))
 
 
 class Scope(str, enum.Enum):
@@ -81,6 +87,8 @@ class KeyInfo:
     scope: str
     created_at: datetime
     revoked_at: datetime | None
+    last_used_at: datetime | None = None
+    created_by: str | None = None    # the audit trail's actor of api_key.created (None: not recorded)
 
 
 def _hash(key: str) -> str:
@@ -112,7 +120,13 @@ def create_key(session_factory: sessionmaker[Session], *, name: str, scope: str,
 
 
 def list_keys(session: Session) -> list[KeyInfo]:
-    return [_info(row) for row in session.scalars(sa.select(ApiKey).order_by(ApiKey.id))]
+    """Every key in id order, with who created it (from the audit trail) and its last use."""
+    created_by = (sa.select(AuditEvent.actor)
+                  .where(AuditEvent.subject_type == "api_key", AuditEvent.subject_id == ApiKey.id,
+                         AuditEvent.action == "api_key.created")
+                  .order_by(AuditEvent.id).limit(1).scalar_subquery())
+    rows = session.execute(sa.select(ApiKey, created_by).order_by(ApiKey.id)).all()
+    return [_info(row, actor) for row, actor in rows]
 
 
 def revoke_key(session_factory: sessionmaker[Session], key_id: int, *, actor: str | None = None) -> KeyInfo:
@@ -158,6 +172,7 @@ class VerifiedKeys:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.connect, self.ttl_s, self.clock = connect, ttl_s, clock
         self._seen: dict[str, tuple[float, Principal]] = {}
+        self._used: dict[int, float] = {}    # key id -> when its last use was written (clock)
 
     def lookup(self, presented: str) -> Principal | None:
         """The cached principal, or None if the key must be checked (what `authenticate` does)."""
@@ -169,12 +184,28 @@ class VerifiedKeys:
     def verify(self, presented: str | None) -> Principal | None:
         """`authenticate`, remembering a success for `ttl_s` seconds."""
         principal = authenticate(self.connect, presented)
+        if principal is not None:
+            self._record_use(principal.key_id)
         if principal is not None and self.ttl_s > 0 and presented:
             if len(self._seen) >= self.MAX_ENTRIES:
                 self._seen.clear()
             self._seen[_hash(presented)] = (self.clock() + self.ttl_s, principal)
         return principal
 
+    def _record_use(self, key_id: int) -> None:
+        now = self.clock()
+        last = self._used.get(key_id)
+        if last is not None and now - last < LAST_USED_RESOLUTION_S:
+            return
+        if len(self._used) >= self.MAX_ENTRIES:
+            self._used.clear()
+        self._used[key_id] = now
+        try:
+            with self.connect() as conn:
+                conn.execute(_TOUCH, {"key_id": key_id, "now": utcnow()})
+        except Exception as exc:  # noqa: BLE001 - "last used" must never refuse a valid key
+            log.warning("could not record the use of API key %s (%s)", key_id, type(exc).__name__)
 
-def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(row.id, row.prefix, row.name, row.scope, row.created_at, row.revoked_at)
+
+def _info(row: ApiKey, created_by: str | None = None) -> KeyInfo:
+    return KeyInfo(row.id, row.prefix, row.name, row.scope, row.created_at, row.revoked_at, row.last_used_at, created_by)

@@ -26,6 +26,8 @@ class ApiKey(Base):
     scope: Mapped[str] = mapped_column(sa.String(16))         # send | campaigns | admin
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the last request it authenticated, to within worker.api.keys.LAST_USED_RESOLUTION_S
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IdempotentRequest(Base):

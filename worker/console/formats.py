@@ -9,6 +9,14 @@ def when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def clock(value: datetime | None) -> str:
+    """A time of today, to the second (UTC): "counts as of 10:31:02 UTC"; an older day gets its date."""
+    if value is None:
+        return "-"
+    utc = value.astimezone(timezone.utc)
+    return utc.strftime("%H:%M:%S UTC") if utc.date() == datetime.now(timezone.utc).date() else when(value)
+
+
 def epoch(value: float | None) -> str:
     """Unix seconds (the rate limiter's clock) as UTC."""
     return "-" if value is None else when(datetime.fromtimestamp(value, timezone.utc))
@@ -27,5 +35,5 @@ def percent(part: int, whole: int) -> float:
     return 0.0 if not whole else round(min(100.0, 100 * part / whole), 2)
 
 
-FILTERS = {"when": when, "count": count, "epoch": epoch}
+FILTERS = {"when": when, "clock": clock, "count": count, "epoch": epoch}
 GLOBALS = {"share": share, "percent": percent}

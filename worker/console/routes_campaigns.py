@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
 
-from scheduler import campaigns, report
+from scheduler import campaigns, report, snapshots
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.console.roles import Permission
-from worker.console.tallies import tallies_for
+from worker.console.tallies import CURRENT_S, tallies_for
 from worker.console.users import Person
 from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.errors import ButtoncastError, MessageInvalid
@@ -39,21 +39,45 @@ def _id_or_none(text: str | None) -> int | None:
 @router.get("/")
 def campaigns_page(request: Request, status: str = "", after: str = "", person: Person = VIEW,
                    rt: Runtime = Depends(runtime)) -> Response:
+    """Each campaign with its stored tally snapshot (time shown when not current); a campaign never
+    counted yet (no beat running, no one looked) is counted here by status."""
     wanted = status if status in {s.value for s in CampaignStatus} else None
+    now, per_second = utcnow(), rt.settings.rate_limit.per_second
     with rt.read_sessions() as session:
-        rows = campaigns.list_campaigns(session, after_id=_id_or_none(after) or 0, limit=LIST_PAGE_SIZE, status=wanted)
-        progress = [report.Progress(c, counts, report.Funnel(0, 0, 0, 0, 0), rt.settings.rate_limit.per_second, utcnow())
-                    for c, counts in rows]
-    return render(request, "campaigns.html", rows=progress, status=wanted or "", statuses=[s.value for s in CampaignStatus],
-                  next_after=rows[-1][0].id if len(rows) == LIST_PAGE_SIZE else None)
+        rows = campaigns.list_campaign_rows(session, after_id=_id_or_none(after) or 0, limit=LIST_PAGE_SIZE, status=wanted)
+        stored = snapshots.load_many(session, [c.id for c in rows])
+        missing = [c.id for c in rows if c.id not in stored]
+        counted = campaigns.status_counts_many(session, missing) if missing else {}
+    progress, as_of = [], {}
+    for c in rows:
+        snapshot = stored.get(c.id)
+        if snapshot is None:
+            progress.append(report.Progress(c, counted.get(c.id) or campaigns.empty_counts(), report.Funnel(0, 0, 0, 0, 0),
+                                            per_second, now))
+            continue
+        progress.append(report.Progress(c, snapshot.tally.counts, snapshot.tally.funnel, per_second, now))
+        if snapshot.age_s(now) >= CURRENT_S:
+            as_of[c.id] = snapshot.taken_at
+    return render(request, "campaigns.html", rows=progress, as_of=as_of, status=wanted or "",
+                  statuses=[s.value for s in CampaignStatus],
+                  next_after=rows[-1].id if len(rows) == LIST_PAGE_SIZE else None)
 
 
 def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
-    campaign = campaigns.get_campaign(session, campaign_id)  # read now: a status is never stale
-    t = tallies_for(rt).get(campaign_id)
-    p, late = report.Progress(campaign, t.counts, t.funnel, rt.settings.rate_limit.per_second, utcnow(), late_failures=t.late_failures), t.late_failures
-    return {"p": p, "c": p.campaign, "late": late,
-            "final": p.campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value) and p.left == 0}
+    """The campaign row read now (a status is never stale) and its counts from the tally snapshot
+    (worker.console.tallies): `counts_as_of` is the snapshot's time when it is not current,
+    `p` is None while a never-counted campaign has its first count."""
+    campaign = campaigns.get_campaign(session, campaign_id)
+    counts = tallies_for(rt).get(campaign_id)
+    snapshot, p = counts.snapshot, None
+    if snapshot is not None:
+        t = snapshot.tally
+        p = report.Progress(campaign, t.counts, t.funnel, rt.settings.rate_limit.per_second, utcnow(),
+                            late_failures=t.late_failures)
+    ended = campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
+    return {"p": p, "c": campaign, "late": p.late_failures if p else {},
+            "counts_as_of": None if counts.current or snapshot is None else snapshot.taken_at,
+            "final": ended and p is not None and p.left == 0 and counts.current}
 
 
 def _recipients(session: Session, campaign_id: int, status: str, button: str, error_code: str, before: str) -> dict:
@@ -97,10 +121,10 @@ def _act(rt: Runtime, campaign_id: int, action: Callable[[], object], done: str)
     try:
         action()
     except (ButtoncastError, RetryRefused) as exc:
-        tallies_for(rt).forget(campaign_id)
+        tallies_for(rt).forget(campaign_id)  # it may have changed some rows before it was refused
         text = "; ".join(str(p) for p in exc.problems) if isinstance(exc, MessageInvalid) else str(exc)
         return redirect(f"/campaigns/{campaign_id}", f"Not done: {text}")
-    tallies_for(rt).forget(campaign_id)  # its rows changed: the page shows them at once
+    tallies_for(rt).forget(campaign_id)  # its rows changed: older counts are shown with their time until recounted
     return redirect(f"/campaigns/{campaign_id}", done)
 
 
