@@ -247,3 +247,28 @@ def test_recording_with_a_token_that_no_longer_owns_the_row_changes_nothing_but_
     row = load(runtime, mid)
     assert row.status == "queued" and row.vendor_message_id is None
     assert [a.vendor_message_id for a in attempts_of(runtime, mid)] == ["wamid.late"] * 3
+
+
+def test_a_task_holds_no_database_connection_while_the_vendor_answers_and_checks_out_two(runtime) -> None:
+    """Issue 16 goal 3: the load and the claim share one pooled connection (Postgres), which goes
+    back to the pool before the HTTP request, so a process never holds a connection per waiting
+    thread; the record takes one more. SQLite: one unit per statement, as before."""
+    mid = enqueue(runtime)
+    deps = runtime.send_deps()
+    pool = runtime.engine.pool
+    checkouts: list[int] = []
+    sa.event.listen(runtime.engine, "checkout", lambda *_a: checkouts.append(1))
+    held_during_send: list[int] = []
+    real_send = deps.client.send
+
+    def send(message, phone_number_id, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        held_during_send.append(pool.checkedout())
+        return real_send(message, phone_number_id, **kwargs)
+
+    deps.client = type("Watched", (), {"send": staticmethod(send)})()
+    assert send_message(mid, deps) is Outcome.SENT
+    assert held_during_send == [0] and pool.checkedout() == 0
+    if runtime.settings.sqlite:
+        assert len(checkouts) >= 3
+    else:
+        assert len(checkouts) == 2   # load + claim on one, the record on the other

@@ -9,10 +9,10 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Protocol
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
@@ -86,29 +86,48 @@ class SendDeps:
     worker_name: str
     sleep: Callable[[float], None] = time.sleep
     journal: journal.OutcomeJournal | None = None   # outcomes the database refused (issue 12 item 13)
-    hold_connection: bool = False   # one connection for a task's one-statement writes (Postgres; see _one_connection)
+    hold_connection: bool = False   # keep a connection between a task's one-statement writes (Postgres; see _Statements)
 
 
 def send_message(message_id: int, deps: SendDeps) -> Outcome:
     """Take one message as far as it can go now. Safe to call twice for the same id."""
-    with _one_connection(deps) as unit:
-        return _send(message_id, deps, unit)
+    statements = _Statements(deps)
+    try:
+        return _send(message_id, deps, statements)
+    finally:
+        statements.release()
 
 
-@contextmanager
-def _one_connection(deps: SendDeps) -> Iterator[Callable[[], AbstractContextManager[store.Unit]]]:
-    """Where the task's one-statement writes go. Postgres: ONE pooled autocommit connection for the
-    whole task (each statement still its own transaction), instead of a checkout and a check-in per
-    statement, which cost more CPU than the statements' own Python. SQLite: `deps.connect` per
-    statement, since there a connection's unit is a transaction holding the write lock."""
-    if not deps.hold_connection:
-        yield deps.connect
-        return
-    with deps.connect() as conn:
-        yield lambda: nullcontext(conn)
+class _Statements:
+    """Where a task's one-statement writes go: `statements()` is a unit for one statement.
+
+    Postgres: one pooled autocommit connection is kept from one statement to the next (each still
+    its own transaction) instead of a checkout and a check-in per statement, which cost more CPU
+    than the statement's own Python; it is released before anything that waits (a rate slot's sleep,
+    the vendor's answer), so a process never holds more connections than statements in flight.
+    SQLite: `deps.connect` per statement, since there a unit is a transaction holding the write lock.
+    """
+
+    def __init__(self, deps: SendDeps) -> None:
+        self._deps = deps
+        self._held: AbstractContextManager[Connection] | None = None
+        self._conn: Connection | None = None
+
+    def __call__(self) -> AbstractContextManager[store.Unit]:
+        if not self._deps.hold_connection:
+            return self._deps.connect()
+        if self._held is None:
+            held = self._deps.connect()
+            self._conn, self._held = held.__enter__(), held
+        return nullcontext(self._conn)
+
+    def release(self) -> None:
+        held, self._held, self._conn = self._held, None, None
+        if held is not None:
+            held.__exit__(None, None, None)
 
 
-def _send(message_id: int, deps: SendDeps, connect: Callable[[], AbstractContextManager[store.Unit]]) -> Outcome:
+def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
     s = deps.settings
     with connect() as conn:
         job = store.load_job(conn, message_id)
@@ -137,6 +156,8 @@ def _send(message_id: int, deps: SendDeps, connect: Callable[[], AbstractContext
 
     try:
         reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
+        if reservation.wait_s > 0:
+            connect.release()   # no connection held while sleeping for a slot
         wait_s = reservation.wait_s if not reservation.granted else _sleep_for_slot(deps, reservation.wait_s)
     except LimiterUnavailable as exc:
         log.warning("message %s deferred: %s", job.id, exc.message)
@@ -149,6 +170,7 @@ def _send(message_id: int, deps: SendDeps, connect: Callable[[], AbstractContext
     gate = consent_gate.Gate(frequency_cap=s.marketing_frequency_cap)
     with connect() as conn:
         token = store.claim(conn, job.id, worker=deps.worker_name, gate=gate)
+    connect.release()   # none held while the vendor answers
     if token is None:
         return _hold_or_skip(job, deps, gate)
 
