@@ -86,7 +86,7 @@ def import_recipients(
     path: str | os.PathLike[str],
     *,
     strict: bool = False,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
     default_region: str | None = None,
     processes: int | None = None,
 ) -> ImportResult:
@@ -95,7 +95,7 @@ def import_recipients(
     With `strict`, the file is checked first and refused (ImportRefused, nothing stored) if any row
     is invalid. Otherwise valid rows are imported and invalid ones reported in the result. Any
     failure part way (the database, a checking process) leaves none of this import's rows.
-    `batch_rows`: rows per merge window; `processes`: see import_pool.judged_chunks.
+    `batch_rows`: rows per merge window (BATCH_ROWS); `processes`: see import_pool.judged_chunks.
     """
     with session_factory() as session:
         campaign = session.get(Campaign, campaign_id)
@@ -105,6 +105,7 @@ def import_recipients(
     template = MessageTemplate(campaign.template)
     if strict:
         refuse_if_invalid(path, template, default_region=default_region, processes=processes)
+    batch_rows = batch_rows or BATCH_ROWS
     result = ImportResult()
     chunks = judged_chunks(path, template, default_region=default_region, processes=processes)
     writer = BackgroundWriter(open_store(session_factory, campaign), result.merged)
