@@ -229,3 +229,34 @@ def test_the_precompiled_json_is_json_dumps_byte_for_byte(name, code):
         return
     assert template.dumps(filled) == json.dumps(filled)
     assert json.loads(template.dumps(filled)) == filled
+
+
+def test_suppression_list_windows_first_reason_wins_one_event_per_change(session_factory, tmp_path):
+    """contacts import --optouts, set-based per window: each phone opted out once with its first
+    row's reason and one contact_events row; repeats (in a window or a later one) and phones
+    opted out before count as already opted out and keep what they had."""
+    from worker.contacts_import import import_optouts
+    from worker.models import ContactEvent
+
+    base = 966560000000 + (hash(str(tmp_path)) % 10_000) * 100
+    earlier = str(base)
+    with session_factory.begin() as session:
+        opt_out(session, earlier, source="keyword", reason="replied STOP")
+    lines = ["phone,reason", f"{earlier},crm"]
+    lines += [f"+{base + i},first {i}" for i in range(1, 30)]
+    lines += [f"00{base + 3},second", "not-a-phone,x", f"{base + 20},", f"{base + 30},"]
+    path = tmp_path / "optouts.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = import_optouts(session_factory, path, batch_rows=7)
+    assert (result.opted_out, result.already_opted_out, result.rejected) == (30, 3, 1)
+    assert result.problems[0].startswith("line 33:")
+    phones = [str(base + i) for i in range(31)]
+    with session_factory() as session:
+        rows = {c.phone: c for c in session.scalars(sa.select(Contact).where(Contact.phone.in_(phones)))}
+        events = session.execute(sa.select(ContactEvent.phone, ContactEvent.source, ContactEvent.reason)
+                                 .where(ContactEvent.phone.in_(phones))).all()
+    assert all(rows[p].opted_out_at is not None for p in phones)
+    assert (rows[earlier].opt_out_source, rows[earlier].opt_out_note) == ("keyword", "replied STOP")
+    assert (rows[str(base + 3)].opt_out_note, rows[str(base + 30)].opt_out_note) == ("first 3", None)
+    imported = sorted((p, r) for p, s, r in events if s == "import")
+    assert imported == sorted([(str(base + i), f"first {i}") for i in range(1, 30)] + [(str(base + 30), None)])
