@@ -93,18 +93,13 @@ def _in_pool(chunks: Iterator[list], processes: int, judge_args: tuple) -> Itera
         for chunk in chunks:
             pending.append(pool.submit(_judge_chunk, chunk))
             if len(pending) >= processes * IN_FLIGHT_PER_PROCESS:
-                yield _result(pending.popleft())
+                yield pending.popleft().result()
         while pending:
-            yield _result(pending.popleft())
+            yield pending.popleft().result()
+    except BrokenProcessPool:   # from a result or from the next submit, whichever comes first
+        raise ImportInterrupted("a process checking the recipients stopped unexpectedly (killed, or out of memory); "
+                                "nothing was imported") from None
     finally:
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _result(future: Future[JudgedChunk]) -> JudgedChunk:
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        raise ImportInterrupted("a process checking the recipients stopped unexpectedly (killed, or out of memory); "
-                                "nothing was imported") from None

@@ -140,8 +140,13 @@ def _pool_processes() -> list[int]:
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the pool's processes in /proc")
 def test_a_checking_process_killed_mid_import_fails_it_cleanly_without_partial_rows(session_factory, tmp_path, monkeypatch):
     # Given a campaign that already has recipients, and a big file being imported into it on two
-    # processes, in small windows so that some are written before the kill
+    # processes, in small windows so that some are written before the kill, and slowly (each
+    # window's write waits 20 ms, and the reader waits for the writer) so that the kill comes first
     monkeypatch.setattr(import_pool, "CHUNK_RECORDS", 200)
+    store_class = (import_store.PostgresStore if session_factory.kw["bind"].dialect.name == "postgresql"
+                   else import_store.SqliteStore)
+    real_write = store_class.write
+    monkeypatch.setattr(store_class, "write", lambda self, rows: time.sleep(0.02) or real_write(self, rows))
     with session_factory.begin() as session:
         campaign_id = create_campaign(session, name="killed", phone_number_id="123456", template=TEMPLATE, draft=True).id
     import_recipients(session_factory, campaign_id, mixed_csv(tmp_path / "first.csv", 50), processes=1)
@@ -154,7 +159,7 @@ def test_a_checking_process_killed_mid_import_fails_it_cleanly_without_partial_r
 
     def run() -> None:
         try:
-            outcome["result"] = import_recipients(session_factory, campaign_id, path, batch_rows=2_000, processes=2)
+            outcome["result"] = import_recipients(session_factory, campaign_id, path, batch_rows=500, processes=2)
         except BaseException as exc:  # noqa: BLE001
             outcome["error"] = exc
 
