@@ -250,22 +250,25 @@ def create_with_recipients(
     scheduled_at: datetime | None = None,
     actor: str | None = None,
     default_region: str | None = None,
+    processes: int | None = None,
     **fields: Any,
 ) -> tuple[int, ImportResult]:
     """Create a campaign and import its CSV; returns (campaign id, import result).
 
     The campaign is stored as a draft while rows go in (batch by batch, so the dispatcher never
     starts a half-imported campaign) and only then becomes `scheduled` (unless `draft`). Nothing
-    is left behind when it is not created: a bad header, --strict with an invalid row, no valid row.
+    is left behind when it is not created: a bad header, --strict with an invalid row, no valid row,
+    a failure part way. `processes` (tests, benchmarks): see scheduler.import_pool.judged_chunks.
     """
     template = MessageTemplate(fields["template"])  # validates message.json before the file is read
     check_header(recipients, template)
     if strict:
-        refuse_if_invalid(recipients, template, default_region=default_region)
+        refuse_if_invalid(recipients, template, default_region=default_region, processes=processes)
     with session_factory.begin() as session:
         campaign_id = create_campaign(session, draft=True, scheduled_at=scheduled_at, **fields).id
     try:
-        result = import_recipients(session_factory, campaign_id, recipients, default_region=default_region)
+        result = import_recipients(session_factory, campaign_id, recipients, default_region=default_region,
+                                   processes=processes)
         if result.imported == 0:
             raise ImportRefused("no valid recipient in the file; the campaign was not created", result)
         with session_factory.begin() as session:

@@ -8,8 +8,10 @@ against the vendor's limits by worker.message, and a row that breaks one is reje
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
 from worker.errors import FieldProblem, MessageInvalid
@@ -57,6 +59,19 @@ class MessageTemplate:
         self._constant = None if self.names else MessageContent.from_dict(self.data).as_dict()
         # Buttons never change per row: parse them once (check_template validated them).
         self._buttons = MessageContent.from_dict(self.data, validate=False).buttons
+        # json.dumps of a filled message, precompiled: only the filled texts are encoded per row.
+        self._constant_json = None if self._constant is None else json.dumps(self._constant)
+        self._json_parts = tuple((name, encode_basestring_ascii(name) + ": ",
+                                  None if name in self._compiled else json.dumps(value))
+                                 for name, value in self.data.items())
+
+    def dumps(self, filled: Mapping[str, Any]) -> str:
+        """`json.dumps(filled)` byte for byte (default separators, ASCII escapes), for a message
+        `fill` returned: the import stores this text, and the constant parts are encoded once."""
+        if self._constant_json is not None:
+            return self._constant_json if filled is self._constant else json.dumps(filled)
+        return "{" + ", ".join(key + (encode_basestring_ascii(filled[name]) if constant is None else constant)
+                               for name, key, constant in self._json_parts) + "}"
 
     def fill(self, values: Mapping[str, str]) -> dict[str, Any]:
         """The filled message dict; MessageInvalid naming the field/variable if it breaks a rule."""

@@ -234,7 +234,7 @@ def test_cell_over_the_csv_field_limit_rejects_only_its_row(session_factory, tmp
 
 def test_line_over_the_line_limit_is_one_rejected_row_and_never_held_whole(session_factory, tmp_path, monkeypatch):
     """Issue 12 item 11: memory stays bounded: a physical line over LINE_MAX_CHARS is read in pieces and rejected."""
-    from scheduler import importer
+    from scheduler import recipients_csv as importer
 
     monkeypatch.setattr(importer, "LINE_MAX_CHARS", 1_000)
     path = write_csv(tmp_path, ["phone,name,code", "966500000001,Ann,A", "966500000002," + "y" * 5_000 + ",B",

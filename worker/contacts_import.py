@@ -1,11 +1,12 @@
 """Import a suppression list: a CSV of phones that opted out elsewhere (source `import`).
 
 The CSV has a `phone` column and optionally a `reason` (or `note`) column. It is streamed in
-batches (one transaction each), so a file of millions of rows stays in bounded memory; each batch
-is one INSERT of unknown contacts and one UPDATE ... RETURNING that opts out those not yet opted
-out (their reasons follow in one executemany), so every change gets its contact_events row and the report can tell
-new opt-outs from phones already opted out. A phone that is invalid is reported with its line
-(header = line 1), like the campaign import's report.
+windows of BATCH_ROWS rows (one transaction each), so a file of millions of rows stays in bounded
+memory. Each window is loaded into a TEMP staging table (COPY on Postgres, one executemany on
+SQLite) and applied set-based: unknown phones become contacts, and those not yet opted out are
+opted out with the reason of their first row, each change with its contact_events row; the
+report tells new opt-outs from phones already opted out (or repeated in the file). A phone that
+is invalid is reported with its line (header = line 1), like the campaign import's report.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.contacts import OPT_OUT, REASON_MAX_CHARS, SOURCE_IMPORT, ensure_contacts
-from worker.errors import ButtoncastError, MessageInvalid
-from worker.message import normalize_phone
-from worker.models import Contact, ContactEvent, utcnow
+from worker.contacts import OPT_OUT, REASON_MAX_CHARS, SOURCE_IMPORT
+from worker.errors import ButtoncastError
+from worker.models import UTCDateTime, utcnow
+from worker.phone import judge_phone
 
-BATCH_ROWS = 2_000
+BATCH_ROWS = 20_000
 MAX_DETAILS = 1_000
 PHONE_COLUMN = "phone"
 REASON_COLUMNS = ("reason", "note")
@@ -46,7 +47,7 @@ class OptOutImportResult:
             self.problems.append(f"line {line}: {reason}")
 
 
-def _rows(path: str, result: OptOutImportResult, default_region: str | None) -> Iterator[tuple[str, str | None]]:
+def _rows(path: str, result: OptOutImportResult, default_region: str | None) -> Iterator[tuple[int, str, str | None]]:
     with open(path, encoding="utf-8-sig", newline="") as stream:
         reader = csv.reader(stream)
         try:
@@ -60,41 +61,73 @@ def _rows(path: str, result: OptOutImportResult, default_region: str | None) -> 
                 line, start = start, reader.line_num + 1
                 if not any(c.strip() for c in cells):
                     continue
-                try:
-                    phone = normalize_phone(cells[phone_at] if phone_at < len(cells) else "", default_region=default_region)
-                except MessageInvalid as exc:
-                    result.reject(line, str(exc))
+                phone, problem = judge_phone(cells[phone_at] if phone_at < len(cells) else "", default_region=default_region)
+                if problem is not None:
+                    result.reject(line, str(problem))
                     continue
                 reason = cells[reason_at].strip() if reason_at is not None and reason_at < len(cells) else ""
-                yield phone, reason[:REASON_MAX_CHARS] or None
+                yield line, phone, reason[:REASON_MAX_CHARS] or None  # type: ignore[misc]
         except UnicodeDecodeError as exc:
             raise OptOutFileError(f"{path}: not UTF-8 text after line {reader.line_num} ({exc.reason})") from None
         except csv.Error as exc:
             raise OptOutFileError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
-def _opt_out_batch(session: Session, batch: dict[str, str | None], *, actor: str | None) -> int:
-    """Opt out every phone of the batch not yet opted out; returns how many changed."""
-    now = utcnow()
-    ensure_contacts(session, batch, at=now)
-    changed = session.execute(
-        sa.update(Contact)
-        .where(Contact.phone.in_(list(batch)), Contact.opted_out_at.is_(None))
-        .values(opted_out_at=now, opt_out_source=SOURCE_IMPORT, opt_out_note=None, updated_at=now)
-        .returning(Contact.phone)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
-    notes = [{"p_phone": p, "p_note": batch[p]} for p in changed if batch[p]]
-    if notes:   # the file's reasons, on the rows this batch opted out
-        session.connection().execute(
-            sa.update(Contact).where(Contact.phone == sa.bindparam("p_phone")).values(opt_out_note=sa.bindparam("p_note")),
-            notes)
-    if changed:
-        session.execute(sa.insert(ContactEvent), [
-            {"phone": p, "at": now, "action": OPT_OUT, "source": SOURCE_IMPORT, "reason": batch[p], "actor": actor}
-            for p in changed
-        ])
-    return len(changed)
+_CONTACTS = "INSERT INTO contacts (phone, first_seen_at, updated_at) SELECT DISTINCT phone, :now, :now FROM optout_staging WHERE true ON CONFLICT (phone) DO NOTHING"
+# Postgres: the first row of each phone; those not yet opted out are opted out, with an event each.
+_PG_STAGING = "CREATE TEMP TABLE IF NOT EXISTS optout_staging (line integer NOT NULL, phone text NOT NULL, reason text)"
+_PG_COPY = "COPY optout_staging (line, phone, reason) FROM STDIN"
+_PG_OPT_OUT = """
+WITH firsts AS MATERIALIZED (SELECT DISTINCT ON (phone) phone, reason FROM optout_staging ORDER BY phone, line),
+changed AS (
+    UPDATE contacts c SET opted_out_at = :now, opt_out_source = :source, opt_out_note = f.reason, updated_at = :now
+    FROM firsts f WHERE c.phone = f.phone AND c.opted_out_at IS NULL
+    RETURNING c.phone, f.reason),
+events AS (
+    INSERT INTO contact_events (phone, at, action, source, reason, actor)
+    SELECT phone, :now, :action, :source, reason, :actor FROM changed)
+SELECT count(*) FROM changed
+"""
+# SQLite (under the write lock, so reading first and updating next see the same rows)
+_SQLITE_STAGING = ("CREATE TEMP TABLE IF NOT EXISTS optout_staging (line INTEGER PRIMARY KEY, phone TEXT NOT NULL, reason TEXT)",
+                   "CREATE INDEX IF NOT EXISTS temp.ix_optout_staging_phone ON optout_staging (phone, line)")
+_SQLITE_STAGE = "INSERT INTO optout_staging (line, phone, reason) VALUES (?, ?, ?)"
+_SQLITE_FIRSTS = ("FROM optout_staging s JOIN contacts c ON c.phone = s.phone WHERE c.opted_out_at IS NULL "
+                  "AND NOT EXISTS (SELECT 1 FROM optout_staging e WHERE e.phone = s.phone AND e.line < s.line)")
+_SQLITE_EVENTS = ("INSERT INTO contact_events (phone, at, action, source, reason, actor) "
+                  f"SELECT s.phone, :now, :action, :source, s.reason, :actor {_SQLITE_FIRSTS}")
+_SQLITE_OPT_OUT = """
+UPDATE contacts SET opted_out_at = :now, opt_out_source = :source, updated_at = :now,
+    opt_out_note = (SELECT s.reason FROM optout_staging s WHERE s.phone = contacts.phone ORDER BY s.line LIMIT 1)
+WHERE opted_out_at IS NULL AND phone IN (SELECT phone FROM optout_staging)
+"""
+
+
+def _statement(sql: str) -> sa.TextClause:
+    return sa.text(sql).bindparams(sa.bindparam("now", type_=UTCDateTime()))
+
+
+def _opt_out_window(connection: sa.Connection, rows: list[tuple[int, str, str | None]], *, actor: str | None) -> int:
+    """Opt out every phone of the window not yet opted out (one transaction); returns how many changed."""
+    values = {"now": utcnow(), "action": OPT_OUT, "source": SOURCE_IMPORT, "actor": actor[:200] if actor else None}
+    driver = connection.connection.driver_connection
+    with connection.begin():
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(_PG_STAGING)
+            with driver.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            connection.execute(_statement(_CONTACTS), values)
+            changed = connection.execute(_statement(_PG_OPT_OUT), values).scalar_one()
+        else:
+            for statement in _SQLITE_STAGING:
+                connection.exec_driver_sql(statement)
+            driver.executemany(_SQLITE_STAGE, rows)
+            connection.execute(_statement(_CONTACTS), values)
+            changed = connection.execute(_statement(_SQLITE_EVENTS), values).rowcount
+            connection.execute(_statement(_SQLITE_OPT_OUT), values)
+        connection.exec_driver_sql("DELETE FROM optout_staging")
+    return changed
 
 
 def import_optouts(session_factory: sessionmaker[Session], path: str | os.PathLike[str], *,
@@ -103,22 +136,23 @@ def import_optouts(session_factory: sessionmaker[Session], path: str | os.PathLi
     """Opt out every valid phone of the file (source `import`); returns the counts and problems.
     `default_region` (DEFAULT_COUNTRY_CODE) reads national numbers written with a trunk 0."""
     result = OptOutImportResult()
-    batch: dict[str, str | None] = {}
-    seen_in_batch = 0
+    window: list[tuple[int, str, str | None]] = []
+    engine: sa.Engine = session_factory.kw["bind"]
+    with engine.connect() as connection:
+        def flush() -> None:
+            if window:
+                changed = _opt_out_window(connection, window, actor=actor)
+                result.opted_out += changed
+                result.already_opted_out += len(window) - changed   # the first row of a phone wins
+                window.clear()
 
-    def flush() -> None:
-        nonlocal batch, seen_in_batch
-        if batch:
-            with session_factory.begin() as session:
-                changed = _opt_out_batch(session, batch, actor=actor)
-            result.opted_out += changed
-            result.already_opted_out += seen_in_batch - changed
-        batch, seen_in_batch = {}, 0
-
-    for phone, reason in _rows(os.fspath(path), result, default_region):
-        batch.setdefault(phone, reason)   # the first row of a phone wins
-        seen_in_batch += 1
-        if len(batch) >= batch_rows:
+        try:
+            for row in _rows(os.fspath(path), result, default_region):
+                window.append(row)
+                if len(window) >= batch_rows:
+                    flush()
             flush()
-    flush()
+        finally:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS optout_staging")
+            connection.commit()
     return result
