@@ -269,7 +269,7 @@ class Stack:
 
     def start_worker(self, slot: int, wait: bool = False) -> None:
         self.starts += 1
-        proc = Proc([sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(self.cfg.concurrency)],
+        proc = Proc([sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--concurrency", str(self.cfg.concurrency)],
                     self.cfg.workdir / f"worker-{slot}-{self.starts}.log", self.env)
         self.workers[slot] = proc
         if wait:

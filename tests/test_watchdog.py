@@ -18,7 +18,7 @@ def test_a_worker_whose_broker_stays_away_exits_for_its_supervisor(migrated_post
     # Given a worker on a private Redis broker, with a 3-second stall limit
     broker = PrivateRedis(tmp_path).start()
     env = stack_env(database_url=migrated_postgres, sandbox_url=sandbox[0], broker_url=broker.url, BROKER_STALL_EXIT_S="3")
-    worker = spawn(env, "worker", "--concurrency", "2")
+    worker = spawn(env, "worker", "--processes", "1", "--concurrency", "2")   # the watchdog is per Celery process
     try:
         # When the broker goes away and does not come back
         broker.kill()
@@ -35,7 +35,7 @@ def test_a_worker_whose_broker_stays_away_exits_for_its_supervisor(migrated_post
 def test_a_broker_that_comes_back_in_time_keeps_the_worker(migrated_postgres, sandbox, spawn, tmp_path) -> None:
     broker = PrivateRedis(tmp_path).start()
     env = stack_env(database_url=migrated_postgres, sandbox_url=sandbox[0], broker_url=broker.url, BROKER_STALL_EXIT_S="20")
-    worker = spawn(env, "worker", "--concurrency", "2")
+    worker = spawn(env, "worker", "--processes", "1", "--concurrency", "2")   # the watchdog is per Celery process
     try:
         broker.kill()
         time.sleep(1.0)
