@@ -8,7 +8,7 @@ The client built here uses the channel's own connection pool and is rebuilt when
 replaces that pool (after a fork or a reconnect), so connections, timeouts and errors are exactly
 kombu's; only the wrapper object is kept. redis-py clients are safe to share between threads.
 
-Used for `redis://` brokers (worker.celery_app); `rediss://` keeps kombu's stock transport, whose
+Installed for `redis://` brokers by worker.celery_app (`install`); `rediss://` keeps kombu's stock transport, whose
 TLS defaults are chosen from the scheme.
 """
 
@@ -33,5 +33,13 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-#: the `broker_transport` setting that selects this transport
+#: where kombu finds this transport
 TRANSPORT = f"{__name__}:Transport"
+
+
+def install() -> None:
+    """Make `redis://` URLs use this transport, under kombu's own alias, so URLs, banners and
+    `as_uri()` still read `redis://` (kombu's registry of transport aliases is meant for this)."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    TRANSPORT_ALIASES["redis"] = TRANSPORT

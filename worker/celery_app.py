@@ -12,7 +12,7 @@ from kombu import Exchange, Queue
 from worker.queues import (ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH,
                            TASK_PRUNE, TASK_SWEEP)
 from worker.beatlock import hold_beat_lease
-from worker.broker_transport import TRANSPORT as BROKER_TRANSPORT
+from worker import broker_transport
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
 
@@ -25,6 +25,7 @@ PRUNE_INTERVAL_S = 86400.0   # retention runs daily; each run deletes in batches
 
 
 def create_celery(settings: Settings) -> Celery:
+    broker_transport.install()   # redis://: kombu's Redis transport without its per-call client building
     app = Celery("buttoncast", broker=settings.broker_url, include=["worker.tasks", "scheduler.tasks"])
     uses_redis = settings.broker_url.startswith(("redis://", "rediss://"))
     app.conf.update(
@@ -42,8 +43,6 @@ def create_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        # redis://: kombu's Redis transport without its per-call client building (worker/broker_transport.py)
-        broker_transport=BROKER_TRANSPORT if settings.broker_url.startswith("redis://") else None,
         broker_transport_options=(
             # kombu's in-memory channel sleeps polling_interval (1 s) whenever it is idle or the
             # prefetch window is full: far too coarse for the embedded mode.
