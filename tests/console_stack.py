@@ -57,7 +57,7 @@ def start_console_stack(database_url: str, redis_url: str, log_dir: Path) -> Con
         SandboxClient(sandbox_url).configure(webhook_url=f"http://127.0.0.1:{webhook_port}/webhooks/awal",
                                              webhook_secret=WEBHOOK_SECRET)
         stack.processes.append(WorkerProcess(env, ["webhooks", "--port", str(webhook_port)], log_dir / "webhooks.log"))
-        stack.processes.append(WorkerProcess(env, ["worker", "--concurrency", "4"], log_dir / "worker.log"))
+        stack.processes.append(WorkerProcess(env, ["worker", "--processes", "1", "--concurrency", "4"], log_dir / "worker.log"))
         stack.processes[-1].wait_for("ready.")
         stack.processes.append(WorkerProcess(env, ["beat", "--schedule-file", str(log_dir / "beat-schedule")], log_dir / "beat.log"))
         stack.processes[-1].wait_for("beat: Starting")

@@ -55,7 +55,7 @@ def test_workers_together_never_exceed_the_vendors_limit(env, sandbox, spawn, wo
     # Given the sandbox enforcing 10/s and N workers with 4 threads each sharing one Redis limiter
     _, vendor = sandbox
     for _ in range(workers):
-        spawn(env, "worker", "--concurrency", "4")
+        spawn(env, "worker", "--processes", "1", "--concurrency", "4")
     spawn(env, "beat", "--schedule-file", "beat-schedule", ready="beat: Starting")
     rt = make_runtime(env)
     # When 40 messages are enqueued at once
@@ -75,8 +75,8 @@ def test_workers_together_never_exceed_the_vendors_limit(env, sandbox, spawn, wo
 def test_a_429_stops_every_worker_until_retry_after(env, sandbox, spawn) -> None:
     # Given two workers and a vendor that answers 429 with Retry-After: 3 for the next 3 seconds
     _, vendor = sandbox
-    spawn(env, "worker", "--concurrency", "4")
-    spawn(env, "worker", "--concurrency", "4")
+    spawn(env, "worker", "--processes", "1", "--concurrency", "4")
+    spawn(env, "worker", "--processes", "1", "--concurrency", "4")
     spawn(env, "beat", "--schedule-file", "beat-schedule", ready="beat: Starting")  # re-publishes what was put back
     rt = make_runtime(env)
     vendor.configure(force_429_for_s=3, retry_after=3)
@@ -104,7 +104,7 @@ def test_a_vendor_reporting_fewer_remaining_than_ours_slows_the_workers(env, san
     # Given our limit is 10/s, but the vendor reports only 1 request left in its 5-second window
     _, vendor = sandbox
     vendor.configure(rate_limit="100/5s", remaining_override=1)
-    spawn(env, "worker", "--concurrency", "4")
+    spawn(env, "worker", "--processes", "1", "--concurrency", "4")
     spawn(env, "beat", "--schedule-file", "beat-schedule", ready="beat: Starting")
     rt = make_runtime(env)
     window_end = (math.floor(time.time() / 5) + 1) * 5
@@ -130,7 +130,7 @@ def test_a_long_wait_puts_the_message_back_in_the_database_not_in_a_sleeping_tas
     redis.Redis.from_url(redis_url).flushdb()
     env = stack_env(database_url=clean_postgres, sandbox_url=base_url, broker_url=redis_url,
                     AWAL_RATE_LIMIT="1/h", RATE_WAIT_MAX_S="2")
-    spawn(env, "worker", "--concurrency", "2")
+    spawn(env, "worker", "--processes", "1", "--concurrency", "2")
     rt = make_runtime(env)
     pair = enqueue_many(rt, 2, "96657300")
     # When one of them takes the hour's slot (two threads race for it), the other cannot get one
