@@ -115,7 +115,7 @@ def sequential(vendor_url: str, count: int) -> Run:
     return Run(count / elapsed, 0.0)
 
 
-def _timed(procs: Processes, pid: int, broker_url: str, queue: str, push, warm, timed, profile_s: int = 0) -> tuple[float, float]:  # noqa: ANN001
+def _timed(procs: Processes, pid: int, broker_url: str, queue: str, push, warm, timed, profile_s: int = 0) -> tuple[float, float, float]:  # noqa: ANN001
     push(warm)
     wait_drained(broker_url, queue, timeout_s=180)
     cpu0, sys0 = tree_cpu_s(pid), tree_cpu_s(pid, system_only=True)
@@ -124,13 +124,13 @@ def _timed(procs: Processes, pid: int, broker_url: str, queue: str, push, warm, 
     push(timed)
     ended = wait_drained(broker_url, queue, timeout_s=600)
     cpu = tree_cpu_s(pid) - cpu0
-    _timed.system_share = (tree_cpu_s(pid, system_only=True) - sys0) / cpu if cpu else 0.0
+    system_share = (tree_cpu_s(pid, system_only=True) - sys0) / cpu if cpu else 0.0
     for profiler in profilers:
         if profiler is not None:
             profiler.wait(profile_s + 30)
     for path in procs.log_dir.glob("profile-*.txt"):
         print(summarize_profile(path, top=45))
-    return ended - began, cpu
+    return ended - began, cpu, system_share
 
 
 def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, threads: int) -> Run:
@@ -149,7 +149,7 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
                               "-c", str(threads), "--queues", QUEUE, "--loglevel", "WARNING",
                               "--without-gossip", "--without-mingle"], env)
         ids = list(range(1, warmup + recipients + 1))
-        elapsed, cpu = _timed(procs, worker.pid, broker_url, QUEUE, lambda batch: push_tasks(broker_url, batch, QUEUE, TASK),
+        elapsed, cpu, system_share = _timed(procs, worker.pid, broker_url, QUEUE, lambda batch: push_tasks(broker_url, batch, QUEUE, TASK),
                               ids[:warmup], ids[warmup:])
     except TimeoutError:
         print(procs.tail())
@@ -161,7 +161,7 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
     engine.dispose()
     if done != warmup + recipients:
         raise SystemExit(f"naive sender: {done} result rows, expected {warmup + recipients}")
-    return Run(recipients / elapsed, cpu * 1000 / recipients, _timed.system_share)
+    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share)
 
 
 def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, config: str,
@@ -180,7 +180,7 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     procs = Processes()
     try:
         worker = procs.start(argv, env)
-        elapsed, cpu = _timed(procs, worker.pid, broker_url, BUTTONCAST_QUEUE,
+        elapsed, cpu, system_share = _timed(procs, worker.pid, broker_url, BUTTONCAST_QUEUE,
                               lambda batch: push_tasks(broker_url, batch, BUTTONCAST_QUEUE), ids[:warmup], ids[warmup:],
                               profile_s)
     except TimeoutError:
@@ -189,7 +189,7 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     finally:
         procs.cleanup()
     print(check_all_sent(database_url, len(ids)))
-    return Run(recipients / elapsed, cpu * 1000 / recipients, _timed.system_share)
+    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share)
 
 
 def main() -> None:
