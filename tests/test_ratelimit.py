@@ -15,11 +15,12 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from worker.errors import LimiterUnavailable
 import redis
@@ -33,7 +34,8 @@ from worker.ratelimit import (
     Reservation,
     build_rate_limiter,
 )
-from worker.ratelimit.redis import SCOPES_KEY, hash_tag, scope_keys
+from worker.ratelimit.base import VENDOR_REPORT_DEFER_MAX_S
+from worker.ratelimit.redis import SCOPES_KEY, _Report, hash_tag, scope_keys
 from worker.settings import RateLimit, Settings
 
 HOUR_RATE = "1000/h"        # the documented plan: a slot every 3.6 s
@@ -504,3 +506,138 @@ def test_contention_redis_processes(redis_url: str, scope: str) -> None:
         per_process = pool.map(_hammer_process, [(redis_url, scope, start_at, 4)] * 4)
     assert all(per_process), "every process got slots"
     _assert_within_rate([slot for slots in per_process for slot in slots], per_second=50, burst=1)
+
+
+# --- Deferred vendor reports (issue 16 goal 3: one limiter round trip per message, same accounting) ---
+
+
+class CountingScript:
+    """Wraps a limiter's registered script and counts its calls (each is one Redis round trip)."""
+
+    def __init__(self, script: Callable) -> None:
+        self.script, self.ops = script, []
+
+    def __call__(self, *, keys: list, args: list) -> object:
+        self.ops.append(args[0])
+        return self.script(keys=keys, args=args)
+
+
+class ImmediateRedisLimiter(RedisRateLimiter):
+    """The reference: every vendor report goes to Redis at once (what the limiter did before)."""
+
+    def observe(self, scope: str, *, limit: int | None, remaining: int | None, reset_at: float | None) -> None:
+        self._run("observe", scope, *_Report(limit, remaining, reset_at).argv())
+
+
+def _counting(limiter: RedisRateLimiter) -> CountingScript:
+    counting = CountingScript(limiter._script)
+    limiter._script = counting
+    return counting
+
+
+def test_a_plentiful_report_in_the_same_window_travels_with_the_next_acquire(redis_url: str, scope: str) -> None:
+    clock = FakeClock()
+    limiter = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=5, clock=clock)
+    peer = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=5, clock=clock)
+    calls = _counting(limiter)
+    reset_at = clock.now + 3000
+    limiter.observe(scope, limit=1000, remaining=900, reset_at=reset_at)   # a window this process had not reported
+    assert calls.ops == ["observe"]
+    # Given a later answer of the same window with plenty left, it costs no round trip of its own
+    limiter.observe(scope, limit=1000, remaining=850, reset_at=reset_at)
+    limiter.observe(scope, limit=1000, remaining=870, reset_at=reset_at)   # out of order: the lowest wins
+    assert calls.ops == ["observe"]
+    assert peer.state(scope).vendor_remaining == 900                       # not in Redis yet
+    # and the next acquire carries it: applied first, then the slot counted against it.
+    assert limiter.acquire(scope, max_wait_s=0).granted
+    assert calls.ops == ["observe", "observe+acquire"]
+    assert peer.state(scope).vendor_remaining == 849
+    # A held report is also sent with this process's own `state` (what `limits` and the send path read).
+    limiter.observe(scope, limit=1000, remaining=700, reset_at=reset_at)
+    assert limiter.state(scope).vendor_remaining == 700
+    assert calls.ops[-1] == "observe+state"
+
+
+@pytest.mark.parametrize("report", [
+    dict(limit=1000, remaining=99, reset_at=+3000),     # under VENDOR_REPORT_DEFER_MIN_REMAINING
+    dict(limit=5000, remaining=400, reset_at=+3000),    # a changed limit, and under a tenth of it
+    dict(limit=1000, remaining=0, reset_at=+3000),      # exhausted: every worker must stop now
+    dict(limit=1000, remaining=900, reset_at=+3600),    # a new window
+    dict(limit=1000, remaining=900, reset_at=None),     # no reset time
+])
+def test_a_report_that_could_change_an_answer_is_sent_at_once(redis_url: str, scope: str, report: dict) -> None:
+    clock = FakeClock()
+    limiter = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=1, clock=clock)
+    limiter.observe(scope, limit=1000, remaining=950, reset_at=clock.now + 3000)
+    limiter.observe(scope, limit=1000, remaining=940, reset_at=clock.now + 3000)   # held
+    calls = _counting(limiter)
+    offset = report["reset_at"]
+    limiter.observe(scope, **dict(report, reset_at=None if offset is None else clock.now + offset))
+    # the held report goes first, then this one: the order the script would have seen them in
+    assert calls.ops == ["observe", "observe"]
+
+
+def test_a_report_is_never_held_longer_than_the_limit(redis_url: str, scope: str) -> None:
+    clock = FakeClock()
+    limiter = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=1, clock=clock)
+    monotonic = [100.0]
+    limiter._monotonic = lambda: monotonic[0]
+    reset_at = clock.now + 3000
+    limiter.observe(scope, limit=1000, remaining=950, reset_at=reset_at)
+    calls = _counting(limiter)
+    limiter.observe(scope, limit=1000, remaining=940, reset_at=reset_at)
+    monotonic[0] += VENDOR_REPORT_DEFER_MAX_S / 2
+    limiter.observe(scope, limit=1000, remaining=930, reset_at=reset_at)
+    assert calls.ops == []
+    monotonic[0] += VENDOR_REPORT_DEFER_MAX_S / 2
+    limiter.observe(scope, limit=1000, remaining=935, reset_at=reset_at)   # the first was held a full second
+    assert calls.ops == ["observe"]
+    assert limiter._held == {}
+    fresh = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=1, clock=clock)
+    assert fresh.state(scope).vendor_remaining == 930
+
+
+# Weighted towards what gets held (the same window, the same limit, plenty left), so that most
+# examples hold reports; the rest are what must never be held.
+_REPORTS = st.tuples(
+    st.sampled_from([1000, 1000, 1000, None]),
+    st.sampled_from([None, 0, 40, 99, 100, 150, 600, 700, 900, 1000]),
+    st.sampled_from([3000.0, 3000.0, 3000.0, 3600.0, 30.0, None]),
+)
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("observe"), _REPORTS),
+    st.tuples(st.just("observe"), _REPORTS),
+    st.tuples(st.just("observe"), _REPORTS),
+    st.tuples(st.just("acquire"), st.sampled_from([0.0, 5.0, 400.0])),
+    st.tuples(st.just("state"), st.none()),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 3.6, 40.0])),
+    st.tuples(st.just("block"), st.sampled_from([2.0, 60.0])),
+), min_size=1, max_size=30)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_deferring_reports_changes_no_answer_and_no_state(redis_url: str, ops: list) -> None:
+    """Property: for any sequence of reports, acquires, reads, blocks and time, the deferring limiter
+    returns the same reservations and shows the same state as one that sends every report at once."""
+    clock = FakeClock()
+    scope_a, scope_b = f"ws-{uuid.uuid4().hex[:8]}:button", f"ws-{uuid.uuid4().hex[:8]}:button"
+    deferring = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=3, clock=clock)
+    reference = ImmediateRedisLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(HOUR_RATE), burst=3, clock=clock)
+    base = clock.now
+    for op, arg in ops:
+        if op == "observe":
+            limit, remaining, reset_in = arg
+            report = dict(limit=limit, remaining=remaining, reset_at=None if reset_in is None else base + reset_in)
+            deferring.observe(scope_a, **report)
+            reference.observe(scope_b, **report)
+        elif op == "acquire":
+            assert deferring.acquire(scope_a, max_wait_s=arg) == reference.acquire(scope_b, max_wait_s=arg)
+        elif op == "state":
+            assert replace(deferring.state(scope_a), scope="") == replace(reference.state(scope_b), scope="")
+        elif op == "block":
+            deferring.block(scope_a, until=clock.now + arg)
+            reference.block(scope_b, until=clock.now + arg)
+        else:
+            clock.advance(arg)
+    assert replace(deferring.state(scope_a), scope="") == replace(reference.state(scope_b), scope="")

@@ -20,6 +20,12 @@ SCOPES_TTL_S = 7 * 86400                  # a scope unused this long drops out o
 VENDOR_GRACE_S = 3600.0                   # keep a finished vendor window this long, for `limits`
 VENDOR_NO_RESET_TTL_S = 86400.0           # vendor numbers that came without a reset time
 
+# Deferred vendor reports (RedisRateLimiter): a report in the window this process last reported,
+# with plenty left, changes no answer soon, so it travels with the process's next acquire instead
+# of costing a round trip of its own; never held longer than this, nor below this much remaining.
+VENDOR_REPORT_DEFER_MAX_S = 1.0
+VENDOR_REPORT_DEFER_MIN_REMAINING = 100   # and at least a tenth of the vendor's limit
+
 
 @dataclass(frozen=True)
 class Reservation:

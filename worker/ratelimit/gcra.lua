@@ -12,6 +12,9 @@ touches no key it is not handed in KEYS (the index of scopes is scopes.lua's, in
 
 ARGV[1] op, ARGV[2] now or "", ARGV[3..4] the TTLs named below (from base.py), then per op:
   acquire  interval_s tolerance_s max_wait_s   -> {granted 0|1, wait_s, reason}
+  observe+acquire, observe+state: limit remaining reset_at, then that op's arguments: a vendor
+           report a worker held back (redis.py, "deferred reports"), applied first, exactly as an
+           observe call just before the op would be; one round trip instead of two
   observe  limit remaining reset_at ("" = missing header)
   block    until reason
   state    interval_s tolerance_s              -> {next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason}
@@ -34,6 +37,14 @@ local VENDOR_GRACE_S = tonumber(ARGV[3])
 local VENDOR_NO_RESET_TTL_S = tonumber(ARGV[4])
 
 local op = ARGV[1]
+local base = 5                 -- where the op's own arguments start
+local folded = false           -- a held-back vendor report comes first (observe+<op>)
+if string.sub(op, 1, 8) == 'observe+' then
+  op = string.sub(op, 9)
+  folded = true
+  base = 8
+end
+local function arg(i) return ARGV[base + i - 1] end
 local now
 if ARGV[2] ~= '' then
   now = tonumber(ARGV[2])
@@ -113,8 +124,25 @@ local function earliest(interval, tolerance)
   return at, reason, tat, v, blocked_until, blocked_reason
 end
 
+local function observe(limit, remaining, reset_at)
+  local v = load_vendor()
+  if limit ~= nil then v.limit = limit end
+  if reset_at ~= nil and (v.reset_at == nil or reset_at > v.reset_at) then
+    v.reset_at = reset_at
+    if remaining ~= nil then v.remaining = math.max(0, remaining) else v.remaining = nil end
+    v.last_at = nil
+  elseif remaining ~= nil and (reset_at == nil or reset_at == v.reset_at) then
+    -- same window: responses arrive out of order, so a report can only lower the count
+    if v.remaining == nil or remaining < v.remaining then v.remaining = math.max(0, remaining) end
+  end
+  -- else: a report from an older window says nothing about this one
+  save_vendor(v)
+end
+
+if folded then observe(num(ARGV[5]), num(ARGV[6]), num(ARGV[7])) end
+
 if op == 'acquire' then
-  local interval, tolerance, max_wait = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+  local interval, tolerance, max_wait = tonumber(arg(1)), tonumber(arg(2)), tonumber(arg(3))
   -- A reservation never lies further ahead than max_wait + one interval (+ the burst), so a tat
   -- beyond that was set under a slower rate: after AWAL_RATE_LIMIT is raised it must not hold
   -- every worker back until the old rate's slot comes round.
@@ -134,23 +162,11 @@ if op == 'acquire' then
   return {1, fmt(wait), reason}
 
 elseif op == 'observe' then
-  local limit, remaining, reset_at = num(ARGV[5]), num(ARGV[6]), num(ARGV[7])
-  local v = load_vendor()
-  if limit ~= nil then v.limit = limit end
-  if reset_at ~= nil and (v.reset_at == nil or reset_at > v.reset_at) then
-    v.reset_at = reset_at
-    if remaining ~= nil then v.remaining = math.max(0, remaining) else v.remaining = nil end
-    v.last_at = nil
-  elseif remaining ~= nil and (reset_at == nil or reset_at == v.reset_at) then
-    -- same window: responses arrive out of order, so a report can only lower the count
-    if v.remaining == nil or remaining < v.remaining then v.remaining = math.max(0, remaining) end
-  end
-  -- else: a report from an older window says nothing about this one
-  save_vendor(v)
+  observe(num(arg(1)), num(arg(2)), num(arg(3)))
   return 1
 
 elseif op == 'block' then
-  local until_, reason = tonumber(ARGV[5]), ARGV[6]
+  local until_, reason = tonumber(arg(1)), arg(2)
   local current = num(redis.call('HGET', KEYS[3], 'until'))
   if until_ > now and (current == nil or until_ > current) then
     redis.call('HSET', KEYS[3], 'until', fmt(until_), 'reason', reason)
@@ -159,7 +175,7 @@ elseif op == 'block' then
   return 1
 
 elseif op == 'state' then
-  local interval, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local interval, tolerance = tonumber(arg(1)), tonumber(arg(2))
   local at, _, _, v, blocked_until, blocked_reason = earliest(interval, tolerance)
   local limit, remaining = '', ''
   if v.limit ~= nil then limit = string.format('%d', v.limit) end

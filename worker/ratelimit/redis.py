@@ -9,6 +9,17 @@ the script touches only the keys it is handed in KEYS. The index of scopes (for 
 key of its own in another slot: a second small script (scopes.lua) marks a scope in it, at most
 once per SCOPES_TOUCH_INTERVAL_S per process, and never inside the accounting script.
 
+Deferred reports: every vendor answer carries X-RateLimit-* headers, and sending each to Redis at
+once cost a round trip per message. A report in the same window as the last one this process sent
+(same limit and reset time), with at least VENDOR_REPORT_DEFER_MIN_REMAINING and a tenth of the limit
+left, is held in the process and goes with its next `acquire` or `state` (one script call,
+"observe+acquire"), which applies it first, exactly as an `observe` just before would have. Held
+reports merge as the script would apply them (the lowest remaining wins), and one is never held
+longer than VENDOR_REPORT_DEFER_MAX_S (the next report sends it). What a hold delays is a report
+that lowers a plentiful count: the same as a vendor answer that arrived a little later, which the
+accounting already allows (responses arrive out of order). A new window, a changed limit, a low or
+exhausted count, or a report without a reset time is sent at once, with any held one before it.
+
 Errors: when Redis is unreachable every method raises redis.exceptions.ConnectionError or
 redis.exceptions.TimeoutError (both redis.exceptions.RedisError); the caller decides what to do.
 """
@@ -16,6 +27,7 @@ redis.exceptions.TimeoutError (both redis.exceptions.RedisError); the caller dec
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from importlib import resources
 from typing import Callable, Iterable, NamedTuple
@@ -26,6 +38,8 @@ from worker.ratelimit.base import (
     SCOPES_TTL_S,
     VENDOR_GRACE_S,
     VENDOR_NO_RESET_TTL_S,
+    VENDOR_REPORT_DEFER_MAX_S,
+    VENDOR_REPORT_DEFER_MIN_REMAINING,
     LimiterState,
     Pacing,
     Reservation,
@@ -78,6 +92,28 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+class _Report(NamedTuple):
+    """A vendor's X-RateLimit-* numbers (None where a header was missing)."""
+
+    limit: int | None
+    remaining: int | None
+    reset_at: float | None
+
+    def argv(self) -> list[str]:
+        return ["" if self.limit is None else str(int(self.limit)),
+                "" if self.remaining is None else str(int(self.remaining)), _number(self.reset_at)]
+
+
+class _Held(NamedTuple):
+    report: _Report
+    since: float           # monotonic time it was first held
+
+
+def _plentiful(report: _Report) -> bool:
+    floor = max(VENDOR_REPORT_DEFER_MIN_REMAINING, (report.limit or 0) / 10)
+    return report.remaining is not None and report.remaining >= floor
+
+
 class RedisRateLimiter:
     """RateLimiter in Redis.
 
@@ -101,6 +137,10 @@ class RedisRateLimiter:
         self._script = client.register_script(_SCRIPT)
         self._scopes_script = client.register_script(_SCOPES_SCRIPT)
         self._touched: dict[str, float] = {}   # scope -> monotonic time this process last marked it
+        self._monotonic = time.monotonic       # how long a report is held; tests replace it
+        self._lock = threading.Lock()          # guards the two below: worker threads share a limiter
+        self._held: dict[str, _Held] = {}      # scope -> a deferred vendor report, not yet in Redis
+        self._window: dict[str, tuple[int | None, float | None]] = {}   # scope -> (limit, reset_at) last sent
 
     @classmethod
     def from_url(cls, url: str, *, rate: RateLimit, burst: int, scopes: Iterable[str] = ()) -> "RedisRateLimiter":
@@ -111,26 +151,43 @@ class RedisRateLimiter:
 
     def acquire(self, scope: str, *, max_wait_s: float) -> Reservation:
         self._touch(scope)
-        granted, wait, reason = self._run(
+        granted, wait, reason = self._run_with_held(
             "acquire", scope, self._pacing.interval_s, self._pacing.tolerance_s, max_wait_s
         )
         return Reservation(granted=bool(granted), wait_s=float(wait), reason=_text(reason))
 
     def observe(self, scope: str, *, limit: int | None, remaining: int | None, reset_at: float | None) -> None:
+        report = _Report(limit, remaining, reset_at)
+        with self._lock:
+            held = self._held.pop(scope, None)
+            if (report.reset_at is not None and (report.limit, report.reset_at) == self._window.get(scope)
+                    and _plentiful(report)):
+                if held is None:
+                    self._held[scope] = _Held(report, self._monotonic())
+                    return
+                lowest = min(held.report.remaining, report.remaining)   # both plentiful, same window
+                merged = _Held(report._replace(remaining=lowest), held.since)
+                if self._monotonic() - held.since < VENDOR_REPORT_DEFER_MAX_S:
+                    self._held[scope] = merged
+                    return
+                held, report = None, merged.report   # held long enough: send it now
+            if report.reset_at is not None:
+                self._window[scope] = (report.limit, report.reset_at)
         self._touch(scope)
-        self._run(
-            "observe", scope,
-            "" if limit is None else str(int(limit)),
-            "" if remaining is None else str(int(remaining)),
-            _number(reset_at),
-        )
+        try:
+            if held is not None:   # sent first: the order the script would have seen them in
+                self._run("observe", scope, *held.report.argv())
+            self._run("observe", scope, *report.argv())
+        except LimiterUnavailable:
+            self._forget_window(scope)
+            raise
 
     def block(self, scope: str, *, until: float, reason: str = "429") -> None:
         self._touch(scope)
         self._run("block", scope, until, reason)
 
     def state(self, scope: str) -> LimiterState:
-        next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason = self._run(
+        next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason = self._run_with_held(
             "state", scope, self._pacing.interval_s, self._pacing.tolerance_s
         )
         return LimiterState(
@@ -165,6 +222,22 @@ class RedisRateLimiter:
         except redis.RedisError as exc:
             raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
         self._touched[scope] = seen
+
+    def _run_with_held(self, op: str, scope: str, *args: object) -> list:
+        """`op`, with the scope's held vendor report (if any) applied first in the same call."""
+        with self._lock:
+            held = self._held.pop(scope, None)
+        if held is None:
+            return self._run(op, scope, *args)
+        try:
+            return self._run(f"observe+{op}", scope, *held.report.argv(), *args)
+        except LimiterUnavailable:
+            self._forget_window(scope)   # the report may be lost: the next one is sent at once
+            raise
+
+    def _forget_window(self, scope: str) -> None:
+        with self._lock:
+            self._window.pop(scope, None)
 
     def _run(self, op: str, scope: str, *args: object) -> list:
         now = "" if self._clock is None else _number(self._clock())
