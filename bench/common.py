@@ -142,9 +142,13 @@ def check_all_sent(database_url: str, expected: int) -> str:
     with engine.connect() as conn:
         counts = dict(conn.execute(sa.text("SELECT status, count(*) FROM messages GROUP BY status")).all())
         connections = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+        errors = conn.execute(sa.text(
+            "SELECT status, last_error_code, left(last_error_message, 160), count(*) FROM messages"
+            " WHERE status <> 'sent' GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 5")).all()
     engine.dispose()
     if counts.get("sent") != expected:
-        raise SystemExit(f"expected {expected} sent, got {counts}")
+        detail = "; ".join(f"{n}x {status} {code}: {text}" for status, code, text, n in errors)
+        raise SystemExit(f"expected {expected} sent, got {counts} ({detail})")
     return f"  message statuses after the run: {counts} (connections left on the database: {connections})"
 
 

@@ -48,9 +48,11 @@ def serve(port: int, latency_ms: float) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 1024
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 1024   # a class attribute: listen() reads it in the constructor
+
+    server = Server(("127.0.0.1", port), Handler)
     server.serve_forever()
 
 
