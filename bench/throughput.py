@@ -46,6 +46,35 @@ class Run:
     rate: float          # messages/s
     cpu_ms: float        # worker process tree CPU per message (0 for the sequential loop: it is this process)
     system_share: float = 0.0   # of that CPU, the kernel's (thread hand-offs, sockets)
+    peak_connections: int = 0   # most Postgres connections open at once during the timed batch (sampled)
+
+
+class ConnectionSampler:
+    """Samples the Postgres connections open on the bench's database every 50 ms, in a thread."""
+
+    def __init__(self, database_url: str) -> None:
+        import threading
+
+        self._engine = sa.create_engine(database_url, pool_size=1)
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            while not self._stop.wait(0.05):
+                count = conn.execute(sa.text("SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+                self.peak = max(self.peak, count)
+                conn.rollback()
+
+    def __enter__(self) -> "ConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._engine.dispose()
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -115,14 +144,16 @@ def sequential(vendor_url: str, count: int) -> Run:
     return Run(count / elapsed, 0.0)
 
 
-def _timed(procs: Processes, pid: int, broker_url: str, queue: str, push, warm, timed, profile_s: int = 0) -> tuple[float, float, float]:  # noqa: ANN001
+def _timed(procs: Processes, pid: int, broker_url: str, database_url: str, queue: str, push, warm, timed,  # noqa: ANN001
+           profile_s: int = 0) -> tuple[float, float, float, int]:
     push(warm)
     wait_drained(broker_url, queue, timeout_s=180)
     cpu0, sys0 = tree_cpu_s(pid), tree_cpu_s(pid, system_only=True)
     profilers = [start_profile(p, profile_s, procs.log_dir / f"profile-{p}.txt") for p in tree_pids(pid)[-1:]] if profile_s else []
-    began = time.monotonic()
-    push(timed)
-    ended = wait_drained(broker_url, queue, timeout_s=600)
+    with ConnectionSampler(database_url) as connections:
+        began = time.monotonic()
+        push(timed)
+        ended = wait_drained(broker_url, queue, timeout_s=600)
     cpu = tree_cpu_s(pid) - cpu0
     system_share = (tree_cpu_s(pid, system_only=True) - sys0) / cpu if cpu else 0.0
     for profiler in profilers:
@@ -130,7 +161,7 @@ def _timed(procs: Processes, pid: int, broker_url: str, queue: str, push, warm, 
             profiler.wait(profile_s + 30)
     for path in procs.log_dir.glob("profile-*.txt"):
         print(summarize_profile(path, top=45))
-    return ended - began, cpu, system_share
+    return ended - began, cpu, system_share, connections.peak
 
 
 def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, threads: int) -> Run:
@@ -149,8 +180,8 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
                               "-c", str(threads), "--queues", QUEUE, "--loglevel", "WARNING",
                               "--without-gossip", "--without-mingle"], env)
         ids = list(range(1, warmup + recipients + 1))
-        elapsed, cpu, system_share = _timed(procs, worker.pid, broker_url, QUEUE, lambda batch: push_tasks(broker_url, batch, QUEUE, TASK),
-                              ids[:warmup], ids[warmup:])
+        elapsed, cpu, system_share, peak = _timed(procs, worker.pid, broker_url, database_url, QUEUE,
+                                                  lambda batch: push_tasks(broker_url, batch, QUEUE, TASK), ids[:warmup], ids[warmup:])
     except TimeoutError:
         print(procs.tail())
         raise
@@ -161,7 +192,7 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
     engine.dispose()
     if done != warmup + recipients:
         raise SystemExit(f"naive sender: {done} result rows, expected {warmup + recipients}")
-    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share)
+    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share, peak)
 
 
 def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, config: str,
@@ -180,7 +211,7 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     procs = Processes()
     try:
         worker = procs.start(argv, env)
-        elapsed, cpu, system_share = _timed(procs, worker.pid, broker_url, BUTTONCAST_QUEUE,
+        elapsed, cpu, system_share, peak = _timed(procs, worker.pid, broker_url, database_url, BUTTONCAST_QUEUE,
                               lambda batch: push_tasks(broker_url, batch, BUTTONCAST_QUEUE), ids[:warmup], ids[warmup:],
                               profile_s)
     except TimeoutError:
@@ -189,7 +220,7 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     finally:
         procs.cleanup()
     print(check_all_sent(database_url, len(ids)))
-    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share)
+    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share, peak)
 
 
 def main() -> None:
@@ -215,12 +246,13 @@ def main() -> None:
                 if not args.skip_naive:
                     base = naive(broker_url, database_url, vendor_url, args.recipients, args.warmup, args.naive_threads)
                     print(f"[{latency:.0f} ms] naive Celery sender (threads x {args.naive_threads}): {base.rate:,.0f} msg/s, "
-                          f"worker CPU {base.cpu_ms:.2f} ms/msg ({base.system_share:.0%} system)")
+                          f"worker CPU {base.cpu_ms:.2f} ms/msg ({base.system_share:.0%} system), at most {base.peak_connections} database connections")
                 for config in args.configs.split(","):
                     ours = buttoncast(broker_url, database_url, vendor_url, args.recipients, args.warmup, config, args.profile)
                     vs_naive = f", {ours.rate / base.rate:.2f}x naive (goal >= 1.5)" if base else ""
                     line = (f"[{latency:.0f} ms] buttoncast worker {config}: {ours.rate:,.0f} msg/s, worker CPU "
-                            f"{ours.cpu_ms:.2f} ms/msg ({ours.system_share:.0%} system; goal <= 1.5){vs_naive}, {ours.rate / seq.rate:.1f}x sequential")
+                            f"{ours.cpu_ms:.2f} ms/msg ({ours.system_share:.0%} system; goal <= 1.5){vs_naive}, {ours.rate / seq.rate:.1f}x sequential, "
+                            f"at most {ours.peak_connections} database connections")
                     print(line)
                     summary.append(line)
                 print(f"  {load_line()}")

@@ -22,7 +22,7 @@ from datetime import timedelta
 import pytest
 import redis
 import sqlalchemy as sa
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
 
 from scheduler import tasks
 from scheduler.dispatcher import dispatch_tick
@@ -104,12 +104,13 @@ class DatabaseGoesAway:
     """The send path's two ways into the database (transactions and one-statement connections),
     both failing like an unreachable database on demand."""
 
-    def __init__(self, sessions, connect) -> None:  # noqa: ANN001
+    def __init__(self, sessions, connect, error=None) -> None:  # noqa: ANN001
         self.sessions, self.real_connect, self.down_until = sessions, connect, 0.0
+        self.error = error or (lambda: OperationalError("BEGIN", {}, ConnectionRefusedError("database unreachable")))
 
     def _check(self) -> None:
         if time.monotonic() < self.down_until:
-            raise OperationalError("BEGIN", {}, ConnectionRefusedError("database unreachable"))
+            raise self.error()
 
     def begin(self):  # noqa: ANN201
         self._check()
@@ -151,9 +152,9 @@ class OutageAfterAnswer:
         return result
 
 
-def deps_with_outage(rt, outage_s: float, record_retry_max_s: float):  # noqa: ANN001, ANN201
+def deps_with_outage(rt, outage_s: float, record_retry_max_s: float, error=None):  # noqa: ANN001, ANN201
     deps = rt.send_deps()
-    sessions = DatabaseGoesAway(rt.session_factory, rt.single_statements)
+    sessions = DatabaseGoesAway(rt.session_factory, rt.single_statements, error)
     deps.session_factory, deps.connect = sessions, sessions.connect
     deps.client = OutageAfterAnswer(rt.client, sessions, outage_s)
     deps.settings = rt.settings.replace(record_retry_max_s=record_retry_max_s)
@@ -168,10 +169,15 @@ def rt(database_url, sandbox):  # noqa: ANN001
     runtime.close()
 
 
-def test_a_short_database_outage_at_record_time_is_ridden_out_by_retrying_the_write(rt, sandbox) -> None:
+@pytest.mark.parametrize("error", [
+    None,   # unreachable: OperationalError
+    # a hung database: every pooled connection busy for the pool's timeout (the pool is bounded)
+    lambda: PoolTimeout("QueuePool limit of size 16 overflow 20 reached, connection timed out, timeout 30.00"),
+], ids=["unreachable", "pool-timeout"])
+def test_a_short_database_outage_at_record_time_is_ridden_out_by_retrying_the_write(rt, sandbox, error) -> None:
     mid = add_queued(rt)
 
-    assert send_message(mid, deps_with_outage(rt, outage_s=0.6, record_retry_max_s=10)) is Outcome.SENT
+    assert send_message(mid, deps_with_outage(rt, outage_s=0.6, record_retry_max_s=10, error=error)) is Outcome.SENT
 
     msg = load(rt, mid)
     [received] = sandbox[1].received(phone=msg.phone)

@@ -272,3 +272,17 @@ def test_a_task_holds_no_database_connection_while_the_vendor_answers_and_checks
         assert len(checkouts) >= 3
     else:
         assert len(checkouts) == 2   # load + claim on one, the record on the other
+
+
+@pytest.mark.parametrize("campaign_status", ["paused", "cancelled"])
+def test_a_task_never_holds_two_database_connections_at_once(runtime, campaign_status: str) -> None:
+    """Issue 16: the pool is bounded (DATABASE_POOL_SIZE + overflow) while a process runs 64
+    threads. A thread that held its load's connection while it opened a transaction for a paused
+    or cancelled campaign's message could, with every connection so held, wait for ever."""
+    _, mid = _queued_in_campaign(runtime, campaign_status=campaign_status)
+    pool = runtime.engine.pool
+    most: list[int] = [0]
+    sa.event.listen(runtime.engine, "checkout", lambda *_a: most.__setitem__(0, max(most[0], pool.checkedout())))
+    outcome = send_message(mid, runtime.send_deps())
+    assert outcome is (Outcome.PAUSED if campaign_status == "paused" else Outcome.CANCELLED)
+    assert most[0] == 1 and pool.checkedout() == 0

@@ -45,7 +45,7 @@ def worker_command(processes: int | None, concurrency: int | None, queues: str, 
         raise SystemExit(Supervisor(count, lambda i: _child_argv(i, threads, queues, loglevel),
                                     env=lambda i: _child_env(i, runtime.settings.metrics_port)).run())
     if threads != runtime.settings.worker_concurrency:
-        # The database pool is sized from the settings' thread count: keep the two in step.
+        # The vendor keep-alive pool is sized from the settings' thread count: keep the two in step.
         from dataclasses import replace
 
         from worker.runtime import Runtime, install_runtime

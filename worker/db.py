@@ -27,8 +27,10 @@ def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 
 
     `read_only` (SQLite): plain deferred BEGIN, for long reads (reports) that must not hold the
     write lock while workers wait for it; WAL lets them read a consistent snapshot meanwhile.
-    `pool_size` (Postgres): connections kept open; a worker passes its thread count, so no thread
-    waits for a connection and none is opened and closed per task (the pool opens them lazily)."""
+    `pool_size` (Postgres): connections kept open (DATABASE_POOL_SIZE for a process's runtime), opened
+    lazily; up to PG_MAX_OVERFLOW more are opened for a burst and closed when returned. A worker's
+    threads hold a connection only for their statements (worker/send.py _Statements), so 64 threads
+    measured at most 16 in use at once (bench/throughput.py prints the peak)."""
     if database_url.startswith("sqlite"):
         engine = sa.create_engine(
             database_url,
@@ -50,7 +52,7 @@ def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    engine = sa.create_engine(database_url, pool_size=max(pool_size, PG_POOL_SIZE), max_overflow=PG_MAX_OVERFLOW)
+    engine = sa.create_engine(database_url, pool_size=pool_size, max_overflow=PG_MAX_OVERFLOW)
     _ping_when_idle(engine)
     return engine
 

@@ -35,7 +35,7 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url, pool_size=self.settings.worker_concurrency)
+        return make_engine(self.settings.database_url, pool_size=self.settings.database_pool_size)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:

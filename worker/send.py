@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-from sqlalchemy.exc import OperationalError, InterfaceError
+from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from scheduler.window import next_opening
 from worker import gate as consent_gate, journal, metrics, store
@@ -39,6 +39,10 @@ from worker.settings import Settings
 from worker.status import CampaignStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.send")
+
+# The database cannot take a write now: unreachable, a broken connection, or no pooled connection
+# free for the pool's timeout (a hung database). An outcome write retries these (and journals).
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 class Outcome(str, enum.Enum):
@@ -135,6 +139,8 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
         return _done(Outcome.SKIPPED, job, message_id)
     if job.not_before is not None and job.not_before > utcnow():
         return _done(Outcome.SKIPPED, job, message_id)  # a stale copy; the dispatcher re-publishes when due
+    if job.campaign_status in (CampaignStatus.PAUSED.value, CampaignStatus.CANCELLED.value):
+        connect.release()   # a thread never holds two connections: with all of a bounded pool's held, it would wait forever
     if job.campaign_status == CampaignStatus.PAUSED.value:
         with deps.session_factory.begin() as session:  # only if still queued: a conditional UPDATE
             store.return_to_pending(session, job.id, reason="campaign paused", actor=deps.worker_name)
@@ -152,6 +158,7 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
 
     message = _build(job)
     if message is None:
+        connect.release()
         return _record_invalid(job, deps)
 
     try:
@@ -387,7 +394,7 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
         with (unit or deps.session_factory.begin)() as opened:   # the usual case: written at once, no retry machinery
             write(opened)
         return
-    except (OperationalError, InterfaceError) as exc:
+    except DATABASE_UNAVAILABLE as exc:
         log.warning("recording message %s failed (%s), retrying for up to %ss: vendor messageId=%s vendor id=%s",
                     job.id, exc.__class__.__name__, deps.settings.record_retry_max_s,
                     result.message_id if result else None, result.vendor_id if result else None)
@@ -398,13 +405,13 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
         for attempt in Retrying(
             stop=stop_after_delay(deps.settings.record_retry_max_s),
             wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception_type((OperationalError, InterfaceError)),
+            retry=retry_if_exception_type(DATABASE_UNAVAILABLE),
             reraise=True,
         ):
             # A fresh connection for each retry: the task's own one may be the one that broke.
             with attempt, (deps.connect if unit else deps.session_factory.begin)() as opened:
                 write(opened)
-    except (OperationalError, InterfaceError):
+    except DATABASE_UNAVAILABLE:
         log.error(
             "RECONCILE: could not record the outcome of message %s (campaign %s): vendor messageId=%s vendor id=%s%s",
             job.id, job.campaign_id, result.message_id if result else None, result.vendor_id if result else None,

@@ -27,7 +27,8 @@ MESSAGE_MAX_ATTEMPTS = 8               # retry budget per message across requeue
 REQUEUE_BACKOFF_BASE_S = 15.0          # transient failure -> queued, not before base * 2**n (capped)
 REQUEUE_BACKOFF_MAX_S = 900.0
 RATE_WAIT_MAX_S = 5.0                  # longer waits for a rate slot go back to the database
-WORKER_CONCURRENCY = 16              # threads per worker process (bench/throughput.py chose it)
+WORKER_CONCURRENCY = 64              # threads per worker process: flat from 0 to 200 ms vendor latency (bench/throughput.py)
+DATABASE_POOL_SIZE = 16              # Postgres connections a process keeps; threads hold one per statement, not per task
 WORKER_PROCESSES = 0                 # worker processes `buttoncast worker` starts; 0: one per core it may use
 DISPATCH_INTERVAL_S = 5.0
 DISPATCH_BATCH_SIZE = 1000
@@ -282,6 +283,7 @@ class Settings:
     requeue_backoff_max_s: float = REQUEUE_BACKOFF_MAX_S
     rate_wait_max_s: float = RATE_WAIT_MAX_S
     worker_concurrency: int = WORKER_CONCURRENCY
+    database_pool_size: int = DATABASE_POOL_SIZE
     worker_processes: int = WORKER_PROCESSES
     dispatch_interval_s: float = DISPATCH_INTERVAL_S
     dispatch_batch_size: int = DISPATCH_BATCH_SIZE
@@ -393,6 +395,7 @@ class Settings:
             requeue_backoff_max_s=_float(env, "REQUEUE_BACKOFF_MAX_S", REQUEUE_BACKOFF_MAX_S),
             rate_wait_max_s=_float(env, "RATE_WAIT_MAX_S", RATE_WAIT_MAX_S),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", WORKER_CONCURRENCY, 1),
+            database_pool_size=_int(env, "DATABASE_POOL_SIZE", DATABASE_POOL_SIZE, 1),
             worker_processes=_int(env, "WORKER_PROCESSES", WORKER_PROCESSES, 0),
             dispatch_interval_s=_float(env, "DISPATCH_INTERVAL_S", DISPATCH_INTERVAL_S, 0.05),
             dispatch_batch_size=_int(env, "DISPATCH_BATCH_SIZE", DISPATCH_BATCH_SIZE, 1),
