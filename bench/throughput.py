@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BENCH_DIR, SANDBOX_ENV, UNTHROTTLED, Processes, check_all_sent, free_port, load_line, private_redis, push_tasks,
+    BENCH_DIR, SANDBOX_ENV, UNTHROTTLED, Processes, check_all_sent, component_cpu_s, free_port, load_line, machine_cpu_s,
+    private_redis, push_tasks,
     queued_message_ids, scratch_postgres, stack_env, start_profile, summarize_profile, wait_drained,
 )
 
@@ -47,63 +48,28 @@ class Run:
     cpu_ms: float        # worker process tree CPU per message (0 for the sequential loop: it is this process)
     system_share: float = 0.0   # of that CPU, the kernel's (thread hand-offs, sockets)
     peak_connections: int = 0   # most Postgres connections open at once during the timed batch (sampled)
+    machine_ms: float = 0.0     # the whole machine's busy CPU per message (every process: worker, Postgres, ...)
+    others_ms: dict[str, float] = field(default_factory=dict)   # of which Postgres, Redis, the stand-in
+
+    def ceiling(self, cores: int) -> float:
+        """msg/s this machine could reach if the worker cost nothing: its cores over everything else."""
+        rest = self.machine_ms - self.cpu_ms
+        return cores * 1000 / rest if rest > 0 else float("inf")
 
 
-class ConnectionSampler:
-    """Samples the Postgres connections open on the bench's database every 50 ms, in a thread."""
+@dataclass
+class Timed:
+    elapsed_s: float
+    worker_cpu_s: float
+    system_share: float
+    peak_connections: int
+    machine_cpu_s: float
+    others_cpu_s: dict[str, float]
 
-    def __init__(self, database_url: str) -> None:
-        import threading
-
-        self._engine = sa.create_engine(database_url, pool_size=1)
-        self._stop = threading.Event()
-        self.peak = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self._engine.connect() as conn:
-            while not self._stop.wait(0.05):
-                count = conn.execute(sa.text("SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()")).scalar()
-                self.peak = max(self.peak, count)
-                conn.rollback()
-
-    def __enter__(self) -> "ConnectionSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._engine.dispose()
-
-
-def tree_pids(pid: int) -> list[int]:
-    """`pid` and all its descendants, from /proc/<pid>/task/*/children."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return out
-
-
-def tree_cpu_s(pid: int, *, system_only: bool = False) -> float:
-    """User + system (or system only) CPU seconds of `pid` and its descendants."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for p in tree_pids(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[12]) + (0 if system_only else int(fields[11]))) / tick
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
+    def run(self, messages: int) -> Run:
+        per = 1000 / messages
+        return Run(messages / self.elapsed_s, self.worker_cpu_s * per, self.system_share, self.peak_connections,
+                   self.machine_cpu_s * per, {name: cpu * per for name, cpu in self.others_cpu_s.items() if cpu})
 
 
 def standin(latency_ms: float) -> tuple[subprocess.Popen, str]:
@@ -145,15 +111,18 @@ def sequential(vendor_url: str, count: int) -> Run:
 
 
 def _timed(procs: Processes, pid: int, broker_url: str, database_url: str, queue: str, push, warm, timed,  # noqa: ANN001
-           profile_s: int = 0) -> tuple[float, float, float, int]:
+           profile_s: int = 0) -> Timed:
     push(warm)
     wait_drained(broker_url, queue, timeout_s=180)
     cpu0, sys0 = tree_cpu_s(pid), tree_cpu_s(pid, system_only=True)
+    machine0, others0 = machine_cpu_s(), component_cpu_s()
     profilers = [start_profile(p, profile_s, procs.log_dir / f"profile-{p}.txt") for p in tree_pids(pid)[-1:]] if profile_s else []
     with ConnectionSampler(database_url) as connections:
         began = time.monotonic()
         push(timed)
         ended = wait_drained(broker_url, queue, timeout_s=600)
+    machine = machine_cpu_s() - machine0
+    others = {name: cpu - others0[name] for name, cpu in component_cpu_s().items()}
     cpu = tree_cpu_s(pid) - cpu0
     system_share = (tree_cpu_s(pid, system_only=True) - sys0) / cpu if cpu else 0.0
     for profiler in profilers:
@@ -161,7 +130,7 @@ def _timed(procs: Processes, pid: int, broker_url: str, database_url: str, queue
             profiler.wait(profile_s + 30)
     for path in procs.log_dir.glob("profile-*.txt"):
         print(summarize_profile(path, top=45))
-    return ended - began, cpu, system_share, connections.peak
+    return Timed(ended - began, cpu, system_share, connections.peak, machine, others)
 
 
 def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, threads: int) -> Run:
@@ -180,8 +149,8 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
                               "-c", str(threads), "--queues", QUEUE, "--loglevel", "WARNING",
                               "--without-gossip", "--without-mingle"], env)
         ids = list(range(1, warmup + recipients + 1))
-        elapsed, cpu, system_share, peak = _timed(procs, worker.pid, broker_url, database_url, QUEUE,
-                                                  lambda batch: push_tasks(broker_url, batch, QUEUE, TASK), ids[:warmup], ids[warmup:])
+        timed = _timed(procs, worker.pid, broker_url, database_url, QUEUE,
+                       lambda batch: push_tasks(broker_url, batch, QUEUE, TASK), ids[:warmup], ids[warmup:])
     except TimeoutError:
         print(procs.tail())
         raise
@@ -192,7 +161,7 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
     engine.dispose()
     if done != warmup + recipients:
         raise SystemExit(f"naive sender: {done} result rows, expected {warmup + recipients}")
-    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share, peak)
+    return timed.run(recipients)
 
 
 def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, config: str,
@@ -211,7 +180,7 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     procs = Processes()
     try:
         worker = procs.start(argv, env)
-        elapsed, cpu, system_share, peak = _timed(procs, worker.pid, broker_url, database_url, BUTTONCAST_QUEUE,
+        timed = _timed(procs, worker.pid, broker_url, database_url, BUTTONCAST_QUEUE,
                               lambda batch: push_tasks(broker_url, batch, BUTTONCAST_QUEUE), ids[:warmup], ids[warmup:],
                               profile_s)
     except TimeoutError:
@@ -220,7 +189,14 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     finally:
         procs.cleanup()
     print(check_all_sent(database_url, len(ids)))
-    return Run(recipients / elapsed, cpu * 1000 / recipients, system_share, peak)
+    return timed.run(recipients)
+
+
+def _machine(run: Run) -> str:
+    cores = os.cpu_count() or 1
+    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in run.others_ms.items())
+    return (f"machine CPU {run.machine_ms:.2f} ms/msg ({parts}); with a worker that cost nothing "
+            f"the rest would allow {run.ceiling(cores):,.0f} msg/s on {cores} cores")
 
 
 def main() -> None:
@@ -229,7 +205,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--latencies", default="0,50,200", help="vendor latencies in ms, comma-separated")
     parser.add_argument("--configs", default="default", help="buttoncast worker configurations: default and/or PxT")
-    parser.add_argument("--naive-threads", type=int, default=16)
+    parser.add_argument("--naive-threads", default="16",
+                        help="threads of the naive sender, comma-separated; the first is the ratios' baseline (the issue's: 16)")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--profile", type=int, default=0, metavar="S", help="py-spy one buttoncast worker process for S s")
     args = parser.parse_args()
@@ -242,17 +219,21 @@ def main() -> None:
                 count = args.recipients if latency == 0 else max(40, int(4000 / max(latency, 1)))
                 seq = sequential(vendor_url, count)
                 print(f"[{latency:.0f} ms] sequential loop ({count} messages): {seq.rate:,.0f} msg/s")
+                summary.append(f"[{latency:.0f} ms] sequential loop: {seq.rate:,.0f} msg/s")
                 base = None
-                if not args.skip_naive:
-                    base = naive(broker_url, database_url, vendor_url, args.recipients, args.warmup, args.naive_threads)
-                    print(f"[{latency:.0f} ms] naive Celery sender (threads x {args.naive_threads}): {base.rate:,.0f} msg/s, "
-                          f"worker CPU {base.cpu_ms:.2f} ms/msg ({base.system_share:.0%} system), at most {base.peak_connections} database connections")
+                for threads in ([] if args.skip_naive else [int(t) for t in args.naive_threads.split(",")]):
+                    other = naive(broker_url, database_url, vendor_url, args.recipients, args.warmup, threads)
+                    base = base or other
+                    line = (f"[{latency:.0f} ms] naive Celery sender (threads x {threads}): {other.rate:,.0f} msg/s, "
+                            f"worker CPU {other.cpu_ms:.2f} ms/msg ({other.system_share:.0%} system), {_machine(other)}")
+                    print(line)
+                    summary.append(line)
                 for config in args.configs.split(","):
                     ours = buttoncast(broker_url, database_url, vendor_url, args.recipients, args.warmup, config, args.profile)
                     vs_naive = f", {ours.rate / base.rate:.2f}x naive (goal >= 1.5)" if base else ""
                     line = (f"[{latency:.0f} ms] buttoncast worker {config}: {ours.rate:,.0f} msg/s, worker CPU "
                             f"{ours.cpu_ms:.2f} ms/msg ({ours.system_share:.0%} system; goal <= 1.5){vs_naive}, {ours.rate / seq.rate:.1f}x sequential, "
-                            f"at most {ours.peak_connections} database connections")
+                            f"at most {ours.peak_connections} database connections, {_machine(ours)}")
                     print(line)
                     summary.append(line)
                 print(f"  {load_line()}")
