@@ -191,7 +191,8 @@ class Processes:
         return proc
 
     def buttoncast_worker(self, env: dict[str, str], concurrency: int, queues: str = "buttoncast.campaign") -> subprocess.Popen:
-        return self.start([sys.executable, "-m", "worker.cli", "worker", "--concurrency", str(concurrency),
+        """ONE Celery worker process (`--processes 1`: the bench counts and measures its processes)."""
+        return self.start([sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--concurrency", str(concurrency),
                            "--queues", queues, "--loglevel", "WARNING"], env)
 
     def noop_worker(self, broker_url: str, concurrency: int) -> subprocess.Popen:
@@ -243,6 +244,33 @@ def cpu_split_s(pid: int) -> tuple[float, float]:
         fields = f.read().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants (a supervised `buttoncast worker`'s children), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
+
+
+def tree_cpu_s(pid: int, *, system_only: bool = False) -> float:
+    """User + system (or system only) CPU seconds of `pid` and its descendants."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            user, system = cpu_split_s(p)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += system if system_only else user + system
+    return total
 
 
 def machine_cpu_s() -> float:

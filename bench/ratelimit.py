@@ -73,7 +73,7 @@ def run_buttoncast(work: Path, n: int, rate: int, duration: float, sandbox: Sand
             seed_campaign(db_url, int(rate * (duration + WARMUP_S + 10) * 1.3), f"{n}")
             env = env_for(db_url, redis.url, sandbox.url, rate)
             for i in range(n):
-                procs.append(Proc([sys.executable, "-m", "worker.cli", "worker", "--concurrency", THREADS],
+                procs.append(Proc([sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--concurrency", THREADS],
                                   work / f"bc-worker-{n}-{i}.log", env))
             for p in procs:
                 p.wait_for("ready.")

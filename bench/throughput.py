@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     BENCH_DIR, SANDBOX_ENV, UNTHROTTLED, Processes, check_all_sent, component_cpu_s, free_port, load_line, machine_cpu_s,
-    private_redis, push_tasks,
+    private_redis, push_tasks, tree_cpu_s, tree_pids,
     queued_message_ids, scratch_postgres, stack_env, start_profile, summarize_profile, wait_drained,
 )
 
@@ -70,6 +70,34 @@ class Timed:
         per = 1000 / messages
         return Run(messages / self.elapsed_s, self.worker_cpu_s * per, self.system_share, self.peak_connections,
                    self.machine_cpu_s * per, {name: cpu * per for name, cpu in self.others_cpu_s.items() if cpu})
+
+
+class ConnectionSampler:
+    """Samples the Postgres connections open on the bench's database every 50 ms, in a thread."""
+
+    def __init__(self, database_url: str) -> None:
+        import threading
+
+        self._engine = sa.create_engine(database_url, pool_size=1)
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            while not self._stop.wait(0.05):
+                count = conn.execute(sa.text("SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = current_database()")).scalar()
+                self.peak = max(self.peak, count)
+                conn.rollback()
+
+    def __enter__(self) -> "ConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._engine.dispose()
 
 
 def standin(latency_ms: float) -> tuple[subprocess.Popen, str]:
