@@ -138,30 +138,35 @@ def sequential(vendor_url: str, count: int) -> Run:
     return Run(count / elapsed, 0.0)
 
 
-def _timed(procs: Processes, pid: int, broker_url: str, database_url: str, queue: str, push, warm, timed,  # noqa: ANN001
+def _timed(procs: Processes, pids: list[int], broker_url: str, database_url: str, queue: str, push, warm, timed,  # noqa: ANN001
            profile_s: int = 0) -> Timed:
+    def cpu(system_only: bool = False) -> float:
+        return sum(tree_cpu_s(pid, system_only=system_only) for pid in pids)
+
     push(warm)
     wait_drained(broker_url, queue, timeout_s=180)
-    cpu0, sys0 = tree_cpu_s(pid), tree_cpu_s(pid, system_only=True)
+    cpu0, sys0 = cpu(), cpu(system_only=True)
     machine0, others0 = machine_cpu_s(), component_cpu_s()
-    profilers = [start_profile(p, profile_s, procs.log_dir / f"profile-{p}.txt") for p in tree_pids(pid)[-1:]] if profile_s else []
+    profilers = [start_profile(p, profile_s, procs.log_dir / f"profile-{p}.txt") for p in tree_pids(pids[0])[-1:]] if profile_s else []
     with ConnectionSampler(database_url) as connections:
         began = time.monotonic()
         push(timed)
         ended = wait_drained(broker_url, queue, timeout_s=600)
     machine = machine_cpu_s() - machine0
-    others = {name: cpu - others0[name] for name, cpu in component_cpu_s().items()}
-    cpu = tree_cpu_s(pid) - cpu0
-    system_share = (tree_cpu_s(pid, system_only=True) - sys0) / cpu if cpu else 0.0
+    others = {name: spent - others0[name] for name, spent in component_cpu_s().items()}
+    worker_cpu = cpu() - cpu0
+    system_share = (cpu(system_only=True) - sys0) / worker_cpu if worker_cpu else 0.0
     for profiler in profilers:
         if profiler is not None:
             profiler.wait(profile_s + 30)
     for path in procs.log_dir.glob("profile-*.txt"):
         print(summarize_profile(path, top=45))
-    return Timed(ended - began, cpu, system_share, connections.peak, machine, others)
+    return Timed(ended - began, worker_cpu, system_share, connections.peak, machine, others)
 
 
-def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, threads: int) -> Run:
+def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, warmup: int, shape: str) -> Run:
+    """The naive sender: `T` (one process of T threads, the issue's) or `PxT` (P such processes)."""
+    processes, _, threads = shape.rpartition("x")
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE IF NOT EXISTS naive_results (id serial PRIMARY KEY, phone varchar(20),"
@@ -173,11 +178,11 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
     from naive_sender import QUEUE, TASK
 
     try:
-        worker = procs.start([sys.executable, "-m", "celery", "-A", "naive_sender", "worker", "--pool", "threads",
-                              "-c", str(threads), "--queues", QUEUE, "--loglevel", "WARNING",
-                              "--without-gossip", "--without-mingle"], env)
+        workers = [procs.start([sys.executable, "-m", "celery", "-A", "naive_sender", "worker", "--pool", "threads",
+                                "-c", threads, "--queues", QUEUE, "--loglevel", "WARNING", "-n", f"naive{i}@%h",
+                                "--without-gossip", "--without-mingle"], env) for i in range(int(processes or 1))]
         ids = list(range(1, warmup + recipients + 1))
-        timed = _timed(procs, worker.pid, broker_url, database_url, QUEUE,
+        timed = _timed(procs, [w.pid for w in workers], broker_url, database_url, QUEUE,
                        lambda batch: push_tasks(broker_url, batch, QUEUE, TASK), ids[:warmup], ids[warmup:])
     except TimeoutError:
         print(procs.tail())
@@ -208,7 +213,7 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     procs = Processes()
     try:
         worker = procs.start(argv, env)
-        timed = _timed(procs, worker.pid, broker_url, database_url, BUTTONCAST_QUEUE,
+        timed = _timed(procs, [worker.pid], broker_url, database_url, BUTTONCAST_QUEUE,
                               lambda batch: push_tasks(broker_url, batch, BUTTONCAST_QUEUE), ids[:warmup], ids[warmup:],
                               profile_s)
     except TimeoutError:
@@ -234,7 +239,8 @@ def main() -> None:
     parser.add_argument("--latencies", default="0,50,200", help="vendor latencies in ms, comma-separated")
     parser.add_argument("--configs", default="default", help="buttoncast worker configurations: default and/or PxT")
     parser.add_argument("--naive-threads", default="16",
-                        help="threads of the naive sender, comma-separated; the first is the ratios' baseline (the issue's: 16)")
+                        help="the naive sender's threads (T) or processes x threads (PxT), comma-separated; "
+                             "the first is the ratios' baseline (the issue's: 16)")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--profile", type=int, default=0, metavar="S", help="py-spy one buttoncast worker process for S s")
     args = parser.parse_args()
@@ -249,10 +255,11 @@ def main() -> None:
                 print(f"[{latency:.0f} ms] sequential loop ({count} messages): {seq.rate:,.0f} msg/s")
                 summary.append(f"[{latency:.0f} ms] sequential loop: {seq.rate:,.0f} msg/s")
                 base = None
-                for threads in ([] if args.skip_naive else [int(t) for t in args.naive_threads.split(",")]):
-                    other = naive(broker_url, database_url, vendor_url, args.recipients, args.warmup, threads)
+                for shape in ([] if args.skip_naive else args.naive_threads.split(",")):
+                    other = naive(broker_url, database_url, vendor_url, args.recipients, args.warmup, shape)
                     base = base or other
-                    line = (f"[{latency:.0f} ms] naive Celery sender (threads x {threads}): {other.rate:,.0f} msg/s, "
+                    what = f"{shape.split('x')[0]} processes x {shape.split('x')[1]} threads" if "x" in shape else f"threads x {shape}"
+                    line = (f"[{latency:.0f} ms] naive Celery sender ({what}): {other.rate:,.0f} msg/s, "
                             f"worker CPU {other.cpu_ms:.2f} ms/msg ({other.system_share:.0%} system), {_machine(other)}")
                     print(line)
                     summary.append(line)
