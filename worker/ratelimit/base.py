@@ -22,7 +22,8 @@ VENDOR_NO_RESET_TTL_S = 86400.0           # vendor numbers that came without a r
 
 # Deferred vendor reports (RedisRateLimiter): a report in the window this process last reported,
 # with plenty left, changes no answer soon, so it travels with the process's next acquire instead
-# of costing a round trip of its own; never held longer than this, nor below this much remaining.
+# of costing a round trip of its own; one held this long goes out with the next report, and none
+# is held below this much remaining.
 VENDOR_REPORT_DEFER_MAX_S = 1.0
 VENDOR_REPORT_DEFER_MIN_REMAINING = 100   # and at least a tenth of the vendor's limit
 

@@ -14,8 +14,10 @@ once cost a round trip per message. A report in the same window as the last one 
 (same limit and reset time), with at least VENDOR_REPORT_DEFER_MIN_REMAINING and a tenth of the limit
 left, is held in the process and goes with its next `acquire` or `state` (one script call,
 "observe+acquire"), which applies it first, exactly as an `observe` just before would have. Held
-reports merge as the script would apply them (the lowest remaining wins), and one is never held
-longer than VENDOR_REPORT_DEFER_MAX_S (the next report sends it). What a hold delays is a report
+reports merge as the script would apply them (the lowest remaining wins); while reports keep
+coming, one held VENDOR_REPORT_DEFER_MAX_S goes out with the next. A process that stops sending
+keeps its last held report until its next call: other processes then see a plentiful count a
+little high, never a low or exhausted one (those are never held). What a hold delays is a report
 that lowers a plentiful count: the same as a vendor answer that arrived a little later, which the
 accounting already allows (responses arrive out of order). A new window, a changed limit, a low or
 exhausted count, or a report without a reset time is sent at once, with any held one before it.
