@@ -286,3 +286,40 @@ def test_a_task_never_holds_two_database_connections_at_once(runtime, campaign_s
     outcome = send_message(mid, runtime.send_deps())
     assert outcome is (Outcome.PAUSED if campaign_status == "paused" else Outcome.CANCELLED)
     assert most[0] == 1 and pool.checkedout() == 0
+
+
+def test_a_worker_process_shares_a_bounded_pool_among_many_threads_without_waiting_forever(database_url, sandbox) -> None:
+    """Issue 16: a worker process keeps at most DATABASE_POOL_SIZE connections (no overflow), so
+    processes x threads cannot pass Postgres's max_connections; 32 threads on a pool of 3 all send,
+    none waits for ever, and never more than 3 are open."""
+    import threading
+
+    from celery import signals
+
+    import worker.celery_app  # noqa: F401 - what every worker process loads: it bounds the pool on worker_init
+    from worker.runtime import install_runtime
+
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no connection pool to bound")
+    rt = make_runtime(stack_env(database_url=database_url, sandbox_url=sandbox[0], AWAL_RATE_LIMIT="1000/s",
+                                AWAL_RATE_BURST="100", DATABASE_POOL_SIZE="3"))
+    install_runtime(rt)
+    try:
+        signals.worker_init.send(sender=None)   # what Celery sends as a worker process starts
+        assert rt.pool_overflow == 0
+        mids = [enqueue(rt) for _ in range(64)]
+        pool, most, outcomes = rt.engine.pool, [0], []
+        sa.event.listen(rt.engine, "checkout", lambda *_a: most.__setitem__(0, max(most[0], pool.checkedout())))
+        deps = rt.send_deps()
+        chunks = [mids[i::32] for i in range(32)]
+        threads = [threading.Thread(target=lambda chunk=chunk: outcomes.extend(send_message(m, deps) for m in chunk))
+                   for chunk in chunks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(o.value for o in outcomes) == ["sent"] * 64
+        assert most[0] <= 3 and pool.checkedout() == 0
+    finally:
+        install_runtime(None)
+        rt.close()

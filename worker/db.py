@@ -21,16 +21,18 @@ PG_PING_IDLE_S = 5.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = PG_POOL_SIZE) -> Engine:
+def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = PG_POOL_SIZE,
+                max_overflow: int = PG_MAX_OVERFLOW) -> Engine:
     """An engine tuned for the backend. SQLite: WAL, a busy timeout, and BEGIN IMMEDIATE so that
     concurrent writers in one process queue up instead of failing on a lock upgrade.
 
     `read_only` (SQLite): plain deferred BEGIN, for long reads (reports) that must not hold the
     write lock while workers wait for it; WAL lets them read a consistent snapshot meanwhile.
     `pool_size` (Postgres): connections kept open (DATABASE_POOL_SIZE for a process's runtime), opened
-    lazily; up to PG_MAX_OVERFLOW more are opened for a burst and closed when returned. A worker's
-    threads hold a connection only for their statements (worker/send.py _Statements), so 64 threads
-    measured at most 16 in use at once (bench/throughput.py prints the peak)."""
+    lazily; up to `max_overflow` more are opened for a burst and closed when returned. A worker
+    process passes 0 (Runtime.bound_pool): its threads hold a connection only for their statements
+    and never two at once (worker/send.py _Statements), so 64 threads share 16 at the same rate,
+    where overflow let 3 worker processes pass Postgres's default max_connections of 100."""
     if database_url.startswith("sqlite"):
         engine = sa.create_engine(
             database_url,
@@ -52,7 +54,7 @@ def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    engine = sa.create_engine(database_url, pool_size=pool_size, max_overflow=PG_MAX_OVERFLOW)
+    engine = sa.create_engine(database_url, pool_size=pool_size, max_overflow=max_overflow)
     _ping_when_idle(engine)
     return engine
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.client import build_client, workspace_scope
-from worker.db import make_engine, make_session_factory, single_statements
+from worker.db import PG_MAX_OVERFLOW, make_engine, make_session_factory, single_statements
 from worker.settings import Settings
 
 
@@ -33,9 +33,22 @@ class Runtime:
         #: the broker epoch this process last saw (issue 12 item 12; see worker.broker_epoch)
         self.broker_epoch_seen: str | None = None
 
+    #: connections a Postgres pool may open beyond DATABASE_POOL_SIZE for a burst; 0 in a worker
+    #: process (bound_pool), whose many threads would otherwise all open one at once
+    pool_overflow: int = PG_MAX_OVERFLOW
+
+    def bound_pool(self) -> None:
+        """A worker process: at most DATABASE_POOL_SIZE connections, threads beyond wait for one.
+        Safe because a send task never waits for a second connection while it holds one, so every
+        holder gives its connection back (tests/test_send.py). Called before the engine exists."""
+        if "engine" in self.__dict__:
+            raise RuntimeError("bound_pool() after the engine was built")
+        self.pool_overflow = 0
+
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url, pool_size=self.settings.database_pool_size)
+        return make_engine(self.settings.database_url, pool_size=self.settings.database_pool_size,
+                           max_overflow=self.pool_overflow)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
