@@ -288,7 +288,7 @@ def test_a_task_never_holds_two_database_connections_at_once(runtime, campaign_s
     assert most[0] == 1 and pool.checkedout() == 0
 
 
-def test_a_worker_process_shares_a_bounded_pool_among_many_threads_without_waiting_forever(database_url, sandbox) -> None:
+def test_a_worker_process_shares_a_bounded_pool_among_many_threads_without_waiting_forever(migrated_postgres, sandbox) -> None:
     """Issue 16: a worker process keeps at most DATABASE_POOL_SIZE connections (no overflow), so
     processes x threads cannot pass Postgres's max_connections; 32 threads on a pool of 3 all send,
     none waits for ever, and never more than 3 are open."""
@@ -299,9 +299,7 @@ def test_a_worker_process_shares_a_bounded_pool_among_many_threads_without_waiti
     import worker.celery_app  # noqa: F401 - what every worker process loads: it bounds the pool on worker_init
     from worker.runtime import install_runtime
 
-    if database_url.startswith("sqlite"):
-        pytest.skip("SQLite has no connection pool to bound")
-    rt = make_runtime(stack_env(database_url=database_url, sandbox_url=sandbox[0], AWAL_RATE_LIMIT="1000/s",
+    rt = make_runtime(stack_env(database_url=migrated_postgres, sandbox_url=sandbox[0], AWAL_RATE_LIMIT="1000/s",
                                 AWAL_RATE_BURST="100", DATABASE_POOL_SIZE="3"))
     install_runtime(rt)
     try:
