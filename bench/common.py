@@ -224,6 +224,15 @@ class Processes:
         self.stop()
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, exc_type: type | None, *_exc: object) -> None:
+        """A bench that timed out shows the tail of every process's log; all are stopped either way."""
+        if exc_type is not None and issubclass(exc_type, TimeoutError):
+            print(self.tail())
+        self.cleanup()
+
 
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:

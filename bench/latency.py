@@ -43,8 +43,7 @@ def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argpa
     ids = queued_message_ids(database_url, args.warmup + args.messages)
     env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, **UNTHROTTLED,
                     WORKER_CONCURRENCY=args.concurrency)
-    procs = Processes()
-    try:
+    with Processes() as procs:
         [worker] = [procs.buttoncast_worker(env, args.concurrency)]
         push_tasks(broker_url, ids[:args.warmup], QUEUE)
         wait_drained(broker_url, QUEUE, timeout_s=120)
@@ -60,11 +59,6 @@ def run_worker(broker_url: str, database_url: str, sandbox_url: str, args: argpa
             print(summarize_profile(procs.log_dir / "profile.txt", top=40))
         print(f"  worker: CPU {cpu * 1000 / args.messages:.2f} ms/message (user {user * 1000 / args.messages:.2f}, "
               f"system {system * 1000 / args.messages:.2f}), RSS {rss_mb(worker.pid):.0f} MB")
-    except TimeoutError:
-        print(procs.tail())
-        raise
-    finally:
-        procs.cleanup()
     print(check_all_sent(database_url, len(ids)))
     return args.messages / (ended - began)
 

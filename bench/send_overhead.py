@@ -44,8 +44,7 @@ def run_buttoncast(broker_url: str, database_url: str, sandbox_url: str, args: a
     ids = queued_message_ids(database_url, args.warmup + args.messages)
     env = stack_env(database_url=database_url, broker_url=broker_url, sandbox_url=sandbox_url, **UNTHROTTLED,
                     WORKER_CONCURRENCY=args.concurrency)
-    procs = Processes()
-    try:
+    with Processes() as procs:
         workers = [procs.buttoncast_worker(env, args.concurrency) for _ in range(args.processes)]
         push_tasks(broker_url, ids[:args.warmup], QUEUE)
         wait_drained(broker_url, QUEUE, timeout_s=120)
@@ -63,11 +62,6 @@ def run_buttoncast(broker_url: str, database_url: str, sandbox_url: str, args: a
         if profiler is not None:
             profiler.wait(args.profile + 30)
             print(summarize_profile(procs.log_dir / "profile.txt", top=args.profile_top))
-    except TimeoutError:
-        print(procs.tail())
-        raise
-    finally:
-        procs.cleanup()
     print(check_all_sent(database_url, len(ids)))
     return args.messages / (ended - began), cpu * 1000 / args.messages
 

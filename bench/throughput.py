@@ -174,21 +174,15 @@ def naive(broker_url: str, database_url: str, vendor_url: str, recipients: int, 
         conn.execute(sa.text("TRUNCATE naive_results"))
     env = dict(os.environ, NAIVE_BROKER_URL=broker_url, NAIVE_DATABASE_URL=database_url, NAIVE_VENDOR_URL=vendor_url,
                PYTHONPATH=str(BENCH_DIR))
-    procs = Processes()
     from naive_sender import QUEUE, TASK
 
-    try:
+    with Processes() as procs:
         workers = [procs.start([sys.executable, "-m", "celery", "-A", "naive_sender", "worker", "--pool", "threads",
                                 "-c", threads, "--queues", QUEUE, "--loglevel", "WARNING", "-n", f"naive{i}@%h",
                                 "--without-gossip", "--without-mingle"], env) for i in range(int(processes or 1))]
         ids = list(range(1, warmup + recipients + 1))
         timed = _timed(procs, [w.pid for w in workers], broker_url, database_url, QUEUE,
                        lambda batch: push_tasks(broker_url, batch, QUEUE, TASK), ids[:warmup], ids[warmup:])
-    except TimeoutError:
-        print(procs.tail())
-        raise
-    finally:
-        procs.cleanup()
     with engine.connect() as conn:
         done = conn.execute(sa.text("SELECT count(*) FROM naive_results")).scalar()
     engine.dispose()
@@ -210,17 +204,11 @@ def buttoncast(broker_url: str, database_url: str, vendor_url: str, recipients: 
     if config != "default":
         processes, threads = config.split("x")
         argv += ["--processes", processes, "--concurrency", threads]
-    procs = Processes()
-    try:
+    with Processes() as procs:
         worker = procs.start(argv, env)
         timed = _timed(procs, [worker.pid], broker_url, database_url, BUTTONCAST_QUEUE,
                               lambda batch: push_tasks(broker_url, batch, BUTTONCAST_QUEUE), ids[:warmup], ids[warmup:],
                               profile_s)
-    except TimeoutError:
-        print(procs.tail())
-        raise
-    finally:
-        procs.cleanup()
     print(check_all_sent(database_url, len(ids)))
     return timed.run(recipients)
 
