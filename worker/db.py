@@ -9,6 +9,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -19,6 +20,11 @@ PG_MAX_OVERFLOW = 20
 # database round trip on each of the send path's three transactions.
 PG_PING_IDLE_S = 5.0
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+# The database cannot take a statement now: unreachable, a broken connection, or no pooled
+# connection free for the pool's timeout (a hung database). Outcome writes retry these and journal.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = PG_POOL_SIZE,

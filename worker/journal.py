@@ -22,11 +22,11 @@ from datetime import datetime
 from typing import Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import store
 from worker.client import AttemptRecord, SendResult
+from worker.db import DATABASE_UNAVAILABLE
 from worker.errors import AwalError
 from worker.models import Message
 from worker.settings import Settings
@@ -193,7 +193,7 @@ def apply_entries(journal: OutcomeJournal, session_factory: sessionmaker[Session
         try:
             if _apply(entry, session_factory, actor):
                 applied += 1
-        except (OperationalError, InterfaceError):
+        except DATABASE_UNAVAILABLE:
             log.warning("database still refuses journaled outcomes; %s left for the next sweep", len(entries) - applied)
             raise
         forget(journal, entry)

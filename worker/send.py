@@ -17,11 +17,11 @@ from typing import Callable, Protocol
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
-from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from scheduler.window import next_opening
 from worker import gate as consent_gate, journal, metrics, store
 from worker.client import AttemptRecord, SendResult
+from worker.db import DATABASE_UNAVAILABLE
 from worker.errors import (
     AmbiguousError,
     LimiterUnavailable,
@@ -39,10 +39,6 @@ from worker.settings import Settings
 from worker.status import CampaignStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.send")
-
-# The database cannot take a write now: unreachable, a broken connection, or no pooled connection
-# free for the pool's timeout (a hung database). An outcome write retries these (and journals).
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 class Outcome(str, enum.Enum):
