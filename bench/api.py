@@ -50,7 +50,7 @@ def body(i: int) -> dict:
 
 def enqueue_loop(env: dict[str, str], count: int) -> tuple[float, float]:
     """(messages/s wall, messages per CPU second) of enqueue_message() in a loop, in this process."""
-    from worker.enqueue import enqueue_message
+    from worker.sending.enqueue import enqueue_message
     from worker.runtime import Runtime, install_runtime
     from worker.settings import Settings
 

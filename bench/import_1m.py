@@ -151,7 +151,7 @@ def stage(name: str, csv_path: str, url: str | None, optouts: str | None = None)
         engine = make_engine(url)
         suppressed = {}
         if optouts:
-            from worker.contacts_import import import_optouts
+            from worker.contacts.importer import import_optouts
 
             began = time.perf_counter()
             listed = import_optouts(make_session_factory(engine), optouts)

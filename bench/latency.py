@@ -24,7 +24,7 @@ QUEUE = "buttoncast.campaign"
 
 
 def sequential_loop(sandbox_url: str, broker_url: str, count: int) -> float:
-    from worker.client import build_client
+    from worker.sending.client import build_client
     from worker.message import ButtonMessage
     from worker.settings import Settings
 

@@ -11,7 +11,7 @@ import os
 
 from celery import Celery
 
-from worker.client import build_client
+from worker.sending.client import build_client
 from worker.errors import AwalError
 from worker.message import ButtonMessage
 from worker.settings import Settings

@@ -23,7 +23,7 @@ from common import UNTHROTTLED, load_line, private_redis, queued_message_ids, ra
 
 
 def client_loop(settings, count: int) -> tuple[float, float]:  # noqa: ANN001
-    from worker.client import build_client
+    from worker.sending.client import build_client
     from worker.message import ButtonMessage
 
     client = build_client(settings)
@@ -37,7 +37,7 @@ def client_loop(settings, count: int) -> tuple[float, float]:  # noqa: ANN001
 
 def send_loop(env: dict[str, str], ids: list[int], warmup: int, profile: bool) -> tuple[float, float, str]:
     from worker.runtime import Runtime
-    from worker.send import Outcome, send_message
+    from worker.sending.send import Outcome, send_message
     from worker.settings import Settings
 
     runtime = Runtime(Settings.from_env(env))

@@ -7,9 +7,8 @@ from alembic import context
 from worker.db import make_engine
 from worker.models import Base
 import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on Base.metadata
-import worker.api.models  # noqa: F401,E402 - registers api_keys, api_idempotency
+import worker.access.models  # noqa: F401,E402 - registers api_keys, api_idempotency, console_users, console_sessions
 import worker.audit  # noqa: F401,E402 - registers audit_events
-import worker.console.models  # noqa: F401,E402 - registers console_users, console_sessions
 import worker.hooks.models  # noqa: F401,E402 - registers the hook tables
 from worker.settings import Settings
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
 from scheduler.template import MessageTemplate, check_template
-from scheduler.window import Window
+from worker.window import Window
 from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import Campaign, Message, utcnow
@@ -91,7 +91,7 @@ def create_campaign(
     """Add a campaign (flushed, not committed): `draft`, or `scheduled` at `scheduled_at` (default now).
 
     `require_open_window` and `expires_at` are copied to each recipient's message at import; the
-    send claim's gate (worker.gate) holds or expires them."""
+    send claim's gate (worker.sending.gate) holds or expires them."""
     problems = _field_problems(name, phone_number_id, scheduled_at)
     if expires_at is not None and expires_at.tzinfo is None:
         problems.append(FieldProblem("expires_at", "has no UTC offset; give e.g. 2026-12-01T09:00:00+03:00"))
@@ -192,7 +192,7 @@ def pause(session: Session, campaign_id: int, reason: str = PAUSED_BY_OPERATOR, 
 
 def resume(session: Session, campaign_id: int, *, actor: str | None = None) -> Campaign:
     """paused -> running if it had started, else scheduled; the failure streak starts again, and
-    so does the late-failure breaker's window (worker.breaker counts messages sent from now)."""
+    so does the late-failure breaker's window (worker.webhooks.breaker counts messages sent from now)."""
     # started_at only changes on scheduled -> running, never while paused, so reading it first is safe.
     target = S.RUNNING if get_campaign(session, campaign_id).started_at is not None else S.SCHEDULED
     return transition(session, campaign_id, target, actor=actor, pause_reason=None, consecutive_failures=0,
@@ -329,7 +329,7 @@ def send_test(runtime: "Runtime", campaign_id: int, phone: str, *, actor: str | 
 
     It goes through the normal send path as an ad-hoc message (rate limit, retries, audit trail),
     so the campaign's counts are untouched. Returns the new message id."""
-    from worker.enqueue import enqueue_message
+    from worker.sending.enqueue import enqueue_message
 
     with runtime.session_factory() as session:
         campaign = get_campaign(session, campaign_id)
@@ -361,7 +361,7 @@ def create_from_options(
     they come (`at`/`expires_at` as ISO 8601 text or a datetime; `default_region` as a region,
     default DEFAULT_COUNTRY_CODE): parse them, default the sender, create and import. Returns the
     stored campaign and the import."""
-    from scheduler.window import parse_window
+    from worker.window import parse_window
 
     scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
     expires = parse_at(expires_at, "expires_at") if isinstance(expires_at, str) else expires_at

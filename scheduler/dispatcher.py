@@ -27,10 +27,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.sweeper import recover_from_broker_loss
-from scheduler.window import in_window
-from worker import gate as consent_gate
+from worker.window import in_window
+from worker.sending import gate as consent_gate
 from worker.models import Campaign, Message, MessageEvent, UTCDateTime, utcnow
-from worker.publish import hand_back_to_dispatcher, publish_send_tasks
+from worker.sending.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
 from worker.status import CampaignStatus, MessageStatus
@@ -210,7 +210,7 @@ def _claim(runtime: Runtime, campaign_id: int | None, limit: int, now: datetime)
 
 
 def _note_held(session: Session, message_ids: list[int], now: datetime, *, from_status: str) -> None:
-    """One message event per recipient the gate held at dispatch (worker.gate), for the audit trail."""
+    """One message event per recipient the gate held at dispatch (worker.sending.gate), for the audit trail."""
     session.execute(sa.insert(MessageEvent).from_select(
         ["message_id", "at", "from_status", "to_status", "reason", "actor"],
         sa.select(Message.id, sa.literal(now, UTCDateTime()), sa.literal(from_status), Message.status,
@@ -229,7 +229,7 @@ def _claim_statement(dialect: str, ready: sa.ColumnElement[bool], take: int, now
     SQLite has one writer at a time, so the plain subquery is exact there. `ready` is checked again
     on the row itself, so a row another dispatcher took meanwhile is left alone.
     """
-    # The gate's rules (worker.gate) decide each row's status: queued, or held (final, never published).
+    # The gate's rules (worker.sending.gate) decide each row's status: queued, or held (final, never published).
     update = sa.update(Message).values(queued_at=sa.func.coalesce(Message.queued_at, now), updated_at=now)
     if dialect == "postgresql":   # the gate judged once per row, in the CTE
         pick = sa.select(Message.id, consent_gate.dispatch_reason(gate).label("held")).where(ready)
@@ -280,7 +280,7 @@ def _succeeded(future: Future) -> bool:
 def cancel_leftovers(session: Session, now: datetime) -> int:
     """Issue 12 item 7: pending/queued rows of a cancelled campaign -> cancelled, with an event.
 
-    The send path writes `cancelled` itself when it sees the cancel (worker.store); this closes the
+    The send path writes `cancelled` itself when it sees the cancel (worker.sending.store); this closes the
     race where a worker's write and the cancel's transaction commit at the same moment. The
     dispatcher never serves a cancelled campaign, so without it such a row would wait for ever.
     Cheap when there is nothing to do: an index probe of (campaign_id, status) per cancelled campaign."""

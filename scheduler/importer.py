@@ -22,7 +22,7 @@ from scheduler.import_store import MERGE_ROWS, BackgroundWriter, open_store
 from scheduler.recipients_csv import (LINE_MAX_CHARS, PHONE_COLUMN, Recipient, RecipientsFileError, RowProblem,
                                       check_header, read_recipients)
 from scheduler.template import MessageTemplate
-from worker.contacts import opted_out_among
+from worker.contacts.service import opted_out_among
 from worker.models import Campaign, utcnow
 
 __all__ = ["BATCH_ROWS", "LINE_MAX_CHARS", "MAX_DETAILS", "PHONE_COLUMN", "ImportInterrupted", "ImportRefused",

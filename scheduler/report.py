@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.campaigns import empty_counts, get_campaign, status_counts
-from worker.contacts import SERVICE_WINDOW, open_window_among, opted_out_among
+from worker.contacts.service import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.failures import FailureClass
 from worker.models import Campaign, Contact, Message, utcnow
 from worker.status import DeliveryStatus, MessageStatus

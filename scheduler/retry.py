@@ -28,13 +28,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.errors import ButtoncastError
 from worker.failures import FailureClass, describe_code
-from worker.gate import OPTED_OUT_NOW
+from worker.sending.gate import OPTED_OUT_NOW
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
 from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.retry")
 ACTOR = "operator"
-#: suppressed (worker.gate) is retryable only once its contact is no longer opted out; the claim's
+#: suppressed (worker.sending.gate) is retryable only once its contact is no longer opted out; the claim's
 #: gate judges the window and the frequency cap again when it is sent
 RETRYABLE = (MessageStatus.FAILED, MessageStatus.UNKNOWN, MessageStatus.SUPPRESSED)
 RETRY_BATCH_SIZE = 500
@@ -107,7 +107,7 @@ class RetrySelection:
             # Belt and braces: whatever its status says, a message the vendor accepted stays put.
             Message.vendor_message_id.is_(None),
             ~sa.select(Attempt.id).where(Attempt.message_id == Message.id, Attempt.outcome == "sent").exists(),
-            # Never to a person who said stop, whatever the status (worker.gate would hold it anyway).
+            # Never to a person who said stop, whatever the status (worker.sending.gate would hold it anyway).
             OPTED_OUT_NOW if opted_out else ~OPTED_OUT_NOW,
         ]
         if self.message_id is not None:

@@ -11,7 +11,7 @@
 - Outcomes the database refused were kept in the outcome journal (issue 12 item 13); they are
   recorded first, before stale `sending` rows are given up on as `unknown`.
 Both are single conditional UPDATEs: safe when two sweeps run at once or race a live worker (a
-worker that does come back with an answer still records it; see worker.store).
+worker that does come back with an answer still records it; see worker.sending.store).
 It also matches early webhook events, refreshes the queue-depth gauge, and recounts the tally
 snapshots of campaigns with recent activity (scheduler.snapshots), last and within a time budget.
 """
@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler import snapshots
-from worker import broker_epoch, journal, metrics
+from worker.sending import broker_epoch, journal
+from worker import metrics
 from worker.models import Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
@@ -155,7 +156,7 @@ def _match_webhook_events(runtime: Runtime) -> int:
     except ImportError:
         return 0
     with runtime.session_factory.begin() as session:
-        from worker.breaker import LatePolicy
+        from worker.webhooks.breaker import LatePolicy
 
         return int(match_pending_events(session, window_s=runtime.settings.webhook_match_window_s,
                                         late=LatePolicy.from_settings(runtime.settings)) or 0)

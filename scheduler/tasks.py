@@ -12,7 +12,7 @@ from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import sweep
 from worker.celery_app import app
 from worker.queues import TASK_DISPATCH, TASK_PRUNE, TASK_SWEEP
-from worker.retention import prune_expired
+from scheduler.retention import prune_expired
 from worker.runtime import get_runtime
 
 log = logging.getLogger("buttoncast.scheduler")

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from tests.api_stack import ApiStack, create_key, start_api_stack
 from tests.conftest import wait_until
-from worker.api.models import ApiKey, IdempotentRequest
+from worker.access.models import ApiKey, IdempotentRequest
 from worker.audit import AuditEvent
 from worker.models import Message, MessageEvent
 

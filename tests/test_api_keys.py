@@ -8,8 +8,8 @@ import hashlib
 import pytest
 import sqlalchemy as sa
 
-from worker.api.keys import Scope, VerifiedKeys, authenticate, create_key, list_keys, revoke_key
-from worker.api.models import ApiKey
+from worker.access.keys import Scope, VerifiedKeys, authenticate, create_key, list_keys, revoke_key
+from worker.access.models import ApiKey
 from worker.audit import AuditEvent
 from worker.db import make_engine, make_session_factory, single_statements
 from worker.errors import MessageInvalid

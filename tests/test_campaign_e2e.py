@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from scheduler.dispatcher import dispatch_tick
-from scheduler.window import Window
+from worker.window import Window
 from tests.conftest import make_runtime, stack_env, wait_until
 from worker.models import Campaign, Message, utcnow
 

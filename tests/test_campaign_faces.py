@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from scheduler import campaigns
-from scheduler.cli_campaign import campaign_group
+from worker.cli.campaigns import campaign_group
 from tests.conftest import make_runtime, stack_env
-from worker.api.keys import create_key
-from worker.console.users import create_user
+from worker.access.keys import create_key
+from worker.access.users import create_user
 from worker.runtime import install_runtime
 
 CSV = "phone,name\n966501234567,Lina\n966501234568,Majed\n"
@@ -52,7 +52,7 @@ def test_the_cli_the_api_and_the_console_create_through_one_service_function(sql
     rt = make_runtime(env)
     install_runtime(rt)
     try:
-        from worker.api.app import create_app
+        from worker.asgi import create_app
 
         _, key = create_key(rt.session_factory, name="faces", scope="campaigns", actor="test")
         create_user(rt.session_factory, email="ana@example.com", role="marketer", password=PASSWORD, actor="test")

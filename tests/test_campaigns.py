@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scheduler import campaigns as c
-from scheduler.cli_campaign import campaign_group
+from worker.cli.campaigns import campaign_group
 from scheduler.report import REPORT_COLUMNS, funnel, report_rows, write_csv, write_json
-from scheduler.window import WindowInvalid, in_window, next_opening, parse_window
+from worker.window import WindowInvalid, in_window, next_opening, parse_window
 from worker.db import make_engine, make_session_factory, upgrade
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus

@@ -55,7 +55,7 @@ def test_worker_without_the_vendor_settings_names_every_missing_one(env) -> None
 
 def test_message_show_prints_status_ids_and_the_audit_trail(env, sqlite_url) -> None:
     from tests.conftest import make_runtime
-    from worker.send import send_message
+    from worker.sending.send import send_message
 
     message_id = int(run(env, "send", "--phone", "966500000002", "--body", "Hi", "--button", "yes:Yes").stdout)
     rt = make_runtime(env)

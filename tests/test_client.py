@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import free_port
-from worker.client import (
+from worker.sending.client import (
     DEFAULT_RETRY_AFTER_S,
     AttemptRecord,
     AwalClient,
@@ -612,7 +612,7 @@ def test_client_repr_never_shows_the_secret(base_url: str) -> None:
 def test_every_worker_thread_keeps_its_own_keep_alive_connection() -> None:
     # Given a vendor answering after 100 ms (so 40 requests really are open at once), and a client
     # built for a worker with 40 threads
-    from worker.client import build_client
+    from worker.sending.client import build_client
     from worker.settings import Settings
 
     server = SandboxServer(SandboxConfig(latency_ms=100))

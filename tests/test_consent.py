@@ -14,12 +14,12 @@ from scheduler import campaigns, dispatcher
 from scheduler.dispatcher import dispatch_tick
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, requeue
 from tests.conftest import make_runtime, stack_env
-from worker import contacts
-from worker.contacts_import import import_optouts
-from worker.enqueue import enqueue_message, enqueue_payload
+from worker.contacts import service as contacts
+from worker.contacts.importer import import_optouts
+from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.errors import ConfigError, MessageInvalid
 from worker.models import Campaign, Contact, ContactEvent, Message, MessageEvent, utcnow
-from worker.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message
 from worker.settings import FrequencyCap, Settings
 from worker.status import MessageStatus
 from worker.webhooks.apply import record_and_apply

@@ -12,7 +12,7 @@ import requests
 
 from tests.conftest import free_port, make_runtime, stack_env, wait_until
 from scheduler.campaigns import create_with_recipients, status_counts
-from worker.enqueue import enqueue_message
+from worker.sending.enqueue import enqueue_message
 from worker.models import Message, utcnow
 
 pytestmark = pytest.mark.slow

@@ -370,7 +370,7 @@ def test_every_page_renders_at_desktop_and_phone_width(page_for, stack: ConsoleS
     """An admin visits every page; each answers with its heading and is photographed at both widths."""
     page = page_for("admin")
     with stack.runtime.session_factory() as session:
-        from worker.history import list_messages
+        from worker.sending.history import list_messages
 
         message = list_messages(session, campaign_id=done_campaign, limit=1)[0]
     for path, name, heading in (
@@ -450,7 +450,7 @@ def test_an_admin_creates_an_api_key_sees_it_once_it_works_and_revokes_it(page_f
     import httpx
     import sqlalchemy as sa
 
-    from worker.api.models import ApiKey
+    from worker.access.models import ApiKey
     from worker.audit import AuditEvent
 
     admin = page_for("admin")

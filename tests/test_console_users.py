@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from tests.conftest import REPO_ROOT, make_runtime, stack_env
 from worker.audit import AuditEvent
 from worker.console import csrf
-from worker.console.models import ConsoleSession, ConsoleUser
-from worker.console.roles import Permission, Role
-from worker.console.sessions import end_session, person_for, start_session, token_hash
-from worker.console.users import (
+from worker.access.models import ConsoleSession, ConsoleUser
+from worker.access.roles import Permission, Role
+from worker.access.sessions import end_session, person_for, start_session, token_hash
+from worker.access.users import (
     LOCK_AFTER_FAILURES, LOCK_DURATION_S, LoginRefused, create_user, disable_user, log_in, reset_password,
 )
 from worker.errors import MessageInvalid

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.demo import FAIL_PHONE_PREFIX, REPORT_FILE_NAME
+from worker.cli.demo import FAIL_PHONE_PREFIX, REPORT_FILE_NAME
 
 pytestmark = pytest.mark.slow
 DEMO_TIMEOUT_S = 120

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env
 from tests.hooks_receiver import HookReceiver
-from worker import store
-from worker.client import SendResult
-from worker.enqueue import enqueue_message
+from worker.sending import store
+from worker.sending.client import SendResult
+from worker.sending.enqueue import enqueue_message
 from worker.errors import ConfigError
 from worker.hooks import outbox, service
 from worker.hooks.delivery import deliver_due
@@ -27,7 +27,7 @@ from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox
 from worker.hooks.signing import endpoint_secret, signature_header
 from worker.hooks.verify import SignatureError, verify
 from worker.models import Message, utcnow
-from worker.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message
 from worker.settings import Secret
 from worker.webhooks.apply import record_and_apply
 from worker.webhooks.events import parse_body
@@ -156,7 +156,7 @@ def test_no_outbox_row_when_nobody_subscribes_or_the_claim_was_lost(rt: Any) -> 
     assert rows(rt) == []
     add(rt, "https://a.example/sent", "message.sent")
     with rt.single_statements() as conn:     # a stale worker whose claim token no longer owns the row
-        from worker.client import AttemptRecord
+        from worker.sending.client import AttemptRecord
 
         attempt = AttemptRecord(started_at=utcnow(), duration_ms=5, http_status=200, outcome="sent")
         owned = store.record_sent(conn, mid, "not-the-token", SendResult(1, "wamid.X", "sent", 200), [attempt], "w")
@@ -335,7 +335,7 @@ def test_cli_add_prints_the_secret_alone_on_the_last_line_and_list_shows_the_cou
 
 
 def test_retention_prunes_old_delivered_and_dead_hook_events_and_keeps_pending_ones(rt: Any) -> None:
-    from worker.retention import prune
+    from scheduler.retention import prune
 
     add(rt, "https://a.example/h", "message.sent")
     for _ in range(3):
@@ -352,7 +352,7 @@ def test_retention_prunes_old_delivered_and_dead_hook_events_and_keeps_pending_o
 def test_an_opt_out_writes_a_contact_opted_out_hook_event_in_its_own_transaction(rt: Any) -> None:
     """Issue 14 item 4: contact.opted_out reaches subscribers (an operator's or a keyword's opt-out
     writes the outbox row with the consent change); a second opt-out of the same phone writes none."""
-    from worker.contacts import SOURCE_OPERATOR, opt_out
+    from worker.contacts.service import SOURCE_OPERATOR, opt_out
 
     add(rt, "http://127.0.0.1:9/hooks", "contact.opted_out")
     phone = f"9665{next(_phones)}"

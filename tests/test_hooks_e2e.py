@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
 from tests.hooks_receiver import HookReceiver
-from worker.enqueue import enqueue_message
+from worker.sending.enqueue import enqueue_message
 from worker.hooks import service
 from worker.hooks.models import HookOutbox
 

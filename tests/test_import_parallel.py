@@ -23,7 +23,7 @@ from scheduler.import_pool import ImportInterrupted
 from scheduler.importer import Recipient, import_recipients, read_recipients
 from scheduler.template import MessageTemplate
 from tests.test_import import TEMPLATE, counts, session_factory  # noqa: F401 - the fixture
-from worker.contacts import opt_out
+from worker.contacts.service import opt_out
 from worker.models import Contact, Message
 
 
@@ -240,7 +240,7 @@ def test_suppression_list_windows_first_reason_wins_one_event_per_change(session
     """contacts import --optouts, set-based per window: each phone opted out once with its first
     row's reason and one contact_events row; repeats (in a window or a later one) and phones
     opted out before count as already opted out and keep what they had."""
-    from worker.contacts_import import import_optouts
+    from worker.contacts.importer import import_optouts
     from worker.models import ContactEvent
 
     base = 966560000000 + (hash(str(tmp_path)) % 10_000) * 100

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from scheduler.sweeper import sweep
 from tests.conftest import make_runtime, stack_env
-from worker.client import AttemptRecord, SendResult
-from worker.journal import JournalEntry, MemoryJournal, RedisJournal, apply_entries
+from worker.sending.client import AttemptRecord, SendResult
+from worker.sending.journal import JournalEntry, MemoryJournal, RedisJournal, apply_entries
 from worker.models import Attempt, Message, utcnow
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}

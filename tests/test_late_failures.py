@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scheduler import campaigns, report
-from scheduler.cli_retry import retry_command
+from worker.cli.retry import retry_command
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, requeue
 from worker import metrics
-from worker.breaker import LatePolicy
-from worker.contacts import get_contact, is_opted_out, opt_in
+from worker.webhooks.breaker import LatePolicy
+from worker.contacts.service import get_contact, is_opted_out, opt_in
 from worker.db import make_engine, make_session_factory
 from worker.errors import ConfigError
 from worker.failures import CODE_CLASSES, FailureClass, classify, parse_failure_code

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from tests.conftest import free_port, make_runtime, stack_env, wait_until
-from worker.contacts import get_contact
-from worker.enqueue import enqueue_message
+from worker.contacts.service import get_contact
+from worker.sending.enqueue import enqueue_message
 from worker.models import Attempt, Campaign, Message
 from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
 

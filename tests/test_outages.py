@@ -34,7 +34,7 @@ from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
 from worker.ratelimit import MemoryRateLimiter
 from worker.runtime import install_runtime
-from worker.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 _phones = iter(range(20_000_000, 99_999_999))
@@ -119,7 +119,7 @@ class DatabaseGoesAway:
     @contextmanager
     def connect(self):  # noqa: ANN201
         """A connection whose statements fail while the database is away, including one a task
-        opened before the outage and still holds (worker.send keeps one per task on Postgres)."""
+        opened before the outage and still holds (worker.sending.send keeps one per task on Postgres)."""
         self._check()
         with self.real_connect() as conn:
             yield _FailsWhenAway(conn, self._check)
@@ -219,7 +219,7 @@ class RefusedThenOutage:
         self.sessions, self.outage_s = sessions, outage_s
 
     def send(self, message, phone_number_id, *, before_request=None, on_attempt=None):  # noqa: ANN001, ANN201
-        from worker.client import AttemptRecord
+        from worker.sending.client import AttemptRecord
         from worker.errors import PermanentError
 
         error = PermanentError("phone is not a WhatsApp number", code="invalid_phone_number", http_status=400,

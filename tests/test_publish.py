@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from tests.conftest import make_runtime, stack_env, wait_until
 from worker.celery_app import create_celery
 from worker.models import Campaign, Message
-from worker.publish import publish_send_tasks
+from worker.sending.publish import publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN, TASK_SEND
 from worker.settings import Settings
 

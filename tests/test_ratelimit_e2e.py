@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
-from worker.enqueue import enqueue_message
+from worker.sending.enqueue import enqueue_message
 from worker.models import Message, utcnow
 from worker.queues import QUEUE_ADHOC
 

@@ -21,7 +21,7 @@ from requests.adapters import BaseAdapter
 from requests.utils import get_encoding_from_headers
 
 from tests.conftest import make_runtime, stack_env
-from worker.client import AwalClient, SendResult, classify_response, classify_transport_error
+from worker.sending.client import AwalClient, SendResult, classify_response, classify_transport_error
 from worker.errors import (
     AmbiguousError,
     AuthenticationFailed,
@@ -35,7 +35,7 @@ from worker.errors import (
 from worker.fit import CUT_MARKER, fit
 from worker.models import Attempt, Base, Campaign, Message
 from worker.ratelimit import build_rate_limiter
-from worker.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message
 
 VENDOR = "http://vendor.test"
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
@@ -287,7 +287,7 @@ def test_a_41_char_status_and_a_124_char_request_id_still_end_sent_with_the_mess
 def test_the_sent_log_line_carries_the_vendor_ids_before_the_write_is_tried(stack: Stack, caplog, monkeypatch) -> None:  # noqa: ANN001
     """Issue 12 item 2: if recording an accepted send fails for any reason, the vendor's ids are
     already in the log line for the send."""
-    from worker import store
+    from worker.sending import store
 
     _, mid = queued(stack.runtime)
     stack.vendor.reply = (200, encode({"status": True, "message": {"id": 99, "messageId": "wamid.LOGGED"}}, True), {})

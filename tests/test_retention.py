@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tests.conftest import make_runtime, stack_env
 from worker.cli import main
 from worker.models import Attempt, Message, MessageEvent, utcnow
-from worker.retention import prune, prune_expired
+from scheduler.retention import prune, prune_expired
 from worker.webhooks import WebhookEvent, match_pending_events
 
 CONTENT = {"body_text": "Hi", "buttons": [{"id": "yes", "title": "Yes"}]}

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scheduler import dispatcher
-from scheduler.cli_retry import retry_command
+from worker.cli.retry import retry_command
 from scheduler.retry import RetrySelection, _requeue_batch, plan_retry, requeue
 from tests.conftest import make_runtime, stack_env
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow

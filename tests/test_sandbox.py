@@ -398,7 +398,7 @@ def test_bad_late_failure_options_are_refused(start: Any) -> None:
 def test_cli_late_failure_options_are_parsed_and_checked() -> None:
     from click.testing import CliRunner
 
-    from worker.sandbox.cli import sandbox_command
+    from worker.cli.sandbox import sandbox_command
 
     bad = CliRunner().invoke(sandbox_command, ["--late-fail-rate", "12:0.1"])
     assert bad.exit_code == 2 and "CODE:SHARE" in bad.output

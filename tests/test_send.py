@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env
-from worker.enqueue import enqueue_message, enqueue_payload
+from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.models import Attempt, Message, MessageEvent
-from worker.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message
 from worker.status import MessageStatus
 
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
@@ -225,8 +225,8 @@ def test_a_success_breaks_the_campaigns_failure_streak_in_the_same_write(runtime
 def test_recording_with_a_token_that_no_longer_owns_the_row_changes_nothing_but_keeps_the_evidence(runtime) -> None:
     from datetime import datetime, timezone
 
-    from worker import store
-    from worker.client import AttemptRecord, RateHeaders, SendResult
+    from worker.sending import store
+    from worker.sending.client import AttemptRecord, RateHeaders, SendResult
 
     _, mid = _queued_in_campaign(runtime)
     with runtime.single_statements() as conn:

@@ -16,10 +16,10 @@ from scheduler import dispatcher
 from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import LOST_WORKER_REASON, sweep
 from tests.conftest import make_runtime, stack_env
-from worker.broker_epoch import EPOCH_KEY
+from worker.sending.broker_epoch import EPOCH_KEY
 from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
-from worker.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 QUEUED_TIMEOUT_S, SENDING_TIMEOUT_S = 5, 8

@@ -338,7 +338,7 @@ def test_migration_0002_matches_the_model(db_url: str) -> None:
 def test_command_refuses_to_start_without_a_webhook_secret(tmp_path: Any) -> None:
     from click.testing import CliRunner
 
-    from worker.webhooks.cli import webhooks_command
+    from worker.cli.webhooks import webhooks_command
 
     env = {"DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "AWAL_WEBHOOK_SECRET": ""}
     result = CliRunner().invoke(webhooks_command, ["--port", "0"], env=env)

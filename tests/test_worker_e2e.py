@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
-from worker.enqueue import enqueue_message
+from worker.sending.enqueue import enqueue_message
 from worker.models import Attempt, Message
-from worker.publish import publish_send_tasks
+from worker.sending.publish import publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN, TASK_ENQUEUE
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ from typing import Any
 
 
 def enqueue_message(*args: Any, **kwargs: Any) -> int:
-    """Validate, store and enqueue one button message; returns its id (see worker.enqueue)."""
-    from worker.enqueue import enqueue_message as _enqueue
+    """Validate, store and enqueue one button message; returns its id (see worker.sending.enqueue)."""
+    from worker.sending.enqueue import enqueue_message as _enqueue
 
     return _enqueue(*args, **kwargs)
 

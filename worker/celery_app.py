@@ -21,12 +21,12 @@ from worker.watchdog import broker_watchdog_step
 VISIBILITY_TIMEOUT_S = 3600
 PREFETCH_MULTIPLIER = 4
 MEMORY_POLLING_INTERVAL_S = 0.05
-PRUNE_INTERVAL_S = 86400.0   # retention runs daily; each run deletes in batches (worker/retention.py)
+PRUNE_INTERVAL_S = 86400.0   # retention runs daily; each run deletes in batches (scheduler/retention.py)
 
 
 def create_celery(settings: Settings) -> Celery:
     broker_transport.install()   # redis://: kombu's Redis transport without its per-call client building
-    app = Celery("buttoncast", broker=settings.broker_url, include=["worker.tasks", "scheduler.tasks"])
+    app = Celery("buttoncast", broker=settings.broker_url, include=["worker.sending.tasks", "scheduler.tasks"])
     uses_redis = settings.broker_url.startswith(("redis://", "rediss://"))
     app.conf.update(
         task_serializer="json",

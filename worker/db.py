@@ -37,7 +37,7 @@ def make_engine(database_url: str, *, read_only: bool = False, pool_size: int = 
     `pool_size` (Postgres): connections kept open (DATABASE_POOL_SIZE for a process's runtime), opened
     lazily; up to `max_overflow` more are opened for a burst and closed when returned. A worker
     process passes 0 (Runtime.bound_pool): its threads hold a connection only for their statements
-    and never two at once (worker/send.py _Statements), so 64 threads share 16 at the same rate,
+    and never two at once (worker/sending/send.py _Statements), so 64 threads share 16 at the same rate,
     where overflow let 3 worker processes pass Postgres's default max_connections of 100."""
     if database_url.startswith("sqlite"):
         engine = sa.create_engine(

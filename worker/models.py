@@ -73,7 +73,7 @@ class Campaign(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pause_reason: Mapped[str | None] = mapped_column(sa.Text)
     consecutive_failures: Mapped[int] = mapped_column(sa.Integer, default=0)
-    #: the late-failure breaker counts only messages sent since (set on resume; worker.breaker)
+    #: the late-failure breaker counts only messages sent since (set on resume; worker.webhooks.breaker)
     late_breaker_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: ambiguous outcomes (unknown) since the last send; AUTO_PAUSE_CONSECUTIVE_UNKNOWN pauses
     consecutive_unknown: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
@@ -95,7 +95,7 @@ class Message(Base):
         sa.Index("ix_messages_status_not_before", "status", "not_before"),
         sa.Index("ix_messages_status_updated", "status", "updated_at"),
         sa.Index("ix_messages_phone_sent", "phone", "sent_at"),
-        # the late-failure breaker reads a campaign's last N sent messages (worker.breaker)
+        # the late-failure breaker reads a campaign's last N sent messages (worker.webhooks.breaker)
         sa.Index("ix_messages_campaign_sent", "campaign_id", "sent_at"),
         # Only what is left to send: the dispatcher's claim walks it in id order and never steps
         # over the rows a big campaign has already sent.
@@ -196,7 +196,7 @@ class Contact(Base):
     last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    #: keyword, button, vendor_code, operator, import (worker.contacts.SOURCES)
+    #: keyword, button, vendor_code, operator, import (worker.contacts.service.SOURCES)
     opt_out_source: Mapped[str | None] = mapped_column(sa.String(16))
     opt_out_note: Mapped[str | None] = mapped_column(sa.Text)
     opted_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

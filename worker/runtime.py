@@ -16,7 +16,7 @@ from celery import Celery
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.client import build_client, workspace_scope
+from worker.sending.client import build_client, workspace_scope
 from worker.db import PG_MAX_OVERFLOW, make_engine, make_session_factory, single_statements
 from worker.settings import Settings
 
@@ -25,12 +25,12 @@ class Runtime:
     def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
         self.settings = settings
         self._celery = celery
-        #: True where a worker consumes the in-process broker (buttoncast run); see worker.publish
+        #: True where a worker consumes the in-process broker (buttoncast run); see worker.sending.publish
         self.in_process_worker = False
         #: campaign id (None: ad-hoc) -> the highest id this process's dispatcher claimed: where its
         #: next scan of pending rows starts (a hint; see scheduler.dispatcher._claim)
         self.dispatch_cursors: dict[int | None, int] = {}
-        #: the broker epoch this process last saw (issue 12 item 12; see worker.broker_epoch)
+        #: the broker epoch this process last saw (issue 12 item 12; see worker.sending.broker_epoch)
         self.broker_epoch_seen: str | None = None
 
     #: connections a Postgres pool may open beyond DATABASE_POOL_SIZE for a burst; 0 in a worker
@@ -76,13 +76,13 @@ class Runtime:
         return build_rate_limiter(self.settings)
 
     @cached_property
-    def client(self):  # noqa: ANN201 - worker.client.AwalClient
+    def client(self):  # noqa: ANN201 - worker.sending.client.AwalClient
         return build_client(self.settings)
 
     @cached_property
-    def journal(self):  # noqa: ANN201 - worker.journal.OutcomeJournal
+    def journal(self):  # noqa: ANN201 - worker.sending.journal.OutcomeJournal
         """Where outcomes the database refused are kept until the sweep records them (issue 12 item 13)."""
-        from worker.journal import build_journal
+        from worker.sending.journal import build_journal
 
         return build_journal(self.settings)
 
@@ -90,8 +90,8 @@ class Runtime:
     def scope(self) -> str:
         return workspace_scope(self.settings)
 
-    def send_deps(self):  # noqa: ANN201 - worker.send.SendDeps
-        from worker.send import SendDeps
+    def send_deps(self):  # noqa: ANN201 - worker.sending.send.SendDeps
+        from worker.sending.send import SendDeps
 
         return SendDeps(
             session_factory=self.session_factory, connect=self.single_statements, client=self.client,

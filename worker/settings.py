@@ -106,7 +106,7 @@ class RateLimit:
         return f"{count}/{self.period_s:g}s"
 
 
-# Consent (worker.contacts, worker.gate, worker.webhooks.apply). Keywords match a whole inbound text,
+# Consent (worker.contacts.service, worker.sending.gate, worker.webhooks.apply). Keywords match a whole inbound text,
 # trimmed and case-insensitive; button ids match a tapped reply button's id exactly.
 OPT_OUT_KEYWORDS = ("STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "إيقاف", "ايقاف", "إلغاء", "الغاء", "توقف")
 OPT_OUT_BUTTON_IDS = ("stop", "unsubscribe", "opt_out")

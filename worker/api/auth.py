@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope as AsgiScope, Send
 
-from worker.api.keys import Principal, Scope, VerifiedKeys
+from worker.access.keys import Principal, Scope, VerifiedKeys
 from worker.api.problems import Problem, problem_response
 from worker.runtime import get_runtime
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from scheduler import campaigns, report
 from worker.api.auth import require
 from worker.api.deps import CampaignId, decode_cursor, encode_cursor, runtime
-from worker.api.keys import Principal, Scope
+from worker.access.keys import Principal, Scope
 from worker.api.schemas import (
     CampaignDetail, CampaignPage, CampaignSummary, CancelOut, FunnelOut,
     ImportReport, MessageCreated, PauseIn, ScheduleIn, Tap, TestIn,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from worker import contacts
+from worker.contacts import service as contacts
 from worker.api.auth import require
 from worker.api.deps import decode_cursor, encode_cursor, runtime
-from worker.api.keys import Principal, Scope
+from worker.access.keys import Principal, Scope
 from worker.api.problems import Problem
 from worker.api.schemas import ConsentChangeOut, ContactOut, ContactSummary, OptOutIn, OptOutPage, RecentMessageOut
 from worker.message import normalize_phone

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Path, Response
 
 from worker.api.auth import require
 from worker.api.deps import ID_MAX, runtime
-from worker.api.keys import Principal, Scope
+from worker.access.keys import Principal, Scope
 from worker.audit import record_audit
 from worker.api.schemas import HookCreated, HookIn, HookList, HookOut, RedeliverIn, RedeliverOut
 from worker.hooks import service

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 
 from worker.api.auth import require
 from worker.api.deps import runtime
-from worker.api.keys import Principal, Scope
+from worker.access.keys import Principal, Scope
 from worker.api.schemas import LimitsOut, ScopeLimit
-from worker.limits import limit_states
+from worker.ratelimit.limits import limit_states
 from worker.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["limits"])

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 
 from worker.api.auth import require
 from worker.api.deps import ID_MAX, MessageId, decode_cursor, encode_cursor, json_body, runtime
-from worker.api.idempotency import REPLAYED_HEADER, run_once
-from worker.api.keys import Principal, Scope
+from worker.sending.idempotency import REPLAYED_HEADER, run_once
+from worker.access.keys import Principal, Scope
 from worker.api.schemas import AttemptOut, EventOut, MessageCreated, MessageDetail, MessagePage, MessageSummary
-from worker.enqueue import enqueue_json
-from worker.history import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, list_messages, message_history
+from worker.sending.enqueue import enqueue_json
+from worker.sending.history import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, list_messages, message_history
 from worker.runtime import Runtime
 from worker.status import MessageStatus
 

@@ -19,11 +19,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from scheduler.campaigns import CampaignNotFound, IllegalTransition, NoRecipients
 from scheduler.importer import ImportRefused, RecipientsFileError
 from scheduler.retry import RetryRefused
-from scheduler.window import WindowInvalid
-from worker.api.idempotency import IdempotencyKeyReused
-from worker.api.keys import ApiKeyNotFound
+from worker.window import WindowInvalid
+from worker.sending.idempotency import IdempotencyKeyReused
+from worker.access.keys import ApiKeyNotFound
 from worker.errors import ButtoncastError, ConfigError, MessageInvalid
-from worker.history import MessageNotFound
+from worker.sending.history import MessageNotFound
 from worker.hooks.service import HookNotFound
 
 log = logging.getLogger("buttoncast.api")

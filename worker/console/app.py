@@ -79,8 +79,8 @@ def _warm_queries() -> None:
     """Run the campaign page's queries once before serving (one-row reads), so the first view after
     a start does not pay for compiling them; a database not up yet is no error here."""
     from scheduler import campaigns, report, snapshots
-    from worker.console.sessions import person_for
-    from worker.history import list_messages
+    from worker.access.sessions import person_for
+    from worker.sending.history import list_messages
     from worker.runtime import get_runtime
 
     try:

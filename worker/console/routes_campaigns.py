@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 
 from scheduler import campaigns, report, snapshots
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
-from worker.console.roles import Permission
+from worker.access.roles import Permission
 from worker.console.tallies import CURRENT_S, tallies_for
-from worker.console.users import Person
+from worker.access.users import Person
 from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.errors import ButtoncastError, MessageInvalid
-from worker.history import list_messages
+from worker.sending.history import list_messages
 from worker.models import utcnow
 from worker.runtime import Runtime
 from worker.status import CampaignStatus, MessageStatus

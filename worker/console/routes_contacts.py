@@ -13,13 +13,13 @@ from typing import Iterator
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
-from worker import contacts
-from worker.cli_contacts import EXPORT_COLUMNS, _cell, _export_row
-from worker.console.roles import Permission
+from worker.contacts import service as contacts
+from worker.cli.contacts import EXPORT_COLUMNS, _cell, _export_row
+from worker.access.roles import Permission
 from worker.console.routes_campaigns import POSTED
-from worker.console.users import Person
+from worker.access.users import Person
 from worker.console.web import allowed, redirect, render, runtime
-from worker.contacts_import import OptOutFileError, import_optouts
+from worker.contacts.importer import OptOutFileError, import_optouts
 from worker.errors import MessageInvalid
 from worker.message import normalize_phone
 from worker.runtime import Runtime

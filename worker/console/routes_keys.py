@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
-from worker.api.keys import ApiKeyNotFound, Scope, create_key, list_keys, revoke_key
-from worker.console.roles import Permission
+from worker.access.keys import ApiKeyNotFound, Scope, create_key, list_keys, revoke_key
+from worker.access.roles import Permission
 from worker.console.routes_campaigns import POSTED
-from worker.console.users import Person
+from worker.access.users import Person
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
 from worker.runtime import Runtime

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from worker.console.roles import Permission
-from worker.console.users import Person
+from worker.access.roles import Permission
+from worker.access.users import Person
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
-from worker.history import list_messages, message_history, trail
+from worker.sending.history import list_messages, message_history, trail
 from worker.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)

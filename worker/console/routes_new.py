@@ -17,11 +17,11 @@ from fastapi.responses import Response
 
 from scheduler import campaigns, report
 from scheduler.importer import ImportRefused, RecipientsFileError
-from scheduler.window import WindowInvalid
+from worker.window import WindowInvalid
 from worker import message as limits
-from worker.console.roles import Permission
+from worker.access.roles import Permission
 from worker.console.routes_campaigns import POSTED
-from worker.console.users import Person
+from worker.access.users import Person
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime

@@ -1,7 +1,7 @@
 """The sandbox's settings: one dataclass, set at start; the fault and rate options also at runtime.
 
 Defaults are named constants with their unit in the name. Nothing here reads the environment: the
-CLI layer (`worker/sandbox/cli.py`) does that for its defaults only.
+CLI layer (`worker/cli/sandbox.py`) does that for its defaults only.
 """
 
 from __future__ import annotations

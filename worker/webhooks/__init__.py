@@ -1,7 +1,7 @@
 """Vendor webhooks: receive, verify, record, and apply delivery receipts and button replies.
 
 Public API: `create_app` (the WSGI receiver), `match_pending_events` (for the sweeper),
-`WebhookEvent` (the table). `webhooks_command` lives in `worker.webhooks.cli`.
+`WebhookEvent` (the table). `webhooks_command` lives in `worker.cli.webhooks`.
 """
 
 from worker.webhooks.apply import Outcome, match_pending_events, record_and_apply

@@ -1,6 +1,6 @@
 """`python -m worker.webhooks --port 0`: the receiver without the `buttoncast` entry point (bench, demo)."""
 
-from worker.webhooks.cli import webhooks_command
+from worker.cli.webhooks import webhooks_command
 
 if __name__ == "__main__":
     webhooks_command(prog_name="python -m worker.webhooks")

@@ -18,8 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.settings import WEBHOOK_PATH
-from worker.contacts import DEFAULT_RULES, ConsentRules
-from worker.breaker import DEFAULT_POLICY, LatePolicy
+from worker.contacts.service import DEFAULT_RULES, ConsentRules
+from worker.webhooks.breaker import DEFAULT_POLICY, LatePolicy
 from worker.webhooks.apply import Outcome, record_and_apply
 from worker.webhooks.events import Event, ShapeError, Verification, parse_body
 from worker.webhooks.verify import VERIFICATION_NEEDS_SIGNATURE, BodySigner, signature_from

@@ -6,7 +6,7 @@ receivers or sweepers cannot move a message backwards:
   already called delivered or read stays so) and records the reason; nothing leaves `failed`.
   A `failed` status is a late failure: its vendor code and class (worker.failures) are recorded on
   the message, a 131050 opts the contact out, and the campaign's late-failure breaker
-  (worker.breaker) is checked, all in the same transaction.
+  (worker.webhooks.breaker) is checked, all in the same transaction.
   Times keep the earliest evidence: delivered_at/read_at = min(stored, event time); a read with no
   delivered_at sets delivered_at too (read implies delivered).
 - reply: the earliest tap (by the event's time) wins; later taps stay in webhook_events only.
@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from worker import metrics
-from worker.breaker import DEFAULT_POLICY, LatePolicy, check as check_breaker
-from worker.contacts import DEFAULT_RULES, SOURCE_VENDOR_CODE, ConsentRules, apply_inbound, opt_out
+from worker.webhooks.breaker import DEFAULT_POLICY, LatePolicy, check as check_breaker
+from worker.contacts.service import DEFAULT_RULES, SOURCE_VENDOR_CODE, ConsentRules, apply_inbound, opt_out
 from worker.failures import FailureClass, classify, describe_code
 from worker.logs import log_outcome
 from worker.hooks.outbox import emit_vendor_event

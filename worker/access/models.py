@@ -1,0 +1,68 @@
+"""Who may act: `api_keys` (only a hash of each key), `api_idempotency` (Idempotency-Key records),
+`console_users` and `console_sessions` (only a hash of each session token).
+
+Declared on `worker.models.Base` so the test fixtures and Alembic's metadata see them once imported.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from worker.models import Base, BigId, UTCDateTime, utcnow
+
+
+class ApiKey(Base):
+    """One API key. The key itself is shown once at creation; only its sha256 is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: the short public part of the key ("bc_<prefix>_<secret>"): finds the row, safe to show and log
+    prefix: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64))      # sha256 hex of the whole key
+    name: Mapped[str] = mapped_column(sa.String(100))
+    scope: Mapped[str] = mapped_column(sa.String(16))         # send | campaigns | admin
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the last request it authenticated, to within worker.access.keys.LAST_USED_RESOLUTION_S
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotentRequest(Base):
+    """The first request made with an Idempotency-Key: its body's fingerprint and the answer given."""
+
+    __tablename__ = "api_idempotency"
+
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))  # sha256 of the canonical JSON body
+    api_key_id: Mapped[int | None] = mapped_column(BigId)
+    status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    response: Mapped[dict | None] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConsoleUser(Base):
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(254), unique=True)       # stored lower-cased
+    role: Mapped[str] = mapped_column(sa.String(16))                      # admin | marketer | viewer
+    password_hash: Mapped[str] = mapped_column(sa.String(200))            # argon2id, with its parameters
+    failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0)     # wrong passwords since the last lock or login
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ConsoleSession(Base):
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)   # sha256 of the cookie's token
+    user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("console_users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,62 @@
+"""The FastAPI application: `uvicorn --factory worker.asgi:create_app` (what `buttoncast api` runs).
+
+Middleware, outermost first: the body-size limit (413 before a byte is read when Content-Length
+says so), then API-key authentication (401 before the body is read), then the routers.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from worker.api import campaigns, contacts, health, hooks, limits, messages, retry
+from worker.api.auth import ApiKeyAuthentication
+from worker.api.bodylimit import BodySizeLimit
+from worker.api.problems import install_problem_handlers
+from worker.api.schemas import CampaignJsonIn, CampaignMultipartIn, MessageIn, ProblemDetail
+from worker.console.app import install_console
+from worker.logs import configure_logging
+from worker.runtime import get_runtime
+
+ERROR_RESPONSES = {status: {"model": ProblemDetail, "content": {"application/problem+json": {}}}
+                   for status in (400, 401, 403, 404, 409, 413, 415, 422)}
+
+
+def create_app() -> FastAPI:
+    """Build the app; settings come from the environment once, as everywhere (worker.runtime)."""
+    settings = get_runtime().settings
+    configure_logging(settings.log_format)
+    app = FastAPI(
+        title="buttoncast API",
+        version="1",
+        summary="Bulk WhatsApp button messages through the Awal Chat API: messages, campaigns, retry, limits.",
+        description="Authenticate with `Authorization: Bearer <key>` (`buttoncast apikey create`). Errors are RFC 9457 "
+                    "problem details. See docs/api.md.",
+        responses=ERROR_RESPONSES,
+    )
+    for module in (messages, campaigns, retry, contacts, hooks, limits, health):
+        app.include_router(module.router)
+    install_problem_handlers(app)
+    install_console(app)  # the web console at / (worker/console/)
+    _document_raw_bodies(app)
+    app.add_middleware(ApiKeyAuthentication)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.api_max_body_bytes, max_upload_bytes=settings.api_max_upload_bytes)
+    return app
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """The bodies read by our own validation are referenced from `openapi_extra`: add their schemas
+    (and the schemas they refer to) to the document's components."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = build()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in (MessageIn, CampaignJsonIn, CampaignMultipartIn):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas.setdefault(model.__name__, schema)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

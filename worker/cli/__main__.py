@@ -1,0 +1,5 @@
+"""`python -m worker.cli ...`: the same as the `buttoncast` command."""
+
+from worker.cli import main
+
+main()

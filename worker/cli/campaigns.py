@@ -1,0 +1,297 @@
+"""`buttoncast campaign ...`: create (with its CSV), schedule, pause, resume, cancel, list, show,
+report, test. Summaries and errors go to standard error; what a script captures (a new id, a
+report) goes to standard output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+import time
+from typing import Any, Callable, Iterator, TypeVar
+
+import click
+
+from scheduler import campaigns, report
+from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
+from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
+from worker.window import WindowInvalid
+from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
+from worker.models import Campaign
+from worker.phone import parse_default_country
+from worker.runtime import Runtime
+from worker.status import CampaignStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+SUMMARY_DETAIL_ROWS = 20
+WATCH_REFRESH_S = 1.0
+ENDED = (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
+
+
+def campaign_errors(func: F) -> F:
+    """Our own errors as one line: exit 2 for input to fix, 1 for a refusal (not found, illegal
+    transition, nothing importable)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ImportRefused as exc:
+            _print_problems("rejected", exc.result.problems, exc.result.rejected)
+            fail(str(exc), 1)
+        except (ConfigError, MessageInvalid):
+            raise  # friendly_errors words these
+        except (RecipientsFileError, WindowInvalid) as exc:
+            fail(str(exc), 2)  # fix the input and run again
+        except ButtoncastError as exc:
+            fail(str(exc), 1)  # refused: not found, illegal transition
+
+    return friendly_errors(wrapper)  # type: ignore[return-value]
+
+
+def _load_message(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise MessageInvalid([FieldProblem("--message", f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}")]) from None
+    except UnicodeDecodeError:
+        raise MessageInvalid([FieldProblem("--message", f"{path} is not UTF-8 text")]) from None
+    if not isinstance(data, dict):
+        raise MessageInvalid([FieldProblem("--message", f"{path} must hold a JSON object with body_text and buttons")])
+    return data
+
+
+def _print_result(result: ImportResult) -> None:
+    click.echo(f"imported {result.imported} recipient(s); rejected {result.rejected} row(s); "
+               f"skipped {result.duplicates} duplicate(s)", err=True)
+    if result.opted_out:
+        click.echo(f"opted out: {result.opted_out} of the imported recipient(s) opted out; they are never sent "
+                   "(suppressed)", err=True)
+    _print_problems("rejected", result.problems, result.rejected)
+    _print_problems("duplicates", result.duplicate_rows, result.duplicates)
+
+
+def _print_problems(title: str, rows: list[RowProblem], total: int) -> None:
+    if rows:
+        click.echo(f"{title} (first {min(SUMMARY_DETAIL_ROWS, len(rows))} of {total}):", err=True)
+        for problem in rows[:SUMMARY_DETAIL_ROWS]:
+            click.echo(f"  {problem}", err=True)
+
+
+@click.group("campaign")
+def campaign_group() -> None:
+    """Campaigns: one button message to every recipient of a CSV, scheduled and paced."""
+
+
+@campaign_group.command("create")
+@click.option("--name", required=True, help="A name operators recognise (at most 200 characters).")
+@click.option("--message", "message_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="message.json: header_text, body_text, footer_text, buttons; {{column}} placeholders allowed in the texts.")
+@click.option("--recipients", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV (UTF-8) with a 'phone' column; other columns fill the placeholders.")
+@click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with offset (default: the next dispatcher tick).")
+@click.option("--window", default=None, metavar="HH:MM-HH:MM", help="Daily send window, e.g. 09:00-21:00 (22:00-06:00 crosses midnight).")
+@click.option("--tz", default=None, help="IANA time zone of --window, e.g. Asia/Riyadh.")
+@click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
+@click.option("--draft", is_flag=True, help="Create it as a draft; start it later with `campaign schedule ID`.")
+@click.option("--strict", is_flag=True, help="Refuse the whole file if any row is invalid.")
+@click.option("--default-country", default=None, metavar="REGION|CODE",
+              help="Country of national numbers written with a trunk 0 (e.g. SA or 966; default: DEFAULT_COUNTRY_CODE).")
+@click.option("--opt-out-button", default=None, metavar="ID:TITLE",
+              help='Append an opt-out reply button, e.g. "stop:Stop offers" (counts toward the 3; ID in OPT_OUT_BUTTON_IDS).')
+@click.option("--require-open-window", is_flag=True,
+              help="Hold recipients whose 24-hour window is closed at send time as suppressed (window_closed).")
+@click.option("--expires-at", "expires_text", default=None,
+              help="Not sent by then (ISO 8601 with offset) -> expired, never delivered late.")
+@campaign_errors
+def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict,  # noqa: ANN001
+                   default_country, opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
+    """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
+    # This face binds its options (times, the country, the file) and names them as the user typed
+    # them; creating is `campaigns.create_from_options`, as for the API and the console.
+    at = parse_at(at_text)
+    expires_at = parse_at(expires_text, "--expires-at")
+    template = _load_message(message_path)
+    runtime = load_runtime()
+    region = parse_default_country(default_country, "--default-country")
+    ensure_schema(runtime)
+    with _named_as_options():
+        campaign, result = campaigns.create_from_options(
+            runtime, recipients, name=name, template=template, at=at, window=window, tz=tz,
+            phone_number_id=phone_number_id, draft=draft, strict=strict, require_open_window=require_open_window,
+            expires_at=expires_at, opt_out_button=opt_out_button, default_region=region,
+        )
+    _print_result(result)
+    with runtime.session_factory() as session:
+        click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign.id),
+                                                             require_open_window=require_open_window), err=True)
+    when = "draft: start it with `buttoncast campaign schedule %d`" % campaign.id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
+    click.echo(f"campaign {campaign.id} created ({when})", err=True)
+    click.echo(campaign.id)
+
+
+#: the service's field names as this command's options
+OPTION_FOR_FIELD = {"at": "--at", "expires_at": "--expires-at", "phone_number_id": "--phone-number-id",
+                    "message": "--message", "name": "--name"}
+
+
+@contextlib.contextmanager
+def _named_as_options() -> Iterator[None]:
+    """A refused field named as the option that set it (`phone_number_id` -> `--phone-number-id`)."""
+    try:
+        yield
+    except MessageInvalid as exc:
+        if not any(p.field in OPTION_FOR_FIELD for p in exc.problems):
+            raise
+        raise MessageInvalid([FieldProblem(OPTION_FOR_FIELD.get(p.field, p.field), p.problem) for p in exc.problems]) from None
+
+
+def _change(campaign_id: int, action: Callable[..., Any], *args: Any) -> Campaign:
+    runtime = load_runtime()
+    with runtime.session_factory.begin() as session:
+        outcome = action(session, campaign_id, *args)
+    return outcome[0] if isinstance(outcome, tuple) else outcome
+
+
+@campaign_group.command("schedule")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with offset (default: the time given at creation, else now).")
+@campaign_errors
+def schedule_command(campaign_id: int, at_text: str | None) -> None:
+    """Schedule a draft (or a paused campaign that never started)."""
+    campaign = _change(campaign_id, campaigns.schedule, parse_at(at_text))
+    click.echo(f"campaign {campaign_id} scheduled for {report.format_utc(campaign.scheduled_at)}")
+
+
+@campaign_group.command("pause")
+@click.argument("campaign_id", type=int)
+@click.option("--reason", default=campaigns.PAUSED_BY_OPERATOR, show_default=True, help="Shown by `campaign show`.")
+@campaign_errors
+def pause_command(campaign_id: int, reason: str) -> None:
+    """Stop dispatching; queued sends return to pending. Takes effect within one dispatcher tick."""
+    _change(campaign_id, campaigns.pause, reason)
+    click.echo(f"campaign {campaign_id} paused")
+
+
+@campaign_group.command("resume")
+@click.argument("campaign_id", type=int)
+@campaign_errors
+def resume_command(campaign_id: int) -> None:
+    """Continue a paused campaign where it stopped (running, or scheduled if it never started)."""
+    campaign = _change(campaign_id, campaigns.resume)
+    click.echo(f"campaign {campaign_id} {campaign.status}")
+
+
+@campaign_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@campaign_errors
+def cancel_command(campaign_id: int) -> None:
+    """Cancel: every pending or queued message becomes cancelled; those mid-send finish on their own."""
+    runtime = load_runtime()
+    with runtime.session_factory.begin() as session:
+        _, cancelled = campaigns.cancel(session, campaign_id)
+    click.echo(f"campaign {campaign_id} cancelled; {cancelled} unsent message(s) cancelled")
+
+
+@campaign_group.command("list")
+@campaign_errors
+def list_command() -> None:
+    """Every campaign with its status, start time and message counts (one grouped query)."""
+    runtime = load_runtime()
+    with runtime.read_sessions() as session:
+        rows = campaigns.list_campaigns(session)
+    click.echo(f"{'id':>6}  {'status':<10} {'scheduled (UTC)':<19}  {'total':>8} {'pending':>8} {'queued':>7} {'sending':>7} {'sent':>8} {'failed':>7} {'other':>6}  name")
+    for campaign, c in rows:
+        other = c["unknown"] + c["cancelled"] + c["rejected"]
+        when = campaign.scheduled_at.strftime("%Y-%m-%d %H:%M:%S") if campaign.scheduled_at else "-"
+        click.echo(f"{campaign.id:>6}  {campaign.status:<10} {when:<19}  {sum(c.values()):>8} {c['pending']:>8} {c['queued']:>7} "
+                   f"{c['sending']:>7} {c['sent']:>8} {c['failed']:>7} {other:>6}  {campaign.name}")
+
+
+def _progress(runtime: Runtime, campaign_id: int) -> report.Progress:
+    with runtime.read_sessions() as session:
+        return report.progress(session, campaign_id, runtime.settings.rate_limit.per_second)
+
+
+@campaign_group.command("show")
+@click.argument("campaign_id", type=int)
+@click.option("--watch", is_flag=True, help="Keep a live progress bar until the campaign completes or is cancelled.")
+@campaign_errors
+def show_command(campaign_id: int, watch: bool) -> None:
+    """Status, schedule, window, counts, sending rate, estimated finish, pause reason and funnel."""
+    runtime = load_runtime()
+    if watch:
+        _watch(runtime, campaign_id)
+    click.echo("\n".join(report.describe(_progress(runtime, campaign_id))))
+
+
+def _watch(runtime: Runtime, campaign_id: int) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[detail]}"))
+    try:
+        with Progress(*columns, refresh_per_second=4) as bar:
+            task = bar.add_task(f"campaign {campaign_id}", total=None, detail="")
+            while True:
+                p = _progress(runtime, campaign_id)
+                status = p.campaign.status
+                label = f"paused ({p.campaign.pause_reason}), still watching" if status == CampaignStatus.PAUSED.value else status
+                eta = p.eta()
+                detail = f"{p.rate_per_minute}/min" + (f", ETA {eta:%H:%M:%S} UTC" if eta and status != "paused" else "")
+                bar.update(task, total=p.total or None, completed=p.done, description=f"campaign {campaign_id} {label}", detail=detail)
+                if status in ENDED or status == CampaignStatus.DRAFT.value:
+                    break  # a draft does nothing until `campaign schedule`
+                time.sleep(WATCH_REFRESH_S)
+    except KeyboardInterrupt:
+        click.echo("stopped watching (the campaign goes on)", err=True)
+
+
+@campaign_group.command("report")
+@click.argument("campaign_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
+@campaign_errors
+def report_command(campaign_id: int, fmt: str, output: str | None) -> None:
+    """One row per recipient: ids, status, attempts, last error, sent time, delivery, reply and late failure."""
+    runtime = load_runtime()
+    write = report.write_csv if fmt == "csv" else report.write_json
+    with runtime.read_sessions() as session:
+        rows = report.report_rows(session, campaign_id)
+        first = next(rows, None)  # raises CampaignNotFound before a file is created
+        stream = _chain(first, rows)
+        if output:
+            with open(output, "w", encoding="utf-8", newline="") as out:
+                count = write(stream, out)
+        else:
+            count = write(stream, sys.stdout)
+        late = report.late_failures(session, campaign_id)
+    click.echo(f"{count} row(s) written" + (f" to {output}" if output else ""), err=True)
+    if late:   # the failure_code/failure_class columns, summed up
+        click.echo("late failures by class: " + ", ".join(f"{k} {n}" for k, n in late.items()), err=True)
+
+
+def _chain(first: dict | None, rest: Any) -> Any:
+    if first is not None:
+        yield first
+        yield from rest
+
+
+@campaign_group.command("test")
+@click.argument("campaign_id", type=int)
+@click.option("--phone", required=True, help="Where the test goes, international format.")
+@campaign_errors
+def test_command(campaign_id: int, phone: str) -> None:
+    """Send the campaign's message, filled with the first recipient's variables, to PHONE now.
+
+    It goes through the normal send path as an ad-hoc message (rate limit, retries, audit trail),
+    so the campaign's counts are untouched. Prints the message id; see `buttoncast message show`.
+    """
+    runtime = load_runtime()
+    message_id = campaigns.send_test(runtime, campaign_id, phone)
+    note = " (no broker configured: it goes out when `buttoncast run` or a dispatcher picks it up)" if runtime.settings.embedded else ""
+    click.echo(f"test message {message_id} to {phone} queued{note}", err=True)
+    click.echo(message_id)

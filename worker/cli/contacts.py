@@ -1,0 +1,155 @@
+"""`buttoncast contacts`: consent state and history, operator opt-out/opt-in, suppression lists, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from worker.contacts import service as contacts
+from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.contacts.importer import OptOutFileError, import_optouts
+from worker.message import normalize_phone
+from worker.models import utcnow
+
+ACTOR = "operator"
+EXPORT_COLUMNS = ("phone", "opted_out", "opted_out_at", "opt_out_source", "opt_out_note", "opted_in_at",
+                  "first_seen_at", "last_inbound_at", "window_open_until", "last_sent_at")
+SUMMARY_DETAIL_ROWS = 20
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(value, datetime) else str(value)
+
+
+@click.group("contacts")
+def contacts_group() -> None:
+    """Contacts: consent (opt-out / opt-in, by what) and each person's 24-hour window."""
+
+
+@contacts_group.command("show")
+@click.argument("phone")
+@friendly_errors
+def show_command(phone: str) -> None:
+    """Consent state and its history, last inbound message, window open until when, recent messages."""
+    runtime = load_runtime()
+    number = normalize_phone(phone, default_region=runtime.settings.default_country_code)
+    with runtime.read_sessions() as session:
+        view = contacts.get_contact(session, number)
+    if view is None:
+        fail(f"no contact {number}: nothing was ever sent to or received from it", 1)
+    now = utcnow()
+    state = (f"OPTED OUT since {_fmt(view.opted_out_at)} by {view.opt_out_source}" + (f" ({view.opt_out_note})" if view.opt_out_note else "")
+             if view.opted_out else "may be messaged" + (f" (opted back in {_fmt(view.opted_in_at)})" if view.opted_in_at else ""))
+    window = (f"open until {_fmt(view.window_open_until)}" if view.window_open(now)
+              else f"closed (since {_fmt(view.window_open_until)})" if view.window_open_until else "closed (never wrote to us)")
+    lines = [
+        f"contact {view.phone}",
+        f"  consent:       {state}",
+        f"  first seen:    {_fmt(view.first_seen_at)}",
+        f"  last inbound:  {_fmt(view.last_inbound_at)}",
+        f"  24-hour window: {window}",
+        f"  last sent:     {_fmt(view.last_sent_at)}",
+        f"  consent history ({len(view.history)}):",
+    ]
+    lines += [f"    {_fmt(h.at)}  {h.action:<8} by {h.source}" + (f": {h.reason}" if h.reason else "")
+              + (f"  ({h.actor})" if h.actor else "") for h in view.history] or ["    (none)"]
+    lines.append(f"  recent messages ({len(view.recent_messages)}):")
+    lines += [f"    message {m.id}" + (f" campaign {m.campaign_id}" if m.campaign_id else " ad-hoc")
+              + f"  {m.status}" + (f" ({m.reason})" if m.reason else "") + f"  created {_fmt(m.created_at)}"
+              + (f" sent {_fmt(m.sent_at)}" if m.sent_at else "") for m in view.recent_messages] or ["    (none)"]
+    click.echo("\n".join(lines))
+
+
+@contacts_group.command("optout")
+@click.argument("phones", nargs=-1, required=True)
+@click.option("--reason", default=None, help="Why (kept with the opt-out and its history).")
+@friendly_errors
+def optout_command(phones: tuple[str, ...], reason: str | None) -> None:
+    """Opt phones out (source operator): their next claim is held, effective when this returns."""
+    runtime = load_runtime()
+    numbers = [normalize_phone(p, default_region=runtime.settings.default_country_code) for p in phones]
+    ensure_schema(runtime)
+    with runtime.session_factory.begin() as session:
+        changed = [n for n in numbers if contacts.opt_out(session, n, source=contacts.SOURCE_OPERATOR, reason=reason, actor=ACTOR)]
+    for n in numbers:
+        click.echo(f"{n}: {'opted out' if n in changed else 'was already opted out'}")
+
+
+@contacts_group.command("optin")
+@click.argument("phones", nargs=-1, required=True)
+@friendly_errors
+def optin_command(phones: tuple[str, ...]) -> None:
+    """Opt phones back in (source operator)."""
+    runtime = load_runtime()
+    numbers = [normalize_phone(p, default_region=runtime.settings.default_country_code) for p in phones]
+    ensure_schema(runtime)
+    with runtime.session_factory.begin() as session:
+        changed = [n for n in numbers if contacts.opt_in(session, n, source=contacts.SOURCE_OPERATOR, actor=ACTOR)]
+    for n in numbers:
+        click.echo(f"{n}: {'opted back in' if n in changed else 'was not opted out'}")
+
+
+@contacts_group.command("import")
+@click.option("--optouts", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV (UTF-8) with a 'phone' column and optionally 'reason': a suppression list.")
+@friendly_errors
+def import_command(path: str) -> None:
+    """Opt out every phone of a suppression list (source import), streamed in batches."""
+    runtime = load_runtime()
+    ensure_schema(runtime)
+    try:
+        result = import_optouts(runtime.session_factory, path, actor=ACTOR,
+                                default_region=runtime.settings.default_country_code)
+    except OptOutFileError as exc:
+        fail(str(exc), 2)
+    click.echo(f"opted out {result.opted_out} contact(s); {result.already_opted_out} already opted out; "
+               f"rejected {result.rejected} row(s)", err=True)
+    if result.problems:
+        click.echo(f"rejected (first {min(SUMMARY_DETAIL_ROWS, len(result.problems))} of {result.rejected}):", err=True)
+        for problem in result.problems[:SUMMARY_DETAIL_ROWS]:
+            click.echo(f"  {problem}", err=True)
+    if result.rejected and not (result.opted_out or result.already_opted_out):
+        sys.exit(1)
+
+
+def _cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (OWASP CSV injection) gets a leading quote."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def _export_row(c: Any) -> dict[str, Any]:
+    until = contacts.window_open_until(c.last_inbound_at)
+    row = {k: getattr(c, k, None) for k in EXPORT_COLUMNS}
+    row.update(opted_out=c.opted_out_at is not None, window_open_until=until)
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+@contacts_group.command("list")
+@click.option("--opted-out", "opted_out", is_flag=True, help="Only contacts who are opted out now.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@friendly_errors
+def list_command(opted_out: bool, fmt: str) -> None:
+    """Export contacts (streamed, in phone order) for other systems."""
+    runtime = load_runtime()
+    out = sys.stdout
+    with runtime.read_sessions() as session:
+        rows = (_export_row(c) for c in contacts.iter_contacts(session, opted_out_only=opted_out))
+        if fmt == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(EXPORT_COLUMNS)
+            for row in rows:
+                writer.writerow(["" if row[k] is None else _cell(row[k]) for k in EXPORT_COLUMNS])
+        else:
+            count = 0
+            out.write("[")
+            for row in rows:
+                out.write(("\n" if count == 0 else ",\n") + json.dumps(row, ensure_ascii=False))
+                count += 1
+            out.write("\n]\n" if count else "]\n")

@@ -1,0 +1,83 @@
+"""Embedded mode (`buttoncast run`): broker, worker, beat and the in-memory rate limiter in one process.
+
+The broker is kombu's in-memory transport, so only this process can consume what it publishes;
+`buttoncast send` from another shell stores the message as queued and the dispatcher tick here
+publishes it. The database (SQLite by default) is still the source of truth: stopping and starting
+again resumes where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import sqlalchemy as sa
+from celery import beat
+
+from worker.cli.ops import worker_argv
+from worker.models import Campaign, Message
+from worker.queues import ALL_QUEUES
+from worker.runtime import Runtime
+from worker.status import CampaignStatus, MessageStatus
+
+log = logging.getLogger("buttoncast.embedded")
+IDLE_CHECK_INTERVAL_S = 1.0
+IDLE_CHECKS_BEFORE_EXIT = 2
+
+
+def is_idle(runtime: Runtime) -> bool:
+    """No campaign running or scheduled, and no message pending, queued or sending."""
+    with runtime.session_factory() as session:
+        active_campaign = session.scalar(
+            sa.select(sa.func.count()).select_from(Campaign)
+            .where(Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
+        )
+        unfinished = session.scalar(
+            sa.select(sa.func.count()).select_from(Message).where(
+                Message.status.in_([MessageStatus.QUEUED.value, MessageStatus.SENDING.value]) |
+                ((Message.status == MessageStatus.PENDING.value) & Message.campaign_id.is_(None))
+            )
+        )
+    return not active_campaign and not unfinished
+
+
+def _stop_when_idle(runtime: Runtime, stop: threading.Event) -> None:
+    quiet = 0
+    while not stop.wait(IDLE_CHECK_INTERVAL_S):
+        try:
+            quiet = quiet + 1 if is_idle(runtime) else 0
+        except Exception:  # noqa: BLE001 - a busy database: check again next second
+            quiet = 0
+        if quiet >= IDLE_CHECKS_BEFORE_EXIT:
+            log.info("nothing left to send; stopping")
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker's own warm shutdown
+            return
+
+
+def run_embedded(runtime: Runtime, *, concurrency: int, until_idle: bool = False, loglevel: str = "INFO",
+                 quiet: bool = False) -> None:
+    """Block running worker + beat in this process until SIGTERM/SIGINT (or idle, if asked).
+
+    `quiet` leaves out Celery's startup banner (the demo draws its own progress on stdout).
+    """
+    import scheduler.tasks  # noqa: F401 - register tasks on the app
+    import worker.sending.tasks  # noqa: F401
+
+    runtime.in_process_worker = True
+    app = runtime.celery
+    clock = beat.EmbeddedService(app, thread=True, scheduler_cls="celery.beat:Scheduler")
+    clock.start()
+    stop = threading.Event()
+    if until_idle:
+        threading.Thread(target=_stop_when_idle, args=(runtime, stop), name="idle-watch", daemon=True).start()
+    try:
+        app.worker_main((["--quiet"] if quiet else []) + worker_argv(concurrency, ALL_QUEUES, loglevel))
+    except SystemExit:
+        pass
+    finally:
+        stop.set()
+        clock.stop()
+        time.sleep(0.1)

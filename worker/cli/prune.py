@@ -1,0 +1,47 @@
+"""`buttoncast prune`: delete history older than the retention period (issue 12 item 15).
+
+Parses the options and calls scheduler.retention.prune; the rules live there.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import click
+
+from worker.cli.common import ensure_schema, friendly_errors, load_runtime
+from scheduler.retention import TABLES, prune
+
+_AGE_RE = re.compile(r"^\s*(\d+)\s*(d|h|m)?\s*$", re.I)
+_UNIT = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def parse_age(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, or a bare number of days."""
+    match = _AGE_RE.match(text or "")
+    if not match or int(match.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not an age; write e.g. 30d, 12h or 90m (more than 0)")
+    return timedelta(**{_UNIT[(match.group(2) or "d").lower()]: int(match.group(1))})
+
+
+@click.command("prune")
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="e.g. 30d, 12h (default: RETENTION_DAYS days)")
+@click.option("--dry-run", is_flag=True, help="count what would be deleted; delete nothing")
+@friendly_errors
+def prune_command(older_than: str | None, dry_run: bool) -> None:
+    """Delete attempts, message_events and webhook_events older than AGE (messages are kept)."""
+    runtime = load_runtime()
+    settings = runtime.settings
+    if older_than is None and settings.retention_days == 0:
+        click.echo("RETENTION_DAYS=0: history is kept for ever; pass --older-than to prune anyway")
+        return
+    age = parse_age(older_than) if older_than is not None else timedelta(days=settings.retention_days)
+    ensure_schema(runtime)
+    report = prune(runtime.session_factory, older_than=age, dry_run=dry_run,
+                   match_window_s=settings.webhook_match_window_s)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"rows older than {report.cutoff.isoformat(timespec='seconds')}:")
+    for table in TABLES:
+        click.echo(f"  {table}: {verb} {report.deleted[table]}")

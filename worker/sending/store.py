@@ -1,0 +1,422 @@
+"""Every write the send path makes to a message row, each one conditional and atomic.
+
+A claim is one conditional UPDATE (only a `queued` row becomes `sending`), and every outcome write
+is guarded by the claim token, so a task delivered twice, a sweeper racing a live worker, or a stale
+worker coming back cannot move a message it no longer owns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from worker.sending.client import AttemptRecord, SendResult
+from worker.errors import AwalError
+from worker.sending import gate as consent_gate
+from worker.fit import fit
+from worker.sending.gate import NO_CAP, Gate
+from worker.hooks import outbox as hooks_outbox
+from worker.hooks.events import HookEvent
+from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, UTCDateTime, utcnow
+from worker.status import CampaignStatus, MessageStatus
+
+Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
+
+
+Unit = Session | sa.Connection   # a transaction, or (Postgres) an autocommit connection for one statement
+
+
+def _core(unit: Unit) -> sa.Connection:
+    """The connection, for the send path's statements: run through Core they skip the ORM's
+    bulk-UPDATE machinery (about 0.8 ms of CPU per statement), same SQL, same transaction."""
+    return unit.connection() if isinstance(unit, Session) else unit
+
+
+def _param(name: str, type_: sa.types.TypeEngine | None = None) -> sa.BindParameter:
+    return sa.bindparam(name, type_=type_)
+
+
+# The hot statements are built once: constructing an UPDATE with its WHERE clause cost more CPU
+# than executing it (about 0.2 ms each, measured with `bench/send_loop.py --profile`).
+_NOW = _param("p_now", UTCDateTime())   # one "now" per statement: when the write happened
+_LOAD_JOB = (
+    sa.select(
+        Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
+        Message.phone, Message.content, Message.attempts, Message.not_before,
+        Campaign.window_start, Campaign.window_end, Campaign.window_tz,   # issue 12 item 8: checked at send time
+    )
+    .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+    .where(Message.id == _param("p_message_id"))
+)
+
+
+def _claim_statement(*, capped: bool) -> sa.Update:
+    """queued -> sending, only if the gate lets the message through (worker.sending.gate: opted out,
+    expired, window closed, frequency cap are conditions of this same UPDATE)."""
+    return (
+        sa.update(Message)
+        .where(
+            Message.id == _param("p_message_id"),
+            Message.status == Q,
+            sa.or_(Message.not_before.is_(None), Message.not_before <= _NOW),
+            *consent_gate.conditions(capped=capped),
+        )
+        .values(status=S, claim_token=_param("p_token"), claimed_by=_param("p_worker"),
+                sending_at=_NOW, updated_at=_NOW)
+        .execution_options(synchronize_session=False)
+    )
+
+
+_CLAIM = _claim_statement(capped=False)
+_CLAIM_CAPPED = _claim_statement(capped=True)
+
+
+@dataclass(frozen=True)
+class SendJob:
+    """What a worker needs to send one message, read in one query."""
+
+    id: int
+    status: str
+    campaign_id: int | None
+    campaign_status: str | None
+    phone_number_id: str
+    phone: str
+    content: dict
+    attempts: int
+    not_before: datetime | None
+    window_start: str | None = None   # the campaign's daily send window (worker.window); None: always open
+    window_end: str | None = None
+    window_tz: str | None = None
+
+
+def load_job(unit: Unit, message_id: int) -> SendJob | None:
+    row = _core(unit).execute(_LOAD_JOB, {"p_message_id": message_id}).one_or_none()
+    return SendJob(*row) if row else None
+
+
+def claim(unit: Unit, message_id: int, *, worker: str, now: datetime | None = None, gate: Gate = NO_CAP) -> str | None:
+    """queued -> sending, atomically, if the gate lets it through. Returns the claim token, or None
+    if someone else has it, it is not due, or the gate bars it (worker.sending.gate.hold says why)."""
+    token = uuid.uuid4().hex
+    now = now or utcnow()
+    params = {"p_message_id": message_id, "p_now": now, "p_token": token, "p_worker": worker, **gate.params(now)}
+    result = _core(unit).execute(_CLAIM_CAPPED if gate.frequency_cap else _CLAIM, params)
+    return token if result.rowcount == 1 else None
+
+
+def _owned(message_id: int | sa.BindParameter, token: str | sa.BindParameter):  # noqa: ANN202
+    # `unknown` is included: a sweeper may have given up on a slow worker that then got an answer;
+    # a definite answer from the vendor is better evidence than the sweeper's guess.
+    return sa.and_(
+        Message.id == message_id,
+        Message.claim_token == token,
+        Message.status.in_([S, MessageStatus.UNKNOWN.value]),
+    )
+
+
+_ATTEMPT_FIELDS = ("started_at", "duration_ms", "http_status", "outcome", "error_code", "error_message",
+                   "request_id", "vendor_message_id")   # AttemptRecord's fields that are Attempt columns
+
+
+def _attempt_values(a: AttemptRecord) -> dict:
+    """The attempt's columns, every string fitted to its column (worker.fit)."""
+    values = {c: getattr(a, c) for c in _ATTEMPT_FIELDS}
+    for c in _ATTEMPT_FIELDS:
+        if isinstance(values[c], str):
+            values[c] = fit(Attempt.__table__.c[c], values[c])
+    return values
+
+
+def _attempt_row(message_id: int, a: AttemptRecord, worker: str) -> dict:
+    return dict(message_id=message_id, worker=worker, **_attempt_values(a))
+
+
+def _add_attempts(unit: Unit, message_id: int, attempts: list[AttemptRecord], worker: str) -> None:
+    if attempts:
+        _core(unit).execute(sa.insert(Attempt), [_attempt_row(message_id, a, worker) for a in attempts])
+
+
+def _counted(attempts: list[AttemptRecord]) -> int:
+    """HTTP attempts that count against the retry budget: 429s are not the message's fault."""
+    return sum(1 for a in attempts if a.http_status != 429)
+
+
+_RECORD_SENT = (
+    sa.update(Message)
+    .where(_owned(_param("p_message_id"), _param("p_token")))
+    .values(
+        status=MessageStatus.SENT.value, vendor_id=_param("p_vendor_id", sa.BigInteger()),
+        vendor_message_id=_param("p_vendor_message_id", sa.String()), vendor_status=_param("p_vendor_status", sa.String()),
+        sent_at=_NOW, finished_at=_NOW, updated_at=_NOW, attempts=Message.attempts + _param("p_counted", sa.Integer()),
+        last_error_code=None, last_error_message=None, last_request_id=None, not_before=None,
+    )
+    .execution_options(synchronize_session=False)
+)
+# A send breaks both streaks: permanent failures and ambiguous (unknown) outcomes.
+_STREAK_RUNNING = sa.or_(Campaign.consecutive_failures != 0, Campaign.consecutive_unknown != 0)
+_RESET_FAILURE_STREAK = (
+    sa.update(Campaign)
+    .where(Campaign.id == _param("p_campaign_id"), _STREAK_RUNNING)
+    .values(consecutive_failures=0, consecutive_unknown=0, updated_at=_NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
+_CONTACT_SENT = (   # the contact's last sent time (a contact made at enqueue or import; none: nothing to do)
+    sa.update(Contact)
+    .where(Contact.phone == _param("p_phone", sa.String()))
+    .values(last_sent_at=_NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
+_CONTACT_SENT_BY_MESSAGE = (
+    sa.update(Contact)
+    .where(Contact.phone == sa.select(Message.phone).where(Message.id == _param("p_message_id")).scalar_subquery())
+    .values(last_sent_at=_NOW)
+    .execution_options(synchronize_session=False)
+)
+
+
+def _record_sent_statement(with_hook: bool = False) -> sa.Select:
+    """Postgres: the sent-row UPDATE, its attempt row, the failure-streak reset and the contact's
+    last-sent stamp as ONE statement (data-modifying CTEs), so on an autocommit connection the whole
+    record is one round trip and still atomic. Selects how many message rows the claim token still
+    owned (0 or 1). `with_hook`: one more CTE writes the message.sent outbox rows (worker.hooks.outbox)."""
+    sent = _RECORD_SENT.returning(Message.id, Message.campaign_id, Message.phone).cte("sent")
+    streak = (
+        sa.update(Campaign)
+        .where(Campaign.id.in_(sa.select(sent.c.campaign_id)), _STREAK_RUNNING)
+        .values(consecutive_failures=0, consecutive_unknown=0, updated_at=_NOW)
+        .cte("streak")
+    )
+    attempt = sa.insert(Attempt).values(
+        message_id=_param("p_message_id"), worker=_param("p_worker", sa.String()),
+        **{c: _param(f"p_attempt_{c}", Attempt.__table__.c[c].type) for c in _ATTEMPT_FIELDS},
+    ).cte("attempt")
+    contact = (
+        sa.update(Contact)
+        .where(Contact.phone.in_(sa.select(sent.c.phone)))
+        .values(last_sent_at=_NOW)
+        .cte("contact")
+    )
+    hook = [hooks_outbox.sent_event_cte(sent)] if with_hook else []
+    return sa.select(sa.func.count()).select_from(sent).add_cte(streak, attempt, contact, *hook)
+
+
+_RECORD_SENT_ONE_STATEMENT = _record_sent_statement()
+_RECORD_SENT_ONE_STATEMENT_WITH_HOOK = _record_sent_statement(with_hook=True)
+
+
+def record_sent(
+    unit: Unit, message_id: int, token: str, result: SendResult, attempts: list[AttemptRecord], worker: str,
+    campaign_id: int | None = None, phone: str | None = None,
+) -> bool:
+    """sending -> sent with the vendor's ids, the attempt rows, and the campaign's failure streak
+    broken; only while `token` still owns the row. The contact's last_sent_at too (Postgres one
+    statement; otherwise by `phone`, or the message row's phone when it is not given).
+
+    One attempt (the usual case) on a Postgres connection outside a transaction: one statement.
+    Otherwise `unit` must be a transaction (several attempts after in-client retries keep their
+    order in the table only when inserted in order; PostgreSQL runs the parts of one statement in no
+    particular order)."""
+    conn = _core(unit)
+    now = utcnow()
+    params = {"p_message_id": message_id, "p_token": token, "p_now": now, "p_vendor_id": result.vendor_id,
+              "p_vendor_message_id": fit(Message.vendor_message_id, result.message_id),
+              "p_vendor_status": fit(Message.vendor_status, result.vendor_status),
+              "p_counted": _counted(attempts), "p_worker": worker, "p_campaign_id": campaign_id}
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        if len(attempts) != 1 or conn.dialect.name != "postgresql":
+            raise ValueError(f"recording {len(attempts)} attempts on {conn.dialect.name} needs a transaction")
+        params.update({f"p_attempt_{c}": v for c, v in _attempt_values(attempts[0]).items()})
+        statement = _RECORD_SENT_ONE_STATEMENT
+        if hooks_outbox.subscribed(conn, HookEvent.MESSAGE_SENT):   # a cached answer, not a query
+            statement = _RECORD_SENT_ONE_STATEMENT_WITH_HOOK
+            params.update(hooks_outbox.sent_params(vendor_id=result.vendor_id, vendor_message_id=params["p_vendor_message_id"],
+                                                   vendor_status=params["p_vendor_status"], now=now))
+        return conn.execute(statement, params).scalar_one() == 1
+    done = conn.execute(_RECORD_SENT, params).rowcount
+    _add_attempts(conn, message_id, attempts, worker)
+    if campaign_id is not None:
+        conn.execute(_RESET_FAILURE_STREAK, params)
+    if done:   # a replay from the journal passes no phone: the message row knows it
+        conn.execute(_CONTACT_SENT if phone is not None else _CONTACT_SENT_BY_MESSAGE,
+                     {"p_phone": phone, "p_message_id": message_id, "p_now": params["p_now"]})
+    if done == 1:
+        hooks_outbox.emit(conn, HookEvent.MESSAGE_SENT, message_id=message_id, now=now, data=hooks_outbox.sent_data(
+            vendor_id=result.vendor_id, vendor_message_id=result.message_id, vendor_status=result.vendor_status, now=now))
+    return done == 1
+
+
+def record_error(
+    session: Session,
+    message_id: int,
+    token: str,
+    *,
+    status: MessageStatus,
+    error: AwalError,
+    attempts: list[AttemptRecord],
+    worker: str,
+    not_before: datetime | None = None,
+) -> str | None:
+    """Record a failure outcome: failed, unknown, or back to queued/pending with a not-before time.
+
+    Returns the status written (None when `token` no longer owns the row). A row sent back to
+    queued/pending whose campaign was cancelled meanwhile is written `cancelled` instead (see
+    `_back_unless_cancelled`)."""
+    now = utcnow()
+    values: dict = dict(
+        status=status.value, updated_at=now, attempts=Message.attempts + _counted(attempts),
+        last_error_code=fit(Message.last_error_code, error.code), last_error_message=fit(Message.last_error_message, error.message),
+        last_request_id=fit(Message.last_request_id, error.request_id),
+        not_before=not_before,
+    )
+    if status in (MessageStatus.QUEUED, MessageStatus.PENDING):
+        values.update(claim_token=None, enqueued_at=None)
+        written = _back_unless_cancelled(session, _owned(message_id, token), values, from_status=S, actor=worker, now=now)
+    else:
+        if status.is_final:
+            values["finished_at"] = now
+        done = _core(session).execute(
+            sa.update(Message).where(_owned(message_id, token)).values(**values).execution_options(synchronize_session=False)
+        ).rowcount
+        written = status.value if done else None
+        if done and status in (MessageStatus.FAILED, MessageStatus.REJECTED):
+            hooks_outbox.emit(session, HookEvent.MESSAGE_FAILED, message_id=message_id, now=now, data={
+                "status": status.value, "stage": "send", "error_code": error.code,
+                "error_message": error.message[:1000], "request_id": error.request_id})
+    _add_attempts(session, message_id, attempts, worker)
+    return written
+
+
+CANCELLED_IN_FLIGHT = "campaign cancelled while the send was in flight"
+_CAMPAIGN_CANCELLED = (
+    sa.select(Campaign.id)
+    .where(Campaign.id == Message.campaign_id, Campaign.status == CampaignStatus.CANCELLED.value)
+    .exists()
+)
+
+
+def _back_unless_cancelled(unit: Unit, where: sa.ColumnElement[bool], values: dict, *, from_status: str,
+                           actor: str | None, now: datetime) -> str | None:
+    """Issue 12 item 7: the one write that returns a row to queued/pending. If its campaign is
+    cancelled the same statement writes `cancelled` (nothing would ever move a queued row of a
+    cancelled campaign) and an event says why; if its campaign had completed meanwhile (a late
+    answer after the sweeper's `unknown`), the campaign reopens so the dispatcher serves the row.
+    Returns the status written, or None when `where` matched nothing."""
+    target = values["status"]
+    values = dict(values, status=sa.case((_CAMPAIGN_CANCELLED, MessageStatus.CANCELLED.value), else_=target),
+                  finished_at=sa.case((_CAMPAIGN_CANCELLED, now), else_=None))
+    row = _core(unit).execute(
+        sa.update(Message).where(where).values(**values)
+        .returning(Message.id, Message.status, Message.campaign_id)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.status == MessageStatus.CANCELLED.value:
+        _core(unit).execute(sa.insert(MessageEvent).values(
+            message_id=row.id, at=now, from_status=from_status, to_status=row.status, reason=CANCELLED_IN_FLIGHT, actor=actor))
+    elif row.campaign_id is not None:
+        _core(unit).execute(
+            sa.update(Campaign)
+            .where(Campaign.id == row.campaign_id, Campaign.status == CampaignStatus.COMPLETED.value)
+            .values(status=CampaignStatus.RUNNING.value, finished_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return row.status
+
+
+def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q, actor: str | None = None) -> bool:
+    """A queued message that could not get a rate slot soon: back to the database, due later.
+
+    Its task is done; the dispatcher publishes a new one when `not_before` has passed. (On a
+    Postgres autocommit connection the rare cancelled case is two statements: the row first.)
+    """
+    written = _back_unless_cancelled(
+        unit, sa.and_(Message.id == message_id, Message.status == from_status),
+        dict(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow()),
+        from_status=from_status, actor=actor, now=utcnow(),
+    )
+    return written == Q
+
+
+def return_to_pending(session: Session, message_id: int, *, reason: str, actor: str, token: str | None = None) -> bool:
+    """Paused campaign (or a 401): the message goes back untouched, to be dispatched on resume."""
+    cond = _owned(message_id, token) if token else sa.and_(Message.id == message_id, Message.status == Q)
+    from_status = S if token else Q
+    written = _back_unless_cancelled(
+        session, cond,
+        dict(status=MessageStatus.PENDING.value, claim_token=None, enqueued_at=None, queued_at=None,
+             not_before=None, updated_at=utcnow()),
+        from_status=from_status, actor=actor, now=utcnow(),
+    )
+    if written == MessageStatus.PENDING.value:
+        add_event(session, message_id, from_status, MessageStatus.PENDING.value, reason, actor)
+    return written == MessageStatus.PENDING.value
+
+
+def cancel_one(session: Session, message_id: int, *, actor: str) -> bool:
+    done = session.execute(
+        sa.update(Message)
+        .where(Message.id == message_id, Message.status == Q)
+        .values(status=MessageStatus.CANCELLED.value, finished_at=utcnow(), updated_at=utcnow(), enqueued_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done:
+        add_event(session, message_id, Q, MessageStatus.CANCELLED.value, "campaign cancelled", actor)
+    return done == 1
+
+
+def add_event(session: Session, message_id: int, from_status: str | None, to_status: str, reason: str, actor: str | None) -> None:
+    session.add(MessageEvent(message_id=message_id, from_status=from_status, to_status=to_status,
+                             reason=fit(MessageEvent.reason, reason), actor=actor))
+
+
+def note_campaign_failure(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
+    """Count a permanent failure; pause the campaign when the streak reaches `threshold`."""
+    return _note_streak(session, campaign_id, Campaign.consecutive_failures, threshold=threshold,
+                        reason=f"consecutive permanent failures; last: {reason}")
+
+
+def note_campaign_unknown(session: Session, campaign_id: int, *, threshold: int, reason: str) -> bool:
+    """Count an ambiguous outcome (`unknown`); pause the campaign when the streak reaches
+    `threshold`, so a systematic fault does not turn a whole campaign `unknown` at full rate."""
+    return _note_streak(session, campaign_id, Campaign.consecutive_unknown, threshold=threshold,
+                        reason=f"ambiguous outcomes (unknown: request sent, no answer) without a send; last: {reason}")
+
+
+def _note_streak(session: Session, campaign_id: int, counter: sa.orm.InstrumentedAttribute, *, threshold: int,
+                 reason: str) -> bool:
+    """Add one to a streak counter (reset by every send, see record_sent); pause at `threshold`."""
+    streak = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id)
+        .values({counter.key: counter + 1})
+        .returning(counter)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none() or 0
+    if streak >= threshold:
+        return pause_campaign(session, campaign_id, reason=f"{streak} {reason}")
+    return False
+
+
+def pause_campaign(session: Session, campaign_id: int, *, reason: str) -> bool:
+    """running/scheduled -> paused with the reason shown to operators."""
+    done = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
+        .values(status=CampaignStatus.PAUSED.value, pause_reason=fit(Campaign.pause_reason, reason), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return done == 1
+
+
+def backoff_until(attempts: int, *, base_s: float, max_s: float, now: datetime | None = None) -> datetime:
+    delay = min(max_s, base_s * (2 ** max(0, attempts - 1)))
+    return (now or utcnow()) + timedelta(seconds=delay)
