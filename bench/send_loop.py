@@ -37,11 +37,11 @@ def client_loop(settings, count: int) -> tuple[float, float]:  # noqa: ANN001
 
 def send_loop(env: dict[str, str], ids: list[int], warmup: int, profile: bool) -> tuple[float, float, str]:
     from worker.runtime import Runtime
-    from worker.sending.send import Outcome, send_message
+    from worker.sending.send import Outcome, send_deps, send_message
     from worker.settings import Settings
 
     runtime = Runtime(Settings.from_env(env))
-    deps = runtime.send_deps()
+    deps = send_deps(runtime)
     try:
         for message_id in ids[:warmup]:
             send_message(message_id, deps)

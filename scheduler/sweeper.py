@@ -146,7 +146,7 @@ def _hand_back_stale_queued(runtime: Runtime, published_before: datetime, now: d
 
 def apply_outcome_journal(runtime: Runtime) -> int:
     """Issue 12 item 13: record the outcomes the database refused (kept in the journal)."""
-    return journal.apply_entries(runtime.journal, runtime.session_factory, actor=ACTOR)
+    return journal.apply_entries(journal.journal_of(runtime), runtime.session_factory, actor=ACTOR)
 
 
 def _match_webhook_events(runtime: Runtime) -> int:

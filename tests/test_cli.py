@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from tests.conftest import stack_env
 from worker.cli import main
+from worker.sending.send import send_deps
 
 
 @pytest.fixture()
@@ -59,7 +60,7 @@ def test_message_show_prints_status_ids_and_the_audit_trail(env, sqlite_url) -> 
 
     message_id = int(run(env, "send", "--phone", "966500000002", "--body", "Hi", "--button", "yes:Yes").stdout)
     rt = make_runtime(env)
-    send_message(message_id, rt.send_deps())
+    send_message(message_id, send_deps(rt))
     rt.close()
 
     result = run(env, "message", "show", str(message_id))

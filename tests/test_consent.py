@@ -19,7 +19,7 @@ from worker.contacts.importer import import_optouts
 from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.errors import ConfigError, MessageInvalid
 from worker.models import Campaign, Contact, ContactEvent, Message, MessageEvent, utcnow
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
 from worker.settings import FrequencyCap, Settings
 from worker.status import MessageStatus
 from worker.webhooks.apply import record_and_apply
@@ -122,7 +122,7 @@ def test_a_send_records_the_contacts_last_sent_time(runtime) -> None:
     """Issue 13 item 1: contacts are filled by sends (enqueue makes the contact, the send stamps it)."""
     phone = new_phone()
     mid = enqueue(runtime, phone)
-    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+    assert send_message(mid, send_deps(runtime)) is Outcome.SENT
     with runtime.session_factory() as s:
         contact = s.get(Contact, phone)
     assert contact is not None and contact.last_sent_at == load(runtime, mid).sent_at
@@ -178,7 +178,7 @@ def test_a_stop_reply_holds_the_next_ad_hoc_send_as_suppressed_and_start_lets_it
     inbound(runtime, phone, "  sToP \n")
     assert opted_out(runtime, phone)
     held = enqueue(runtime, phone)
-    assert send_message(held, runtime.send_deps()) is Outcome.SUPPRESSED
+    assert send_message(held, send_deps(runtime)) is Outcome.SUPPRESSED
     msg = load(runtime, held)
     assert (msg.status, msg.last_error_code) == ("suppressed", "opted_out") and msg.finished_at is not None
     assert vendor.received(phone=phone) == []
@@ -188,7 +188,7 @@ def test_a_stop_reply_holds_the_next_ad_hoc_send_as_suppressed_and_start_lets_it
 
     inbound(runtime, phone, "START")
     later = enqueue(runtime, phone)
-    assert send_message(later, runtime.send_deps()) is Outcome.SENT
+    assert send_message(later, send_deps(runtime)) is Outcome.SENT
     assert len(vendor.received(phone=phone)) == 1
 
 
@@ -245,7 +245,7 @@ def test_require_open_window_holds_a_closed_window_and_sends_an_open_one(runtime
         contacts.record_inbound(s, stale, at=utcnow() - timedelta(hours=25))
         contacts.record_inbound(s, fresh, at=utcnow() - timedelta(hours=23))
     ids = {p: enqueue(runtime, p, require_open_window=True) for p in (never, stale, fresh)}
-    outcomes = {p: send_message(i, runtime.send_deps()) for p, i in ids.items()}
+    outcomes = {p: send_message(i, send_deps(runtime)) for p, i in ids.items()}
     assert outcomes == {never: Outcome.SUPPRESSED, stale: Outcome.SUPPRESSED, fresh: Outcome.SENT}
     assert load(runtime, ids[stale]).last_error_code == "window_closed"
     assert [r["phone"] for r in vendor.received()] == [fresh]
@@ -259,9 +259,9 @@ def test_expiry_on_every_ad_hoc_entry_point(runtime, sandbox) -> None:
     by_payload = enqueue_payload({"phone": new_phone(), "body_text": "Hi", "buttons": BUTTONS,
                                   "expires_at": past.isoformat()}, runtime)["message_id"]
     still_valid = enqueue(runtime, new_phone(), expires_at=utcnow() + timedelta(hours=1))
-    assert send_message(by_python, runtime.send_deps()) is Outcome.EXPIRED
-    assert send_message(by_payload, runtime.send_deps()) is Outcome.EXPIRED
-    assert send_message(still_valid, runtime.send_deps()) is Outcome.SENT
+    assert send_message(by_python, send_deps(runtime)) is Outcome.EXPIRED
+    assert send_message(by_payload, send_deps(runtime)) is Outcome.EXPIRED
+    assert send_message(still_valid, send_deps(runtime)) is Outcome.SENT
     assert load(runtime, by_payload).status == "expired" and len(vendor.received()) == 1
 
 
@@ -325,7 +325,7 @@ def test_an_opt_out_arriving_mid_campaign_holds_that_phones_queued_message(runti
     dispatch_tick(runtime)
     [mid] = published
     inbound(runtime, phone, "STOP")                 # arrives while the task waits on the broker
-    assert send_message(mid, runtime.send_deps()) is Outcome.SUPPRESSED
+    assert send_message(mid, send_deps(runtime)) is Outcome.SUPPRESSED
     with runtime.session_factory() as s:
         assert campaigns.status_counts(s, campaign_id)["suppressed"] == 1
 
@@ -349,10 +349,10 @@ def test_the_frequency_cap_holds_campaign_messages_and_exempts_ad_hoc(runtime) -
     with rt.session_factory.begin() as s:
         s.execute(sa.update(Message).where(Message.campaign_id.in_([second, third])).values(status="queued"))
         ids = {c: s.scalar(sa.select(Message.id).where(Message.campaign_id == c)) for c in (second, third)}
-    assert send_message(ids[second], rt.send_deps()) is Outcome.SENT       # 1 in the period before it
-    assert send_message(ids[third], rt.send_deps()) is Outcome.SUPPRESSED  # 2 now
+    assert send_message(ids[second], send_deps(rt)) is Outcome.SENT       # 1 in the period before it
+    assert send_message(ids[third], send_deps(rt)) is Outcome.SUPPRESSED  # 2 now
     assert load(rt, ids[third]).last_error_code == "frequency_cap"
-    assert send_message(enqueue(rt, phone), rt.send_deps()) is Outcome.SENT  # ad-hoc is exempt
+    assert send_message(enqueue(rt, phone), send_deps(rt)) is Outcome.SENT  # ad-hoc is exempt
     rt.close()
 
 

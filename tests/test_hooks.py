@@ -27,7 +27,7 @@ from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox
 from worker.hooks.signing import endpoint_secret, signature_header
 from worker.hooks.verify import SignatureError, verify
 from worker.models import Message, utcnow
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
 from worker.settings import Secret
 from worker.webhooks.apply import record_and_apply
 from worker.webhooks.events import parse_body
@@ -64,7 +64,7 @@ def add(rt: Any, url: str, events: str) -> tuple[int, str]:
 
 def send_one(rt: Any, phone: str | None = None) -> int:
     mid = enqueue_message(phone=phone or f"9665{next(_phones)}", body_text="Hello", buttons=BUTTONS, runtime=rt)
-    send_message(mid, rt.send_deps())
+    send_message(mid, send_deps(rt))
     return mid
 
 

@@ -24,7 +24,7 @@ from worker.sending.client import AttemptRecord, SendResult
 from worker.errors import AmbiguousError, AuthenticationFailed, PermanentError, RateLimited, ServerError
 from worker.models import Campaign, Message, MessageEvent, utcnow
 from worker.ratelimit.base import Reservation
-from worker.sending.send import send_message
+from worker.sending.send import send_message, send_deps
 from worker.status import CampaignStatus, MessageStatus
 
 CONTENT = {"body_text": "Hi", "buttons": [{"id": "a", "title": "A"}]}
@@ -148,7 +148,7 @@ def drive_to_the_end(rt, monkeypatch) -> None:  # noqa: ANN001
     """The operator resumes what is paused and schedules drafts; dispatcher ticks and workers run."""
     published: list[int] = []
     monkeypatch.setattr(dispatcher, "publish_send_tasks", lambda celery, ids, *, queue: published.extend(ids))
-    deps = dataclasses.replace(rt.send_deps(), client=AcceptingClient())
+    deps = dataclasses.replace(send_deps(rt), client=AcceptingClient())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         camps, _ = state(rt)
@@ -175,7 +175,7 @@ def test_every_row_can_finish_and_every_campaign_ends_whatever_changed_mid_send(
     seeded = seed(rt)
     status_by_phone = {phone: (cid, status) for status, (cid, _, phone) in seeded.items()}
     limiter = RefusingLimiter(rt.limiter)
-    deps = dataclasses.replace(rt.send_deps(), client=InFlightClient(rt, outcome, status_by_phone, limiter), limiter=limiter)
+    deps = dataclasses.replace(send_deps(rt), client=InFlightClient(rt, outcome, status_by_phone, limiter), limiter=limiter)
     for status, (cid, mid, _) in seeded.items():
         if outcome == "deferred_before_claim":
             limiter.on_acquire = lambda cid=cid, status=status: _set_status(rt, cid, status)

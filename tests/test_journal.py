@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from scheduler.sweeper import sweep
 from tests.conftest import make_runtime, stack_env
 from worker.sending.client import AttemptRecord, SendResult
-from worker.sending.journal import JournalEntry, MemoryJournal, RedisJournal, apply_entries
+from worker.sending.journal import JournalEntry, MemoryJournal, RedisJournal, apply_entries, journal_of
 from worker.models import Attempt, Message, utcnow
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
@@ -89,7 +89,7 @@ def test_issue12_item13_an_entry_whose_claim_was_superseded_changes_nothing(rt, 
 def test_issue12_item13_the_sweep_applies_the_journal_before_giving_up_on_sending_rows(rt) -> None:
     """Issue 12 item 13: a row past SENDING_TIMEOUT_S with a journaled 200 ends sent, not unknown."""
     mid = add_sending(rt)
-    rt.journal.append(entry_for(mid))   # embedded runtime (no Redis): the memory journal
+    journal_of(rt).append(entry_for(mid))   # embedded runtime (no Redis): the memory journal
 
     report = sweep(rt)
 

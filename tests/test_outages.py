@@ -24,7 +24,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
 
-from scheduler import tasks
+from worker import ticks
 from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import sweep
 from tests.chaos_scenario import PrivateRedis
@@ -34,7 +34,9 @@ from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
 from worker.ratelimit import MemoryRateLimiter
 from worker.runtime import install_runtime
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.client import client_of
+from worker.sending.journal import journal_of
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 _phones = iter(range(20_000_000, 99_999_999))
@@ -75,13 +77,13 @@ def test_with_the_brokers_redis_down_a_dispatch_tick_fails_logs_once_and_marks_n
     rt = make_runtime(stack_env(database_url=clean_postgres, sandbox_url="http://127.0.0.1:9",
                                 broker_url=private_redis.url, AWAL_RATE_LIMIT="1000/s"))
     install_runtime(rt)
-    monkeypatch.setattr(tasks, "_failing", {})
+    monkeypatch.setattr(ticks, "_failing", {})
     mid = add_queued(rt)
     caplog.set_level(logging.INFO, logger="buttoncast.scheduler")
     try:
         # When two dispatch ticks run
         for _ in range(2):
-            assert tasks.run_tick("dispatch", dispatch_tick) is None
+            assert ticks.run_tick("dispatch", dispatch_tick) is None
 
         # Then one ERROR line, and the message is still queued with no task out (not sent, not failed)
         errors = [r for r in caplog.records if r.name == "buttoncast.scheduler" and r.levelno == logging.ERROR]
@@ -91,7 +93,7 @@ def test_with_the_brokers_redis_down_a_dispatch_tick_fails_logs_once_and_marks_n
 
         # When Redis is back (empty), the next tick publishes it and says it recovered
         private_redis.start()
-        assert tasks.run_tick("dispatch", dispatch_tick) is not None
+        assert ticks.run_tick("dispatch", dispatch_tick) is not None
         assert any("dispatch tick recovered" in r.getMessage() for r in caplog.records)
         assert load(rt, mid).enqueued_at is not None
         assert redis.Redis.from_url(private_redis.url).llen(QUEUE_ADHOC) == 1
@@ -153,10 +155,10 @@ class OutageAfterAnswer:
 
 
 def deps_with_outage(rt, outage_s: float, record_retry_max_s: float, error=None):  # noqa: ANN001, ANN201
-    deps = rt.send_deps()
+    deps = send_deps(rt)
     sessions = DatabaseGoesAway(rt.session_factory, rt.single_statements, error)
     deps.session_factory, deps.connect = sessions, sessions.connect
-    deps.client = OutageAfterAnswer(rt.client, sessions, outage_s)
+    deps.client = OutageAfterAnswer(client_of(rt), sessions, outage_s)
     deps.settings = rt.settings.replace(record_retry_max_s=record_retry_max_s)
     return deps
 
@@ -200,12 +202,12 @@ def test_issue12_item13_a_long_database_outage_keeps_the_outcome_and_the_sweep_r
     assert first.levelno == logging.WARNING and f"messageId={received['message_id']}" in first.getMessage()
     [line] = [r.getMessage() for r in caplog.records if "RECONCILE" in r.getMessage()]
     assert f"message {mid}" in line and "outcome journal" in line
-    assert msg.status == "sending" and [e.message_id for e in rt.journal.entries()] == [mid]
+    assert msg.status == "sending" and [e.message_id for e in journal_of(rt).entries()] == [mid]
     # The sweep runs after SENDING_TIMEOUT_S: the journal wins over the lost-worker guess
     sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 1))
     msg = load(rt, mid)
     assert (msg.status, msg.vendor_message_id) == ("sent", received["message_id"])
-    assert attempts_of(rt, mid) == [200] and rt.journal.entries() == []
+    assert attempts_of(rt, mid) == [200] and journal_of(rt).entries() == []
     with rt.session_factory() as s:
         assert s.scalar(sa.select(MessageEvent.actor).where(MessageEvent.message_id == mid)) == "sweeper"
     sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 2))   # idempotent
@@ -241,11 +243,11 @@ def test_issue12_item13_a_failure_outcome_the_database_refused_is_journaled_and_
     with pytest.raises(OperationalError):
         send_message(mid, deps)
 
-    assert load(rt, mid).status == "sending" and [e.status for e in rt.journal.entries()] == ["failed"]
+    assert load(rt, mid).status == "sending" and [e.status for e in journal_of(rt).entries()] == ["failed"]
     sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 1))
     msg = load(rt, mid)
     assert (msg.status, msg.last_error_code, msg.last_request_id) == ("failed", "invalid_phone_number", "req_outage")
-    assert attempts_of(rt, mid) == [400] and rt.journal.entries() == []
+    assert attempts_of(rt, mid) == [400] and journal_of(rt).entries() == []
 
 
 class LimiterRedisGoesDown(MemoryRateLimiter):
@@ -273,7 +275,7 @@ def limiter_for(rt, **kwargs) -> LimiterRedisGoesDown:  # noqa: ANN001
 
 def test_with_the_limiters_redis_down_before_the_claim_the_message_stays_queued(rt, sandbox) -> None:
     mid = add_queued(rt)
-    deps = rt.send_deps()
+    deps = send_deps(rt)
     deps.limiter = limiter_for(rt, fail_acquire_after=0)
 
     assert send_message(mid, deps) is Outcome.DEFERRED  # nothing sent; back to the dispatcher shortly
@@ -288,7 +290,7 @@ def test_with_the_limiters_redis_down_between_a_503_and_the_retry_the_message_is
     mid = add_queued(rt)
     phone = load(rt, mid).phone
     sandbox[1].script(phone, ["503"])
-    deps = rt.send_deps()
+    deps = send_deps(rt)
     deps.limiter = limiter_for(rt, fail_acquire_after=1)
 
     try:
@@ -304,7 +306,7 @@ def test_with_the_limiters_redis_down_when_the_200_arrives_the_message_is_still_
     # Given the vendor sends rate-limit headers (as the real one always does) and Redis is gone
     sandbox[1].configure(rate_limit="1000/s")
     mid = add_queued(rt)
-    deps = rt.send_deps()
+    deps = send_deps(rt)
     deps.limiter = limiter_for(rt, fail_observe=True)
 
     try:

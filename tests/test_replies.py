@@ -35,7 +35,7 @@ from worker.errors import (
 from worker.fit import CUT_MARKER, fit
 from worker.models import Attempt, Base, Campaign, Message
 from worker.ratelimit import build_rate_limiter
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
 
 VENDOR = "http://vendor.test"
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
@@ -97,7 +97,7 @@ def stack(empty_database: str) -> Iterator[Stack]:
     client = AwalClient(base_url=s.awal_base_url, client_id=s.awal_client_id, domain=s.awal_domain,
                         hmac_secret=b"secret", connect_timeout_s=1, read_timeout_s=1, retry_attempts=s.send_retry_attempts,
                         retry_max_wait_s=s.send_retry_max_wait_s, transport=vendor)
-    deps = dataclasses.replace(rt.send_deps(), client=client, sleep=lambda _s: None)
+    deps = dataclasses.replace(send_deps(rt), client=client, sleep=lambda _s: None)
     yield Stack(rt, vendor, deps)
     client.close()
     rt.close()

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from tests.conftest import make_runtime, stack_env
 from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.models import Attempt, Message, MessageEvent
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
 from worker.status import MessageStatus
 
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]
@@ -54,7 +54,7 @@ def test_queued_message_is_sent_and_the_vendor_ids_are_recorded(runtime, sandbox
     mid = enqueue(runtime)
     assert load(runtime, mid).status == MessageStatus.QUEUED.value
 
-    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+    assert send_message(mid, send_deps(runtime)) is Outcome.SENT
 
     msg = load(runtime, mid)
     [received] = vendor.received(phone=msg.phone)
@@ -72,7 +72,7 @@ def test_a_400_ends_failed_with_the_vendors_code(runtime, sandbox) -> None:
     vendor.script(phone, ["400"])
     mid = enqueue(runtime, phone)
 
-    assert send_message(mid, runtime.send_deps()) is Outcome.FAILED
+    assert send_message(mid, send_deps(runtime)) is Outcome.FAILED
 
     msg = load(runtime, mid)
     assert msg.status == "failed"
@@ -87,7 +87,7 @@ def test_two_503s_then_200_ends_sent_with_three_attempt_rows(runtime, sandbox) -
     vendor.script(phone, ["503", "503"])
     mid = enqueue(runtime, phone)
 
-    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+    assert send_message(mid, send_deps(runtime)) is Outcome.SENT
 
     assert load(runtime, mid).status == "sent"
     assert [a.http_status for a in attempts_of(runtime, mid)] == [503, 503, 200]
@@ -100,20 +100,20 @@ def test_a_read_timeout_ends_unknown_and_the_vendor_received_it_exactly_once(run
     vendor.script(phone, ["timeout"])
     mid = enqueue(runtime, phone)
 
-    assert send_message(mid, runtime.send_deps()) is Outcome.UNKNOWN
+    assert send_message(mid, send_deps(runtime)) is Outcome.UNKNOWN
 
     msg = load(runtime, mid)
     assert msg.status == "unknown" and msg.last_error_code == "read_timeout"
     assert len(vendor.received(phone=phone)) == 1
     # never resent on its own: a second delivery of the task does nothing
-    assert send_message(mid, runtime.send_deps()) is Outcome.SKIPPED
+    assert send_message(mid, send_deps(runtime)) is Outcome.SKIPPED
     assert len(vendor.received(phone=phone)) == 1
 
 
 def test_the_same_task_delivered_twice_sends_once(runtime, sandbox) -> None:
     _, vendor = sandbox
     mid = enqueue(runtime)
-    deps = runtime.send_deps()
+    deps = send_deps(runtime)
 
     assert send_message(mid, deps) is Outcome.SENT
     assert send_message(mid, deps) is Outcome.SKIPPED
@@ -126,7 +126,7 @@ def test_a_429_requeues_without_spending_the_retry_budget_and_blocks_the_scope(r
     vendor.script(phone, ["429"])
     mid = enqueue(runtime, phone)
 
-    assert send_message(mid, runtime.send_deps()) is Outcome.REQUEUED
+    assert send_message(mid, send_deps(runtime)) is Outcome.REQUEUED
 
     msg = load(runtime, mid)
     assert msg.status == "queued" and msg.attempts == 0 and msg.not_before is not None
@@ -142,7 +142,7 @@ def test_transient_failures_past_the_budget_end_failed(runtime, sandbox) -> None
     mid = enqueue(runtime, phone)
     rt = make_runtime({**_env_of(runtime), "MESSAGE_MAX_ATTEMPTS": "3"})
 
-    assert send_message(mid, rt.send_deps()) is Outcome.FAILED
+    assert send_message(mid, send_deps(rt)) is Outcome.FAILED
     msg = load(runtime, mid)
     assert msg.status == "failed" and msg.attempts == 3 and msg.last_error_code
     rt.close()
@@ -169,7 +169,7 @@ def test_a_paused_campaign_message_goes_back_to_pending_untouched(runtime, sandb
     _, vendor = sandbox
     _, mid = _queued_in_campaign(runtime, campaign_status="paused")
 
-    assert send_message(mid, runtime.send_deps()) is Outcome.PAUSED
+    assert send_message(mid, send_deps(runtime)) is Outcome.PAUSED
     row = load(runtime, mid)
     assert row.status == "pending" and row.attempts == 0
     assert vendor.received(phone=row.phone) == []
@@ -213,7 +213,7 @@ def test_a_success_breaks_the_campaigns_failure_streak_in_the_same_write(runtime
         before = s.get(Campaign, campaign_id).updated_at
 
     # When its next message is sent
-    assert send_message(mid, runtime.send_deps()) is Outcome.SENT
+    assert send_message(mid, send_deps(runtime)) is Outcome.SENT
 
     # Then the streak is back to 0 (so auto-pause counts from scratch) and the row says when
     with runtime.session_factory() as s:
@@ -254,7 +254,7 @@ def test_a_task_holds_no_database_connection_while_the_vendor_answers_and_checks
     back to the pool before the HTTP request, so a process never holds a connection per waiting
     thread; the record takes one more. SQLite: one unit per statement, as before."""
     mid = enqueue(runtime)
-    deps = runtime.send_deps()
+    deps = send_deps(runtime)
     pool = runtime.engine.pool
     checkouts: list[int] = []
     sa.event.listen(runtime.engine, "checkout", lambda *_a: checkouts.append(1))
@@ -283,7 +283,7 @@ def test_a_task_never_holds_two_database_connections_at_once(runtime, campaign_s
     pool = runtime.engine.pool
     most: list[int] = [0]
     sa.event.listen(runtime.engine, "checkout", lambda *_a: most.__setitem__(0, max(most[0], pool.checkedout())))
-    outcome = send_message(mid, runtime.send_deps())
+    outcome = send_message(mid, send_deps(runtime))
     assert outcome is (Outcome.PAUSED if campaign_status == "paused" else Outcome.CANCELLED)
     assert most[0] == 1 and pool.checkedout() == 0
 
@@ -308,7 +308,7 @@ def test_a_worker_process_shares_a_bounded_pool_among_many_threads_without_waiti
         mids = [enqueue(rt) for _ in range(64)]
         pool, most, outcomes = rt.engine.pool, [0], []
         sa.event.listen(rt.engine, "checkout", lambda *_a: most.__setitem__(0, max(most[0], pool.checkedout())))
-        deps = rt.send_deps()
+        deps = send_deps(rt)
         chunks = [mids[i::32] for i in range(32)]
         threads = [threading.Thread(target=lambda chunk=chunk: outcomes.extend(send_message(m, deps) for m in chunk))
                    for chunk in chunks]

@@ -19,7 +19,7 @@ from scheduler.dispatcher import dispatch_tick
 from tests.conftest import make_runtime, stack_env
 from worker.sending.client import AttemptRecord, SendResult
 from worker.models import Attempt, Campaign, Message, utcnow
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
 
 CONTENT = {"body_text": "Hi", "buttons": [{"id": "a", "title": "A"}]}
 RIYADH = ZoneInfo("Asia/Riyadh")
@@ -71,7 +71,7 @@ def test_a_task_that_comes_off_the_broker_after_the_window_closed_goes_back_unse
     mid = queued_in_window(rt, hhmm(opens), hhmm(now + timedelta(hours=3)))
     client = RecordingClient()
 
-    assert send_message(mid, dataclasses.replace(rt.send_deps(), client=client)) is Outcome.DEFERRED
+    assert send_message(mid, dataclasses.replace(send_deps(rt), client=client)) is Outcome.DEFERRED
 
     assert client.sent == []
     with rt.session_factory() as s:
@@ -94,5 +94,5 @@ def test_a_task_inside_its_window_is_sent(rt) -> None:
     now = utcnow()
     mid = queued_in_window(rt, hhmm(now - timedelta(hours=1)), hhmm(now + timedelta(hours=1)))
     client = RecordingClient()
-    assert send_message(mid, dataclasses.replace(rt.send_deps(), client=client)) is Outcome.SENT
+    assert send_message(mid, dataclasses.replace(send_deps(rt), client=client)) is Outcome.SENT
     assert client.sent == ["966500000777"]

@@ -19,7 +19,8 @@ from tests.conftest import make_runtime, stack_env
 from worker.sending.broker_epoch import EPOCH_KEY
 from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
-from worker.sending.send import Outcome, send_message
+from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.client import client_of
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 QUEUED_TIMEOUT_S, SENDING_TIMEOUT_S = 5, 8
@@ -157,8 +158,8 @@ def test_a_worker_whose_answer_comes_after_the_sweep_still_records_sent(database
     base_url, vendor = sandbox
     rt = make_runtime(settings_env(database_url, base_url))
     mid = add_message(rt, "queued")
-    deps = rt.send_deps()
-    deps.client = SweptMidRequest(rt, rt.client)
+    deps = send_deps(rt)
+    deps.client = SweptMidRequest(rt, client_of(rt))
 
     # When the vendor's 200 arrives after the sweep
     assert send_message(mid, deps) is Outcome.SENT

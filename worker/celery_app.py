@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from celery import Celery, signals
+from celery import Celery
 from kombu import Exchange, Queue
 
 from worker.queues import (ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH,
@@ -72,17 +72,6 @@ def create_celery(settings: Settings) -> Celery:
     if not settings.embedded:
         app.steps["consumer"].add(broker_watchdog_step(settings.broker_stall_exit_s))
     return app
-
-
-@signals.worker_init.connect(weak=False)
-def _bound_the_database_pool(**_kwargs: object) -> None:
-    """Every worker process (`buttoncast worker`, `buttoncast run`, or the README's `celery …
-    worker` line) keeps at most DATABASE_POOL_SIZE Postgres connections (Runtime.bound_pool)."""
-    from worker.runtime import get_runtime
-
-    runtime = get_runtime()
-    if "engine" not in runtime.__dict__:
-        runtime.bound_pool()
 
 
 def _module_app() -> Celery:

@@ -1,6 +1,8 @@
-"""Per-process collaborators (engine, client, limiter, Celery app), built once from the settings.
+"""Per-process collaborators (engine, sessions, limiter, Celery app), built once from the settings.
 
-Rebuilt in a child after fork: connections must never be shared across processes.
+Rebuilt in a child after fork: connections must never be shared across processes. A layer above the
+plumbing keeps its own per-process collaborators here with `component` (the send path's vendor client
+and outcome journal: worker.sending), so this module never imports upwards.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ import socket
 import threading
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
-from celery import Celery
+from celery import Celery, signals
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.sending.client import build_client, workspace_scope
 from worker.db import PG_MAX_OVERFLOW, make_engine, make_session_factory, single_statements
+from worker.ratelimit.scope import workspace_scope
 from worker.settings import Settings
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -32,6 +36,9 @@ class Runtime:
         self.dispatch_cursors: dict[int | None, int] = {}
         #: the broker epoch this process last saw (issue 12 item 12; see worker.sending.broker_epoch)
         self.broker_epoch_seen: str | None = None
+        self._components: dict[str, Any] = {}
+        self._closing: list[Callable[[], None]] = []
+        self._components_lock = threading.Lock()
 
     #: connections a Postgres pool may open beyond DATABASE_POOL_SIZE for a burst; 0 in a worker
     #: process (bound_pool), whose many threads would otherwise all open one at once
@@ -75,29 +82,23 @@ class Runtime:
 
         return build_rate_limiter(self.settings)
 
-    @cached_property
-    def client(self):  # noqa: ANN201 - worker.sending.client.AwalClient
-        return build_client(self.settings)
-
-    @cached_property
-    def journal(self):  # noqa: ANN201 - worker.sending.journal.OutcomeJournal
-        """Where outcomes the database refused are kept until the sweep records them (issue 12 item 13)."""
-        from worker.sending.journal import build_journal
-
-        return build_journal(self.settings)
-
     @property
     def scope(self) -> str:
         return workspace_scope(self.settings)
 
-    def send_deps(self):  # noqa: ANN201 - worker.sending.send.SendDeps
-        from worker.sending.send import SendDeps
-
-        return SendDeps(
-            session_factory=self.session_factory, connect=self.single_statements, client=self.client,
-            limiter=self.limiter, scope=self.scope, settings=self.settings, worker_name=self.worker_name,
-            journal=self.journal, hold_connection=not self.settings.sqlite,
-        )
+    def component(self, name: str, build: Callable[[Runtime], T], close: Callable[[T], None] | None = None) -> T:
+        """The collaborator `name`, built once per runtime by a layer above (the vendor client, the
+        outcome journal); `close` runs with the runtime's close()."""
+        try:
+            return self._components[name]
+        except KeyError:
+            with self._components_lock:
+                if name not in self._components:
+                    value = build(self)
+                    self._components[name] = value
+                    if close is not None:
+                        self._closing.append(lambda: close(value))
+                return self._components[name]
 
     @cached_property
     def single_statements(self) -> Callable[[], AbstractContextManager[Connection]]:
@@ -113,8 +114,17 @@ class Runtime:
             self.engine.dispose()
         if "read_sessions" in self.__dict__ and self.read_sessions is not self.__dict__.get("session_factory"):
             self.read_sessions.kw["bind"].dispose()
-        if "client" in self.__dict__:
-            self.client.close()
+        for close in self._closing:
+            close()
+
+
+@signals.worker_init.connect(weak=False)
+def _bound_the_database_pool(**_kwargs: object) -> None:
+    """Every worker process (`buttoncast worker`, `buttoncast run`, or the README's `celery …
+    worker` line) keeps at most DATABASE_POOL_SIZE Postgres connections (Runtime.bound_pool)."""
+    runtime = get_runtime()
+    if "engine" not in runtime.__dict__:
+        runtime.bound_pool()
 
 
 _lock = threading.Lock()

@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from worker.api.deps import runtime
 from worker.api.schemas import Health, Readiness
+from worker.health import database_state, redis_state
 from worker.runtime import Runtime
 
 router = APIRouter(tags=["health"])
-REDIS_TIMEOUT_S = 2.0
-
-
-def database_state(rt: Runtime) -> str:
-    try:
-        with rt.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        return "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready; the type says which
-        return f"unreachable ({type(exc).__name__})"
-
-
-def redis_state(rt: Runtime) -> str:
-    if not rt.settings.redis_url:
-        return "not configured (embedded mode)"
-    import redis
-
-    try:
-        client = redis.Redis.from_url(rt.settings.redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return "ok"
-    except Exception as exc:  # noqa: BLE001
-        return f"unreachable ({type(exc).__name__})"
 
 
 @router.get("/healthz", response_model=Health)

@@ -6,7 +6,6 @@ import csv
 import json
 import sys
 from datetime import datetime
-from typing import Any
 
 import click
 
@@ -17,8 +16,6 @@ from worker.message import normalize_phone
 from worker.models import utcnow
 
 ACTOR = "operator"
-EXPORT_COLUMNS = ("phone", "opted_out", "opted_out_at", "opt_out_source", "opt_out_note", "opted_in_at",
-                  "first_seen_at", "last_inbound_at", "window_open_until", "last_sent_at")
 SUMMARY_DETAIL_ROWS = 20
 
 
@@ -119,18 +116,6 @@ def import_command(path: str) -> None:
         sys.exit(1)
 
 
-def _cell(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula (OWASP CSV injection) gets a leading quote."""
-    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
-def _export_row(c: Any) -> dict[str, Any]:
-    until = contacts.window_open_until(c.last_inbound_at)
-    row = {k: getattr(c, k, None) for k in EXPORT_COLUMNS}
-    row.update(opted_out=c.opted_out_at is not None, window_open_until=until)
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-
-
 @contacts_group.command("list")
 @click.option("--opted-out", "opted_out", is_flag=True, help="Only contacts who are opted out now.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
@@ -140,12 +125,12 @@ def list_command(opted_out: bool, fmt: str) -> None:
     runtime = load_runtime()
     out = sys.stdout
     with runtime.read_sessions() as session:
-        rows = (_export_row(c) for c in contacts.iter_contacts(session, opted_out_only=opted_out))
+        rows = (contacts.export_row(c) for c in contacts.iter_contacts(session, opted_out_only=opted_out))
         if fmt == "csv":
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(EXPORT_COLUMNS)
+            writer.writerow(contacts.EXPORT_COLUMNS)
             for row in rows:
-                writer.writerow(["" if row[k] is None else _cell(row[k]) for k in EXPORT_COLUMNS])
+                writer.writerow(contacts.export_cells(row))
         else:
             count = 0
             out.write("[")

@@ -32,6 +32,7 @@ from worker.runtime import Runtime, install_runtime
 from worker.sandbox import SandboxConfig, SandboxServer
 from worker.sandbox.config import DEFAULT_CLIENT_ID, DEFAULT_DOMAIN, DEFAULT_SECRET
 from worker.settings import Settings
+from worker.sending.send import send_deps
 
 DEMO_DIR_NAME = "buttoncast-demo"
 DB_FILE_NAME = "buttoncast.db"
@@ -263,7 +264,7 @@ def hold_follow_ups(runtime: Runtime, campaign_id: int) -> list[HeldFollowUp]:
             .order_by(ContactEvent.at, ContactEvent.id)
         ).all() if started else []
     held = []
-    deps = runtime.send_deps()
+    deps = send_deps(runtime)
     for phone, source, reason in opted:
         message_id = enqueue_message(phone=phone, runtime=runtime, **FOLLOW_UP)
         send_message(message_id, deps)

@@ -17,7 +17,6 @@ import time
 import sqlalchemy as sa
 from celery import beat
 
-from worker.cli.ops import worker_argv
 from worker.models import Campaign, Message
 from worker.queues import ALL_QUEUES
 from worker.runtime import Runtime
@@ -26,6 +25,13 @@ from worker.status import CampaignStatus, MessageStatus
 log = logging.getLogger("buttoncast.embedded")
 IDLE_CHECK_INTERVAL_S = 1.0
 IDLE_CHECKS_BEFORE_EXIT = 2
+
+
+def worker_argv(concurrency: int, queues: tuple[str, ...] = ALL_QUEUES, loglevel: str = "INFO",
+                hostname: str | None = None) -> list[str]:
+    """The Celery worker line each worker process runs (threads: the work is I/O-bound)."""
+    return ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--queues", ",".join(queues),
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle", *(["--hostname", hostname] if hostname else [])]
 
 
 def is_idle(runtime: Runtime) -> bool:

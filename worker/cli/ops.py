@@ -13,13 +13,6 @@ from worker.queues import ALL_QUEUES
 EMBEDDED_CONCURRENCY_CAP = 8
 
 
-def worker_argv(concurrency: int, queues: tuple[str, ...] = ALL_QUEUES, loglevel: str = "INFO",
-                hostname: str | None = None) -> list[str]:
-    """The Celery worker line each worker process runs (threads: the work is I/O-bound)."""
-    return ["worker", "--pool", "threads", "--concurrency", str(concurrency), "--queues", ",".join(queues),
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle", *(["--hostname", hostname] if hostname else [])]
-
-
 @click.command("worker")
 @click.option("--processes", type=int, default=None,
               help="Worker processes (default: WORKER_PROCESSES; 0 = one per core, 1 on SQLite).")
@@ -54,6 +47,8 @@ def worker_command(processes: int | None, concurrency: int | None, queues: str, 
     serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
     import worker.sending.tasks  # noqa: F401 - registers the tasks
     import scheduler.tasks  # noqa: F401
+
+    from worker.cli.embedded import worker_argv
 
     runtime.celery.worker_main(worker_argv(threads, tuple(queues.split(",")), loglevel, hostname))
 

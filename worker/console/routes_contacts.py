@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from worker.contacts import service as contacts
-from worker.cli.contacts import EXPORT_COLUMNS, _cell, _export_row
 from worker.access.roles import Permission
 from worker.console.routes_campaigns import POSTED
 from worker.access.users import Person
@@ -93,11 +92,10 @@ def export_suppression_list(person: Person = ADMIN, rt: Runtime = Depends(runtim
     def chunks() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(EXPORT_COLUMNS)
+        writer.writerow(contacts.EXPORT_COLUMNS)
         with rt.read_sessions() as session:
             for count, c in enumerate(contacts.iter_contacts(session, opted_out_only=True), 1):
-                row = _export_row(c)
-                writer.writerow(["" if row[k] is None else _cell(row[k]) for k in EXPORT_COLUMNS])
+                writer.writerow(contacts.export_cells(contacts.export_row(c)))
                 if count % EXPORT_BATCH_ROWS == 0:
                     yield buffer.getvalue()
                     buffer.seek(0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -277,3 +277,26 @@ def apply_inbound(session: Session, phone: str, *, at: datetime, rules: ConsentR
     if action == OPT_IN:
         return OPT_IN if opt_in(session, phone, source=SOURCE_KEYWORD, actor="webhook", at=at) else None
     return None
+
+
+# The export of contacts (`buttoncast contacts list`, the console's optouts.csv): one shape for both.
+EXPORT_COLUMNS = ("phone", "opted_out", "opted_out_at", "opt_out_source", "opt_out_note", "opted_in_at",
+                  "first_seen_at", "last_inbound_at", "window_open_until", "last_sent_at")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (OWASP CSV injection) gets a leading quote."""
+    return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def export_row(c: Any) -> dict[str, Any]:
+    """One contact as the export's columns (times in ISO 8601)."""
+    until = window_open_until(c.last_inbound_at)
+    row = {k: getattr(c, k, None) for k in EXPORT_COLUMNS}
+    row.update(opted_out=c.opted_out_at is not None, window_open_until=until)
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+def export_cells(row: dict[str, Any]) -> list[Any]:
+    """An export row as a CSV line's cells: empty for none, formula-safe text."""
+    return ["" if row[k] is None else csv_cell(row[k]) for k in EXPORT_COLUMNS]

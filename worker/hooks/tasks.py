@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from functools import cache
 
-from scheduler.tasks import run_tick
 from worker.celery_app import app
 from worker.hooks.delivery import DeliveryReport, Poster, deliver_due
 from worker.queues import TASK_DELIVER_HOOKS
-from worker.runtime import Runtime, get_runtime
+from worker.runtime import Runtime
+from worker.ticks import run_tick
 
 
 @cache

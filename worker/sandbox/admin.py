@@ -18,20 +18,27 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
 from worker.errors import ConfigError
-from worker.sandbox.config import ADMIN_TOKEN_HEADER, is_loopback
-from worker.sandbox.faults import ScriptError
-
-if TYPE_CHECKING:
-    from worker.sandbox.server import SandboxApp
+from worker.sandbox.config import ADMIN_TOKEN_HEADER, SandboxConfig, is_loopback
+from worker.sandbox.faults import FaultPlan, ScriptError
 
 ADMIN_PREFIX = "/_sandbox"
 _HIDDEN = {"secret", "webhook_secret", "admin_token", "parsed_rate"}
 Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+class SandboxApp(Protocol):
+    """What the admin routes reach of the running sandbox (worker.sandbox.server.SandboxApp)."""
+
+    config: SandboxConfig
+    state: Any      # worker.sandbox.state.SandboxState
+    limiter: Any    # worker.sandbox.state.FixedWindowLimiter
+    faults: FaultPlan
+    webhooks: Any   # worker.sandbox.webhooks.WebhookEmitter
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -42,7 +49,7 @@ def _bad(message: str) -> web.Response:
     return _json({"error": "bad_request", "message": message}, status=400)
 
 
-def public_config(sandbox: "SandboxApp") -> dict[str, Any]:
+def public_config(sandbox: SandboxApp) -> dict[str, Any]:
     """The configuration without its secrets."""
     return {k: v for k, v in vars(sandbox.config).items() if k not in _HIDDEN}
 
@@ -59,7 +66,7 @@ def admin_refusal(request: web.Request, token: str | None) -> str | None:
     return "the sandbox's admin endpoints answer loopback only; start it with --admin-token to allow others"
 
 
-def _guarded(sandbox: "SandboxApp", handler: Handler) -> Handler:
+def _guarded(sandbox: SandboxApp, handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.Response:
         refusal = admin_refusal(request, sandbox.config.admin_token)
         if refusal is not None:
@@ -69,7 +76,7 @@ def _guarded(sandbox: "SandboxApp", handler: Handler) -> Handler:
     return guarded
 
 
-def add_admin_routes(app: web.Application, sandbox: "SandboxApp") -> None:
+def add_admin_routes(app: web.Application, sandbox: SandboxApp) -> None:
     async def received(request: web.Request) -> web.Response:
         return _json({"received": sandbox.state.received(request.query.get("phone"))})
 

@@ -30,6 +30,7 @@ from worker.errors import (
     TransportConfigError,
 )
 from worker.message import ButtonMessage
+from worker.runtime import Runtime
 from worker.signing import (
     CLIENT_ID_HEADER,
     DOMAIN_HEADER,
@@ -39,7 +40,6 @@ from worker.signing import (
 )
 
 SEND_BUTTON_PATH = "/w/message/button"
-ENDPOINT_BUTTON = "button"
 # Assumption (AWAL_API.md): a 429 without Retry-After and without a usable reset waits this long.
 DEFAULT_RETRY_AFTER_S = 60.0
 POOL_CONNECTIONS = 4
@@ -435,12 +435,13 @@ def build_client(settings) -> AwalClient:  # noqa: ANN001 - worker.settings.Sett
     )
 
 
-def workspace_scope(settings, endpoint: str = ENDPOINT_BUTTON) -> str:  # noqa: ANN001
-    """Assumption (AWAL_API.md): one rate budget per workspace and endpoint."""
-    return f"{settings.awal_domain or 'default'}:{endpoint}"
+def client_of(runtime: Runtime) -> AwalClient:
+    """This process's vendor client (one connection pool), closed with the runtime."""
+    return runtime.component("client", lambda rt: build_client(rt.settings), close=AwalClient.close)
 
 
 __all__ = [
+    "client_of",
     "AttemptRecord",
     "AwalClient",
     "RateHeaders",
@@ -450,5 +451,4 @@ __all__ = [
     "build_client",
     "classify_response",
     "classify_transport_error",
-    "workspace_scope",
 ]

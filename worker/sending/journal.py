@@ -29,6 +29,7 @@ from worker.sending.client import AttemptRecord, SendResult
 from worker.db import DATABASE_UNAVAILABLE
 from worker.errors import AwalError
 from worker.models import Message
+from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.status import MessageStatus
 
@@ -153,6 +154,11 @@ class MemoryJournal:
 
 def build_journal(settings: Settings) -> OutcomeJournal:
     return RedisJournal(settings.redis_url) if settings.redis_url else MemoryJournal()
+
+
+def journal_of(runtime: Runtime) -> OutcomeJournal:
+    """This process's outcome journal (issue 12 item 13): where outcomes the database refused wait."""
+    return runtime.component("journal", lambda rt: build_journal(rt.settings))
 
 
 def keep(journal: OutcomeJournal | None, entry: JournalEntry) -> bool:

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from worker.window import next_opening
-from worker.sending import gate as consent_gate, journal, store
 from worker import metrics
-from worker.sending.client import AttemptRecord, SendResult
+from worker.sending import gate as consent_gate, journal, store
+from worker.sending.client import AttemptRecord, SendResult, client_of
+from worker.sending.journal import journal_of
 from worker.db import DATABASE_UNAVAILABLE
 from worker.errors import (
     AmbiguousError,
@@ -36,6 +37,7 @@ from worker.errors import (
 from worker.logs import log_outcome
 from worker.message import ButtonMessage, MessageContent
 from worker.models import utcnow
+from worker.runtime import Runtime
 from worker.settings import Settings
 from worker.status import CampaignStatus, MessageStatus
 
@@ -88,6 +90,15 @@ class SendDeps:
     sleep: Callable[[float], None] = time.sleep
     journal: journal.OutcomeJournal | None = None   # outcomes the database refused (issue 12 item 13)
     hold_connection: bool = False   # keep a connection between a task's one-statement writes (Postgres; see _Statements)
+
+
+def send_deps(runtime: Runtime) -> SendDeps:
+    """What a send needs, from this process's runtime."""
+    return SendDeps(
+        session_factory=runtime.session_factory, connect=runtime.single_statements, client=client_of(runtime),
+        limiter=runtime.limiter, scope=runtime.scope, settings=runtime.settings, worker_name=runtime.worker_name,
+        journal=journal_of(runtime), hold_connection=not runtime.settings.sqlite,
+    )
 
 
 def send_message(message_id: int, deps: SendDeps) -> Outcome:

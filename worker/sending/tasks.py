@@ -8,13 +8,13 @@ from worker.celery_app import app
 from worker.sending.enqueue import enqueue_payload, task_idempotency_key
 from worker.queues import TASK_ENQUEUE, TASK_SEND
 from worker.runtime import get_runtime
-from worker.sending.send import send_message
+from worker.sending.send import send_deps, send_message
 
 
 @app.task(name=TASK_SEND, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def send_message_task(message_id: int) -> str:
     """Send one stored message. The payload is the message id only; the row holds everything."""
-    return send_message(int(message_id), get_runtime().send_deps()).value
+    return send_message(int(message_id), send_deps(get_runtime())).value
 
 
 @app.task(name=TASK_ENQUEUE, acks_late=True, ignore_result=False, bind=True)

@@ -1,0 +1,199 @@
+"""The layout, checked from the code's own imports (an AST walk, imports inside functions included).
+
+The layers, top to bottom (README, "Layout"):
+
+1. `worker.cli` (every command) and the `__main__` entry points;
+2. the faces: `worker.api`, `worker.console`, `worker.asgi` (the one place both become one ASGI app)
+   and `worker` itself (`from worker import enqueue_message`, the Python face);
+3. `scheduler`;
+4. the core: `worker.sending`, `worker.contacts`, `worker.webhooks`, `worker.hooks`, `worker.access`,
+   `worker.sandbox`;
+5. `worker.ratelimit` and the plumbing (every other `worker.*` module).
+
+A module imports only from its own layer or below; the two faces never import each other; no
+module imports itself back through others (no circles); the helpers both faces need live once below
+them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("worker", "scheduler")
+
+CLI, FACES, SCHEDULER, CORE, PLUMBING = 1, 2, 3, 4, 5
+LAYER_NAMES = {CLI: "cli", FACES: "faces", SCHEDULER: "scheduler", CORE: "core", PLUMBING: "plumbing"}
+CORE_PACKAGES = ("worker.sending", "worker.contacts", "worker.webhooks", "worker.hooks", "worker.access", "worker.sandbox")
+FACE_PACKAGES = ("worker.api", "worker.console")
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_of(module: str) -> int:
+    if module.endswith(".__main__") or _within(module, "worker.cli"):
+        return CLI
+    if module in ("worker", "worker.asgi") or any(_within(module, p) for p in FACE_PACKAGES):
+        return FACES
+    if _within(module, "scheduler"):
+        return SCHEDULER
+    if any(_within(module, p) for p in CORE_PACKAGES):
+        return CORE
+    return PLUMBING
+
+
+def face_of(module: str) -> str | None:
+    return next((p for p in FACE_PACKAGES if _within(module, p)), None)
+
+
+def product_modules() -> dict[str, Path]:
+    modules = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in modules:
+            return candidate
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the product modules it imports, anywhere in its body."""
+    modules = product_modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(filter(None, (_resolve(a.name, modules) for a in node.names)))
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in node.names:
+                    target = _resolve(f"{base}.{alias.name}", modules) or _resolve(base, modules)
+                    if target:
+                        found.add(target)
+        found.discard(module)
+        graph[module] = found
+    return graph
+
+
+GRAPH = import_graph()
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} ({LAYER_NAMES[layer_of(m)]}) imports {t} ({LAYER_NAMES[layer_of(t)]})"
+                  for m, targets in graph.items() for t in targets if layer_of(t) < layer_of(m))
+
+
+def cross_face_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets
+                  if face_of(m) and face_of(t) and face_of(m) != face_of(t))
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_walk_sees_the_product():
+    """A guard for the checks below: the walk finds the packages and their imports."""
+    assert {"worker.cli", "worker.asgi", "worker.api.campaigns", "worker.console.app", "scheduler.campaigns", "worker.sending.send",
+            "worker.settings"} <= set(GRAPH)
+    assert "worker.sending.send" in GRAPH["worker.sending.tasks"]
+    assert sum(len(t) for t in GRAPH.values()) > 300
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    assert upward_imports(GRAPH) == []
+
+
+def test_the_faces_never_import_each_other():
+    assert cross_face_imports(GRAPH) == []
+
+
+def test_there_are_no_import_circles():
+    assert circles(GRAPH) == []
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"worker.settings": {"worker.sending.send"}}, "worker.settings (plumbing) imports worker.sending.send (core)"),
+    ({"scheduler.campaigns": {"worker.cli.common"}}, "scheduler.campaigns (scheduler) imports worker.cli.common (cli)"),
+    ({"worker.sending.gate": {"scheduler.window"}}, "worker.sending.gate (core) imports scheduler.window (scheduler)"),
+])
+def test_an_upward_import_is_caught(bad, expected):
+    assert upward_imports(bad) == [expected]
+
+
+def test_a_cross_face_import_and_a_circle_are_caught():
+    assert cross_face_imports({"worker.console.routes_keys": {"worker.api.keys"}}) == [
+        "worker.console.routes_keys imports worker.api.keys"]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# Rule 4: what both faces (or a face and the CLI) need lives once, below them.
+SHARED_HELPERS = {
+    "contacts export rows": ("worker.contacts.service", "export_row"),
+    "CSV cells safe from formula injection": ("worker.contacts.service", "csv_cell"),
+    "health probes": ("worker.health", "database_state"),
+    "API keys": ("worker.access.keys", "create_key"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(SHARED_HELPERS))
+def test_a_helper_two_faces_need_lives_below_them(what):
+    module, name = SHARED_HELPERS[what]
+    assert layer_of(module) > FACES
+    users = sorted(m for m, targets in GRAPH.items() if module in targets and layer_of(m) <= FACES)
+    defined = {n.name for n in ast.parse(product_modules()[module].read_text()).body
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert name in defined, f"{module} defines no {name}"
+    assert users, f"no face or command uses {module}"
+
