@@ -1,13 +1,7 @@
-"""A campaign's lifecycle: create, schedule, pause, resume, cancel, and its counts per status.
+"""Campaigns: create, schedule, pause, resume, cancel, and their counts per status.
 
-    draft -> scheduled -> running -> completed
-                 |  ^        |  ^
-                 v  |        v  |
-                   paused ----+        (and cancelled from any non-final status but draft)
-
-Every change of status is a guarded UPDATE (`... WHERE status = <what we saw>`), so an operator's
-pause and the dispatcher's "completed" can race without one silently overwriting the other: the
-loser sees the new status and is judged against the table again.
+What status may follow what, and the guarded UPDATEs that change it, live in `worker.lifecycle`;
+this module is what an operator asks of it.
 """
 
 from __future__ import annotations
@@ -23,6 +17,7 @@ from scheduler.importer import ImportRefused, ImportResult, check_header, import
 from scheduler.template import MessageTemplate, check_template
 from worker.window import Window
 from worker.audit import record_audit
+from worker.lifecycle import TRANSITIONS, CampaignNotFound, IllegalTransition, load, operator_may, transition  # noqa: F401 - re-exported
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus
@@ -31,36 +26,11 @@ if TYPE_CHECKING:
     from worker.runtime import Runtime
 
 S = CampaignStatus
-TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
-    S.DRAFT: frozenset({S.SCHEDULED}),
-    S.SCHEDULED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
-    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.CANCELLED}),
-    S.PAUSED: frozenset({S.RUNNING, S.SCHEDULED, S.CANCELLED}),
-    S.COMPLETED: frozenset(),
-    S.CANCELLED: frozenset(),
-}
 NAME_MAX_CHARS = 200
 PHONE_NUMBER_ID_MAX_CHARS = 64
 PAUSED_BY_OPERATOR = "paused by operator"
 #: messages a cancel stops: not yet handed to a worker's HTTP call (`sending` finishes on its own)
 CANCELLABLE = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value)
-_TRANSITION_RETRIES = 3
-
-
-class CampaignNotFound(ButtoncastError):
-    def __init__(self, campaign_id: int) -> None:
-        super().__init__(f"no campaign {campaign_id}")
-        self.campaign_id = campaign_id
-
-
-class IllegalTransition(ButtoncastError):
-    """A status change the lifecycle does not allow; says from where, to where, and what is allowed."""
-
-    def __init__(self, campaign_id: int, current: str, wanted: str) -> None:
-        allowed = sorted(s.value for s in TRANSITIONS.get(CampaignStatus(current), frozenset()))
-        hint = ", ".join(allowed) if allowed else f"nothing: {current} is final"
-        super().__init__(f"campaign {campaign_id} is {current}; it cannot become {wanted} (from {current} it can become: {hint})")
-        self.campaign_id, self.current, self.wanted, self.allowed = campaign_id, current, wanted, allowed
 
 
 def parse_at(text: str | None, option: str = "--at") -> datetime | None:
@@ -150,30 +120,7 @@ def _field_problems(name: str, phone_number_id: str, scheduled_at: datetime | No
 
 
 def get_campaign(session: Session, campaign_id: int) -> Campaign:
-    campaign = session.get(Campaign, campaign_id, populate_existing=True)
-    if campaign is None:
-        raise CampaignNotFound(campaign_id)
-    return campaign
-
-
-def transition(session: Session, campaign_id: int, to: CampaignStatus, *, actor: str | None = None, **values: Any) -> Campaign:
-    """Move a campaign to `to` if the table allows it from its current status; set `values` too.
-
-    With an `actor` (an API key), the change is written to the audit trail in the same transaction."""
-    for _ in range(_TRANSITION_RETRIES):
-        current = get_campaign(session, campaign_id).status
-        if to not in TRANSITIONS[CampaignStatus(current)]:
-            raise IllegalTransition(campaign_id, current, to.value)
-        changed = session.execute(
-            sa.update(Campaign)
-            .where(Campaign.id == campaign_id, Campaign.status == current)
-            .values(status=to.value, updated_at=utcnow(), **values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed == 1:
-            record_audit(session, actor, f"campaign.{to.value}", "campaign", campaign_id, from_status=current)
-            return get_campaign(session, campaign_id)
-    raise ButtoncastError(f"campaign {campaign_id} kept changing status; try again")
+    return load(session, campaign_id)
 
 
 def schedule(session: Session, campaign_id: int, at: datetime | None = None, *, actor: str | None = None) -> Campaign:
@@ -194,7 +141,10 @@ def resume(session: Session, campaign_id: int, *, actor: str | None = None) -> C
     """paused -> running if it had started, else scheduled; the failure streak starts again, and
     so does the late-failure breaker's window (worker.webhooks.breaker counts messages sent from now)."""
     # started_at only changes on scheduled -> running, never while paused, so reading it first is safe.
-    target = S.RUNNING if get_campaign(session, campaign_id).started_at is not None else S.SCHEDULED
+    campaign = get_campaign(session, campaign_id)
+    target = S.RUNNING if campaign.started_at is not None else S.SCHEDULED
+    if campaign.status != S.PAUSED.value:   # only a paused campaign resumes (a completed one is final)
+        raise IllegalTransition(campaign_id, campaign.status, target.value)
     return transition(session, campaign_id, target, actor=actor, pause_reason=None, consecutive_failures=0,
                       late_breaker_since=utcnow())
 

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.sweeper import recover_from_broker_loss
+from worker import lifecycle
 from worker.window import in_window
 from worker.sending import gate as consent_gate
 from worker.models import Campaign, Message, MessageEvent, UTCDateTime, utcnow
@@ -68,7 +69,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
     report = TickReport()
     recover_from_broker_loss(runtime, now)   # a flushed broker: its lost tasks go out again this tick
     with runtime.session_factory.begin() as session:
-        report.started = start_due_campaigns(session, now)
+        report.started = lifecycle.start_due(session, now)
         report.in_flight = in_flight_count(session)
     report.budget = tick_budget(runtime, report.in_flight)
     budget = report.budget
@@ -84,22 +85,11 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
             report.published[str(campaign_id)] = n
     with runtime.session_factory.begin() as session:
         report.cancelled_leftovers = cancel_leftovers(session, now)
-        report.completed = complete_finished_campaigns(session, now)
+        report.completed = lifecycle.complete_finished(session, now)
     if report.total_published or report.started or report.completed:
         log.info("dispatch: published %s (budget %s, in flight %s), started %s, completed %s",
                  report.published, report.budget, report.in_flight, report.started, report.completed)
     return report
-
-
-def start_due_campaigns(session: Session, now: datetime) -> list[int]:
-    rows = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.status == CampaignStatus.SCHEDULED.value, Campaign.scheduled_at <= now)
-        .values(status=RUNNING, started_at=sa.func.coalesce(Campaign.started_at, now), updated_at=now)
-        .returning(Campaign.id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
-    return list(rows)
 
 
 def in_flight_count(session: Session) -> int:
@@ -305,17 +295,3 @@ def cancel_leftovers(session: Session, now: datetime) -> int:
     if total:
         log.warning("dispatch: %s message(s) of cancelled campaigns -> cancelled", total)
     return total
-
-
-def complete_finished_campaigns(session: Session, now: datetime) -> list[int]:
-    busy = sa.select(Message.id).where(
-        Message.campaign_id == Campaign.id, Message.status.in_([PENDING, QUEUED, SENDING])
-    ).exists()
-    rows = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.status == RUNNING, ~busy)
-        .values(status=CampaignStatus.COMPLETED.value, finished_at=now, updated_at=now)
-        .returning(Campaign.id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
-    return list(rows)

@@ -26,6 +26,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker import lifecycle
 from worker.errors import ButtoncastError
 from worker.failures import FailureClass, describe_code
 from worker.sending.gate import OPTED_OUT_NOW
@@ -306,15 +307,10 @@ def _reopen_campaign(session: Session, selection: RetrySelection, now: datetime)
         campaign_id = session.scalar(sa.select(Message.campaign_id).where(Message.id == selection.message_id))
     if campaign_id is None:
         return False
-    done = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.COMPLETED.value)
-        .values(status=CampaignStatus.RUNNING.value, finished_at=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    done = lifecycle.reopen(session, campaign_id, now)
     if done:
         log.warning("campaign %s reopened (completed -> running) by an operator retry (%s)", campaign_id, selection.describe())
-    return done == 1
+    return done
 
 
 def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Row], reopened: bool, actor: str) -> None:

@@ -72,7 +72,7 @@ def test_every_pair_of_statuses_follows_the_table(sf):
         for wanted in CampaignStatus:
             campaign_id = new_campaign(sf, status=current.value)
             with sf.begin() as session:
-                if wanted in c.TRANSITIONS[current]:
+                if c.operator_may(current, wanted):
                     assert c.transition(session, campaign_id, wanted).status == wanted.value
                     continue
                 with pytest.raises(c.IllegalTransition) as err:
@@ -309,3 +309,16 @@ def test_overview_is_progress_and_late_failures_in_one_scan(sf, tmp_path):  # no
         assert got.counts == expected.counts and got.funnel == expected.funnel
         assert late == report.late_failures(session, campaign_id) == {"window_closed": 1}   # by class
         assert got.funnel.taps == [("yes", "Yes", 2), ("no", "No", 1)]
+
+
+def test_an_operator_cannot_resume_a_completed_campaign_but_a_retry_reopens_it(sf):
+    """worker.lifecycle: completed -> running is the engine's reopen(), never an operator's resume."""
+    from worker import lifecycle
+
+    campaign_id = new_campaign(sf, ["sent"], status="completed", started=True)
+    with sf.begin() as session, pytest.raises(c.IllegalTransition, match="completed is final"):
+        c.resume(session, campaign_id)
+    with sf.begin() as session:
+        assert lifecycle.reopen(session, campaign_id, utcnow()) is True
+        assert lifecycle.reopen(session, campaign_id, utcnow()) is False   # already running
+    assert status_of(sf, campaign_id) == "running"

@@ -197,3 +197,31 @@ def test_a_helper_two_faces_need_lives_below_them(what):
     assert name in defined, f"{module} defines no {name}"
     assert users, f"no face or command uses {module}"
 
+
+# Rule 2: one owner of campaign status transitions.
+def _campaign_status_writes(source: str) -> list[str]:
+    """`update(Campaign)` statements whose values set `status`, and `<campaign>.status = ...`."""
+    found = []
+    for start in (i for i in range(len(source)) if source.startswith("update(Campaign)", i)):
+        statement = source[start:start + 600].split(".execution_options", 1)[0].split("\n\n", 1)[0]
+        values = statement.split(".values(", 1)[1] if ".values(" in statement else ""
+        if "status=" in values.replace("_status=", ""):
+            found.append(statement.splitlines()[0])
+    found += [line.strip() for line in source.splitlines() if ".status = " in line and "campaign" in line.lower()]
+    return found
+
+
+def test_only_the_lifecycle_changes_a_campaigns_status():
+    writers = {m: w for m, path in product_modules().items() if m != "worker.lifecycle"
+               for w in [_campaign_status_writes(path.read_text())] if w}
+    assert writers == {}
+    assert _campaign_status_writes(product_modules()["worker.lifecycle"].read_text())   # the check can see one
+
+
+def test_the_lifecycle_table_tells_the_truth_about_reopening():
+    from worker import lifecycle
+    from worker.status import CampaignStatus as S
+
+    assert S.RUNNING in lifecycle.TRANSITIONS[S.COMPLETED]          # reopen(): requeued messages
+    assert not lifecycle.operator_may(S.COMPLETED, S.RUNNING)       # ... but never an operator's resume
+    assert lifecycle.TRANSITIONS[S.CANCELLED] == frozenset()

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from worker.sending.client import AttemptRecord, SendResult
 from worker.errors import AwalError
 from worker.sending import gate as consent_gate
+from worker import lifecycle
 from worker.fit import fit
 from worker.sending.gate import NO_CAP, Gate
 from worker.hooks import outbox as hooks_outbox
@@ -323,12 +324,7 @@ def _back_unless_cancelled(unit: Unit, where: sa.ColumnElement[bool], values: di
         _core(unit).execute(sa.insert(MessageEvent).values(
             message_id=row.id, at=now, from_status=from_status, to_status=row.status, reason=CANCELLED_IN_FLIGHT, actor=actor))
     elif row.campaign_id is not None:
-        _core(unit).execute(
-            sa.update(Campaign)
-            .where(Campaign.id == row.campaign_id, Campaign.status == CampaignStatus.COMPLETED.value)
-            .values(status=CampaignStatus.RUNNING.value, finished_at=None, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        lifecycle.reopen(_core(unit), row.campaign_id, now)
     return row.status
 
 
@@ -407,14 +403,8 @@ def _note_streak(session: Session, campaign_id: int, counter: sa.orm.Instrumente
 
 
 def pause_campaign(session: Session, campaign_id: int, *, reason: str) -> bool:
-    """running/scheduled -> paused with the reason shown to operators."""
-    done = session.execute(
-        sa.update(Campaign)
-        .where(Campaign.id == campaign_id, Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
-        .values(status=CampaignStatus.PAUSED.value, pause_reason=fit(Campaign.pause_reason, reason), updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return done == 1
+    """running/scheduled -> paused with the reason shown to operators (worker.lifecycle)."""
+    return lifecycle.pause_by_engine(session, campaign_id, reason=reason)
 
 
 def backoff_until(attempts: int, *, base_s: float, max_s: float, now: datetime | None = None) -> datetime:
