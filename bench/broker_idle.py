@@ -30,7 +30,7 @@ def main() -> int:
     from scheduler.sweeper import sweep
     from tests.chaos_scenario import PrivateRedis
     from tests.conftest import make_runtime, stack_env
-    from tests.test_sweeper import published_send_tasks
+    from tests.scheduler.test_sweeper import published_send_tasks
     from worker.db import upgrade
     from worker.models import Message, utcnow
     from worker.queues import QUEUE_ADHOC

@@ -3,7 +3,7 @@
 Issue 12: `--broker-flush` adds a FLUSHDB of the broker and prints the seconds from the broker
 coming back to the first republished send; `--db-outage-s 90` cuts Postgres off for 90 s.
 
-The same code as tests/test_chaos.py (tests/chaos_scenario.py), with real processes: the sandbox,
+The same code as tests/system/test_chaos.py (tests/chaos_scenario.py), with real processes: the sandbox,
 a private redis-server, a fresh Postgres database, `buttoncast worker` x N and `buttoncast beat`.
 Prints the figures and every broken promise; exits 1 if there was one.
 """

@@ -1,6 +1,6 @@
 """The chaos scenario: one campaign through a faulty vendor while workers, Redis and beat are killed.
 
-One implementation for both sizes: `tests/test_chaos.py` runs it small in CI, `bench/chaos.py` runs
+One implementation for both sizes: `tests/system/test_chaos.py` runs it small in CI, `bench/chaos.py` runs
 it at 20,000 recipients. Everything is a real process: the sandbox (`python -m worker.sandbox`, so
 its records survive worker kills), a PRIVATE redis-server (broker and rate limiter; killed and
 restarted empty, never the machine's shared Redis), a fresh Postgres database, `buttoncast worker`
@@ -241,7 +241,7 @@ def _env(cfg: ChaosConfig, database_url: str, sandbox_url: str, broker_url: str)
         REQUEUE_BACKOFF_MAX_S="3", RATE_WAIT_MAX_S="2", RECORD_RETRY_MAX_S="5", AUTO_PAUSE_CONSECUTIVE_FAILURES="1000",
         # The fault mix (5 % drops, 2 % stalls, a 429 burst every 5 s) is meant to be sent through, not
         # to stop the campaign: with 64 threads a 429 burst catches enough drops in a row to reach the
-        # default 10-unknown streak. The auto-pauses have their own tests (tests/test_replies.py).
+        # default 10-unknown streak. The auto-pauses have their own tests (tests/webhooks/test_replies.py).
         AUTO_PAUSE_CONSECUTIVE_UNKNOWN="1000",
         BROKER_STALL_EXIT_S="10", BEAT_LOCK_TTL_S="3",
     )

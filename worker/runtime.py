@@ -47,7 +47,7 @@ class Runtime:
     def bound_pool(self) -> None:
         """A worker process: at most DATABASE_POOL_SIZE connections, threads beyond wait for one.
         Safe because a send task never waits for a second connection while it holds one, so every
-        holder gives its connection back (tests/test_send.py). Called before the engine exists."""
+        holder gives its connection back (tests/sending/test_send.py). Called before the engine exists."""
         if "engine" in self.__dict__:
             raise RuntimeError("bound_pool() after the engine was built")
         self.pool_overflow = 0

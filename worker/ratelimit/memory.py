@@ -1,7 +1,7 @@
 """In-process rate limiter: the embedded single-process mode and unit tests.
 
 The same algorithm as gcra.lua (read that file's header for the rules), under a threading.Lock on
-time.time(). Keep the two in step: tests/test_ratelimit.py runs the same bodies against both.
+time.time(). Keep the two in step: tests/ratelimit/test_ratelimit.py runs the same bodies against both.
 """
 
 from __future__ import annotations

@@ -310,7 +310,7 @@ class AwalClient:
         )
         self._clock = clock
         self._session = requests.Session()
-        # `transport`: a stub adapter for tests that script raw replies (tests/test_replies.py)
+        # `transport`: a stub adapter for tests that script raw replies (tests/webhooks/test_replies.py)
         adapter = transport or HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=pool_maxsize, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)

@@ -1,5 +1,5 @@
 """`buttoncast demo --console`: the demo runs as usual, then the console stays up on its data with a
-printed login, until Ctrl-C; plain `buttoncast demo` still ends on its own (tests/test_demo.py)."""
+printed login, until Ctrl-C; plain `buttoncast demo` still ends on its own (tests/cli/test_demo.py)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from scheduler.campaigns import create_campaign, create_with_recipients
 from scheduler.import_pool import ImportInterrupted
 from scheduler.importer import Recipient, import_recipients, read_recipients
 from scheduler.template import MessageTemplate
-from tests.test_import import TEMPLATE, counts, session_factory  # noqa: F401 - the fixture
+from tests.scheduler.test_import import TEMPLATE, counts, session_factory  # noqa: F401 - the fixture
 from worker.contacts.service import opt_out
 from worker.models import Contact, Message
 

@@ -26,7 +26,7 @@ from worker.models import utcnow
 
 pytestmark = pytest.mark.slow
 CHROMIUM_PATH = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).parent / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 TEMPLATE = {"header_text": "Spring sale", "body_text": "Hello {{name}}, 20 % off this week. Interested?",

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
 from tests.tcp_proxy import CuttableProxy
-from tests.test_campaign_e2e import TEMPLATE, write_csv
+from tests.system.test_campaign_e2e import TEMPLATE, write_csv
 from scheduler.campaigns import create_with_recipients
 from worker.models import Campaign, Message
 

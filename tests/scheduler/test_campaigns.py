@@ -21,7 +21,7 @@ from worker.db import make_engine, make_session_factory, upgrade
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus
 
-DATA = Path(__file__).resolve().parent.parent / "scheduler" / "data"
+DATA = Path(__file__).resolve().parents[2] / "scheduler" / "data"
 TEMPLATE = {"body_text": "Hello {{name}}", "buttons": [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]}
 _migrated: set[str] = set()
 

@@ -1,7 +1,7 @@
 """Issue 14 item 4: outbound event hooks. The service, the outbox writes (in the transaction of
 the change, on SQLite and Postgres), the delivery tick against a real local HTTP receiver, the
 reference verifier and the CLI. The whole path with real worker and beat processes is in
-tests/test_hooks_e2e.py."""
+tests/hooks/test_hooks_e2e.py."""
 
 from __future__ import annotations
 

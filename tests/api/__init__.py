@@ -1,0 +1,1 @@
+"""worker/api/: the HTTP API (and worker/asgi.py)."""

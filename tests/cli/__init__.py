@@ -1,0 +1,1 @@
+"""worker/cli/: the commands, the demo, the embedded mode."""

@@ -1,0 +1,1 @@
+"""worker/console/: the web console, in a real browser where it has pages."""

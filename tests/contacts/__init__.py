@@ -1,0 +1,1 @@
+"""worker/contacts/: consent, the window, the frequency cap."""

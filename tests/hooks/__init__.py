@@ -1,0 +1,1 @@
+"""worker/hooks/: outbound events to applications."""

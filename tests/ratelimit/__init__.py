@@ -1,0 +1,1 @@
+"""worker/ratelimit/: the shared limiter."""

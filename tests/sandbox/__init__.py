@@ -1,0 +1,1 @@
+"""worker/sandbox/: the vendor stand-in."""

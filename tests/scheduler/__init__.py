@@ -1,0 +1,1 @@
+"""scheduler/: campaigns, import, the dispatcher, the sweep, retry, snapshots, retention."""

@@ -1,0 +1,1 @@
+"""The send path (worker/sending/): claim, pace, sign and POST, record; the client; the journal."""

@@ -1,0 +1,1 @@
+"""worker/webhooks/: the vendor-webhook receiver, replies, late failures and the breaker."""
