@@ -27,8 +27,8 @@ _keys = iter(range(1, 10**9))
 
 
 @pytest.fixture()
-def rt(database_url: str) -> Any:
-    runtime = make_runtime(stack_env(database_url=database_url, sandbox_url="http://127.0.0.1:9"))
+def rt(empty_database: str) -> Any:
+    runtime = make_runtime(stack_env(database_url=empty_database, sandbox_url="http://127.0.0.1:9"))
     yield runtime
     runtime.close()
 
@@ -84,16 +84,16 @@ def test_item15_prune_deletes_old_history_of_final_messages_in_batches_and_keeps
     guarded = add_message(rt, "unknown")
     add_history(rt, guarded, OLD, outcome="sent")
 
-    dry = prune(rt.session_factory, older_than=timedelta(days=30), dry_run=True, now=NOW)
+    dry = prune(rt, older_than=timedelta(days=30), dry_run=True, now=NOW)
     assert dry.deleted == {"attempts": 3, "message_events": 4, "webhook_events": 0, "hook_outbox": 0}
     assert counts(rt, done) == (4, 4)   # the dry run deleted nothing
 
-    report = prune(rt.session_factory, older_than=timedelta(days=30), now=NOW, batch_rows=2)
+    report = prune(rt, older_than=timedelta(days=30), now=NOW, batch_rows=2)
     assert report.deleted == dry.deleted
     assert counts(rt, done) == (1, 1) and counts(rt, in_flight) == (1, 1) and counts(rt, guarded) == (1, 0)
     with rt.session_factory() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Message)) == 3
-    assert prune(rt.session_factory, older_than=timedelta(days=30), now=NOW).total == 0
+    assert prune(rt, older_than=timedelta(days=30), now=NOW).total == 0
 
 
 def test_item15_prune_keeps_unmatched_webhook_events_the_sweep_may_still_match(rt: Any) -> None:
@@ -103,7 +103,7 @@ def test_item15_prune_keeps_unmatched_webhook_events_the_sweep_may_still_match(r
     old_unmatched = add_event(rt, OLD, matched=False)
     recent_unmatched = add_event(rt, NOW - timedelta(hours=3), matched=False)
     young = add_event(rt, YOUNG, matched=True)
-    report = prune(rt.session_factory, older_than=timedelta(hours=1), now=NOW, match_window_s=6 * 3600)
+    report = prune(rt, older_than=timedelta(hours=1), now=NOW, match_window_s=6 * 3600)
     assert report.deleted["webhook_events"] == 3
     assert event_ids(rt) == {recent_unmatched}
     assert {old_matched, old_unmatched, young}.isdisjoint(event_ids(rt))
