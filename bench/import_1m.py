@@ -152,9 +152,15 @@ def stage(name: str, csv_path: str, url: str | None, optouts: str | None = None)
         suppressed = {}
         if optouts:
             from worker.contacts.importer import import_optouts
+            from worker.runtime import Runtime
+            from worker.settings import Settings
 
             began = time.perf_counter()
-            listed = import_optouts(make_session_factory(engine), optouts)
+            suppression = Runtime(Settings(database_url=url))
+            try:
+                listed = import_optouts(suppression, optouts)
+            finally:
+                suppression.close()
             took = time.perf_counter() - began
             suppressed = {"optout_list_rows_per_s": round((listed.opted_out + listed.already_opted_out) / took)}
         start = time.perf_counter()  # migrations (and the suppression list) are not the import

@@ -166,6 +166,31 @@ def cancel(session: Session, campaign_id: int, *, actor: str | None = None) -> t
     return campaign, cancelled
 
 
+# What an operator does to a campaign, each in a transaction of its own: the CLI, the API and the
+# console call these (never the Session-level steps above inside a transaction of their own making).
+
+def schedule_campaign(runtime: "Runtime", campaign_id: int, at: datetime | None = None, *,
+                      actor: str | None = None) -> Campaign:
+    with runtime.session_factory.begin() as session:
+        return schedule(session, campaign_id, at, actor=actor)
+
+
+def pause_campaign(runtime: "Runtime", campaign_id: int, reason: str = PAUSED_BY_OPERATOR, *,
+                   actor: str | None = None) -> Campaign:
+    with runtime.session_factory.begin() as session:
+        return pause(session, campaign_id, reason, actor=actor)
+
+
+def resume_campaign(runtime: "Runtime", campaign_id: int, *, actor: str | None = None) -> Campaign:
+    with runtime.session_factory.begin() as session:
+        return resume(session, campaign_id, actor=actor)
+
+
+def cancel_campaign(runtime: "Runtime", campaign_id: int, *, actor: str | None = None) -> tuple[Campaign, int]:
+    with runtime.session_factory.begin() as session:
+        return cancel(session, campaign_id, actor=actor)
+
+
 def empty_counts() -> dict[str, int]:
     return {s.value: 0 for s in MessageStatus}
 
@@ -232,15 +257,15 @@ def create_with_recipients(
     return campaign_id, result
 
 
-def discard_draft(session_factory: sessionmaker[Session], campaign_id: int, *, actor: str | None = None) -> None:
+def discard_draft(runtime: "Runtime", campaign_id: int, *, actor: str | None = None) -> None:
     """Delete a draft and its recipients (the console's "discard" after the import report).
     Only a draft: a campaign that was ever scheduled keeps its history."""
-    with session_factory.begin() as session:
+    with runtime.session_factory.begin() as session:
         campaign = get_campaign(session, campaign_id)
         if campaign.status != S.DRAFT.value:
             raise IllegalTransition(campaign_id, campaign.status, "discarded")
         record_audit(session, actor, "campaign.discarded", "campaign", campaign_id, name=campaign.name)
-    _delete_campaign(session_factory, campaign_id)
+    _delete_campaign(runtime.session_factory, campaign_id)
 
 
 def _delete_campaign(session_factory: sessionmaker[Session], campaign_id: int) -> None:

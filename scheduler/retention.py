@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.hooks.models import HookOutbox, OutboxStatus
 from worker.models import Attempt, Message, MessageEvent, utcnow
+from worker.runtime import Runtime
 from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import FINAL_MESSAGE_STATUSES, MessageStatus
 from worker.webhooks.models import WebhookEvent
@@ -74,7 +75,7 @@ def prunable(table: str, cutoff: datetime, *, now: datetime,
 
 
 def prune(
-    session_factory: sessionmaker[Session], *, older_than: timedelta, dry_run: bool = False,
+    runtime: Runtime, *, older_than: timedelta, dry_run: bool = False,
     now: datetime | None = None, match_window_s: float = WEBHOOK_MATCH_WINDOW_S,
     batch_rows: int = PRUNE_BATCH_ROWS,
 ) -> PruneReport:
@@ -86,11 +87,11 @@ def prune(
     for name in TABLES:
         table, condition = prunable(name, report.cutoff, now=now, match_window_s=match_window_s)
         if dry_run:
-            with session_factory() as session:
+            with runtime.session_factory() as session:
                 report.deleted[name] = session.execute(
                     sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one()
         else:
-            report.deleted[name] = _delete_in_batches(session_factory, table, condition, batch_rows)
+            report.deleted[name] = _delete_in_batches(runtime.session_factory, table, condition, batch_rows)
     if report.total and not dry_run:
         log.info("pruned rows older than %s: %s", report.cutoff.isoformat(),
                  ", ".join(f"{n} {c}" for n, c in report.deleted.items()))
@@ -115,10 +116,10 @@ def _delete_in_batches(session_factory: sessionmaker[Session], table: sa.Table, 
             return deleted
 
 
-def prune_expired(runtime) -> PruneReport | None:  # noqa: ANN001 - worker.runtime.Runtime
+def prune_expired(runtime: Runtime) -> PruneReport | None:
     """The beat job: prune with RETENTION_DAYS (None when it is 0, keep for ever)."""
     days = runtime.settings.retention_days
     if days == 0:
         return None
-    return prune(runtime.session_factory, older_than=timedelta(days=days),
+    return prune(runtime, older_than=timedelta(days=days),
                  match_window_s=runtime.settings.webhook_match_window_s)

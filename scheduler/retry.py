@@ -31,6 +31,7 @@ from worker.errors import ButtoncastError
 from worker.failures import FailureClass, describe_code
 from worker.sending.gate import OPTED_OUT_NOW
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
+from worker.runtime import Runtime
 from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.retry")
@@ -336,7 +337,7 @@ class DuplicatesNotAccepted(RetryRefused):
 
 
 def retry_messages(
-    session_factory: sessionmaker[Session],
+    runtime: Runtime,
     selection: RetrySelection,
     *,
     dry_run: bool = False,
@@ -346,11 +347,11 @@ def retry_messages(
     """Plan, then (unless `dry_run` or nothing matched) requeue: the API's retry in one call.
 
     Retrying `unknown` messages needs `accept_duplicates` (the CLI asks, or takes --yes)."""
-    with session_factory() as session:
+    with runtime.read_sessions() as session:
         plan = plan_retry(session, selection)
     if dry_run or plan.total == 0:
         return plan, None
     if plan.risks_duplicates and not accept_duplicates:
         raise DuplicatesNotAccepted(f"{plan.unknown} of the {plan.total} message(s) are unknown: {DUPLICATE_WARNING}; "
                                     "nothing requeued (accept the duplicates explicitly to retry them)")
-    return plan, requeue(session_factory, selection, actor=actor)
+    return plan, requeue(runtime.session_factory, selection, actor=actor)

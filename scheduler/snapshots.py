@@ -112,11 +112,11 @@ def load_many(session: Session, campaign_ids: list[int]) -> dict[int, Snapshot]:
     return out
 
 
-def store(session_factory: sessionmaker[Session], snapshot: Snapshot) -> None:
+def store(runtime: "Runtime", snapshot: Snapshot) -> None:
     """Keep `snapshot` unless a newer one is stored already (two processes may scan at once)."""
     values = {"campaign_id": snapshot.campaign_id, "taken_at": snapshot.taken_at, "scan_ms": snapshot.scan_ms,
               "tally": _to_json(snapshot.tally)}
-    with session_factory.begin() as session:
+    with runtime.session_factory.begin() as session:
         dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
         insert = dialect.insert(CampaignTally).values(**values)
         table = CampaignTally.__table__
@@ -130,7 +130,7 @@ def store(session_factory: sessionmaker[Session], snapshot: Snapshot) -> None:
 def refresh(runtime: "Runtime", campaign_id: int) -> Snapshot:
     """Count the campaign again and store the result; returns it."""
     snapshot = take(runtime.read_sessions, campaign_id)
-    store(runtime.session_factory, snapshot)
+    store(runtime, snapshot)
     return snapshot
 
 

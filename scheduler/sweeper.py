@@ -78,7 +78,7 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
                 for mid in lost
             ])
         report.unknown = len(lost)
-    report.matched_events = _match_webhook_events(runtime)
+    report.matched_events = match_webhook_events(runtime)
     with runtime.read_sessions() as session:   # a read: on SQLite it does not take the write lock
         update_queue_depth_metric(session)
     try:
@@ -149,7 +149,7 @@ def apply_outcome_journal(runtime: Runtime) -> int:
     return journal.apply_entries(journal.journal_of(runtime), runtime.session_factory, actor=ACTOR)
 
 
-def _match_webhook_events(runtime: Runtime) -> int:
+def match_webhook_events(runtime: Runtime) -> int:
     """Webhook events that arrived before their message was recorded get applied now."""
     try:
         from worker.webhooks.apply import match_pending_events

@@ -225,3 +225,34 @@ def test_the_lifecycle_table_tells_the_truth_about_reopening():
     assert S.RUNNING in lifecycle.TRANSITIONS[S.COMPLETED]          # reopen(): requeued messages
     assert not lifecycle.operator_may(S.COMPLETED, S.RUNNING)       # ... but never an operator's resume
     assert lifecycle.TRANSITIONS[S.CANCELLED] == frozenset()
+
+
+# Rule 3: a service function that writes takes the Runtime and owns its transaction; faces open none.
+def _write_transactions_opened(path: Path) -> list[str]:
+    """`x.session_factory.begin()`, `x.session_factory()`, or the factory handed to a function as an
+    argument: a face that opens (or lends out) a write transaction. Composing an app with
+    `session_factory=` (the receiver's factory) is not a transaction."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        opens = isinstance(func, ast.Attribute) and (
+            func.attr == "session_factory"
+            or (func.attr == "begin" and isinstance(func.value, ast.Attribute) and func.value.attr == "session_factory"))
+        lends = any(isinstance(a, ast.Attribute) and a.attr == "session_factory" for a in node.args)
+        if opens or lends:
+            found.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_no_face_or_command_opens_a_write_transaction():
+    opened = [line for module, path in sorted(product_modules().items()) if layer_of(module) <= FACES
+              for line in _write_transactions_opened(path)]
+    assert opened == []
+
+
+def test_the_transaction_check_sees_one(tmp_path):
+    face = tmp_path / "face.py"
+    face.write_text("def f(rt):\n    with rt.session_factory.begin() as s:\n        g(s)\n    create_key(rt.session_factory, name='x')\n")
+    assert len(_write_transactions_opened(face)) == 2

@@ -1,4 +1,7 @@
-"""The FastAPI application: `uvicorn --factory worker.asgi:create_app` (what `buttoncast api` runs).
+"""The one ASGI app: `uvicorn --factory worker.asgi:create_app` (what `buttoncast api` runs).
+
+The one place the two faces meet: the HTTP API's routers (worker/api/) with the web console
+(worker/console/) mounted at /. Neither face imports the other.
 
 Middleware, outermost first: the body-size limit (413 before a byte is read when Content-Length
 says so), then API-key authentication (401 before the body is read), then the routers.

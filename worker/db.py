@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -124,3 +124,35 @@ def current_revision(database_url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+Row = TypeVar("Row")
+_NO_ROW = object()
+
+
+def streamed_read(sessions: Callable[[], Session], rows: Callable[[Session], Iterator[Row]],
+                  render: Callable[[Iterator[Row]], Iterator[str]]) -> Iterator[str]:
+    """A download read for as long as it streams: the API's report and the console's CSVs.
+
+    The first row is read now, so a missing campaign raises before a response starts; the session
+    stays open while the returned iterator is consumed and closes when it ends."""
+    session = sessions()
+    try:
+        iterator = rows(session)
+        first = next(iterator, _NO_ROW)
+    except BaseException:
+        session.close()
+        raise
+
+    def chunks() -> Iterator[str]:
+        try:
+            yield from render(iter(()) if first is _NO_ROW else _chain(first, iterator))
+        finally:
+            session.close()
+
+    return chunks()
+
+
+def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
+    yield first
+    yield from rest

@@ -54,8 +54,8 @@ def test_the_cli_the_api_and_the_console_create_through_one_service_function(sql
     try:
         from worker.asgi import create_app
 
-        _, key = create_key(rt.session_factory, name="faces", scope="campaigns", actor="test")
-        create_user(rt.session_factory, email="ana@example.com", role="marketer", password=PASSWORD, actor="test")
+        _, key = create_key(rt, name="faces", scope="campaigns", actor="test")
+        create_user(rt, email="ana@example.com", role="marketer", password=PASSWORD, actor="test")
         with TestClient(create_app()) as client:
             # the API
             api = client.post("/v1/campaigns", headers={"Authorization": f"Bearer {key}"},

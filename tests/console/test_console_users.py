@@ -33,36 +33,36 @@ def rt(empty_database: str, sandbox):  # noqa: ANN001
 
 
 def test_a_password_is_stored_as_an_argon2_hash_and_logs_in(rt) -> None:  # noqa: ANN001
-    person = create_user(rt.session_factory, email=" Ana@Example.COM ", role="marketer", password=PASSWORD, actor="cli")
+    person = create_user(rt, email=" Ana@Example.COM ", role="marketer", password=PASSWORD, actor="cli")
     assert person.email == "ana@example.com" and person.role is Role.MARKETER
     with rt.session_factory() as session:
         stored = session.scalar(sa.select(ConsoleUser.password_hash))
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
-    assert log_in(rt.session_factory, "ANA@example.com", PASSWORD).id == person.id
+    assert log_in(rt, "ANA@example.com", PASSWORD).id == person.id
 
 
 def test_bad_input_is_refused_naming_the_field(rt) -> None:  # noqa: ANN001
     with pytest.raises(MessageInvalid, match="password"):
-        create_user(rt.session_factory, email="b@example.com", role="viewer", password="short", actor="cli")
+        create_user(rt, email="b@example.com", role="viewer", password="short", actor="cli")
     with pytest.raises(MessageInvalid, match="role"):
-        create_user(rt.session_factory, email="b@example.com", role="owner", password=PASSWORD, actor="cli")
-    create_user(rt.session_factory, email="b@example.com", role="viewer", password=PASSWORD, actor="cli")
+        create_user(rt, email="b@example.com", role="owner", password=PASSWORD, actor="cli")
+    create_user(rt, email="b@example.com", role="viewer", password=PASSWORD, actor="cli")
     with pytest.raises(MessageInvalid, match="already has an account"):
-        create_user(rt.session_factory, email="B@example.com", role="viewer", password=PASSWORD, actor="cli")
+        create_user(rt, email="B@example.com", role="viewer", password=PASSWORD, actor="cli")
 
 
 def test_five_wrong_passwords_lock_for_15_minutes_then_the_right_one_works_again(rt) -> None:  # noqa: ANN001
-    create_user(rt.session_factory, email="c@example.com", role="viewer", password=PASSWORD, actor="cli")
+    create_user(rt, email="c@example.com", role="viewer", password=PASSWORD, actor="cli")
     now = utcnow()
     for _ in range(LOCK_AFTER_FAILURES - 1):
         with pytest.raises(LoginRefused, match="wrong email or password"):
-            log_in(rt.session_factory, "c@example.com", "nope", now=now)
+            log_in(rt, "c@example.com", "nope", now=now)
     with pytest.raises(LoginRefused, match="locked") as locked:
-        log_in(rt.session_factory, "c@example.com", "nope", now=now)
+        log_in(rt, "c@example.com", "nope", now=now)
     assert locked.value.locked_until == now + timedelta(seconds=LOCK_DURATION_S)
     with pytest.raises(LoginRefused, match="locked"):  # the right password during the lock: refused
-        log_in(rt.session_factory, "c@example.com", PASSWORD, now=now + timedelta(minutes=14))
-    assert log_in(rt.session_factory, "c@example.com", PASSWORD, now=now + timedelta(minutes=15, seconds=1)).email == "c@example.com"
+        log_in(rt, "c@example.com", PASSWORD, now=now + timedelta(minutes=14))
+    assert log_in(rt, "c@example.com", PASSWORD, now=now + timedelta(minutes=15, seconds=1)).email == "c@example.com"
     with rt.session_factory() as session:
         actions = list(session.scalars(sa.select(AuditEvent.action).where(AuditEvent.actor == "user:c@example.com")))
     assert actions == ["user.login_failed"] * 4 + ["user.locked", "user.login_refused", "user.logged_in"]
@@ -70,30 +70,30 @@ def test_five_wrong_passwords_lock_for_15_minutes_then_the_right_one_works_again
 
 def test_an_unknown_email_is_refused_like_a_wrong_password(rt) -> None:  # noqa: ANN001
     with pytest.raises(LoginRefused, match="^wrong email or password$"):
-        log_in(rt.session_factory, "nobody@example.com", PASSWORD)
+        log_in(rt, "nobody@example.com", PASSWORD)
 
 
 def test_sessions_are_stored_as_hashes_and_end_at_logout_expiry_disable_and_reset(rt) -> None:  # noqa: ANN001
-    person = create_user(rt.session_factory, email="d@example.com", role="admin", password=PASSWORD, actor="cli")
-    token = start_session(rt.session_factory, person, ttl_s=3600)
+    person = create_user(rt, email="d@example.com", role="admin", password=PASSWORD, actor="cli")
+    token = start_session(rt, person, ttl_s=3600)
     with rt.session_factory() as session:
         assert session.scalar(sa.select(ConsoleSession.token_hash)) == token_hash(token) != token
         assert person_for(session, token).email == "d@example.com"
         assert person_for(session, token, now=utcnow() + timedelta(hours=2)) is None  # expired
         assert person_for(session, token + "x") is None
-    end_session(rt.session_factory, token)
+    end_session(rt, token)
     with rt.session_factory() as session:
         assert person_for(session, token) is None
-    for end in (lambda: disable_user(rt.session_factory, "d@example.com", actor="cli"),
-                lambda: reset_password(rt.session_factory, "d@example.com", PASSWORD + "!", actor="cli")):
-        token = start_session(rt.session_factory, person, ttl_s=3600)
+    for end in (lambda: disable_user(rt, "d@example.com", actor="cli"),
+                lambda: reset_password(rt, "d@example.com", PASSWORD + "!", actor="cli")):
+        token = start_session(rt, person, ttl_s=3600)
         end()
         with rt.session_factory() as session:
             assert person_for(session, token) is None
     # reset re-enabled the disabled account, with the new password only
-    assert log_in(rt.session_factory, "d@example.com", PASSWORD + "!").email == "d@example.com"
+    assert log_in(rt, "d@example.com", PASSWORD + "!").email == "d@example.com"
     with pytest.raises(LoginRefused):
-        log_in(rt.session_factory, "d@example.com", PASSWORD)
+        log_in(rt, "d@example.com", PASSWORD)
 
 
 def test_roles_are_nested_and_the_csrf_token_belongs_to_its_session() -> None:

@@ -435,7 +435,7 @@ def test_suppression_list_import_streams_in_batches_and_reports_new_and_known(ru
     fresh = [new_phone() for _ in range(5)]
     path = tmp_path / "optouts.csv"
     path.write_text("phone,reason\n" + "".join(f"+{p},from CRM\n" for p in fresh) + f"{known},\nnot-a-phone,x\n{fresh[0]},again\n")
-    result = import_optouts(runtime.session_factory, path, batch_rows=2)
+    result = import_optouts(runtime, path, batch_rows=2)
     assert (result.opted_out, result.already_opted_out, result.rejected) == (5, 2, 1)
     assert result.problems and result.problems[0].startswith("line 8:")
     with runtime.session_factory() as s:

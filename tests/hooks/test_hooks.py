@@ -345,7 +345,7 @@ def test_retention_prunes_old_delivered_and_dead_hook_events_and_keeps_pending_o
         ids = list(s.scalars(sa.select(HookOutbox.id).order_by(HookOutbox.id)))
         for row_id, status in zip(ids, ("delivered", "dead", "pending")):
             s.execute(sa.update(HookOutbox).where(HookOutbox.id == row_id).values(status=status, last_attempt_at=old))
-    report = prune(rt.session_factory, older_than=timedelta(days=30))
+    report = prune(rt, older_than=timedelta(days=30))
     assert report.deleted["hook_outbox"] == 2 and [r.status for r in rows(rt)] == ["pending"]
 
 

@@ -240,6 +240,7 @@ def test_suppression_list_windows_first_reason_wins_one_event_per_change(session
     """contacts import --optouts, set-based per window: each phone opted out once with its first
     row's reason and one contact_events row; repeats (in a window or a later one) and phones
     opted out before count as already opted out and keep what they had."""
+    from tests.conftest import make_runtime, stack_env
     from worker.contacts.importer import import_optouts
     from worker.models import ContactEvent
 
@@ -252,7 +253,12 @@ def test_suppression_list_windows_first_reason_wins_one_event_per_change(session
     lines += [f"00{base + 3},second", "not-a-phone,x", f"{base + 20},", f"{base + 30},"]
     path = tmp_path / "optouts.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = import_optouts(session_factory, path, batch_rows=7)
+    url = session_factory.kw["bind"].url.render_as_string(hide_password=False)
+    rt = make_runtime(stack_env(database_url=url, sandbox_url="http://127.0.0.1:9"))   # the same database
+    try:
+        result = import_optouts(rt, path, batch_rows=7)
+    finally:
+        rt.close()
     assert (result.opted_out, result.already_opted_out, result.rejected) == (30, 3, 1)
     assert result.problems[0].startswith("line 33:")
     phones = [str(base + i) for i in range(31)]

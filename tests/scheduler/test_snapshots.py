@@ -71,7 +71,7 @@ def test_an_older_scan_never_replaces_a_newer_snapshot(rt) -> None:  # noqa: ANN
     cid = make_campaign(rt, "running")
     newer = snapshots.refresh(rt, cid)
     older = replace(newer, taken_at=newer.taken_at - timedelta(seconds=10), scan_ms=1)
-    snapshots.store(rt.session_factory, older)
+    snapshots.store(rt, older)
     assert stored(rt, cid).taken_at == newer.taken_at
 
 
@@ -80,7 +80,7 @@ def test_a_deleted_campaign_takes_its_snapshot_along(rt) -> None:  # noqa: ANN00
         cid = campaigns.create_campaign(s, name="draft", phone_number_id="123456", template=TEMPLATE, draft=True).id
         s.add(Message(campaign_id=cid, phone_number_id="123456", phone="966500000001", content=TEMPLATE))
     snapshots.refresh(rt, cid)
-    campaigns.discard_draft(rt.session_factory, cid)
+    campaigns.discard_draft(rt, cid)
     with rt.read_sessions() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(CampaignTally)) == 0
 

@@ -22,12 +22,13 @@ from datetime import datetime
 from typing import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from worker.access.models import ApiKey
 from worker.audit import AuditEvent, record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import UTCDateTime, utcnow
+from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "bc"
@@ -95,8 +96,9 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(session_factory: sessionmaker[Session], *, name: str, scope: str, actor: str | None = None) -> tuple[KeyInfo, str]:
-    """Store a new key's hash; returns its info and the key itself, which is never retrievable again."""
+def create_key(rt: Runtime, *, name: str, scope: str, actor: str | None = None) -> tuple[KeyInfo, str]:
+    """Store a new key's hash (in its own transaction); returns its info and the key itself, which is
+    never retrievable again."""
     problems = []
     if not isinstance(name, str) or not name.strip():
         problems.append(FieldProblem("name", "is required"))
@@ -106,7 +108,7 @@ def create_key(session_factory: sessionmaker[Session], *, name: str, scope: str,
         problems.append(FieldProblem("scope", f"{scope!r} is not one of {', '.join(s.value for s in Scope)}"))
     if problems:
         raise MessageInvalid(problems)
-    with session_factory.begin() as session:
+    with rt.session_factory.begin() as session:
         while True:
             prefix = secrets.token_hex(PREFIX_CHARS // 2)
             if session.scalar(sa.select(ApiKey.id).where(ApiKey.prefix == prefix)) is None:
@@ -129,9 +131,10 @@ def list_keys(session: Session) -> list[KeyInfo]:
     return [_info(row, actor) for row, actor in rows]
 
 
-def revoke_key(session_factory: sessionmaker[Session], key_id: int, *, actor: str | None = None) -> KeyInfo:
-    """Revoke a key (idempotent: revoking twice keeps the first time). Its requests get 401 at once."""
-    with session_factory.begin() as session:
+def revoke_key(rt: Runtime, key_id: int, *, actor: str | None = None) -> KeyInfo:
+    """Revoke a key, in its own transaction (idempotent: revoking twice keeps the first time). Its
+    requests get 401 at once."""
+    with rt.session_factory.begin() as session:
         row = session.get(ApiKey, key_id)
         if row is None:
             raise ApiKeyNotFound(key_id)

@@ -11,11 +11,12 @@ import secrets
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from worker.access.models import ConsoleSession, ConsoleUser
 from worker.access.users import Person
 from worker.models import utcnow
+from worker.runtime import Runtime
 
 COOKIE_NAME = "bc_session"
 TOKEN_BYTES = 32
@@ -25,11 +26,12 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_session(session_factory: sessionmaker[Session], person: Person, ttl_s: float, now: datetime | None = None) -> str:
-    """A new session for `person`; returns the token for the cookie (shown nowhere else)."""
+def start_session(rt: Runtime, person: Person, ttl_s: float, now: datetime | None = None) -> str:
+    """A new session for `person`, in its own transaction; returns the token for the cookie (shown
+    nowhere else)."""
     now = now or utcnow()
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    with session_factory.begin() as session:
+    with rt.session_factory.begin() as session:
         session.execute(sa.delete(ConsoleSession).where(ConsoleSession.expires_at <= now))  # keep the table small
         session.add(ConsoleSession(token_hash=token_hash(token), user_id=person.id, created_at=now,
                                    expires_at=now + timedelta(seconds=ttl_s)))
@@ -48,8 +50,9 @@ def person_for(session: Session, token: str | None, now: datetime | None = None)
     return Person.of(user) if user is not None else None
 
 
-def end_session(session_factory: sessionmaker[Session], token: str | None) -> None:
+def end_session(rt: Runtime, token: str | None) -> None:
+    """Forget the session this token is (logout), in its own transaction; no token: nothing to do."""
     if not token:
         return
-    with session_factory.begin() as session:
+    with rt.session_factory.begin() as session:
         session.execute(sa.delete(ConsoleSession).where(ConsoleSession.token_hash == token_hash(token)))

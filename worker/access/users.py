@@ -14,13 +14,14 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from worker.audit import record_audit
 from worker.access.models import ConsoleSession, ConsoleUser
 from worker.access.roles import Role
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import utcnow
+from worker.runtime import Runtime
 
 LOCK_AFTER_FAILURES = 5
 LOCK_DURATION_S = 15 * 60
@@ -86,14 +87,15 @@ def check_password(password: str) -> None:
         raise MessageInvalid([FieldProblem("password", f"is {n} characters; the limit is {PASSWORD_MAX_CHARS}")])
 
 
-def create_user(session_factory: sessionmaker[Session], *, email: str, role: str, password: str, actor: str | None) -> Person:
+def create_user(rt: Runtime, *, email: str, role: str, password: str, actor: str | None) -> Person:
+    """A new console user (argon2 hash of the password), in its own transaction."""
     email = normalize_email(email)
     try:
         role_value = Role(role)
     except ValueError:
         raise MessageInvalid([FieldProblem("role", f"{role!r} is not one of admin, marketer, viewer")]) from None
     check_password(password)
-    with session_factory.begin() as session:
+    with rt.session_factory.begin() as session:
         if session.scalar(sa.select(ConsoleUser.id).where(ConsoleUser.email == email)) is not None:
             raise MessageInvalid([FieldProblem("email", f"{email} already has an account")])
         user = ConsoleUser(email=email, role=role_value.value, password_hash=_hasher.hash(password), failed_logins=0,
@@ -115,9 +117,9 @@ def _user(session: Session, email: str) -> ConsoleUser:
     return user
 
 
-def disable_user(session_factory: sessionmaker[Session], email: str, *, actor: str | None) -> Person:
-    """No more logins, and every open session of theirs ends now."""
-    with session_factory.begin() as session:
+def disable_user(rt: Runtime, email: str, *, actor: str | None) -> Person:
+    """No more logins, and every open session of theirs ends now (one transaction of its own)."""
+    with rt.session_factory.begin() as session:
         user = _user(session, email)
         user.disabled_at = user.disabled_at or utcnow()
         session.execute(sa.delete(ConsoleSession).where(ConsoleSession.user_id == user.id))
@@ -125,10 +127,11 @@ def disable_user(session_factory: sessionmaker[Session], email: str, *, actor: s
         return Person.of(user)
 
 
-def reset_password(session_factory: sessionmaker[Session], email: str, password: str, *, actor: str | None) -> Person:
-    """A new password; lifts a lock, re-enables the account, and ends its open sessions."""
+def reset_password(rt: Runtime, email: str, password: str, *, actor: str | None) -> Person:
+    """A new password; lifts a lock, re-enables the account, and ends its open sessions (one
+    transaction of its own)."""
     check_password(password)
-    with session_factory.begin() as session:
+    with rt.session_factory.begin() as session:
         user = _user(session, email)
         user.password_hash = _hasher.hash(password)
         user.failed_logins, user.locked_until, user.disabled_at = 0, None, None
@@ -144,16 +147,17 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
-def log_in(session_factory: sessionmaker[Session], email: str, password: str, now: datetime | None = None) -> Person:
+def log_in(rt: Runtime, email: str, password: str, now: datetime | None = None) -> Person:
     """The person, if the password is right and the account neither locked nor disabled; else LoginRefused.
 
-    A refusal is committed (the failure count, the lock, the audit row) before it is raised."""
+    It owns its transaction: a refusal is committed (the failure count, the lock, the audit row)
+    before it is raised."""
     now = now or utcnow()
     try:
         email = normalize_email(email)
     except MessageInvalid:
         raise LoginRefused("wrong email or password") from None
-    with session_factory.begin() as session:
+    with rt.session_factory.begin() as session:
         outcome = _judge_login(session, email, password or "", now)
     if isinstance(outcome, LoginRefused):
         raise outcome

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -16,6 +16,7 @@ from worker.api.schemas import (
     ImportReport, MessageCreated, PauseIn, ScheduleIn, Tap, TestIn,
 )
 from worker.api.uploads import CampaignUpload, campaign_upload
+from worker.db import streamed_read
 from worker.runtime import Runtime
 from worker.status import MessageStatus
 
@@ -74,8 +75,7 @@ def schedule(campaign_id: CampaignId, body: ScheduleIn | None = Body(None), prin
              rt: Runtime = Depends(runtime)) -> CampaignSummary:
     """draft (or paused, never started) -> scheduled, at `at` or the time given at creation, else now."""
     at = campaigns.parse_at(body.at, "at") if body and body.at else None
-    with rt.session_factory.begin() as session:
-        campaigns.schedule(session, campaign_id, at, actor=principal.actor)
+    campaigns.schedule_campaign(rt, campaign_id, at, actor=principal.actor)
     return _summary(rt, campaign_id)
 
 
@@ -83,24 +83,22 @@ def schedule(campaign_id: CampaignId, body: ScheduleIn | None = Body(None), prin
 def pause(campaign_id: CampaignId, body: PauseIn | None = Body(None), principal: Principal = CAMPAIGNS,
           rt: Runtime = Depends(runtime)) -> CampaignSummary:
     """Stop dispatching within one dispatcher tick; queued sends go back to pending."""
-    with rt.session_factory.begin() as session:
-        campaigns.pause(session, campaign_id, (body.reason if body else None) or campaigns.PAUSED_BY_OPERATOR, actor=principal.actor)
+    campaigns.pause_campaign(rt, campaign_id, (body.reason if body else None) or campaigns.PAUSED_BY_OPERATOR,
+                             actor=principal.actor)
     return _summary(rt, campaign_id)
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignSummary)
 def resume(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignSummary:
     """Continue where it stopped: running, or scheduled if it never started."""
-    with rt.session_factory.begin() as session:
-        campaigns.resume(session, campaign_id, actor=principal.actor)
+    campaigns.resume_campaign(rt, campaign_id, actor=principal.actor)
     return _summary(rt, campaign_id)
 
 
 @router.post("/{campaign_id}/cancel", response_model=CancelOut)
 def cancel(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CancelOut:
     """Every pending or queued message becomes cancelled; those mid-send finish on their own."""
-    with rt.session_factory.begin() as session:
-        _, cancelled = campaigns.cancel(session, campaign_id, actor=principal.actor)
+    _, cancelled = campaigns.cancel_campaign(rt, campaign_id, actor=principal.actor)
     return CancelOut(**_summary(rt, campaign_id).model_dump(), cancelled_messages=cancelled)
 
 
@@ -117,27 +115,8 @@ def test(campaign_id: CampaignId, body: TestIn, principal: Principal = CAMPAIGNS
 def campaign_report(campaign_id: CampaignId, format: Literal["csv", "json"] = "csv", _: Principal = CAMPAIGNS,
                     rt: Runtime = Depends(runtime)) -> StreamingResponse:
     """One row per recipient, streamed as it is read (a million rows never sit in memory)."""
-    session = rt.read_sessions()
-    try:
-        rows = report.report_rows(session, campaign_id)
-        first = next(rows, None)  # raises CampaignNotFound before the response starts
-    except BaseException:
-        session.close()
-        raise
-
-    def chunks() -> Iterator[str]:
-        try:
-            stream = report.stream_csv if format == "csv" else report.stream_json
-            yield from stream(_chain(first, rows))
-        finally:
-            session.close()
-
+    stream = report.stream_csv if format == "csv" else report.stream_json
+    chunks = streamed_read(rt.read_sessions, lambda session: report.report_rows(session, campaign_id), stream)
     media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
-    return StreamingResponse(chunks(), media_type=media,
+    return StreamingResponse(chunks, media_type=media,
                              headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}.{format}"'})
-
-
-def _chain(first: dict | None, rest: Iterator[dict]) -> Iterator[dict]:
-    if first is not None:
-        yield first
-        yield from rest

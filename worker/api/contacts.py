@@ -41,9 +41,7 @@ def opt_out(phone: str, body: OptOutIn | None = Body(None), principal: Principal
             rt: Runtime = Depends(runtime)) -> ContactOut:
     """Never message this phone again (until an opt-in); `changed` is false if it already was opted out."""
     number = normalize_phone(phone, default_region=rt.settings.default_country_code)
-    with rt.session_factory.begin() as session:
-        changed = contacts.opt_out(session, number, source=contacts.SOURCE_OPERATOR,
-                                   reason=body.reason if body else None, actor=principal.actor)
+    changed = bool(contacts.operator_opt_out(rt, [number], reason=body.reason if body else None, actor=principal.actor))
     return _view(rt, number, changed)
 
 
@@ -51,8 +49,7 @@ def opt_out(phone: str, body: OptOutIn | None = Body(None), principal: Principal
 def opt_in(phone: str, principal: Principal = ADMIN, rt: Runtime = Depends(runtime)) -> ContactOut:
     """The phone may be messaged again; `changed` is false if it was not opted out."""
     number = normalize_phone(phone, default_region=rt.settings.default_country_code)
-    with rt.session_factory.begin() as session:
-        changed = contacts.opt_in(session, number, source=contacts.SOURCE_OPERATOR, actor=principal.actor)
+    changed = bool(contacts.operator_opt_in(rt, [number], actor=principal.actor))
     return _view(rt, number, changed)
 
 

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, Path, Response
 from worker.api.auth import require
 from worker.api.deps import ID_MAX, runtime
 from worker.access.keys import Principal, Scope
-from worker.audit import record_audit
 from worker.api.schemas import HookCreated, HookIn, HookList, HookOut, RedeliverIn, RedeliverOut
 from worker.hooks import service
 from worker.runtime import Runtime
@@ -32,18 +31,14 @@ def list_hooks(_: Principal = Depends(require(Scope.ADMIN)), rt: Runtime = Depen
 @router.post("", status_code=201, response_model=HookCreated)
 def add_hook(body: HookIn, principal: Principal = Depends(require(Scope.ADMIN)), rt: Runtime = Depends(runtime)) -> HookCreated:
     """Add an endpoint; the response carries its signing secret, which is never shown again."""
-    with rt.session_factory.begin() as session:
-        view, secret = service.add_endpoint(session, body.url, body.events, signing_key=rt.settings.hooks_signing_key)
-        record_audit(session, principal.actor, "hook.created", "hook_endpoint", view.id, url=view.url, events=view.events)
+    view, secret = service.add_hook(rt, body.url, body.events, actor=principal.actor)
     return HookCreated(**HookOut.of(view).model_dump(), secret=secret.reveal())
 
 
 @router.delete("/{hook_id}", status_code=204, response_class=Response)
 def remove_hook(hook_id: HookId, principal: Principal = Depends(require(Scope.ADMIN)), rt: Runtime = Depends(runtime)) -> Response:
     """Remove an endpoint and the events not yet delivered to it."""
-    with rt.session_factory.begin() as session:
-        service.remove_endpoint(session, hook_id)
-        record_audit(session, principal.actor, "hook.removed", "hook_endpoint", hook_id)
+    service.remove_hook(rt, hook_id, actor=principal.actor)
     return Response(status_code=204)
 
 
@@ -51,8 +46,5 @@ def remove_hook(hook_id: HookId, principal: Principal = Depends(require(Scope.AD
 def redeliver(body: RedeliverIn, principal: Principal = Depends(require(Scope.ADMIN)),
               rt: Runtime = Depends(runtime)) -> RedeliverOut:
     """One event again (same id and body), or every dead-lettered event of `endpoint_id`."""
-    with rt.session_factory.begin() as session:
-        due = service.redeliver(session, event_id=body.event_id, endpoint_id=body.endpoint_id)
-        record_audit(session, principal.actor, "hook.redelivered", "hook_endpoint", body.endpoint_id,
-                     event_id=body.event_id, due=due)
+    due = service.redeliver_hooks(rt, event_id=body.event_id, endpoint_id=body.endpoint_id, actor=principal.actor)
     return RedeliverOut(due=due)

@@ -25,7 +25,7 @@ def retry(body: RetryIn, principal: Principal = Depends(require(Scope.ADMIN)), r
                                    error_code=body.error_code, since=parse_at(body.since, "since"), message_id=body.message_id)
     except RetryRefused as exc:  # the filters do not make a selection: input to fix
         raise MessageInvalid([FieldProblem("body", str(exc))]) from None
-    plan, result = retry_messages(rt.session_factory, selection, dry_run=body.dry_run,
+    plan, result = retry_messages(rt, selection, dry_run=body.dry_run,
                                   accept_duplicates=body.accept_duplicates, actor=principal.actor)
     return RetryOut(selection=selection.describe(), dry_run=body.dry_run, matched=plan.total, by_error_code=plan.by_error_code,
                     unknown=plan.unknown, note=plan.campaign_note(), requeued=result.requeued if result else 0,

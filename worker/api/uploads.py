@@ -22,8 +22,8 @@ from starlette.datastructures import UploadFile
 from scheduler.importer import RecipientsFileError
 from worker.api.problems import Problem
 from worker.errors import FieldProblem, MessageInvalid
+from worker.uploads import copy_upload
 
-COPY_CHUNK_BYTES = 1 << 20
 FORM_FIELDS = ("name", "message", "at", "window", "tz", "phone_number_id", "draft", "strict",
                "require_open_window", "expires_at", "opt_out_button")
 TEXT_OPTIONS = ("name", "at", "window", "tz", "phone_number_id", "expires_at", "opt_out_button")
@@ -95,9 +95,7 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
         if problems:
             raise MessageInvalid(problems)
         path = os.path.join(directory.name, "recipients.csv")
-        with open(path, "wb") as out:
-            while chunk := await upload.read(COPY_CHUNK_BYTES):
-                out.write(chunk)
+        await copy_upload(upload, path)
         return CampaignUpload(options, path, upload.filename or "recipients.csv", directory)
     finally:
         await form.close()

@@ -50,7 +50,7 @@ def apikey_create(name: str, scope: str) -> None:
 
     runtime = load_runtime()
     ensure_schema(runtime)
-    info, key = create_key(runtime.session_factory, name=name, scope=scope, actor="cli")
+    info, key = create_key(runtime, name=name, scope=scope, actor="cli")
     click.echo(f"API key {info.id} ({info.name}, scope {info.scope}, prefix {info.prefix}) created; "
                "it is shown this once and cannot be recovered", err=True)
     click.echo(key)
@@ -80,7 +80,7 @@ def apikey_revoke(key_id: int) -> None:
 
     runtime = load_runtime()
     try:
-        info = revoke_key(runtime.session_factory, key_id, actor="cli")
+        info = revoke_key(runtime, key_id, actor="cli")
     except ApiKeyNotFound as exc:
         fail(str(exc), 1)
     click.echo(f"API key {info.id} ({info.name}) revoked")

@@ -126,7 +126,7 @@ def create_command(name, message_path, recipients, at_text, window, tz, phone_nu
             expires_at=expires_at, opt_out_button=opt_out_button, default_region=region,
         )
     _print_result(result)
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign.id),
                                                              require_open_window=require_open_window), err=True)
     when = "draft: start it with `buttoncast campaign schedule %d`" % campaign.id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
@@ -151,9 +151,7 @@ def _named_as_options() -> Iterator[None]:
 
 
 def _change(campaign_id: int, action: Callable[..., Any], *args: Any) -> Campaign:
-    runtime = load_runtime()
-    with runtime.session_factory.begin() as session:
-        outcome = action(session, campaign_id, *args)
+    outcome = action(load_runtime(), campaign_id, *args)
     return outcome[0] if isinstance(outcome, tuple) else outcome
 
 
@@ -163,7 +161,7 @@ def _change(campaign_id: int, action: Callable[..., Any], *args: Any) -> Campaig
 @campaign_errors
 def schedule_command(campaign_id: int, at_text: str | None) -> None:
     """Schedule a draft (or a paused campaign that never started)."""
-    campaign = _change(campaign_id, campaigns.schedule, parse_at(at_text))
+    campaign = _change(campaign_id, campaigns.schedule_campaign, parse_at(at_text))
     click.echo(f"campaign {campaign_id} scheduled for {report.format_utc(campaign.scheduled_at)}")
 
 
@@ -173,7 +171,7 @@ def schedule_command(campaign_id: int, at_text: str | None) -> None:
 @campaign_errors
 def pause_command(campaign_id: int, reason: str) -> None:
     """Stop dispatching; queued sends return to pending. Takes effect within one dispatcher tick."""
-    _change(campaign_id, campaigns.pause, reason)
+    _change(campaign_id, campaigns.pause_campaign, reason)
     click.echo(f"campaign {campaign_id} paused")
 
 
@@ -182,7 +180,7 @@ def pause_command(campaign_id: int, reason: str) -> None:
 @campaign_errors
 def resume_command(campaign_id: int) -> None:
     """Continue a paused campaign where it stopped (running, or scheduled if it never started)."""
-    campaign = _change(campaign_id, campaigns.resume)
+    campaign = _change(campaign_id, campaigns.resume_campaign)
     click.echo(f"campaign {campaign_id} {campaign.status}")
 
 
@@ -191,9 +189,7 @@ def resume_command(campaign_id: int) -> None:
 @campaign_errors
 def cancel_command(campaign_id: int) -> None:
     """Cancel: every pending or queued message becomes cancelled; those mid-send finish on their own."""
-    runtime = load_runtime()
-    with runtime.session_factory.begin() as session:
-        _, cancelled = campaigns.cancel(session, campaign_id)
+    _, cancelled = campaigns.cancel_campaign(load_runtime(), campaign_id)
     click.echo(f"campaign {campaign_id} cancelled; {cancelled} unsent message(s) cancelled")
 
 

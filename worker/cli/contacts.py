@@ -73,8 +73,7 @@ def optout_command(phones: tuple[str, ...], reason: str | None) -> None:
     runtime = load_runtime()
     numbers = [normalize_phone(p, default_region=runtime.settings.default_country_code) for p in phones]
     ensure_schema(runtime)
-    with runtime.session_factory.begin() as session:
-        changed = [n for n in numbers if contacts.opt_out(session, n, source=contacts.SOURCE_OPERATOR, reason=reason, actor=ACTOR)]
+    changed = contacts.operator_opt_out(runtime, numbers, reason=reason, actor=ACTOR)
     for n in numbers:
         click.echo(f"{n}: {'opted out' if n in changed else 'was already opted out'}")
 
@@ -87,8 +86,7 @@ def optin_command(phones: tuple[str, ...]) -> None:
     runtime = load_runtime()
     numbers = [normalize_phone(p, default_region=runtime.settings.default_country_code) for p in phones]
     ensure_schema(runtime)
-    with runtime.session_factory.begin() as session:
-        changed = [n for n in numbers if contacts.opt_in(session, n, source=contacts.SOURCE_OPERATOR, actor=ACTOR)]
+    changed = contacts.operator_opt_in(runtime, numbers, actor=ACTOR)
     for n in numbers:
         click.echo(f"{n}: {'opted back in' if n in changed else 'was not opted out'}")
 
@@ -102,7 +100,7 @@ def import_command(path: str) -> None:
     runtime = load_runtime()
     ensure_schema(runtime)
     try:
-        result = import_optouts(runtime.session_factory, path, actor=ACTOR,
+        result = import_optouts(runtime, path, actor=ACTOR,
                                 default_region=runtime.settings.default_country_code)
     except OptOutFileError as exc:
         fail(str(exc), 2)

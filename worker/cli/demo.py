@@ -168,13 +168,14 @@ def start_stack(workdir: Path) -> DemoStack:
 
 def create_sample_campaign(runtime: Runtime, err: IO[str]) -> int:
     """Import the bundled CSV; rejected rows are reported with their line numbers on standard error."""
-    from scheduler.campaigns import create_with_recipients
+    from scheduler.campaigns import create_from_options
 
     template = json.loads(sample_file("message.json").read_text(encoding="utf-8"))
     recipients = sample_file("recipients.csv")
-    campaign_id, result = create_with_recipients(
-        runtime.session_factory, recipients, name=CAMPAIGN_NAME, phone_number_id=PHONE_NUMBER_ID, template=template,
+    campaign, result = create_from_options(
+        runtime, recipients, name=CAMPAIGN_NAME, phone_number_id=PHONE_NUMBER_ID, template=template,
     )
+    campaign_id = campaign.id
     print(f"imported {result.imported} recipient(s) from {recipients.name}; rejected {result.rejected} row(s); "
           f"skipped {result.duplicates} duplicate(s)", file=err)
     for problem in result.problems:
@@ -187,7 +188,7 @@ def create_sample_campaign(runtime: Runtime, err: IO[str]) -> int:
 def _counts(runtime: Runtime, campaign_id: int) -> dict[str, int]:
     from scheduler.campaigns import status_counts
 
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         return status_counts(session, campaign_id)
 
 
@@ -217,13 +218,13 @@ def settle_funnel(runtime: Runtime, campaign_id: int) -> None:
     """Let the last delivery/read/reply webhooks land: until every sent message was read or failed
     late and the funnel was still for FUNNEL_QUIET_S, or FUNNEL_SETTLE_MAX_S passed."""
     from scheduler.report import funnel, late_failures
-    from worker.webhooks import match_pending_events
+    from scheduler.sweeper import match_webhook_events
 
     deadline = time.monotonic() + FUNNEL_SETTLE_MAX_S
     last, still_since = None, time.monotonic()
     while time.monotonic() < deadline:
-        with runtime.session_factory.begin() as session:
-            match_pending_events(session)  # receipts that arrived before their message was recorded
+        match_webhook_events(runtime)  # receipts that arrived before their message was recorded
+        with runtime.read_sessions() as session:
             f = funnel(session, campaign_id)
             late = sum(late_failures(session, campaign_id).values())
         now = (f.sent, f.delivered, f.read, f.replied, late)
@@ -255,7 +256,7 @@ def hold_follow_ups(runtime: Runtime, campaign_id: int) -> list[HeldFollowUp]:
     from worker.models import Campaign, ContactEvent, Message
     from worker.sending.send import send_message
 
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         started = session.scalar(sa.select(Campaign.started_at).where(Campaign.id == campaign_id))
         opted = session.execute(
             sa.select(ContactEvent.phone, ContactEvent.source, ContactEvent.reason)
@@ -268,7 +269,7 @@ def hold_follow_ups(runtime: Runtime, campaign_id: int) -> list[HeldFollowUp]:
     for phone, source, reason in opted:
         message_id = enqueue_message(phone=phone, runtime=runtime, **FOLLOW_UP)
         send_message(message_id, deps)
-        with runtime.session_factory() as session:
+        with runtime.read_sessions() as session:
             status, why = session.execute(
                 sa.select(Message.status, Message.last_error_code).where(Message.id == message_id)).one()
         held.append(HeldFollowUp(phone, source, reason, message_id, status, why))
@@ -296,7 +297,7 @@ def write_report(runtime: Runtime, campaign_id: int, path: Path) -> list[str]:
     """The full per-recipient CSV at `path`; returns the summary lines of `campaign show`."""
     from scheduler import report
 
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         with open(path, "w", encoding="utf-8", newline="") as out:
             report.write_csv(report.report_rows(session, campaign_id), out)
         return report.describe(report.progress(session, campaign_id, runtime.settings.rate_limit.per_second))
@@ -394,7 +395,7 @@ def serve_console(runtime: Runtime, port: int, out: IO[str]) -> None:
     from worker.access.users import create_user
 
     password = secrets.token_urlsafe(12)
-    create_user(runtime.session_factory, email=DEMO_CONSOLE_EMAIL, role="admin", password=password, actor="demo")
+    create_user(runtime, email=DEMO_CONSOLE_EMAIL, role="admin", password=password, actor="demo")
     if port == 0:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

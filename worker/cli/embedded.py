@@ -36,7 +36,7 @@ def worker_argv(concurrency: int, queues: tuple[str, ...] = ALL_QUEUES, loglevel
 
 def is_idle(runtime: Runtime) -> bool:
     """No campaign running or scheduled, and no message pending, queued or sending."""
-    with runtime.session_factory() as session:
+    with runtime.read_sessions() as session:
         active_campaign = session.scalar(
             sa.select(sa.func.count()).select_from(Campaign)
             .where(Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))

@@ -21,8 +21,7 @@ def hooks_group() -> None:
 def hooks_add(url: str, events: str) -> None:
     """Add an endpoint. Its signing secret is printed once, alone on the last line of stdout."""
     runtime = load_runtime()
-    with runtime.session_factory.begin() as session:
-        endpoint, secret = service.add_endpoint(session, url, events, signing_key=runtime.settings.hooks_signing_key)
+    endpoint, secret = service.add_hook(runtime, url, events, actor=None)
     click.echo(f"hook endpoint {endpoint.id}: {endpoint.url}")
     click.echo(f"events: {','.join(endpoint.events)}")
     click.echo("signing secret (shown only now; verify Buttoncast-Signature with it, see docs/hooks.md):", err=True)
@@ -53,8 +52,7 @@ def hooks_remove(endpoint_id: int) -> None:
     """Remove an endpoint and the events not yet delivered to it."""
     runtime = load_runtime()
     try:
-        with runtime.session_factory.begin() as session:
-            service.remove_endpoint(session, endpoint_id)
+        service.remove_hook(runtime, endpoint_id, actor=None)
     except service.HookNotFound as exc:
         fail(str(exc), code=1)
     click.echo(f"hook endpoint {endpoint_id} removed")
@@ -69,8 +67,7 @@ def hooks_redeliver(event_id: str | None, endpoint_id: int | None) -> None:
     """Deliver EVENT_ID again (same id, same body), or every dead-lettered event of --endpoint."""
     runtime = load_runtime()
     try:
-        with runtime.session_factory.begin() as session:
-            count = service.redeliver(session, event_id=event_id, endpoint_id=endpoint_id)
+        count = service.redeliver_hooks(runtime, event_id=event_id, endpoint_id=endpoint_id, actor=None)
     except service.HookNotFound as exc:
         fail(str(exc), code=1)
     click.echo(f"{count} deliver{'y' if count == 1 else 'ies'} due now")

@@ -39,7 +39,7 @@ def prune_command(older_than: str | None, dry_run: bool) -> None:
         return
     age = parse_age(older_than) if older_than is not None else timedelta(days=settings.retention_days)
     ensure_schema(runtime)
-    report = prune(runtime.session_factory, older_than=age, dry_run=dry_run,
+    report = prune(runtime, older_than=age, dry_run=dry_run,
                    match_window_s=settings.webhook_match_window_s)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"rows older than {report.cutoff.isoformat(timespec='seconds')}:")

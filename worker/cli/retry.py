@@ -15,7 +15,7 @@ from datetime import datetime
 
 import click
 
-from scheduler.retry import DUPLICATE_WARNING, RetryPlan, RetryRefused, RetrySelection, plan_retry, requeue
+from scheduler.retry import DUPLICATE_WARNING, RetryPlan, RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.cli.common import fail, friendly_errors, load_runtime
 from worker.failures import FailureClass
 from worker.status import MessageStatus
@@ -89,7 +89,7 @@ def retry_command(campaign_id: int | None, status: str | None, error_code: str |
         fail(str(exc), 2)
     runtime = load_runtime()
     try:
-        with runtime.session_factory() as session:
+        with runtime.read_sessions() as session:
             plan = plan_retry(session, selection)
     except RetryRefused as exc:
         fail(str(exc), 1)
@@ -98,7 +98,10 @@ def retry_command(campaign_id: int | None, status: str | None, error_code: str |
         return
     if plan.risks_duplicates:
         _confirm_duplicates(plan, yes)
-    result = requeue(runtime.session_factory, selection)
+    _, result = retry_messages(runtime, selection, accept_duplicates=True)   # the duplicates were confirmed above
+    if result is None:   # everything it matched changed status since the plan above
+        click.echo("requeued 0 message(s): none matches any more")
+        return
     click.echo(f"requeued {result.requeued} message(s); the dispatcher sends them under the rate limit")
     if result.left_alone:
         click.echo(f"left alone {result.left_alone} message(s) that changed status meanwhile")

@@ -35,7 +35,7 @@ def user_create(email: str, role: str, password_stdin: bool) -> None:
 
     runtime = load_runtime()
     ensure_schema(runtime)
-    person = create_user(runtime.session_factory, email=email, role=role, password=_password(password_stdin), actor=CLI_ACTOR)
+    person = create_user(runtime, email=email, role=role, password=_password(password_stdin), actor=CLI_ACTOR)
     click.echo(f"user {person.email} ({person.role.value}) created")
 
 
@@ -67,7 +67,7 @@ def user_disable(email: str) -> None:
 
     runtime = load_runtime()
     try:
-        person = disable_user(runtime.session_factory, email, actor=CLI_ACTOR)
+        person = disable_user(runtime, email, actor=CLI_ACTOR)
     except UserNotFound as exc:
         fail(str(exc), 1)
     click.echo(f"user {person.email} disabled")
@@ -83,7 +83,7 @@ def user_reset_password(email: str, password_stdin: bool) -> None:
 
     runtime = load_runtime()
     try:
-        person = reset_password(runtime.session_factory, email, _password(password_stdin), actor=CLI_ACTOR)
+        person = reset_password(runtime, email, _password(password_stdin), actor=CLI_ACTOR)
     except UserNotFound as exc:
         fail(str(exc), 1)
     click.echo(f"user {person.email}: password reset, sessions ended")

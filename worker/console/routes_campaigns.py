@@ -21,6 +21,7 @@ from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.errors import ButtoncastError, MessageInvalid
 from worker.sending.history import list_messages
 from worker.models import utcnow
+from worker.db import streamed_read
 from worker.runtime import Runtime
 from worker.status import CampaignStatus, MessageStatus
 
@@ -128,33 +129,26 @@ def _act(rt: Runtime, campaign_id: int, action: Callable[[], object], done: str)
     return redirect(f"/campaigns/{campaign_id}", done)
 
 
-def _in_transaction(rt: Runtime, step: Callable[[Session], object]) -> Callable[[], object]:
-    def run() -> object:
-        with rt.session_factory.begin() as session:
-            return step(session)
-    return run
-
-
 @router.post("/campaigns/{campaign_id}/schedule", dependencies=POSTED)
 def schedule(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.schedule(s, campaign_id, actor=person.actor)),
+    return _act(rt, campaign_id, lambda: campaigns.schedule_campaign(rt, campaign_id, actor=person.actor),
                 "Scheduled.")
 
 
 @router.post("/campaigns/{campaign_id}/pause", dependencies=POSTED)
 def pause(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.pause(s, campaign_id, actor=person.actor)),
+    return _act(rt, campaign_id, lambda: campaigns.pause_campaign(rt, campaign_id, actor=person.actor),
                 "Paused: nothing more is sent until you resume.")
 
 
 @router.post("/campaigns/{campaign_id}/resume", dependencies=POSTED)
 def resume(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.resume(s, campaign_id, actor=person.actor)), "Resumed.")
+    return _act(rt, campaign_id, lambda: campaigns.resume_campaign(rt, campaign_id, actor=person.actor), "Resumed.")
 
 
 @router.post("/campaigns/{campaign_id}/cancel", dependencies=POSTED)
 def cancel(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _act(rt, campaign_id, _in_transaction(rt, lambda s: campaigns.cancel(s, campaign_id, actor=person.actor)),
+    return _act(rt, campaign_id, lambda: campaigns.cancel_campaign(rt, campaign_id, actor=person.actor),
                 "Cancelled: messages not yet sent will not be.")
 
 
@@ -189,7 +183,7 @@ def retry_failed(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(
     outcome: dict[str, int] = {}
 
     def run() -> None:
-        _plan, result = retry_messages(rt.session_factory, _failed_selection(campaign_id), actor=person.actor)
+        _plan, result = retry_messages(rt, _failed_selection(campaign_id), actor=person.actor)
         outcome["requeued"] = result.requeued if result else 0
 
     response = _act(rt, campaign_id, run, "")
@@ -201,26 +195,8 @@ def retry_failed(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(
 def _download(rt: Runtime, rows: Callable[[Session], Iterator[dict]], stream: Callable[[Iterator[dict]], Iterator[str]],
               filename: str, media: str) -> StreamingResponse:
     """Stream rows as they are read; the read session closes when the response ends."""
-    session = rt.read_sessions()
-    try:
-        iterator = rows(session)
-        first = next(iterator, None)  # a missing campaign raises here, before the response starts
-    except BaseException:
-        session.close()
-        raise
-
-    def chunks() -> Iterator[str]:
-        try:
-            yield from stream(_chain(first, iterator) if first is not None else iter(()))
-        finally:
-            session.close()
-
-    return StreamingResponse(chunks(), media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
-
-
-def _chain(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
-    yield first
-    yield from rest
+    return StreamingResponse(streamed_read(rt.read_sessions, rows, stream), media_type=media,
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/campaigns/{campaign_id}/report.{fmt}")

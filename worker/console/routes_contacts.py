@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
-import tempfile
 from typing import Iterator
 
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
@@ -22,11 +19,11 @@ from worker.contacts.importer import OptOutFileError, import_optouts
 from worker.errors import MessageInvalid
 from worker.message import normalize_phone
 from worker.runtime import Runtime
+from worker.uploads import upload_on_disk
 
 router = APIRouter(include_in_schema=False)
 VIEW = Depends(allowed(Permission.VIEW))
 ADMIN = Depends(allowed(Permission.ADMIN))
-COPY_CHUNK_BYTES = 1 << 20
 EXPORT_BATCH_ROWS = 1000
 
 
@@ -52,8 +49,7 @@ def opt_out(phone: str = Form(""), reason: str = Form(""), person: Person = ADMI
     number, problem = _phone(phone)
     if number is None:
         return redirect("/contacts", f"Not done: {problem}")
-    with rt.session_factory.begin() as session:
-        changed = contacts.opt_out(session, number, source=contacts.SOURCE_OPERATOR, reason=reason.strip() or None, actor=person.actor)
+    changed = contacts.operator_opt_out(rt, [number], reason=reason.strip() or None, actor=person.actor)
     return redirect(f"/contacts?phone={number}", f"{number} opted out." if changed else f"{number} was already opted out.")
 
 
@@ -62,27 +58,19 @@ def opt_in(phone: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends(
     number, problem = _phone(phone)
     if number is None:
         return redirect("/contacts", f"Not done: {problem}")
-    with rt.session_factory.begin() as session:
-        changed = contacts.opt_in(session, number, source=contacts.SOURCE_OPERATOR, actor=person.actor)
+    changed = contacts.operator_opt_in(rt, [number], actor=person.actor)
     return redirect(f"/contacts?phone={number}", f"{number} opted back in." if changed else f"{number} was not opted out.")
 
 
 @router.post("/contacts/import", dependencies=POSTED)
 async def import_suppression_list(request: Request, optouts: UploadFile, person: Person = ADMIN,
                                   rt: Runtime = Depends(runtime)) -> Response:
-    directory = tempfile.mkdtemp(prefix="buttoncast-optouts-")
-    try:
-        path = os.path.join(directory, "optouts.csv")
-        with open(path, "wb") as out:
-            while chunk := await optouts.read(COPY_CHUNK_BYTES):
-                out.write(chunk)
+    async with upload_on_disk(optouts, "optouts.csv", prefix="buttoncast-optouts-") as path:
         try:
-            result = import_optouts(rt.session_factory, path, actor=person.actor)
+            result = import_optouts(rt, path, actor=person.actor)
         except OptOutFileError as exc:
             return render(request, "contacts.html", status_code=422, phone="", number=None, contact=None,
                           problem=str(exc).replace(path, optouts.filename or "the file"))
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     return render(request, "contacts.html", phone="", number=None, contact=None, problem=None, imported=result)
 
 

@@ -38,7 +38,7 @@ def create(request: Request, name: str = Form(""), scope: str = Form(""), person
            rt: Runtime = Depends(runtime)) -> Response:
     """The key is in this answer only: not in a redirect, a cookie or the database (only its hash)."""
     try:
-        info, key = create_key(rt.session_factory, name=name, scope=scope, actor=person.actor)
+        info, key = create_key(rt, name=name, scope=scope, actor=person.actor)
     except MessageInvalid as exc:
         problems = {p.field: p.problem for p in exc.problems}
         return _page(request, rt, 422, problems=problems, values={"name": name, "scope": scope})
@@ -48,7 +48,7 @@ def create(request: Request, name: str = Form(""), scope: str = Form(""), person
 @router.post("/keys/{key_id}/revoke", dependencies=POSTED)
 def revoke(key_id: int, person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
     try:
-        info = revoke_key(rt.session_factory, key_id, actor=person.actor)
+        info = revoke_key(rt, key_id, actor=person.actor)
     except ApiKeyNotFound as exc:
         return redirect("/keys", f"Not done: {exc}")
     return redirect("/keys", f"API key {info.prefix} ({info.name}) is revoked: its requests get 401 within seconds.")

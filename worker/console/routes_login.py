@@ -38,10 +38,10 @@ def login(request: Request, email: str = Form(""), password: str = Form(""), nex
     if not csrf.matches(request.cookies.get(csrf.LOGIN_COOKIE_NAME), csrf_token):
         return _login_form(request, rt, error="The form expired; please log in again.", email=email, status_code=403)
     try:
-        person = log_in(rt.session_factory, email, password)
+        person = log_in(rt, email, password)
     except LoginRefused as exc:
         return _login_form(request, rt, error=str(exc), email=email, status_code=401)
-    token = start_session(rt.session_factory, person, rt.settings.console_session_ttl_s)
+    token = start_session(rt, person, rt.settings.console_session_ttl_s)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(COOKIE_NAME, token, max_age=int(rt.settings.console_session_ttl_s), httponly=True,
                         samesite="lax", secure=cookie_secure(request, rt), path="/")
@@ -51,7 +51,7 @@ def login(request: Request, email: str = Form(""), password: str = Form(""), nex
 
 @router.post("/logout", dependencies=[Depends(current_person), Depends(csrf_checked)])
 def logout(request: Request, rt: Runtime = Depends(runtime)) -> Response:
-    end_session(rt.session_factory, session_token(request))
+    end_session(rt, session_token(request))
     response = redirect("/login")
     response.delete_cookie(COOKIE_NAME, path="/")
     return response

@@ -7,12 +7,9 @@ The draft is made by `campaigns.create_from_options`, the function `campaign cre
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 
-from fastapi import APIRouter, Depends, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import Response
 
 from scheduler import campaigns, report
@@ -25,10 +22,10 @@ from worker.access.users import Person
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime
+from worker.uploads import upload_on_disk
 
 router = APIRouter(include_in_schema=False)
 SEND = Depends(allowed(Permission.SEND))
-COPY_CHUNK_BYTES = 1 << 20
 BUTTON_SLOTS = limits.BUTTONS_MAX
 LIMITS = {"header_text": limits.HEADER_TEXT_MAX_CHARS, "body_text": limits.BODY_TEXT_MAX_CHARS,
           "footer_text": limits.FOOTER_TEXT_MAX_CHARS, "button_title": limits.BUTTON_TITLE_MAX_CHARS,
@@ -95,12 +92,7 @@ def _template(form: dict[str, str]) -> dict:
 @router.post("/campaigns/new", dependencies=POSTED)
 async def create_draft(request: Request, recipients: UploadFile, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    directory = tempfile.mkdtemp(prefix="buttoncast-console-")
-    try:
-        path = os.path.join(directory, "recipients.csv")
-        with open(path, "wb") as out:
-            while chunk := await recipients.read(COPY_CHUNK_BYTES):
-                out.write(chunk)
+    async with upload_on_disk(recipients, "recipients.csv", prefix="buttoncast-console-") as path:
         try:
             campaign, result = campaigns.create_from_options(
                 rt, path, name=form.get("name", ""), template=_template(form), at=form.get("at") or None,
@@ -114,8 +106,6 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
             return _form_page(request, rt, form, [str(exc)], 422, rejected=exc.result.problems)
         except (RecipientsFileError, WindowInvalid) as exc:
             return _form_page(request, rt, form, [str(exc).replace(path, recipients.filename or "the file")], 422)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     with rt.read_sessions() as session:
         progress = report.progress(session, campaign.id, rt.settings.rate_limit.per_second)
         audience = report.audience(session, campaign.id)
@@ -129,7 +119,7 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
 @router.post("/campaigns/{campaign_id}/discard", dependencies=POSTED)
 def discard(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
     try:
-        campaigns.discard_draft(rt.session_factory, campaign_id, actor=person.actor)
+        campaigns.discard_draft(rt, campaign_id, actor=person.actor)
     except campaigns.IllegalTransition as exc:
         return redirect(f"/campaigns/{campaign_id}", f"Not done: {exc}")
     return redirect("/", f"Draft {campaign_id} discarded; nothing was sent.")

@@ -33,7 +33,7 @@ def people_page(request: Request, person: Person = ADMIN, rt: Runtime = Depends(
 def create(email: str = Form(""), role: str = Form(""), password: str = Form(""), person: Person = ADMIN,
            rt: Runtime = Depends(runtime)) -> Response:
     try:
-        created = create_user(rt.session_factory, email=email, role=role, password=password, actor=person.actor)
+        created = create_user(rt, email=email, role=role, password=password, actor=person.actor)
     except MessageInvalid as exc:
         return redirect("/people", f"Not done: {_problem(exc)}")
     return redirect("/people", f"{created.email} ({created.role.value}) can log in now.")
@@ -44,7 +44,7 @@ def disable(email: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends
     if email.strip().lower() == person.email:
         return redirect("/people", "Not done: you cannot disable yourself.")
     try:
-        done = disable_user(rt.session_factory, email, actor=person.actor)
+        done = disable_user(rt, email, actor=person.actor)
     except (UserNotFound, MessageInvalid) as exc:
         return redirect("/people", f"Not done: {_problem(exc)}")
     return redirect("/people", f"{done.email} is disabled; their sessions ended.")
@@ -53,7 +53,7 @@ def disable(email: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends
 @router.post("/people/reset-password", dependencies=POSTED)
 def reset(email: str = Form(""), password: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
     try:
-        done = reset_password(rt.session_factory, email, password, actor=person.actor)
+        done = reset_password(rt, email, password, actor=person.actor)
     except (UserNotFound, MessageInvalid) as exc:
         return redirect("/people", f"Not done: {_problem(exc)}")
     return redirect("/people", f"{done.email} has a new password (lock lifted, sessions ended).")

@@ -164,7 +164,7 @@ def tallies_for(rt: "Runtime") -> TallyCache:
             def refresh(campaign_id: int) -> Snapshot:
                 snapshot = snapshots.take(rt.read_sessions, campaign_id)
                 try:
-                    snapshots.store(rt.session_factory, snapshot)
+                    snapshots.store(rt, snapshot)
                 except Exception:  # noqa: BLE001 - this process still shows it; beat or the next scan stores one
                     log.warning("could not store the tally of campaign %s", campaign_id, exc_info=True)
                 return snapshot

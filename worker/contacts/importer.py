@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
 
 from worker.contacts.service import OPT_OUT, REASON_MAX_CHARS, SOURCE_IMPORT
 from worker.errors import ButtoncastError
 from worker.models import UTCDateTime, utcnow
 from worker.phone import judge_phone
+from worker.runtime import Runtime
 
 BATCH_ROWS = 20_000
 MAX_DETAILS = 1_000
@@ -130,14 +130,14 @@ def _opt_out_window(connection: sa.Connection, rows: list[tuple[int, str, str | 
     return changed
 
 
-def import_optouts(session_factory: sessionmaker[Session], path: str | os.PathLike[str], *,
+def import_optouts(rt: Runtime, path: str | os.PathLike[str], *,
                    actor: str | None = "operator", batch_rows: int = BATCH_ROWS,
                    default_region: str | None = None) -> OptOutImportResult:
     """Opt out every valid phone of the file (source `import`); returns the counts and problems.
     `default_region` (DEFAULT_COUNTRY_CODE) reads national numbers written with a trunk 0."""
     result = OptOutImportResult()
     window: list[tuple[int, str, str | None]] = []
-    engine: sa.Engine = session_factory.kw["bind"]
+    engine: sa.Engine = rt.session_factory.kw["bind"]
     with engine.connect() as connection:
         def flush() -> None:
             if window:

@@ -7,8 +7,9 @@ person who wrote to us within the last 24 hours (the customer-service window); o
 refuses them, usually late, with 131047. A contact's window is open until its last inbound
 message + SERVICE_WINDOW.
 
-Functions here never commit: the caller owns the transaction, so an opt-out recorded by the
-webhook receiver is committed with the event before the receiver answers 200.
+Functions that take a session never commit: the caller owns the transaction, so an opt-out recorded
+by the webhook receiver is committed with the event before the receiver answers 200. The operator's
+opt-out / opt-in (operator_opt_out, operator_opt_in) take the Runtime and own theirs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 from worker.hooks import outbox as hooks_outbox
 from worker.hooks.events import HookEvent
 from worker.models import Contact, ContactEvent, Message, utcnow
+from worker.runtime import Runtime
 from worker.settings import Settings
 
 #: the customer-service window: a person's last inbound message + 24 hours
@@ -96,6 +98,21 @@ def opt_in(session: Session, phone: str, *, source: str, actor: str | None = Non
     if done:
         _add_event(session, phone, OPT_IN, source, None, actor, at)
     return done == 1
+
+
+def operator_opt_out(rt: Runtime, phones: Iterable[str], *, reason: str | None = None,
+                     actor: str | None = None) -> list[str]:
+    """An operator opts normalised phones out (source operator), all in one transaction, effective
+    when this returns; returns the phones that were not opted out before, in order."""
+    with rt.session_factory.begin() as session:
+        return [p for p in phones if opt_out(session, p, source=SOURCE_OPERATOR, reason=reason, actor=actor)]
+
+
+def operator_opt_in(rt: Runtime, phones: Iterable[str], *, actor: str | None = None) -> list[str]:
+    """An operator opts normalised phones back in (source operator), all in one transaction; returns
+    the phones that were opted out, in order."""
+    with rt.session_factory.begin() as session:
+        return [p for p in phones if opt_in(session, p, source=SOURCE_OPERATOR, actor=actor)]
 
 
 def _add_event(session: Session, phone: str, action: str, source: str, reason: str | None, actor: str | None,

@@ -1,6 +1,7 @@
 """What the CLI and the API do with hooks: add, list, remove, redeliver. SQL and rules live here.
 
-Functions take a session and never commit; the caller owns the transaction.
+`add_hook`, `remove_hook` and `redeliver_hooks` take the Runtime and own their transaction (with its
+audit row); the functions that take a session never commit: they are steps in their caller's.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.hooks import outbox
 from worker.hooks.events import EVENT_ID_PREFIX, parse_events
 from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox, HookSubscription
 from worker.hooks.signing import endpoint_secret, new_salt
 from worker.models import utcnow
+from worker.runtime import Runtime
 from worker.settings import Secret
 
 URL_MAX_CHARS = 2000
@@ -152,3 +155,29 @@ def redeliver(session: Session, *, event_id: str | None = None, endpoint_id: int
     if event_id and not done:
         raise HookNotFound(f"no hook event {event_id}" + (f" for endpoint {endpoint_id}" if endpoint_id else ""))
     return done
+
+
+def add_hook(rt: Runtime, url: str, events: str | list[str], *, actor: str | None) -> tuple[EndpointView, Secret]:
+    """Add an endpoint (add_endpoint) with its audit row, in one transaction; returns it and its
+    signing secret, derived from HOOKS_SIGNING_KEY. No audit row without an actor."""
+    with rt.session_factory.begin() as session:
+        view, secret = add_endpoint(session, url, events, signing_key=rt.settings.hooks_signing_key)
+        record_audit(session, actor, "hook.created", "hook_endpoint", view.id, url=view.url, events=view.events)
+    return view, secret
+
+
+def remove_hook(rt: Runtime, endpoint_id: int, *, actor: str | None) -> None:
+    """Remove an endpoint (remove_endpoint) with its audit row, in one transaction. Raises HookNotFound."""
+    with rt.session_factory.begin() as session:
+        remove_endpoint(session, endpoint_id)
+        record_audit(session, actor, "hook.removed", "hook_endpoint", endpoint_id)
+
+
+def redeliver_hooks(rt: Runtime, *, event_id: str | None = None, endpoint_id: int | None = None,
+                    actor: str | None) -> int:
+    """Deliver again (redeliver) with its audit row, in one transaction; returns how many rows are
+    due now. Raises HookInvalid / HookNotFound as redeliver does."""
+    with rt.session_factory.begin() as session:
+        due = redeliver(session, event_id=event_id, endpoint_id=endpoint_id)
+        record_audit(session, actor, "hook.redelivered", "hook_endpoint", endpoint_id, event_id=event_id, due=due)
+    return due
