@@ -50,8 +50,8 @@ def body(i: int) -> dict:
 
 def enqueue_loop(env: dict[str, str], count: int) -> tuple[float, float]:
     """(messages/s wall, messages per CPU second) of enqueue_message() in a loop, in this process."""
-    from worker.sending.enqueue import enqueue_message
     from worker.runtime import Runtime, install_runtime
+    from worker.sending.enqueue import enqueue_message
     from worker.settings import Settings
 
     runtime = Runtime(Settings.from_env(env))

@@ -322,8 +322,8 @@ def push_tasks(broker_url: str, ids: list[int], queue: str, task: str | None = N
     """Put send tasks (or the no-op task) on a Redis queue through buttoncast's fast publish path."""
     import redis
 
-    from worker.sending.publish import LPUSH_CHUNK, task_message
     from worker.queues import TASK_SEND
+    from worker.sending.publish import LPUSH_CHUNK, task_message
 
     client = redis.Redis.from_url(broker_url)
     origin = f"bench@{socket.gethostname()}"

@@ -14,18 +14,32 @@ from __future__ import annotations
 import argparse
 import time
 
-
 from common import (
-    check_all_sent, Processes, cpu_s, cpu_split_s, start_profile, summarize_profile, queued_message_ids, load_line, private_redis, push_tasks, ratio_line, rss_mb,
-    sandbox, scratch_postgres, stack_env, UNTHROTTLED, wait_drained,
+    UNTHROTTLED,
+    Processes,
+    check_all_sent,
+    cpu_s,
+    cpu_split_s,
+    load_line,
+    private_redis,
+    push_tasks,
+    queued_message_ids,
+    ratio_line,
+    rss_mb,
+    sandbox,
+    scratch_postgres,
+    stack_env,
+    start_profile,
+    summarize_profile,
+    wait_drained,
 )
 
 QUEUE = "buttoncast.campaign"
 
 
 def sequential_loop(sandbox_url: str, broker_url: str, count: int) -> float:
-    from worker.sending.client import build_client
     from worker.message import ButtonMessage
+    from worker.sending.client import build_client
     from worker.settings import Settings
 
     settings = Settings.from_env(stack_env(database_url="sqlite://", broker_url=broker_url, sandbox_url=sandbox_url))

@@ -11,9 +11,9 @@ import os
 
 from celery import Celery
 
-from worker.sending.client import build_client
 from worker.errors import AwalError
 from worker.message import ButtonMessage
+from worker.sending.client import build_client
 from worker.settings import Settings
 
 QUEUE = "bench.baseline"

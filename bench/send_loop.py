@@ -19,12 +19,21 @@ import io
 import pstats
 import time
 
-from common import UNTHROTTLED, load_line, private_redis, queued_message_ids, ratio_line, sandbox, scratch_postgres, stack_env
+from common import (
+    UNTHROTTLED,
+    load_line,
+    private_redis,
+    queued_message_ids,
+    ratio_line,
+    sandbox,
+    scratch_postgres,
+    stack_env,
+)
 
 
 def client_loop(settings, count: int) -> tuple[float, float]:  # noqa: ANN001
-    from worker.sending.client import build_client
     from worker.message import ButtonMessage
+    from worker.sending.client import build_client
 
     client = build_client(settings)
     began, cpu0 = time.perf_counter(), time.process_time()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from alembic import context
 
-from worker.db import make_engine
-from worker.models import Base
-import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on Base.metadata
 import worker.access.models  # noqa: F401,E402 - registers api_keys, api_idempotency, console_users, console_sessions
 import worker.audit  # noqa: F401,E402 - registers audit_events
 import worker.hooks.models  # noqa: F401,E402 - registers the hook tables
+import worker.webhooks.models  # noqa: F401,E402 - registers webhook_events on Base.metadata
+from worker.db import make_engine
+from worker.models import Base
 from worker.settings import Settings
 
 config = context.config

@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
 from scheduler.template import MessageTemplate, check_template
-from worker.window import Window
 from worker.audit import record_audit
-from worker.lifecycle import TRANSITIONS, CampaignNotFound, IllegalTransition, load, operator_may, transition  # noqa: F401 - re-exported
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
+from worker.lifecycle import TRANSITIONS, CampaignNotFound, IllegalTransition, load, operator_may, transition  # noqa: F401 - re-exported
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus
+from worker.window import Window
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime

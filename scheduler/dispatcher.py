@@ -28,13 +28,13 @@ from sqlalchemy.orm import Session
 
 from scheduler.sweeper import recover_from_broker_loss
 from worker import lifecycle
-from worker.window import in_window
-from worker.sending import gate as consent_gate
 from worker.models import Campaign, Message, MessageEvent, UTCDateTime, utcnow
-from worker.sending.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
+from worker.sending import gate as consent_gate
+from worker.sending.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.status import CampaignStatus, MessageStatus
+from worker.window import in_window
 
 log = logging.getLogger("buttoncast.dispatcher")
 PENDING, QUEUED, SENDING = MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value

@@ -19,8 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler.import_pool import ImportInterrupted, judged_chunks
 from scheduler.import_store import MERGE_ROWS, BackgroundWriter, open_store
-from scheduler.recipients_csv import (LINE_MAX_CHARS, PHONE_COLUMN, Recipient, RecipientsFileError, RowProblem,
-                                      check_header, read_recipients)
+from scheduler.recipients_csv import (
+    LINE_MAX_CHARS,
+    PHONE_COLUMN,
+    Recipient,
+    RecipientsFileError,
+    RowProblem,
+    check_header,
+    read_recipients,
+)
 from scheduler.template import MessageTemplate
 from worker.contacts.service import opted_out_among
 from worker.models import Campaign, utcnow

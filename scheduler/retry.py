@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from worker import lifecycle
 from worker.errors import ButtoncastError
 from worker.failures import FailureClass, describe_code
-from worker.sending.gate import OPTED_OUT_NOW
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
 from worker.runtime import Runtime
+from worker.sending.gate import OPTED_OUT_NOW
 from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.retry")

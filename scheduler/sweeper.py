@@ -26,11 +26,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler import snapshots
-from worker.sending import broker_epoch, journal
 from worker import metrics
 from worker.models import Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
+from worker.sending import broker_epoch, journal
 from worker.status import MessageStatus
 
 log = logging.getLogger("buttoncast.sweeper")

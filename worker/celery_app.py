@@ -9,10 +9,18 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from worker.queues import (ALL_QUEUES, QUEUE_CAMPAIGN, QUEUE_CONTROL, QUEUE_HOOKS, TASK_DELIVER_HOOKS, TASK_DISPATCH,
-                           TASK_PRUNE, TASK_SWEEP)
-from worker.beatlock import hold_beat_lease
 from worker import broker_transport
+from worker.beatlock import hold_beat_lease
+from worker.queues import (
+    ALL_QUEUES,
+    QUEUE_CAMPAIGN,
+    QUEUE_CONTROL,
+    QUEUE_HOOKS,
+    TASK_DELIVER_HOOKS,
+    TASK_DISPATCH,
+    TASK_PRUNE,
+    TASK_SWEEP,
+)
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from scheduler import campaigns
-from worker.cli.campaigns import campaign_group
 from tests.conftest import make_runtime, stack_env
 from worker.access.keys import create_key
 from worker.access.users import create_user
+from worker.cli.campaigns import campaign_group
 from worker.runtime import install_runtime
 
 CSV = "phone,name\n966501234567,Lina\n966501234568,Majed\n"

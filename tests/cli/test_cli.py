@@ -76,10 +76,10 @@ def test_message_show_of_an_unknown_id_says_so(env) -> None:
 
 
 def test_limits_shows_the_configured_limit_the_vendors_report_and_a_429_block(env, redis_url) -> None:
+    import redis
+
     from worker.ratelimit import build_rate_limiter
     from worker.settings import Settings
-
-    import redis
 
     redis.Redis.from_url(redis_url).flushdb()
     env = {**env, "REDIS_URL": redis_url, "AWAL_RATE_LIMIT": "1000/h"}

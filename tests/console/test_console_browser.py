@@ -296,8 +296,9 @@ def test_pause_and_resume(page_for, stack: ConsoleStack, tmp_path: Path) -> None
     page.click("#action-resume")
     assert "Resumed" in page.inner_text(".flash") and status_of(stack, cid) == "scheduled"
     with stack.runtime.session_factory() as session:
-        from worker.audit import AuditEvent
         import sqlalchemy as sa
+
+        from worker.audit import AuditEvent
 
         actors = set(session.scalars(sa.select(AuditEvent.actor).where(AuditEvent.subject_type == "campaign", AuditEvent.subject_id == cid)))
     assert actors == {"user:marketer@example.com"}

@@ -11,14 +11,20 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import REPO_ROOT, make_runtime, stack_env
-from worker.audit import AuditEvent
-from worker.console import csrf
 from worker.access.models import ConsoleSession, ConsoleUser
 from worker.access.roles import Permission, Role
 from worker.access.sessions import end_session, person_for, start_session, token_hash
 from worker.access.users import (
-    LOCK_AFTER_FAILURES, LOCK_DURATION_S, LoginRefused, create_user, disable_user, log_in, reset_password,
+    LOCK_AFTER_FAILURES,
+    LOCK_DURATION_S,
+    LoginRefused,
+    create_user,
+    disable_user,
+    log_in,
+    reset_password,
 )
+from worker.audit import AuditEvent
+from worker.console import csrf
 from worker.errors import MessageInvalid
 from worker.models import utcnow
 

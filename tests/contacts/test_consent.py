@@ -16,10 +16,10 @@ from scheduler.retry import RetryRefused, RetrySelection, plan_retry, requeue
 from tests.conftest import make_runtime, stack_env
 from worker.contacts import service as contacts
 from worker.contacts.importer import import_optouts
-from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.errors import ConfigError, MessageInvalid
 from worker.models import Campaign, Contact, ContactEvent, Message, MessageEvent, utcnow
-from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.enqueue import enqueue_message, enqueue_payload
+from worker.sending.send import Outcome, send_deps, send_message
 from worker.settings import FrequencyCap, Settings
 from worker.status import MessageStatus
 from worker.webhooks.apply import record_and_apply

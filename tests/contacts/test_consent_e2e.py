@@ -10,10 +10,10 @@ import json
 import pytest
 import requests
 
-from tests.conftest import free_port, make_runtime, stack_env, wait_until
 from scheduler.campaigns import create_with_recipients, status_counts
-from worker.sending.enqueue import enqueue_message
+from tests.conftest import free_port, make_runtime, stack_env, wait_until
 from worker.models import Message, utcnow
+from worker.sending.enqueue import enqueue_message
 
 pytestmark = pytest.mark.slow
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "stop", "title": "Stop offers"}]

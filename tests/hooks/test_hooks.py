@@ -17,17 +17,17 @@ import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env
 from tests.hooks_receiver import HookReceiver
-from worker.sending import store
-from worker.sending.client import SendResult
-from worker.sending.enqueue import enqueue_message
 from worker.errors import ConfigError
 from worker.hooks import outbox, service
 from worker.hooks.delivery import deliver_due
-from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox
+from worker.hooks.models import HookEndpoint, HookOutbox, OutboxStatus
 from worker.hooks.signing import endpoint_secret, signature_header
 from worker.hooks.verify import SignatureError, verify
 from worker.models import Message, utcnow
-from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending import store
+from worker.sending.client import SendResult
+from worker.sending.enqueue import enqueue_message
+from worker.sending.send import Outcome, send_deps, send_message
 from worker.settings import Secret
 from worker.webhooks.apply import record_and_apply
 from worker.webhooks.events import parse_body

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
 from tests.hooks_receiver import HookReceiver
-from worker.sending.enqueue import enqueue_message
 from worker.hooks import service
 from worker.hooks.models import HookOutbox
+from worker.sending.enqueue import enqueue_message
 
 pytestmark = pytest.mark.slow
 KEY = "e2e-signing-key-" + "x" * 32

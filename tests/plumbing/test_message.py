@@ -14,12 +14,12 @@ import pytest
 
 from worker.errors import FieldProblem, MessageInvalid
 from worker.message import (
-    MULTILINE_FIELDS,
     BODY_TEXT_MAX_CHARS,
     BUTTON_ID_MAX_CHARS,
     BUTTON_TITLE_MAX_CHARS,
     FOOTER_TEXT_MAX_CHARS,
     HEADER_TEXT_MAX_CHARS,
+    MULTILINE_FIELDS,
     Button,
     ButtonMessage,
     MessageContent,

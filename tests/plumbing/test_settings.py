@@ -8,8 +8,8 @@ import pytest
 from worker.errors import ConfigError
 from worker.settings import (
     DEFAULT_DATABASE_URL,
-    METRICS_HOST,
     EMBEDDED_BROKER_URL,
+    METRICS_HOST,
     RateLimit,
     Secret,
     Settings,

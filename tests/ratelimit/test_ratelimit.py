@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from worker.errors import LimiterUnavailable
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from worker.errors import LimiterUnavailable
 from worker.ratelimit import (
     LimiterState,
     MemoryRateLimiter,

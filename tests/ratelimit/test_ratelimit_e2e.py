@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
-from worker.sending.enqueue import enqueue_message
 from worker.models import Message, utcnow
 from worker.queues import QUEUE_ADHOC
+from worker.sending.enqueue import enqueue_message
 
 pytestmark = pytest.mark.slow
 BUTTONS = [{"id": "yes", "title": "Yes"}]

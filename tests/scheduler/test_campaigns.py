@@ -14,12 +14,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scheduler import campaigns as c
-from worker.cli.campaigns import campaign_group
 from scheduler.report import REPORT_COLUMNS, funnel, report_rows, write_csv, write_json
-from worker.window import WindowInvalid, in_window, next_opening, parse_window
+from worker.cli.campaigns import campaign_group
 from worker.db import make_engine, make_session_factory, upgrade
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus
+from worker.window import WindowInvalid, in_window, next_opening, parse_window
 
 DATA = Path(__file__).resolve().parents[2] / "scheduler" / "data"
 TEMPLATE = {"body_text": "Hello {{name}}", "buttons": [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler import import_pool, import_store, importer
 from scheduler.campaigns import create_campaign, create_with_recipients

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from scheduler.retention import prune, prune_expired
 from tests.conftest import make_runtime, stack_env
 from worker.cli import main
 from worker.models import Attempt, Message, MessageEvent, utcnow
-from scheduler.retention import prune, prune_expired
 from worker.webhooks import WebhookEvent, match_pending_events
 
 CONTENT = {"body_text": "Hi", "buttons": [{"id": "yes", "title": "Yes"}]}

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scheduler import dispatcher
-from worker.cli.retry import retry_command
 from scheduler.retry import RetrySelection, _requeue_batch, plan_retry, requeue
 from tests.conftest import make_runtime, stack_env
+from worker.cli.retry import retry_command
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
 from worker.status import MessageStatus
 

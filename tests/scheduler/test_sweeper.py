@@ -16,11 +16,11 @@ from scheduler import dispatcher
 from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import LOST_WORKER_REASON, sweep
 from tests.conftest import make_runtime, stack_env
-from worker.sending.broker_epoch import EPOCH_KEY
 from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
-from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.broker_epoch import EPOCH_KEY
 from worker.sending.client import client_of
+from worker.sending.send import Outcome, send_deps, send_message
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 QUEUED_TIMEOUT_S, SENDING_TIMEOUT_S = 5, 8

@@ -18,15 +18,6 @@ import pytest
 import requests
 
 from tests.conftest import free_port
-from worker.sending.client import (
-    DEFAULT_RETRY_AFTER_S,
-    AttemptRecord,
-    AwalClient,
-    RateHeaders,
-    SendResult,
-    classify_response,
-    classify_transport_error,
-)
 from worker.errors import (
     AmbiguousError,
     AuthenticationFailed,
@@ -37,6 +28,15 @@ from worker.errors import (
 )
 from worker.message import ButtonMessage
 from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
+from worker.sending.client import (
+    DEFAULT_RETRY_AFTER_S,
+    AttemptRecord,
+    AwalClient,
+    RateHeaders,
+    SendResult,
+    classify_response,
+    classify_transport_error,
+)
 from worker.signing import sign_request
 
 SECRET = "sandbox-secret"

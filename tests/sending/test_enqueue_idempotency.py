@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env
-from worker.sending.enqueue import IDEMPOTENCY_KEY_MAX_CHARS, enqueue_payload, task_idempotency_key
 from worker.models import Message
 from worker.runtime import install_runtime
+from worker.sending.enqueue import IDEMPOTENCY_KEY_MAX_CHARS, enqueue_payload, task_idempotency_key
 from worker.sending.tasks import enqueue_message_task
 
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]

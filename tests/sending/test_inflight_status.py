@@ -20,11 +20,11 @@ import sqlalchemy as sa
 from scheduler import campaigns, dispatcher
 from scheduler.dispatcher import dispatch_tick
 from tests.conftest import make_runtime, stack_env
-from worker.sending.client import AttemptRecord, SendResult
 from worker.errors import AmbiguousError, AuthenticationFailed, PermanentError, RateLimited, ServerError
 from worker.models import Campaign, Message, MessageEvent, utcnow
 from worker.ratelimit.base import Reservation
-from worker.sending.send import send_message, send_deps
+from worker.sending.client import AttemptRecord, SendResult
+from worker.sending.send import send_deps, send_message
 from worker.status import CampaignStatus, MessageStatus
 
 CONTENT = {"body_text": "Hi", "buttons": [{"id": "a", "title": "A"}]}

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 
 from scheduler.sweeper import sweep
 from tests.conftest import make_runtime, stack_env
+from worker.models import Attempt, Message, utcnow
 from worker.sending.client import AttemptRecord, SendResult
 from worker.sending.journal import JournalEntry, MemoryJournal, RedisJournal, apply_entries, journal_of
-from worker.models import Attempt, Message, utcnow
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 _phones = iter(range(40_000_000, 99_999_999))

@@ -16,10 +16,10 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import make_runtime, stack_env, wait_until
-from tests.tcp_proxy import CuttableProxy
-from tests.system.test_campaign_e2e import TEMPLATE, write_csv
 from scheduler.campaigns import create_with_recipients
+from tests.conftest import make_runtime, stack_env, wait_until
+from tests.system.test_campaign_e2e import TEMPLATE, write_csv
+from tests.tcp_proxy import CuttableProxy
 from worker.models import Campaign, Message
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

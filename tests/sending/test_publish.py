@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from tests.conftest import make_runtime, stack_env, wait_until
 from worker.celery_app import create_celery
 from worker.models import Campaign, Message
-from worker.sending.publish import publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN, TASK_SEND
+from worker.sending.publish import publish_send_tasks
 from worker.settings import Settings
 
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]

@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env
-from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.models import Attempt, Message, MessageEvent
-from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.enqueue import enqueue_message, enqueue_payload
+from worker.sending.send import Outcome, send_deps, send_message
 from worker.status import MessageStatus
 
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from scheduler import dispatcher
 from scheduler.dispatcher import dispatch_tick
 from tests.conftest import make_runtime, stack_env
-from worker.sending.client import AttemptRecord, SendResult
 from worker.models import Attempt, Campaign, Message, utcnow
-from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.client import AttemptRecord, SendResult
+from worker.sending.send import Outcome, send_deps, send_message
 
 CONTENT = {"body_text": "Hi", "buttons": [{"id": "a", "title": "A"}]}
 RIYADH = ZoneInfo("Asia/Riyadh")

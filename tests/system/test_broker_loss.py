@@ -17,9 +17,9 @@ from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import sweep
 from tests.conftest import make_runtime, stack_env
 from tests.scheduler.test_sweeper import published_send_tasks
-from worker.sending.broker_epoch import EPOCH_KEY, current_epoch, task_ids_on_broker
 from worker.models import Message, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
+from worker.sending.broker_epoch import EPOCH_KEY, current_epoch, task_ids_on_broker
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 QUEUED_TIMEOUT_S = 600

@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from scheduler.dispatcher import dispatch_tick
-from worker.window import Window
 from tests.conftest import make_runtime, stack_env, wait_until
 from worker.models import Campaign, Message, utcnow
+from worker.window import Window
 
 pytestmark = pytest.mark.slow
 TEMPLATE = {"body_text": "Hello {{name}}, our spring offer is here", "buttons": [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]}

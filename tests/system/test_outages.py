@@ -12,31 +12,31 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 import redis
 import sqlalchemy as sa
-from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from worker import ticks
 from scheduler.dispatcher import dispatch_tick
 from scheduler.sweeper import sweep
 from tests.chaos_scenario import PrivateRedis
 from tests.conftest import make_runtime, stack_env
+from worker import ticks
 from worker.errors import LimiterUnavailable
 from worker.models import Attempt, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC
 from worker.ratelimit import MemoryRateLimiter
 from worker.runtime import install_runtime
-from worker.sending.send import Outcome, send_message, send_deps
 from worker.sending.client import client_of
 from worker.sending.journal import journal_of
+from worker.sending.send import Outcome, send_deps, send_message
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
 _phones = iter(range(20_000_000, 99_999_999))
@@ -221,8 +221,8 @@ class RefusedThenOutage:
         self.sessions, self.outage_s = sessions, outage_s
 
     def send(self, message, phone_number_id, *, before_request=None, on_attempt=None):  # noqa: ANN001, ANN201
-        from worker.sending.client import AttemptRecord
         from worker.errors import PermanentError
+        from worker.sending.client import AttemptRecord
 
         error = PermanentError("phone is not a WhatsApp number", code="invalid_phone_number", http_status=400,
                                request_id="req_outage")

@@ -7,10 +7,10 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env, wait_until
-from worker.sending.enqueue import enqueue_message
 from worker.models import Attempt, Message
-from worker.sending.publish import publish_send_tasks
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN, TASK_ENQUEUE
+from worker.sending.enqueue import enqueue_message
+from worker.sending.publish import publish_send_tasks
 
 pytestmark = pytest.mark.slow
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]

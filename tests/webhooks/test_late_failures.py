@@ -14,10 +14,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scheduler import campaigns, report
-from worker.cli.retry import retry_command
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, requeue
 from worker import metrics
-from worker.webhooks.breaker import LatePolicy
+from worker.cli.retry import retry_command
 from worker.contacts.service import get_contact, is_opted_out, opt_in
 from worker.db import make_engine, make_session_factory
 from worker.errors import ConfigError
@@ -25,6 +24,7 @@ from worker.failures import CODE_CLASSES, FailureClass, classify, parse_failure_
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
 from worker.settings import Settings
 from worker.webhooks import Outcome, record_and_apply
+from worker.webhooks.breaker import LatePolicy
 from worker.webhooks.events import parse_body
 
 _phones = itertools.count(int(utcnow().timestamp() * 1000) % 10**9 * 100)

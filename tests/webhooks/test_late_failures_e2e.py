@@ -20,9 +20,9 @@ from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from tests.conftest import free_port, make_runtime, stack_env, wait_until
 from worker.contacts.service import get_contact
-from worker.sending.enqueue import enqueue_message
 from worker.models import Attempt, Campaign, Message
 from worker.sandbox import SandboxClient, SandboxConfig, SandboxServer
+from worker.sending.enqueue import enqueue_message
 
 pytestmark = pytest.mark.slow
 HOOK_SECRET = "e2e-hook-secret"

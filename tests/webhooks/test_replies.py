@@ -16,12 +16,12 @@ from typing import Iterator
 import pytest
 import requests
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from requests.adapters import BaseAdapter
 from requests.utils import get_encoding_from_headers
 
 from tests.conftest import make_runtime, stack_env
-from worker.sending.client import AwalClient, SendResult, classify_response, classify_transport_error
 from worker.errors import (
     AmbiguousError,
     AuthenticationFailed,
@@ -35,7 +35,8 @@ from worker.errors import (
 from worker.fit import CUT_MARKER, fit
 from worker.models import Attempt, Base, Campaign, Message
 from worker.ratelimit import build_rate_limiter
-from worker.sending.send import Outcome, send_message, send_deps
+from worker.sending.client import AwalClient, SendResult, classify_response, classify_transport_error
+from worker.sending.send import Outcome, send_deps, send_message
 
 VENDOR = "http://vendor.test"
 BUTTONS = [{"id": "yes", "title": "Yes"}, {"id": "no", "title": "No"}]

@@ -16,11 +16,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 import requests
 import sqlalchemy as sa
-from wsgiref.util import setup_testing_defaults
 
 from worker.db import make_engine, make_session_factory, upgrade
 from worker.models import Campaign, Message
@@ -365,7 +365,8 @@ def test_sandbox_emitter_events_reach_the_running_receiver(server: str, sessions
     from worker.sandbox.config import SandboxConfig
     from worker.sandbox.faults import FaultPlan
     from worker.sandbox.state import Record, SandboxState
-    from worker.sandbox.webhooks import WebhookEmitter, status_event as sb_status, tap_event
+    from worker.sandbox.webhooks import WebhookEmitter, tap_event
+    from worker.sandbox.webhooks import status_event as sb_status
 
     mid = add_message(sessions, "wamid.SB", phone="96650000009")
     record = Record(id=1, message_id="wamid.SB", phone="96650000009", phone_number_id="123456",

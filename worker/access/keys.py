@@ -16,8 +16,8 @@ import hmac
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 

@@ -16,9 +16,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.orm import Session
 
-from worker.audit import record_audit
 from worker.access.models import ConsoleSession, ConsoleUser
 from worker.access.roles import Role
+from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import utcnow
 from worker.runtime import Runtime

@@ -14,7 +14,8 @@ from typing import Callable
 import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.types import ASGIApp, Receive, Scope as AsgiScope, Send
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from worker.access.keys import Principal, Scope, VerifiedKeys
 from worker.api.problems import Problem, problem_response

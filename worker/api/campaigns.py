@@ -8,12 +8,21 @@ from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from scheduler import campaigns, report
+from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import CampaignId, decode_cursor, encode_cursor, runtime
-from worker.access.keys import Principal, Scope
 from worker.api.schemas import (
-    CampaignDetail, CampaignPage, CampaignSummary, CancelOut, FunnelOut,
-    ImportReport, MessageCreated, PauseIn, ScheduleIn, Tap, TestIn,
+    CampaignDetail,
+    CampaignPage,
+    CampaignSummary,
+    CancelOut,
+    FunnelOut,
+    ImportReport,
+    MessageCreated,
+    PauseIn,
+    ScheduleIn,
+    Tap,
+    TestIn,
 )
 from worker.api.uploads import CampaignUpload, campaign_upload
 from worker.db import streamed_read

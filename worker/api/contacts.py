@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from worker.contacts import service as contacts
+from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import decode_cursor, encode_cursor, runtime
-from worker.access.keys import Principal, Scope
 from worker.api.problems import Problem
 from worker.api.schemas import ConsentChangeOut, ContactOut, ContactSummary, OptOutIn, OptOutPage, RecentMessageOut
+from worker.contacts import service as contacts
 from worker.message import normalize_phone
 from worker.runtime import Runtime
 

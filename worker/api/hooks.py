@@ -10,9 +10,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Response
 
+from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import ID_MAX, runtime
-from worker.access.keys import Principal, Scope
 from worker.api.schemas import HookCreated, HookIn, HookList, HookOut, RedeliverIn, RedeliverOut
 from worker.hooks import service
 from worker.runtime import Runtime

@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 
 from fastapi import APIRouter, Depends
 
+from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import runtime
-from worker.access.keys import Principal, Scope
 from worker.api.schemas import LimitsOut, ScopeLimit
 from worker.ratelimit.limits import limit_states
 from worker.runtime import Runtime

@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 
+from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import ID_MAX, MessageId, decode_cursor, encode_cursor, json_body, runtime
-from worker.sending.idempotency import REPLAYED_HEADER, run_once
-from worker.access.keys import Principal, Scope
 from worker.api.schemas import AttemptOut, EventOut, MessageCreated, MessageDetail, MessagePage, MessageSummary
+from worker.runtime import Runtime
 from worker.sending.enqueue import enqueue_json
 from worker.sending.history import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, list_messages, message_history
-from worker.runtime import Runtime
+from worker.sending.idempotency import REPLAYED_HEADER, run_once
 from worker.status import MessageStatus
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])

@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from scheduler.campaigns import CampaignNotFound, IllegalTransition, NoRecipients
 from scheduler.importer import ImportRefused, RecipientsFileError
 from scheduler.retry import RetryRefused
-from worker.window import WindowInvalid
-from worker.sending.idempotency import IdempotencyKeyReused
 from worker.access.keys import ApiKeyNotFound
 from worker.errors import ButtoncastError, ConfigError, MessageInvalid
-from worker.sending.history import MessageNotFound
 from worker.hooks.service import HookNotFound
+from worker.sending.history import MessageNotFound
+from worker.sending.idempotency import IdempotencyKeyReused
+from worker.window import WindowInvalid
 
 log = logging.getLogger("buttoncast.api")
 PROBLEM_JSON = "application/problem+json"

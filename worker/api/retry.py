@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends
 
 from scheduler.campaigns import parse_at
 from scheduler.retry import RetryRefused, RetrySelection, retry_messages
+from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import runtime
-from worker.access.keys import Principal, Scope
 from worker.api.schemas import RetryIn, RetryOut
 from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime

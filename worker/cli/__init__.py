@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import click
 
-from worker.cli.campaigns import campaign_group
-from worker.cli.retry import retry_command
 from worker.cli.api import api_command, apikey_group
+from worker.cli.campaigns import campaign_group
 from worker.cli.contacts import contacts_group
-from worker.cli.prune import prune_command
-from worker.cli.ops import beat_command, db_group, limits_command, run_command, worker_command
-from worker.cli.send import message_group, send_command
-from worker.cli.users import user_group
 from worker.cli.demo import demo_command
 from worker.cli.hooks import hooks_group
+from worker.cli.ops import beat_command, db_group, limits_command, run_command, worker_command
+from worker.cli.prune import prune_command
+from worker.cli.retry import retry_command
 from worker.cli.sandbox import sandbox_command
+from worker.cli.send import message_group, send_command
+from worker.cli.users import user_group
 from worker.cli.webhooks import webhooks_command
 
 

@@ -17,13 +17,13 @@ import click
 from scheduler import campaigns, report
 from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
 from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
-from worker.window import WindowInvalid
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
 from worker.models import Campaign
 from worker.phone import parse_default_country
 from worker.runtime import Runtime
 from worker.status import CampaignStatus
+from worker.window import WindowInvalid
 
 F = TypeVar("F", bound=Callable[..., Any])
 SUMMARY_DETAIL_ROWS = 20

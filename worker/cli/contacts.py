@@ -9,8 +9,8 @@ from datetime import datetime
 
 import click
 
-from worker.contacts import service as contacts
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.contacts import service as contacts
 from worker.contacts.importer import OptOutFileError, import_optouts
 from worker.message import normalize_phone
 from worker.models import utcnow

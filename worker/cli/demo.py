@@ -31,8 +31,8 @@ from worker.logs import TextFormatter, configure_logging
 from worker.runtime import Runtime, install_runtime
 from worker.sandbox import SandboxConfig, SandboxServer
 from worker.sandbox.config import DEFAULT_CLIENT_ID, DEFAULT_DOMAIN, DEFAULT_SECRET
-from worker.settings import Settings
 from worker.sending.send import send_deps
+from worker.settings import Settings
 
 DEMO_DIR_NAME = "buttoncast-demo"
 DB_FILE_NAME = "buttoncast.db"
@@ -97,9 +97,9 @@ class WebhookReceiver:
     def __init__(self, runtime: Runtime) -> None:
         from waitress.server import create_server
 
-        from worker.webhooks.breaker import LatePolicy
         from worker.contacts.service import ConsentRules
         from worker.webhooks import create_app
+        from worker.webhooks.breaker import LatePolicy
 
         settings = runtime.settings
         app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
@@ -252,8 +252,8 @@ def hold_follow_ups(runtime: Runtime, campaign_id: int) -> list[HeldFollowUp]:
     way a worker sends it (worker.sending.send.send_message): the gate at claim time holds each one."""
     import sqlalchemy as sa
 
-    from worker.sending.enqueue import enqueue_message
     from worker.models import Campaign, ContactEvent, Message
+    from worker.sending.enqueue import enqueue_message
     from worker.sending.send import send_message
 
     with runtime.read_sessions() as session:
@@ -391,8 +391,8 @@ def serve_console(runtime: Runtime, port: int, out: IO[str]) -> None:
 
     import uvicorn
 
-    from worker.asgi import create_app
     from worker.access.users import create_user
+    from worker.asgi import create_app
 
     password = secrets.token_urlsafe(12)
     create_user(runtime, email=DEMO_CONSOLE_EMAIL, role="admin", password=password, actor="demo")

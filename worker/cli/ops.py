@@ -45,9 +45,8 @@ def worker_command(processes: int | None, concurrency: int | None, queues: str, 
 
         install_runtime(Runtime(replace(runtime.settings, worker_concurrency=threads), celery=runtime.celery))
     serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
-    import worker.sending.tasks  # noqa: F401 - registers the tasks
     import scheduler.tasks  # noqa: F401
-
+    import worker.sending.tasks  # noqa: F401 - registers the tasks
     from worker.cli.embedded import worker_argv
 
     runtime.celery.worker_main(worker_argv(threads, tuple(queues.split(",")), loglevel, hostname))

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import click
 
-from worker.cli.common import ensure_schema, friendly_errors, load_runtime
 from scheduler.retention import TABLES, prune
+from worker.cli.common import ensure_schema, friendly_errors, load_runtime
 
 _AGE_RE = re.compile(r"^\s*(\d+)\s*(d|h|m)?\s*$", re.I)
 _UNIT = {"d": "days", "h": "hours", "m": "minutes"}

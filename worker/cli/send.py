@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.message import parse_button_spec
 from worker.sending.enqueue import enqueue_message
 from worker.sending.history import MessageNotFound, message_history, trail
-from worker.message import parse_button_spec
 
 
 @click.command("send")

@@ -12,12 +12,12 @@ import sys
 import click
 import sqlalchemy as sa
 
-from worker.contacts.service import ConsentRules
-from worker.webhooks.breaker import LatePolicy
-from worker.metrics import serve_metrics
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.contacts.service import ConsentRules
+from worker.metrics import serve_metrics
 from worker.runtime import Runtime
 from worker.webhooks.app import create_app
+from worker.webhooks.breaker import LatePolicy
 from worker.webhooks.server import ReceiverLimits, create_receiver_server
 
 DEFAULT_HOST = "127.0.0.1"

@@ -18,7 +18,14 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from worker.console import (
-    routes_campaigns, routes_contacts, routes_health, routes_keys, routes_login, routes_messages, routes_new, routes_people,
+    routes_campaigns,
+    routes_contacts,
+    routes_health,
+    routes_keys,
+    routes_login,
+    routes_messages,
+    routes_new,
+    routes_people,
 )
 from worker.console.web import PACKAGE_DIR, Denied, NotLoggedIn, denied, not_logged_in, render, templates
 
@@ -80,8 +87,8 @@ def _warm_queries() -> None:
     a start does not pay for compiling them; a database not up yet is no error here."""
     from scheduler import campaigns, report, snapshots
     from worker.access.sessions import person_for
-    from worker.sending.history import list_messages
     from worker.runtime import get_runtime
+    from worker.sending.history import list_messages
 
     try:
         with get_runtime().read_sessions() as session:

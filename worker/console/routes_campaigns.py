@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 from scheduler import campaigns, report, snapshots
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.access.roles import Permission
-from worker.console.tallies import CURRENT_S, tallies_for
 from worker.access.users import Person
+from worker.console.tallies import CURRENT_S, tallies_for
 from worker.console.web import allowed, csrf_checked, redirect, render, runtime
-from worker.errors import ButtoncastError, MessageInvalid
-from worker.sending.history import list_messages
-from worker.models import utcnow
 from worker.db import streamed_read
+from worker.errors import ButtoncastError, MessageInvalid
+from worker.models import utcnow
 from worker.runtime import Runtime
+from worker.sending.history import list_messages
 from worker.status import CampaignStatus, MessageStatus
 
 router = APIRouter(include_in_schema=False)

@@ -10,11 +10,11 @@ from typing import Iterator
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
-from worker.contacts import service as contacts
 from worker.access.roles import Permission
-from worker.console.routes_campaigns import POSTED
 from worker.access.users import Person
+from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
+from worker.contacts import service as contacts
 from worker.contacts.importer import OptOutFileError, import_optouts
 from worker.errors import MessageInvalid
 from worker.message import normalize_phone

@@ -12,8 +12,8 @@ from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.web import allowed, render, runtime
 from worker.console.workers import Roll, roll_for
-from worker.ratelimit.limits import limit_states
 from worker.health import beat_state, database_state, redis_state
+from worker.ratelimit.limits import limit_states
 from worker.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)

@@ -8,8 +8,8 @@ from fastapi.responses import Response
 
 from worker.access.keys import ApiKeyNotFound, Scope, create_key, list_keys, revoke_key
 from worker.access.roles import Permission
-from worker.console.routes_campaigns import POSTED
 from worker.access.users import Person
+from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
 from worker.runtime import Runtime

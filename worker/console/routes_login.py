@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from worker.console import csrf
 from worker.access.sessions import COOKIE_NAME, end_session, start_session
 from worker.access.users import LoginRefused, log_in
+from worker.console import csrf
 from worker.console.web import cookie_secure, csrf_checked, current_person, redirect, render, runtime, session_token
 from worker.runtime import Runtime
 

@@ -9,8 +9,8 @@ from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
-from worker.sending.history import list_messages, message_history, trail
 from worker.runtime import Runtime
+from worker.sending.history import list_messages, message_history, trail
 
 router = APIRouter(include_in_schema=False)
 VIEW = Depends(allowed(Permission.VIEW))

@@ -14,15 +14,15 @@ from fastapi.responses import Response
 
 from scheduler import campaigns, report
 from scheduler.importer import ImportRefused, RecipientsFileError
-from worker.window import WindowInvalid
 from worker import message as limits
 from worker.access.roles import Permission
-from worker.console.routes_campaigns import POSTED
 from worker.access.users import Person
+from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime
 from worker.uploads import upload_on_disk
+from worker.window import WindowInvalid
 
 router = APIRouter(include_in_schema=False)
 SEND = Depends(allowed(Permission.SEND))

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 
 from worker.access.roles import Permission, Role
-from worker.console.routes_campaigns import POSTED
 from worker.access.users import Person, UserNotFound, create_user, disable_user, list_users, reset_password
+from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
 from worker.models import utcnow

@@ -14,10 +14,10 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from worker.console import csrf, formats
 from worker.access.roles import Permission
 from worker.access.sessions import COOKIE_NAME, person_for
 from worker.access.users import Person
+from worker.console import csrf, formats
 from worker.runtime import Runtime, get_runtime
 
 PACKAGE_DIR = Path(__file__).parent

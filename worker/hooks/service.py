@@ -17,7 +17,7 @@ from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.hooks import outbox
 from worker.hooks.events import EVENT_ID_PREFIX, parse_events
-from worker.hooks.models import OutboxStatus, HookEndpoint, HookOutbox, HookSubscription
+from worker.hooks.models import HookEndpoint, HookOutbox, HookSubscription, OutboxStatus
 from worker.hooks.signing import endpoint_secret, new_salt
 from worker.models import utcnow
 from worker.runtime import Runtime

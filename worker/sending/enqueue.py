@@ -24,9 +24,9 @@ from worker.contacts.service import ensure_contacts
 from worker.errors import FieldProblem, MessageInvalid
 from worker.message import ButtonMessage
 from worker.models import Message, MessageEvent, utcnow
-from worker.sending.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.queues import QUEUE_ADHOC
 from worker.runtime import Runtime, get_runtime
+from worker.sending.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.status import MessageStatus
 
 log = logging.getLogger("buttoncast.enqueue")

@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.access.models import IdempotentRequest
-from worker.sending.enqueue import IDEMPOTENCY_KEY_MAX_CHARS
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import utcnow
 from worker.runtime import Runtime
+from worker.sending.enqueue import IDEMPOTENCY_KEY_MAX_CHARS
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

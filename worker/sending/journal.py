@@ -24,12 +24,12 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.sending import store
-from worker.sending.client import AttemptRecord, SendResult
 from worker.db import DATABASE_UNAVAILABLE
 from worker.errors import AwalError
 from worker.models import Message
 from worker.runtime import Runtime
+from worker.sending import store
+from worker.sending.client import AttemptRecord, SendResult
 from worker.settings import Settings
 from worker.status import MessageStatus
 

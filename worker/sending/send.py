@@ -18,17 +18,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from worker.window import next_opening
 from worker import metrics
-from worker.sending import gate as consent_gate, journal, store
-from worker.sending.client import AttemptRecord, SendResult, client_of
-from worker.sending.journal import journal_of
 from worker.db import DATABASE_UNAVAILABLE
 from worker.errors import (
     AmbiguousError,
-    LimiterUnavailable,
     AwalError,
     ConfigurationFailure,
+    LimiterUnavailable,
     MessageInvalid,
     PermanentError,
     RateLimited,
@@ -38,8 +34,13 @@ from worker.logs import log_outcome
 from worker.message import ButtonMessage, MessageContent
 from worker.models import utcnow
 from worker.runtime import Runtime
+from worker.sending import gate as consent_gate
+from worker.sending import journal, store
+from worker.sending.client import AttemptRecord, SendResult, client_of
+from worker.sending.journal import journal_of
 from worker.settings import Settings
 from worker.status import CampaignStatus, MessageStatus
+from worker.window import next_opening
 
 log = logging.getLogger("buttoncast.send")
 

@@ -14,15 +14,15 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from worker.sending.client import AttemptRecord, SendResult
-from worker.errors import AwalError
-from worker.sending import gate as consent_gate
 from worker import lifecycle
+from worker.errors import AwalError
 from worker.fit import fit
-from worker.sending.gate import NO_CAP, Gate
 from worker.hooks import outbox as hooks_outbox
 from worker.hooks.events import HookEvent
 from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, UTCDateTime, utcnow
+from worker.sending import gate as consent_gate
+from worker.sending.client import AttemptRecord, SendResult
+from worker.sending.gate import NO_CAP, Gate
 from worker.status import CampaignStatus, MessageStatus
 
 Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value

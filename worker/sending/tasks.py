@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from worker.celery_app import app
-from worker.sending.enqueue import enqueue_payload, task_idempotency_key
 from worker.queues import TASK_ENQUEUE, TASK_SEND
 from worker.runtime import get_runtime
+from worker.sending.enqueue import enqueue_payload, task_idempotency_key
 from worker.sending.send import send_deps, send_message
 
 

@@ -17,13 +17,13 @@ from urllib.parse import parse_qs
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.settings import WEBHOOK_PATH
 from worker.contacts.service import DEFAULT_RULES, ConsentRules
-from worker.webhooks.breaker import DEFAULT_POLICY, LatePolicy
+from worker.models import utcnow
+from worker.settings import WEBHOOK_PATH
 from worker.webhooks.apply import Outcome, record_and_apply
+from worker.webhooks.breaker import DEFAULT_POLICY, LatePolicy
 from worker.webhooks.events import Event, ShapeError, Verification, parse_body
 from worker.webhooks.verify import VERIFICATION_NEEDS_SIGNATURE, BodySigner, signature_from
-from worker.models import utcnow
 
 MAX_BODY_BYTES = 1024 * 1024
 #: an unsigned body is only parsed (as a possible verification challenge) up to this size, so an

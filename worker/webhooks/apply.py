@@ -24,14 +24,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from worker import metrics
-from worker.webhooks.breaker import DEFAULT_POLICY, LatePolicy, check as check_breaker
 from worker.contacts.service import DEFAULT_RULES, SOURCE_VENDOR_CODE, ConsentRules, apply_inbound, opt_out
 from worker.failures import FailureClass, classify, describe_code
-from worker.logs import log_outcome
 from worker.hooks.outbox import emit_vendor_event
+from worker.logs import log_outcome
 from worker.models import Message, UTCDateTime, utcnow
 from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import DeliveryStatus
+from worker.webhooks.breaker import DEFAULT_POLICY, LatePolicy
+from worker.webhooks.breaker import check as check_breaker
 from worker.webhooks.events import RECEIVED_EVENT, Event, parse_body
 from worker.webhooks.models import EventKind, WebhookEvent
 from worker.webhooks.store import insert_event, mark_matched

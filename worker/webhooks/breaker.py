@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from worker import metrics
-from worker.sending import store
 from worker.failures import CODE_TITLES, FailureClass, classify
 from worker.models import Campaign, Message
+from worker.sending import store
 from worker.settings import AUTO_PAUSE_LATE_FAILURE_RATE, AUTO_PAUSE_LATE_WINDOW, Settings
 from worker.status import CampaignStatus
 
