@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from scheduler.campaigns import empty_counts, get_campaign, status_counts
 from worker.contacts.service import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.failures import FailureClass
-from worker.models import Campaign, Contact, Message, utcnow
-from worker.status import DeliveryStatus, MessageStatus
+from worker.models import Campaign, Contact, ContactEvent, Message, utcnow
+from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
 RATE_WINDOW_S = 60
 REPORT_YIELD_ROWS = 1_000
@@ -248,6 +248,36 @@ def queue_depth(session: Session) -> dict[str, int]:
 
 
 TAPPER_COLUMNS = ("phone", "message_id", "replied_at", "reply_button_id", "reply_button_title")
+
+
+def opt_outs_since_start(session: Session, campaign_id: int) -> list[tuple[str, str, str | None]]:
+    """(phone, source, reason) of every opt-out by one of the campaign's recipients since it started,
+    in the order they came (none before it started)."""
+    started = session.scalar(sa.select(Campaign.started_at).where(Campaign.id == campaign_id))
+    if started is None:
+        return []
+    return [tuple(row) for row in session.execute(
+        sa.select(ContactEvent.phone, ContactEvent.source, ContactEvent.reason)
+        .where(ContactEvent.action == "opt_out", ContactEvent.at >= started,
+               ContactEvent.phone.in_(sa.select(Message.phone).where(Message.campaign_id == campaign_id)))
+        .order_by(ContactEvent.at, ContactEvent.id)
+    )]
+
+
+def nothing_left_to_send(session: Session) -> bool:
+    """No campaign running or scheduled, and no message pending (ad hoc), queued or sending: what
+    `buttoncast run --until-idle` waits for."""
+    active_campaign = session.scalar(
+        sa.select(sa.func.count()).select_from(Campaign)
+        .where(Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
+    )
+    unfinished = session.scalar(
+        sa.select(sa.func.count()).select_from(Message).where(
+            Message.status.in_([MessageStatus.QUEUED.value, MessageStatus.SENDING.value]) |
+            ((Message.status == MessageStatus.PENDING.value) & Message.campaign_id.is_(None))
+        )
+    )
+    return not active_campaign and not unfinished
 
 
 def tapper_rows(session: Session, campaign_id: int, button_id: str) -> Iterator[dict[str, Any]]:

@@ -259,3 +259,19 @@ def test_the_transaction_check_sees_one(tmp_path):
     face = tmp_path / "face.py"
     face.write_text("def f(rt):\n    with rt.session_factory.begin() as s:\n        g(s)\n    create_key(rt.session_factory, name='x')\n")
     assert len(_write_transactions_opened(face)) == 2
+
+
+def _sql_statements(path: Path) -> list[str]:
+    """`sa.select(...)`, `sa.update(...)`, `sa.insert(...)`, `sa.delete(...)`, `sa.text(...)`: SQL written here."""
+    return [f"{path.name}:{node.lineno}" for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("select", "update", "insert", "delete", "text")
+            and isinstance(node.func.value, ast.Name) and node.func.value.id in ("sa", "sqlalchemy")]
+
+
+def test_faces_and_commands_write_no_sql():
+    """A face binds, authorises, calls a service function and renders: the SQL lives below it."""
+    written = [line for module, path in sorted(product_modules().items()) if layer_of(module) <= FACES
+               for line in _sql_statements(path)]
+    assert written == []
+    assert _sql_statements(product_modules()["scheduler.report"])   # the check can see one

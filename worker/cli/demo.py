@@ -250,28 +250,21 @@ class HeldFollowUp:
 def hold_follow_ups(runtime: Runtime, campaign_id: int) -> list[HeldFollowUp]:
     """Everyone who opted out since the campaign started gets a follow-up ad-hoc message, sent the
     way a worker sends it (worker.sending.send.send_message): the gate at claim time holds each one."""
-    import sqlalchemy as sa
-
-    from worker.models import Campaign, ContactEvent, Message
+    from scheduler.report import opt_outs_since_start
     from worker.sending.enqueue import enqueue_message
+    from worker.sending.history import message_history
     from worker.sending.send import send_message
 
     with runtime.read_sessions() as session:
-        started = session.scalar(sa.select(Campaign.started_at).where(Campaign.id == campaign_id))
-        opted = session.execute(
-            sa.select(ContactEvent.phone, ContactEvent.source, ContactEvent.reason)
-            .where(ContactEvent.action == "opt_out", ContactEvent.at >= started,
-                   ContactEvent.phone.in_(sa.select(Message.phone).where(Message.campaign_id == campaign_id)))
-            .order_by(ContactEvent.at, ContactEvent.id)
-        ).all() if started else []
+        opted = opt_outs_since_start(session, campaign_id)
     held = []
     deps = send_deps(runtime)
     for phone, source, reason in opted:
         message_id = enqueue_message(phone=phone, runtime=runtime, **FOLLOW_UP)
         send_message(message_id, deps)
         with runtime.read_sessions() as session:
-            status, why = session.execute(
-                sa.select(Message.status, Message.last_error_code).where(Message.id == message_id)).one()
+            message = message_history(session, message_id).message
+        status, why = message.status, message.last_error_code
         held.append(HeldFollowUp(phone, source, reason, message_id, status, why))
     return held
 

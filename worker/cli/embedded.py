@@ -14,13 +14,10 @@ import signal
 import threading
 import time
 
-import sqlalchemy as sa
 from celery import beat
 
-from worker.models import Campaign, Message
 from worker.queues import ALL_QUEUES
 from worker.runtime import Runtime
-from worker.status import CampaignStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.embedded")
 IDLE_CHECK_INTERVAL_S = 1.0
@@ -36,18 +33,10 @@ def worker_argv(concurrency: int, queues: tuple[str, ...] = ALL_QUEUES, loglevel
 
 def is_idle(runtime: Runtime) -> bool:
     """No campaign running or scheduled, and no message pending, queued or sending."""
+    from scheduler.report import nothing_left_to_send
+
     with runtime.read_sessions() as session:
-        active_campaign = session.scalar(
-            sa.select(sa.func.count()).select_from(Campaign)
-            .where(Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
-        )
-        unfinished = session.scalar(
-            sa.select(sa.func.count()).select_from(Message).where(
-                Message.status.in_([MessageStatus.QUEUED.value, MessageStatus.SENDING.value]) |
-                ((Message.status == MessageStatus.PENDING.value) & Message.campaign_id.is_(None))
-            )
-        )
-    return not active_campaign and not unfinished
+        return nothing_left_to_send(session)
 
 
 def _stop_when_idle(runtime: Runtime, stop: threading.Event) -> None:
