@@ -17,7 +17,8 @@ from scheduler.importer import ImportRefused, ImportResult, check_header, import
 from scheduler.template import MessageTemplate, check_template
 from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
-from worker.lifecycle import TRANSITIONS, CampaignNotFound, IllegalTransition, load, operator_may, transition  # noqa: F401 - re-exported
+from worker.lifecycle import TRANSITIONS, CampaignNotFound, IllegalTransition, operator_may, transition  # noqa: F401 - re-exported
+from worker.lifecycle import load as get_campaign
 from worker.models import Campaign, Message, utcnow
 from worker.status import CampaignStatus, MessageStatus
 from worker.window import Window
@@ -119,10 +120,6 @@ def _field_problems(name: str, phone_number_id: str, scheduled_at: datetime | No
     return problems
 
 
-def get_campaign(session: Session, campaign_id: int) -> Campaign:
-    return load(session, campaign_id)
-
-
 def schedule(session: Session, campaign_id: int, at: datetime | None = None, *, actor: str | None = None) -> Campaign:
     """draft (or paused) -> scheduled at `at` (aware); without `at`, the time stored at creation
     (`create --draft --at`) or else now, i.e. the next dispatcher tick."""
@@ -141,10 +138,8 @@ def resume(session: Session, campaign_id: int, *, actor: str | None = None) -> C
     """paused -> running if it had started, else scheduled; the failure streak starts again, and
     so does the late-failure breaker's window (worker.webhooks.breaker counts messages sent from now)."""
     # started_at only changes on scheduled -> running, never while paused, so reading it first is safe.
-    campaign = get_campaign(session, campaign_id)
-    target = S.RUNNING if campaign.started_at is not None else S.SCHEDULED
-    if campaign.status != S.PAUSED.value:   # only a paused campaign resumes (a completed one is final)
-        raise IllegalTransition(campaign_id, campaign.status, target.value)
+    # A completed campaign is refused by the table itself (completed -> running is the engine's reopen).
+    target = S.RUNNING if get_campaign(session, campaign_id).started_at is not None else S.SCHEDULED
     return transition(session, campaign_id, target, actor=actor, pause_reason=None, consecutive_failures=0,
                       late_breaker_since=utcnow())
 

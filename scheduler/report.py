@@ -18,10 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.campaigns import empty_counts, get_campaign, status_counts
+from worker import lifecycle
 from worker.contacts.service import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.failures import FailureClass
 from worker.models import Campaign, Contact, ContactEvent, Message, utcnow
-from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
+from worker.status import DeliveryStatus, MessageStatus
 
 RATE_WINDOW_S = 60
 REPORT_YIELD_ROWS = 1_000
@@ -269,7 +270,7 @@ def nothing_left_to_send(session: Session) -> bool:
     `buttoncast run --until-idle` waits for."""
     active_campaign = session.scalar(
         sa.select(sa.func.count()).select_from(Campaign)
-        .where(Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value]))
+        .where(Campaign.status.in_(lifecycle.ACTIVE))
     )
     unfinished = session.scalar(
         sa.select(sa.func.count()).select_from(Message).where(
