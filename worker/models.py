@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -53,6 +54,8 @@ class Base(DeclarativeBase):
 
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+#: JSON on SQLite, JSONB on Postgres (binary, so `->>` on a million contacts reads no text)
+JsonDoc = sa.JSON().with_variant(JSONB(), "postgresql")
 
 
 class Campaign(Base):
@@ -83,6 +86,27 @@ class Campaign(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # --- audiences (worker.contacts.segments, scheduler.audience, scheduler.series) ---
+    #: segment rules resolved into recipients when the campaign starts (a segment or a follow-up);
+    #: None for a campaign whose recipients came from a CSV
+    audience: Mapped[dict | None] = mapped_column(sa.JSON)
+    #: when the audience was resolved into messages (then frozen, as a CSV import)
+    audience_resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the saved segment this campaign (or series) targets; no FK: deleting it pauses a series
+    segment_id: Mapped[int | None] = mapped_column(BigId)
+    #: a follow-up's source campaign (its audience is a result of that campaign)
+    follow_up_of: Mapped[int | None] = mapped_column(BigId)
+    #: a series (recurring campaign): a run every `series_every_s` until `series_until`; the next at `series_next_at`
+    series_every_s: Mapped[int | None] = mapped_column(sa.Integer)
+    series_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    series_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: a run of a series: its parent and the slot it was started for (unique: a slot runs once)
+    series_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: window_tz == "recipient": recipients per zone group (worker.window), counted when they were stored
+    zones: Mapped[dict | None] = mapped_column(sa.JSON)
+
+    __table_args__ = (sa.UniqueConstraint("series_id", "run_at", name="uq_campaigns_series_run"),)
 
 
 class Message(Base):
@@ -143,6 +167,8 @@ class Message(Base):
     #: a late failure (`failed` status webhook): the vendor's code and its class (worker.failures)
     failure_code: Mapped[str | None] = mapped_column(sa.String(16))
     failure_class: Mapped[str | None] = mapped_column(sa.String(32))
+    #: window_tz == "recipient": the time zones this number may be in ("|"-joined; worker.window)
+    zone: Mapped[str | None] = mapped_column(sa.String(200))
 
     attempt_rows: Mapped[list["Attempt"]] = relationship(back_populates="message", order_by="Attempt.id")
     events: Mapped[list["MessageEvent"]] = relationship(back_populates="message", order_by="MessageEvent.id")
@@ -200,6 +226,31 @@ class Contact(Base):
     opt_out_source: Mapped[str | None] = mapped_column(sa.String(16))
     opt_out_note: Mapped[str | None] = mapped_column(sa.Text)
     opted_in_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: what a marketer knows of them (name, city, plan): text values by column name
+    attributes: Mapped[dict] = mapped_column(JsonDoc, default=dict, server_default=sa.text("'{}'"))
+
+
+class ContactTag(Base):
+    """One tag on one contact (`vip`); segments select by tag through (tag, phone)."""
+
+    __tablename__ = "contact_tags"
+    __table_args__ = (sa.Index("ix_contact_tags_tag_phone", "tag", "phone"),)
+
+    phone: Mapped[str] = mapped_column(sa.ForeignKey("contacts.phone", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+
+
+class Segment(Base):
+    """A saved audience: rules (worker.contacts.segments) counted and resolved live, never a list."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    rules: Mapped[dict] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(sa.String(200))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
