@@ -17,7 +17,7 @@ USER buttoncast
 # Writable: `buttoncast beat` keeps its celerybeat-schedule here (only last-run times; losing it is harmless).
 WORKDIR /home/buttoncast
 
-# 9808 worker metrics (METRICS_PORT), 8080 webhook receiver, 8099 sandbox
-EXPOSE 9808 8080 8099
+# 9808 worker metrics (METRICS_PORT), 8080 HTTP API and console, 8088 webhook receiver, 8099 sandbox
+EXPOSE 9808 8080 8088 8099
 ENTRYPOINT ["buttoncast"]
 CMD ["--help"]

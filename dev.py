@@ -4,7 +4,8 @@
     python3 dev.py demo    # create .venv if needed, install, run the demo against the local sandbox
     python3 dev.py test    # create .venv if needed, install with the test extra, run the test suite
 
-Anything after the command is passed on (e.g. `python3 dev.py test -k webhooks`).
+Anything after the command is passed on (e.g. `python3 dev.py test -k webhooks`). The suite runs as
+`pytest --durations=15`: the 15 slowest tests are listed at the end (CI runs this same command).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("BUTTONCAST_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".buttoncast-installed"
+PYTEST_ARGS = ("--durations=15",)   # the 15 slowest tests, printed after every run (issue 25)
 
 
 def ensure_venv() -> None:
@@ -46,7 +48,7 @@ def main(argv: list[str]) -> int:
     ensure_venv()
     command, rest = argv[0], argv[1:]
     if command == "test":
-        return subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT)
+        return subprocess.call([str(BIN / "python"), "-m", "pytest", *PYTEST_ARGS, *rest], cwd=ROOT)
     return subprocess.call([str(BIN / "buttoncast"), "demo", *rest])
 
 

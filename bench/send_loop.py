@@ -97,7 +97,9 @@ def add_sent_hook(env: dict[str, str]) -> None:
     runtime = Runtime(Settings.from_env(env))
     try:
         with runtime.session_factory.begin() as session:
-            add_endpoint(session, "http://127.0.0.1:9/hooks", "message.sent", signing_key=Secret("bench" * 8))
+            add_endpoint(session, "http://127.0.0.1:9/hooks", "message.sent",
+                         settings=runtime.settings.replace(hooks_signing_key=Secret("bench" * 8),
+                                                           hooks_allowed_hosts=frozenset({"127.0.0.1"})))
     finally:
         runtime.close()
 

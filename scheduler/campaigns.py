@@ -7,7 +7,7 @@ this module is what an operator asks of it.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import sqlalchemy as sa
@@ -45,6 +45,29 @@ def parse_at(text: str | None, option: str = "--at") -> datetime | None:
     if value.tzinfo is None:
         raise MessageInvalid([FieldProblem(option, f"{text!r} has no UTC offset; add one, e.g. {text.strip()}+03:00 or {text.strip()}Z")])
     return value
+
+
+#: a start time this close behind now is "now" (a time typed to the minute), not a mistake worth a word
+PAST_START_TOLERANCE_S = 60
+
+
+def past_start_note(at: datetime | None, now: datetime | None = None) -> str | None:
+    """What to tell the person who gave a start time already past (issue 25: it was accepted without
+    a word): the campaign starts at once, not at that time. None for a time to come, or none given.
+    The CLI prints it on standard error, the API returns it in `warnings`, the console shows it."""
+    now = now or utcnow()
+    if at is None or (now - at).total_seconds() <= PAST_START_TOLERANCE_S:
+        return None
+    return (f"the start time {at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC is already past ({_ago(now - at)} ago): "
+            "the campaign starts at once (at the dispatcher's next tick), not at that time")
+
+
+def _ago(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes // 60
+    return f"{hours} h" if hours < 48 else f"{hours // 24} days"
 
 
 def create_campaign(
@@ -233,7 +256,9 @@ def create_with_recipients(
     template = MessageTemplate(fields["template"])  # validates message.json before the file is read
     check_header(recipients, template)
     if strict:
-        refuse_if_invalid(recipients, template, default_region=default_region, processes=processes)
+        window = fields.get("window")
+        refuse_if_invalid(recipients, template, default_region=default_region, processes=processes,
+                          zones=window is not None and window.per_recipient)
     with session_factory.begin() as session:
         campaign_id = create_campaign(session, draft=True, scheduled_at=scheduled_at, **fields).id
     try:
@@ -326,11 +351,14 @@ def create_from_options(
     opt_out_button: str | None = None,
     default_region: str | None = None,
     actor: str | None = None,
+    save_attributes: bool = True,
 ) -> tuple[Campaign, ImportResult]:
     """`campaign create`, `POST /v1/campaigns` and the console's New campaign: their options as
     they come (`at`/`expires_at` as ISO 8601 text or a datetime; `default_region` as a region,
     default DEFAULT_COUNTRY_CODE): parse them, default the sender, create and import. Returns the
-    stored campaign and the import."""
+    stored campaign and the import. `save_attributes`: then store the file's columns on the
+    contacts of its valid phones (`result.attributes`; `--no-save-attributes` skips it)."""
+    from worker.contacts.attributes import store_campaign_attributes
     from worker.window import parse_window
 
     scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
@@ -349,5 +377,8 @@ def create_from_options(
         require_open_window=bool(require_open_window), expires_at=expires,
         default_region=default_region or runtime.settings.default_country_code,
     )
+    if save_attributes:   # after the import: a refused file (strict) stores nothing
+        result.attributes = store_campaign_attributes(
+            runtime, recipients, actor=actor, default_region=default_region or runtime.settings.default_country_code)
     with runtime.session_factory() as session:
         return get_campaign(session, campaign_id), result

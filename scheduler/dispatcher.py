@@ -1,4 +1,4 @@
-"""The dispatcher tick: start due campaigns, move pending recipients to the broker, finish campaigns.
+"""The dispatcher tick: start a series' due runs, resolve due audiences, start due campaigns, move pending recipients to the broker, finish campaigns.
 
 Flow control: each tick publishes only what the rate limit can send before the next few ticks
 (DISPATCH_LOOKAHEAD_TICKS), minus what is already on the broker or being sent, so a
@@ -9,6 +9,10 @@ Fairness: ad-hoc (transactional) messages go first, on their own queue; the rest
 split equally between running campaigns, and what a small campaign cannot use goes to the others
 (water-filling).
 
+Send windows: a campaign is served only while its window is open; a `--tz recipient` campaign
+while the window is open for ANY of its zone groups, and then only the messages of the open groups
+are claimed (scheduler.zones; the open groups are a bound IN list in the claim).
+
 Safety: rows move pending -> queued in the same statement that selects them (UPDATE ... WHERE id IN
 (SELECT ... FOR UPDATE SKIP LOCKED) AND status = 'pending' RETURNING id), so two dispatchers running
 at once never queue a recipient twice; the send task's claim makes a duplicate task harmless anyway.
@@ -18,15 +22,18 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from scheduler import audience, series
 from scheduler.sweeper import recover_from_broker_loss
+from scheduler.zones import open_zone_groups
 from worker import lifecycle
 from worker.models import Campaign, Message, MessageEvent, UTCDateTime, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
@@ -34,11 +41,18 @@ from worker.runtime import Runtime
 from worker.sending import gate as consent_gate
 from worker.sending.publish import hand_back_to_dispatcher, publish_send_tasks
 from worker.status import CampaignStatus, MessageStatus
-from worker.window import in_window
+from worker.window import RECIPIENT, in_window
 
 log = logging.getLogger("buttoncast.dispatcher")
 PENDING, QUEUED, SENDING = MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value
 RUNNING = CampaignStatus.RUNNING.value
+#: a `--tz recipient` campaign whose open zone groups had nothing ready is not counted again for the
+#: same open groups for this long: no index has the zone, so that count walks every pending row of
+#: its closed zones (a night's backlog). A zone opening or closing, or this much time, counts again.
+ZONE_RECHECK_S = 60
+#: per runtime (this process's dispatcher): campaign id -> (its open zone groups, when they had nothing ready)
+IdleZones = dict[int, tuple[frozenset[str], datetime]]
+_idle_zones: weakref.WeakKeyDictionary[Runtime, IdleZones] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -49,6 +63,8 @@ class TickReport:
     budget: int = 0
     in_flight: int = 0
     cancelled_leftovers: int = 0   # rows of cancelled campaigns that a racing write left queued/pending
+    runs: list[int] = field(default_factory=list)       # runs of series started (scheduler.series)
+    resolved: list[int] = field(default_factory=list)   # audiences resolved into recipients (scheduler.audience)
 
     @property
     def total_published(self) -> int:
@@ -68,6 +84,12 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
     now = now or utcnow()
     report = TickReport()
     recover_from_broker_loss(runtime, now)   # a flushed broker: its lost tasks go out again this tick
+    if runtime.broker_epoch_started is not None and runtime.broker_epoch_started > now:
+        # Issue 25: the epoch (started when its loss was seen) may begin after this tick's clock; rows
+        # stamped earlier would be handed back as lost by every process that sees the epoch first.
+        now = runtime.broker_epoch_started
+    report.runs = series.start_due_runs(runtime, now)       # a series' slot came: its run is a new campaign
+    report.resolved = audience.resolve_due(runtime, now)    # a segment's members become the recipients
     with runtime.session_factory.begin() as session:
         report.started = lifecycle.start_due(session, now)
         report.in_flight = in_flight_count(session)
@@ -79,14 +101,16 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
             report.published["adhoc"] = n
         budget -= n
     campaigns = _running_in_window(runtime, now, budget)
-    for campaign_id, share in allocate(budget, campaigns).items():
-        n = _publish(runtime, _claim(runtime, campaign_id, share, now), QUEUE_CAMPAIGN)
+    wants = {campaign_id: ready.count for campaign_id, ready in campaigns.items()}
+    for campaign_id, share in allocate(budget, wants).items():
+        claimed = _claim(runtime, campaign_id, share, now, zones=campaigns[campaign_id].zones)
+        n = _publish(runtime, claimed, QUEUE_CAMPAIGN)
         if n:
             report.published[str(campaign_id)] = n
     with runtime.session_factory.begin() as session:
         report.cancelled_leftovers = cancel_leftovers(session, now)
         report.completed = lifecycle.complete_finished(session, now)
-    if report.total_published or report.started or report.completed:
+    if report.total_published or report.started or report.completed or report.runs or report.resolved:
         log.info("dispatch: published %s (budget %s, in flight %s), started %s, completed %s",
                  report.published, report.budget, report.in_flight, report.started, report.completed)
     return report
@@ -101,8 +125,17 @@ def in_flight_count(session: Session) -> int:
     ) or 0
 
 
-def _running_in_window(runtime: Runtime, now: datetime, cap: int) -> dict[int, int]:
-    """Running campaigns inside their send window -> how many messages each could send now (<= cap).
+@dataclass(frozen=True)
+class Ready:
+    """A running campaign inside its window: how many messages it could send now (<= the tick's
+    budget), and for a `--tz recipient` campaign the zone groups open now (None: any message)."""
+
+    count: int
+    zones: list[str] | None = None
+
+
+def _running_in_window(runtime: Runtime, now: datetime, cap: int) -> dict[int, Ready]:
+    """Running campaigns inside their send window -> what each could send now.
 
     Counting stops at `cap` (this tick's budget): a 1,000,000-recipient campaign costs an index
     range of `cap` rows per tick, not a count of everything it has left.
@@ -111,18 +144,46 @@ def _running_in_window(runtime: Runtime, now: datetime, cap: int) -> dict[int, i
         return {}
     with runtime.session_factory() as session:
         campaigns = session.execute(
-            sa.select(Campaign.id, Campaign.window_start, Campaign.window_end, Campaign.window_tz)
+            sa.select(Campaign.id, Campaign.window_start, Campaign.window_end, Campaign.window_tz, Campaign.zones)
             .where(Campaign.status == RUNNING)
         ).all()
-        open_ids = [c.id for c in campaigns if in_window(c.window_start, c.window_end, c.window_tz, now)]
-        wants = {cid: _ready_count(session, cid, now, cap) for cid in open_ids}
-    return {cid: n for cid, n in wants.items() if n}
+        idle = _idle_zones.setdefault(runtime, {})
+        ready = {}
+        for c in campaigns:
+            if c.window_tz == RECIPIENT and c.window_start and c.window_end:
+                zones: list[str] | None = open_zone_groups(c.window_start, c.window_end, c.zones, now)
+                if not zones or _still_idle(idle.get(c.id), zones, now):
+                    continue   # in window while ANY of its zone groups is open (and has something ready)
+            elif in_window(c.window_start, c.window_end, c.window_tz, now):
+                zones = None
+            else:
+                continue
+            count = _ready_count(session, c.id, now, cap, zones)
+            if count:
+                ready[c.id] = Ready(count, zones)
+                idle.pop(c.id, None)
+            elif zones is not None:
+                idle[c.id] = (frozenset(zones), now)
+    return ready
 
 
-def _ready_count(session: Session, campaign_id: int, now: datetime, cap: int) -> int:
+def _still_idle(seen: tuple[frozenset[str], datetime] | None, zones: list[str], now: datetime) -> bool:
+    """True when these same open zone groups had nothing ready less than ZONE_RECHECK_S ago."""
+    if seen is None or seen[0] != frozenset(zones):
+        return False
+    return timedelta(0) <= now - seen[1] < timedelta(seconds=ZONE_RECHECK_S)
+
+
+def _in_zones(zones: list[str] | None) -> tuple[sa.ColumnElement[bool], ...]:
+    """Only messages of these zone groups (a bound IN list); no condition when `zones` is None."""
+    return () if zones is None else (Message.zone.in_(zones),)
+
+
+def _ready_count(session: Session, campaign_id: int, now: datetime, cap: int, zones: list[str] | None = None) -> int:
     total = 0
     for kind in _ready_kinds(now):
-        rows = sa.select(Message.id).where(Message.campaign_id == campaign_id, kind).limit(cap - total).subquery()
+        rows = (sa.select(Message.id).where(Message.campaign_id == campaign_id, kind, *_in_zones(zones))
+                .limit(cap - total).subquery())
         total += session.scalar(sa.select(sa.func.count()).select_from(rows)) or 0
         if total >= cap:
             break
@@ -159,7 +220,8 @@ def allocate(budget: int, wants: dict[int, int]) -> dict[int, int]:
     return {cid: n for cid, n in shares.items() if n > 0}
 
 
-def _claim(runtime: Runtime, campaign_id: int | None, limit: int, now: datetime) -> Iterator[list[int]]:
+def _claim(runtime: Runtime, campaign_id: int | None, limit: int, now: datetime, *,
+           zones: list[str] | None = None) -> Iterator[list[int]]:
     """Mark up to `limit` ready rows of a campaign (None: ad-hoc) queued-and-published, a batch per
     statement (each committed before it is yielded, so a published task always finds its row
     queued); yields their ids.
@@ -169,8 +231,12 @@ def _claim(runtime: Runtime, campaign_id: int | None, limit: int, now: datetime)
     every row already sent (the planner prefers the primary key, whose prefix is all done), and a
     tick got slower with the campaign's progress (+40 ms per 20,000 sent, measured). The cursor is
     only a hint: when the rows past it run out, the scan starts again from the beginning, which
-    finds rows put back behind it (a pause, a 401, a retry)."""
+    finds rows put back behind it (a pause, a 401, a retry).
+
+    `zones`: a `--tz recipient` campaign's zone groups open now; only their messages are taken."""
     where = Message.campaign_id == campaign_id if campaign_id is not None else Message.campaign_id.is_(None)
+    if zones is not None:
+        where = sa.and_(where, *_in_zones(zones))
     claimed = 0
     batch = runtime.settings.dispatch_batch_size
     due, pending = _ready_kinds(now)

@@ -46,9 +46,9 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
-def _start(template_data: dict[str, Any], layout: Any, default_region: str | None) -> None:
+def _start(template_data: dict[str, Any], layout: Any, default_region: str | None, zones: bool) -> None:
     global _judge
-    _judge = RowJudge(template_data, layout, default_region)
+    _judge = RowJudge(template_data, layout, default_region, zones)
 
 
 def _judge_chunk(records: list) -> JudgedChunk:
@@ -65,20 +65,20 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def judged_chunks(path: str | os.PathLike[str], template: MessageTemplate, *, default_region: str | None = None,
-                  processes: int | None = None) -> Iterator[JudgedChunk]:
+                  processes: int | None = None, zones: bool = False) -> Iterator[JudgedChunk]:
     """The file's records judged, chunk by chunk in file order; raises RecipientsFileError for the
     file as a whole (header, encoding). `processes`: None chooses (the cores, for a big file);
-    1 judges in this process."""
+    1 judges in this process. `zones`: each row's zone group too (a `--tz recipient` campaign)."""
     with RecipientsFile(path, template) as recipients:
         if processes is None:
             big = os.path.getsize(recipients.name) >= PARALLEL_MIN_BYTES
             processes = default_processes() if big else 1
         chunks = _chunks(iter(recipients))
         if processes <= 1:
-            judge = RowJudge(template.data, recipients.layout, default_region)
+            judge = RowJudge(template.data, recipients.layout, default_region, zones)
             yield from map(judge.judge, chunks)
         else:
-            yield from _in_pool(chunks, processes, (template.data, recipients.layout, default_region))
+            yield from _in_pool(chunks, processes, (template.data, recipients.layout, default_region, zones))
 
 
 def _chunks(records: Iterator) -> Iterator[list]:

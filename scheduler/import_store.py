@@ -15,6 +15,9 @@ SQLite: one short write transaction per window (BEGIN IMMEDIATE serialises write
 duplicate check and the insert see the same table), so senders are not locked out for the whole
 import; a failure deletes the id ranges this import inserted.
 
+A `--tz recipient` campaign's rows carry their zone group (a fourth column, staged and copied to
+`messages.zone`); other campaigns stage three columns, and the zone stays NULL.
+
 `BackgroundWriter` runs a store on its own thread, one window behind the reader: the database
 work (the server's on Postgres; sqlite3 releases the GIL while a statement runs) overlaps the
 checks of the next window.
@@ -32,24 +35,27 @@ from sqlalchemy.orm import Session, sessionmaker
 from scheduler.recipients_csv import RowProblem, StagedRow
 from worker.models import Campaign, UTCDateTime, utcnow
 from worker.status import MessageStatus
+from worker.window import RECIPIENT
 
 MERGE_ROWS = 10_000            # rows staged and merged per window (larger: no faster, more memory)
 _THREAD_POLL_S = 0.5
 
 _MESSAGE_COLUMNS = ("campaign_id, phone_number_id, phone, content, status, attempts, created_at, updated_at, "
-                    "require_open_window, expires_at")
-_MESSAGE_VALUES = ":campaign_id, :phone_number_id, s.phone, s.content, :status, 0, :now, :now, :require_open_window, :expires_at"
+                    "require_open_window, expires_at, zone")
+_MESSAGE_VALUES = (":campaign_id, :phone_number_id, s.phone, s.content, :status, 0, :now, :now, :require_open_window, "
+                   ":expires_at, s.zone")
 
-_PG_STAGING = ("CREATE TEMP TABLE import_staging (line integer NOT NULL, phone text NOT NULL, content json NOT NULL) "
-               "ON COMMIT DROP")
+_PG_STAGING = ("CREATE TEMP TABLE import_staging (line integer NOT NULL, phone text NOT NULL, content json NOT NULL, "
+               "zone text) ON COMMIT DROP")
 #: the merge sorts a window twice (by phone, by line); in memory rather than in temp files
 _PG_WORK_MEM = "SET LOCAL work_mem = '64MB'"
 _PG_COPY = "COPY import_staging (line, phone, content) FROM STDIN"
+_PG_COPY_ZONES = "COPY import_staging (line, phone, content, zone) FROM STDIN"
 # firsts: the lowest line of each phone; ins: those the campaign did not have; the answer: every
 # staged row that did not go in (its phone was taken by an earlier line or an earlier import).
 _PG_MERGE = f"""
 WITH firsts AS MATERIALIZED (
-    SELECT DISTINCT ON (phone) line, phone, content FROM import_staging ORDER BY phone, line
+    SELECT DISTINCT ON (phone) line, phone, content, zone FROM import_staging ORDER BY phone, line
 ), ins AS (
     INSERT INTO messages ({_MESSAGE_COLUMNS})
     SELECT {_MESSAGE_VALUES} FROM firsts s ORDER BY s.line
@@ -67,10 +73,11 @@ ORDER BY s.line
 """
 
 _SQLITE_STAGING = ("CREATE TEMP TABLE IF NOT EXISTS import_staging (line INTEGER PRIMARY KEY, phone TEXT NOT NULL, "
-                   "content TEXT NOT NULL, dup INTEGER NOT NULL DEFAULT 0)",
+                   "content TEXT NOT NULL, zone TEXT, dup INTEGER NOT NULL DEFAULT 0)",
                    "CREATE INDEX IF NOT EXISTS temp.ix_import_staging_phone ON import_staging (phone, line)",
                    "DELETE FROM import_staging")
 _SQLITE_STAGE = "INSERT INTO import_staging (line, phone, content) VALUES (?, ?, ?)"
+_SQLITE_STAGE_ZONES = "INSERT INTO import_staging (line, phone, content, zone) VALUES (?, ?, ?, ?)"
 _SQLITE_MARK = """
 UPDATE import_staging SET dup = 1
 WHERE EXISTS (SELECT 1 FROM import_staging e WHERE e.phone = import_staging.phone AND e.line < import_staging.line)
@@ -105,6 +112,7 @@ class _Store:
     def __init__(self, engine: sa.Engine, campaign: Campaign) -> None:
         self.connection = engine.connect()
         self.campaign_id = campaign.id
+        self.zones = campaign.window_tz == RECIPIENT   # rows carry their zone group (StagedRow's 4th value)
         self.values: dict[str, Any] = {
             "campaign_id": campaign.id, "phone_number_id": campaign.phone_number_id,
             "status": MessageStatus.PENDING.value, "require_open_window": bool(campaign.require_open_window),
@@ -122,10 +130,11 @@ class PostgresStore(_Store):
         self.connection.exec_driver_sql(_PG_WORK_MEM)
         self.connection.exec_driver_sql(_PG_STAGING)
         self.merge = _statement(_PG_MERGE)
+        self.copy = _PG_COPY_ZONES if self.zones else _PG_COPY
 
     def write(self, rows: list[StagedRow]) -> tuple[int, list[RowProblem]]:
         driver = self.connection.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
+        with driver.cursor() as cursor, cursor.copy(self.copy) as copy:
             for row in rows:
                 copy.write_row(row)
         dups = [duplicate(line, phone) for line, phone in self.connection.execute(self.merge, {**self.values, "now": utcnow()})]
@@ -150,6 +159,7 @@ class SqliteStore(_Store):
         super().__init__(engine, campaign)
         self.inserted_ids: list[tuple[int, int]] = []   # (after, up to) per window, to undo on failure
         self.mark, self.contacts, self.insert = (_statement(s) for s in (_SQLITE_MARK, _SQLITE_CONTACTS, _SQLITE_INSERT))
+        self.stage = _SQLITE_STAGE_ZONES if self.zones else _SQLITE_STAGE
         with self.connection.begin():
             for statement in _SQLITE_STAGING:
                 self.connection.exec_driver_sql(statement)
@@ -157,7 +167,7 @@ class SqliteStore(_Store):
     def write(self, rows: list[StagedRow]) -> tuple[int, list[RowProblem]]:
         values = {**self.values, "now": utcnow()}
         with self.connection.begin():
-            self.connection.connection.driver_connection.executemany(_SQLITE_STAGE, rows)
+            self.connection.connection.driver_connection.executemany(self.stage, rows)
             self.connection.execute(self.mark, values)
             dups = [duplicate(line, phone) for line, phone in
                     self.connection.exec_driver_sql("SELECT line, phone FROM import_staging WHERE dup = 1 ORDER BY line")]

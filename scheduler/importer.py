@@ -29,8 +29,11 @@ from scheduler.recipients_csv import (
     read_recipients,
 )
 from scheduler.template import MessageTemplate
+from scheduler.zones import recount_zones
+from worker.contacts.attributes import AttributeImportResult
 from worker.contacts.service import opted_out_among
 from worker.models import Campaign, utcnow
+from worker.window import RECIPIENT
 
 __all__ = ["BATCH_ROWS", "LINE_MAX_CHARS", "MAX_DETAILS", "PHONE_COLUMN", "ImportInterrupted", "ImportRefused",
            "ImportResult", "Recipient", "RecipientsFileError", "RowProblem", "check_header", "check_recipients",
@@ -58,6 +61,8 @@ class ImportResult:
     duplicates: int = 0
     problems: list[RowProblem] = field(default_factory=list)
     duplicate_rows: list[RowProblem] = field(default_factory=list)
+    #: the file's columns stored on the contacts (campaigns.create_from_options, save_attributes)
+    attributes: AttributeImportResult | None = None
 
     def reject(self, problem: RowProblem) -> None:
         self.rejected += 1
@@ -76,12 +81,12 @@ class ImportResult:
             self.duplicate(problem)
 
 
-def check_recipients(path: str | os.PathLike[str], template: MessageTemplate, *,
-                     default_region: str | None = None, processes: int | None = None) -> ImportResult:
+def check_recipients(path: str | os.PathLike[str], template: MessageTemplate, *, default_region: str | None = None,
+                     processes: int | None = None, zones: bool = False) -> ImportResult:
     """A dry run: every row judged (on every core for a big file), nothing stored (what --strict
-    does before importing)."""
+    does before importing). `zones`: for a `--tz recipient` campaign (a number of no known zone is refused)."""
     result = ImportResult()
-    for chunk in judged_chunks(path, template, default_region=default_region, processes=processes):
+    for chunk in judged_chunks(path, template, default_region=default_region, processes=processes, zones=zones):
         for problem in chunk.problems:
             result.reject(problem)
     return result
@@ -103,6 +108,7 @@ def import_recipients(
     is invalid. Otherwise valid rows are imported and invalid ones reported in the result. Any
     failure part way (the database, a checking process) leaves none of this import's rows.
     `batch_rows`: rows per merge window (BATCH_ROWS); `processes`: see import_pool.judged_chunks.
+    A `--tz recipient` campaign: each row's zone group is stored, and `campaigns.zones` recounted.
     """
     with session_factory() as session:
         campaign = session.get(Campaign, campaign_id)
@@ -110,11 +116,12 @@ def import_recipients(
             raise RecipientsFileError(f"no campaign {campaign_id}")
         session.expunge(campaign)
     template = MessageTemplate(campaign.template)
+    zones = campaign.window_tz == RECIPIENT
     if strict:
-        refuse_if_invalid(path, template, default_region=default_region, processes=processes)
+        refuse_if_invalid(path, template, default_region=default_region, processes=processes, zones=zones)
     batch_rows = batch_rows or BATCH_ROWS
     result = ImportResult()
-    chunks = judged_chunks(path, template, default_region=default_region, processes=processes)
+    chunks = judged_chunks(path, template, default_region=default_region, processes=processes, zones=zones)
     writer = BackgroundWriter(open_store(session_factory, campaign), result.merged)
     try:
         window: list = []
@@ -141,12 +148,14 @@ def import_recipients(
                 rows_rejected=Campaign.rows_rejected + result.rejected, updated_at=utcnow(),
             )
         )
+        if zones:
+            recount_zones(session, campaign_id)
     return result
 
 
 def refuse_if_invalid(path: str | os.PathLike[str], template: MessageTemplate, *,
-                      default_region: str | None = None, processes: int | None = None) -> None:
+                      default_region: str | None = None, processes: int | None = None, zones: bool = False) -> None:
     """--strict: raise ImportRefused when any row of the file is invalid."""
-    checked = check_recipients(path, template, default_region=default_region, processes=processes)
+    checked = check_recipients(path, template, default_region=default_region, processes=processes, zones=zones)
     if checked.rejected:
         raise ImportRefused(f"--strict: {checked.rejected} invalid row(s); nothing was imported", checked)

@@ -18,8 +18,11 @@ from typing import IO, Any, Iterator, Sequence, Union
 from scheduler.template import MessageTemplate
 from worker.errors import ButtoncastError, MessageInvalid
 from worker.phone import judge_phone
+from worker.window import UNKNOWN_ZONE, UNKNOWN_ZONE_REASON, zone_group_of
 
 LINE_MAX_CHARS = 1_048_576  # a longer physical line is rejected as a row, never held whole (item 11)
+HEADER_MAX_CHARS = 65_536   # the header (line 1) is refused past this many characters (issue 25 item 8) ...
+HEADER_MAX_COLUMNS = 1_000  # ... or this many columns: a wide header is refused, never checked at length
 PHONE_COLUMN = "phone"
 
 
@@ -45,8 +48,9 @@ class Recipient:
 
 #: one record as read: (line, cells), or the row's CSV-level problem (unreadable, too long)
 Record = Union[tuple[int, list[str]], RowProblem]
-#: one valid row as stored: (line, normalised phone, the filled message as JSON text)
-StagedRow = tuple[int, str, str]
+#: one valid row as stored: (line, normalised phone, the filled message as JSON text[, its zone group])
+#: (the zone group only for a campaign whose window is in the recipients' own zones: worker.window)
+StagedRow = Union[tuple[int, str, str], tuple[int, str, str, str]]
 
 
 @dataclass(frozen=True)
@@ -58,21 +62,36 @@ class Layout:
     variables: tuple[tuple[str, int], ...]
 
 
-def _layout(header: list[str], template: MessageTemplate, path: str) -> Layout:
-    columns = [c.strip().lstrip("\ufeff").strip() for c in header]
-    repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+def _column_names(header: list[str], path: str) -> list[str]:
+    """The header's column names, trimmed (and the BOM dropped); refused past HEADER_MAX_COLUMNS."""
+    if len(header) > HEADER_MAX_COLUMNS:
+        raise RecipientsFileError(f"{path}: the header (line 1) has {len(header):,} columns; the limit is {HEADER_MAX_COLUMNS:,}")
+    return [c.strip().lstrip("\ufeff").strip() for c in header]
+
+
+def _layout(columns: list[str], template: MessageTemplate, path: str) -> Layout:
+    """Where the phone and each placeholder's column are. Linear in the columns (issue 25 item 8:
+    `list.count` per column made a 349 KB header take 32 s): one pass builds a name -> index map."""
+    first_at: dict[str, int] = {}
+    repeated: set[str] = set()
+    for index, name in enumerate(columns):
+        if name in first_at:
+            if name:
+                repeated.add(name)
+        else:
+            first_at[name] = index
     if repeated:
-        raise RecipientsFileError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header (line 1)")
-    lowered = [c.lower() for c in columns]
-    if PHONE_COLUMN not in lowered:
+        raise RecipientsFileError(f"{path}: column(s) {', '.join(map(repr, sorted(repeated)))} appear more than once in the header (line 1)")
+    phone_at = next((i for i, name in enumerate(columns) if name.lower() == PHONE_COLUMN), None)
+    if phone_at is None:
         raise RecipientsFileError(f"{path}: the header (line 1) has no {PHONE_COLUMN!r} column; it has: {', '.join(map(repr, columns)) or 'nothing'}")
-    missing = [n for n in template.names if n not in columns]
+    missing = [n for n in template.names if n not in first_at]
     if missing:
         raise RecipientsFileError(
             f"{path}: the message uses {', '.join('{{' + n + '}}' for n in missing)} but no column has that name; "
             f"columns: {', '.join(map(repr, columns))}"
         )
-    return Layout(len(columns), lowered.index(PHONE_COLUMN), tuple((n, columns.index(n)) for n in template.names))
+    return Layout(len(columns), phone_at, tuple((n, first_at[n]) for n in template.names))
 
 
 def _prepare(cells: list[str], line: int, layout: Layout, template: MessageTemplate,
@@ -104,10 +123,14 @@ class JudgedChunk:
 
 class RowJudge:
     """Judges records with one file's layout, template and default region (picklable inputs only,
-    so a pool process builds its own from the same three values)."""
+    so a pool process builds its own from the same values). With `zones` (a `--tz recipient`
+    campaign) each valid row also gets its number's zone group, and a number of no known zone is
+    refused (worker.window.UNKNOWN_ZONE_REASON); without it no zone is looked up at all."""
 
-    def __init__(self, template_data: dict[str, Any], layout: Layout, default_region: str | None) -> None:
+    def __init__(self, template_data: dict[str, Any], layout: Layout, default_region: str | None,
+                 zones: bool = False) -> None:
         self.template, self.layout, self.default_region = MessageTemplate(template_data), layout, default_region
+        self.zones = zones
 
     def judge(self, records: Sequence[Record]) -> JudgedChunk:
         rows: list[StagedRow] = []
@@ -119,7 +142,13 @@ class RowJudge:
                 continue
             line, cells = record
             item = _prepare(cells, line, self.layout, self.template, self.default_region)
-            if isinstance(item, Recipient):
+            if isinstance(item, Recipient) and self.zones:
+                group = zone_group_of(item.phone)
+                if group == UNKNOWN_ZONE:
+                    problems.append(RowProblem(line, f"phone {item.phone}: {UNKNOWN_ZONE_REASON}"))
+                else:
+                    rows.append((item.line, item.phone, dumps(item.content), group))
+            elif isinstance(item, Recipient):
                 rows.append((item.line, item.phone, dumps(item.content)))
             elif item is not None:
                 problems.append(item)
@@ -129,6 +158,10 @@ class RowJudge:
 
 class _LineTooLong(Exception):
     """A physical line over LINE_MAX_CHARS; the rest of it was read and dropped."""
+
+
+class _HeaderTooLong(Exception):
+    """The header record passed HEADER_MAX_CHARS."""
 
 
 class _Lines:
@@ -141,16 +174,23 @@ class _Lines:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream, self.line_no, self.quotes = stream, 0, 0
+        #: characters the record being read may still take (the header's HEADER_MAX_CHARS); None: per line only
+        self.budget: int | None = None
 
     def __iter__(self) -> "_Lines":
         return self
 
     def __next__(self) -> str:
-        line = self.stream.readline(LINE_MAX_CHARS)
+        limit = LINE_MAX_CHARS if self.budget is None else max(1, min(LINE_MAX_CHARS, self.budget + 1))
+        line = self.stream.readline(limit)
         if not line:
             raise StopIteration
         self.line_no += 1
         self.quotes += line.count('"')
+        if self.budget is not None:
+            self.budget -= len(line)
+            if self.budget < 0:
+                raise _HeaderTooLong   # the file is refused: nothing more of it is read
         if len(line) == LINE_MAX_CHARS and not line.endswith(("\n", "\r")):
             while (rest := self.stream.readline(LINE_MAX_CHARS)) and not rest.endswith(("\n", "\r")):
                 self.quotes += rest.count('"')
@@ -191,15 +231,21 @@ class RecipientsFile:
         self.lines = _Lines(self.stream)
         self.reader = csv.reader(self.lines)
         try:
+            self.lines.budget = HEADER_MAX_CHARS + 2   # its line end (CRLF) is not counted
             try:
                 header = next(self.reader, None)
+            except _HeaderTooLong:
+                raise RecipientsFileError(f"{self.name}: the header (line 1) is over {HEADER_MAX_CHARS:,} characters; "
+                                          f"the limit is {HEADER_MAX_CHARS:,}") from None
             except (csv.Error, _LineTooLong) as exc:
                 raise RecipientsFileError(f"{self.name}: line 1 (the header): {_bad_row_reason(exc)}") from None
             except UnicodeDecodeError as exc:
                 raise self._not_utf8(exc) from None
+            finally:
+                self.lines.budget = None
             if header is None:
                 raise RecipientsFileError(f"{self.name}: the file is empty; line 1 must be a header with a {PHONE_COLUMN!r} column")
-            self.layout = _layout(header, template, self.name)
+            self.layout = _layout(_column_names(header, self.name), template, self.name)
         except BaseException:
             self.close()
             raise

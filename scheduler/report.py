@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler.campaigns import empty_counts, get_campaign, status_counts
+from scheduler.zones import ZoneRow, describe_zones, zone_table
 from worker import lifecycle
 from worker.contacts.service import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.failures import FailureClass
@@ -102,8 +103,9 @@ class Audience:
     """Consent and the 24-hour window across a campaign's recipients, now."""
 
     recipients: int
-    opted_out: int
+    opted_out: int              # recipients whose contact is opted out now...
     window_open: int
+    opted_out_after_send: int = 0   # ...of whom this many had been sent the campaign's message
 
     @property
     def window_share(self) -> float | None:
@@ -112,7 +114,18 @@ class Audience:
 
 def audience(session: Session, campaign_id: int, now: datetime | None = None) -> Audience:
     window_open, recipients = open_window_among(session, campaign_id, now=now)
-    return Audience(recipients=recipients, opted_out=opted_out_among(session, campaign_id), window_open=window_open)
+    return Audience(recipients=recipients, opted_out=opted_out_among(session, campaign_id), window_open=window_open,
+                    opted_out_after_send=opted_out_after_send(session, campaign_id))
+
+
+def opted_out_after_send(session: Session, campaign_id: int) -> int:
+    """How many of a campaign's recipients opted out although (usually: because) they were sent its
+    message: a STOP reply, an opt-out button, a 131050 late failure. Not "never sent" (issue 25)."""
+    return session.scalar(
+        sa.select(sa.func.count()).select_from(Message)
+        .join(Contact, Contact.phone == Message.phone)
+        .where(Message.campaign_id == campaign_id, Message.sent_at.is_not(None), Contact.opted_out_at.is_not(None))
+    ) or 0
 
 
 def describe_audience(a: Audience, *, require_open_window: bool, rule: str = "--require-open-window") -> str:
@@ -125,7 +138,12 @@ def describe_audience(a: Audience, *, require_open_window: bool, rule: str = "--
     text = f"24-hour window open now for {a.window_open} of {a.recipients} recipient(s){share}"
     if closed:
         text += f"; {closed} closed: {then}"
-    return text + (f"; {a.opted_out} opted out (never sent)" if a.opted_out else "")
+    unsent = a.opted_out - a.opted_out_after_send
+    if unsent:
+        text += f"; {unsent} opted out (never sent)"
+    if a.opted_out_after_send:
+        text += f"; {a.opted_out_after_send} opted out after they were sent it (nothing more goes to them)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,11 @@ class Progress:
     @property
     def rate_per_minute(self) -> int:
         return self.funnel.sent_last_minute
+
+    @property
+    def zones(self) -> list[ZoneRow] | None:
+        """`--tz recipient`: per zone group, its recipients and its window now (None otherwise)."""
+        return zone_table(self.campaign, self.now)
 
     def eta(self) -> datetime | None:
         """Finish time if the whole rate limit went to this campaign (a best case: the budget is
@@ -385,13 +408,14 @@ def describe(p: Progress) -> list[str]:
     """The lines of `campaign show`: status, schedule, window, counts, rate, ETA, funnel."""
     c, f = p.campaign, p.funnel
     window = f"{c.window_start}-{c.window_end} {c.window_tz}" if c.window_start else "any time"
+    zones = p.zones
     eta = p.eta()
     lines = [
         f"campaign {c.id}: {c.name}",
         f"  status:     {c.status}" + (f" (reason: {c.pause_reason})" if c.pause_reason else ""),
         f"  sender:     phone_number_id {c.phone_number_id}",
         f"  scheduled:  {format_utc(c.scheduled_at)}   started: {format_utc(c.started_at)}   finished: {format_utc(c.finished_at)}",
-        f"  window:     {window}",
+        f"  window:     {window}" + (" (each recipient's own time zone)" if zones is not None else ""),
         f"  imported:   {c.recipients_imported} recipient(s), {c.rows_rejected} row(s) rejected at import",
         "  messages:   " + ", ".join(f"{s} {n}" for s, n in p.counts.items()) + f"  (total {p.total})",
         f"  progress:   {p.done}/{p.total} done, {p.left} left; sent in the last minute: {p.rate_per_minute}",
@@ -400,6 +424,8 @@ def describe(p: Progress) -> list[str]:
         f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
     ]
     lines += [f"    tapped {title or '?'} [{button_id or '?'}]: {_share(f, n)}" for button_id, title, n in f.taps]
+    if zones is not None:
+        lines += describe_zones(zones)
     if p.audience is not None:
         lines.append("  audience:   " + describe_audience(p.audience, require_open_window=bool(c.require_open_window)))
     gates = [f"expires {format_utc(c.expires_at)}"] if c.expires_at else []

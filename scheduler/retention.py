@@ -11,6 +11,15 @@ grew without bound. What is kept whatever its age:
 - unmatched webhook events younger than WEBHOOK_MATCH_WINDOW_S: the sweep may still match them;
 - outbound hook events still pending delivery (hook_outbox: delivered and dead-lettered rows go
   once their last attempt is older than the period).
+Idempotency-Key records (api_idempotency) are not history: each goes once it expired, 24 hours after
+its first use, whatever the period (`prune_idempotency_keys`, run by the same beat job).
+The trails have periods of their own (`prune_trails`, issue 25 item 10), as they answer other questions:
+- audit_events (who did what; one row per failed login too): older than AUDIT_RETENTION_DAYS (365)
+  go, except the row recording each thing's creation (`*.created`), which names who made an API key,
+  a hook endpoint or a person for as long as it exists;
+- contact_events (consent history): older than CONSENT_HISTORY_RETENTION_DAYS (730) go, except each
+  contact's newest event, the record of the consent it has now.
+Expired console sessions (idle or past their login's lifetime) go at every login and in the same job.
 Each batch is its own short transaction (`DELETE ... WHERE id IN (ids of up to batch_size rows)`),
 so a big first prune never holds locks or a giant transaction, and a concurrent writer only waits
 for one batch. Safe to run twice at once: a row deleted by one is simply not found by the other.
@@ -23,10 +32,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from worker.access.models import IdempotentRequest
+from worker.access.sessions import delete_expired_sessions
+from worker.audit import AuditEvent
 from worker.hooks.models import HookOutbox, OutboxStatus
-from worker.models import Attempt, Message, MessageEvent, utcnow
+from worker.models import Attempt, ContactEvent, Message, MessageEvent, utcnow
 from worker.runtime import Runtime
 from worker.settings import WEBHOOK_MATCH_WINDOW_S
 from worker.status import FINAL_MESSAGE_STATUSES, MessageStatus
@@ -35,6 +47,8 @@ from worker.webhooks.models import WebhookEvent
 log = logging.getLogger("buttoncast.retention")
 PRUNE_BATCH_ROWS = 5000
 TABLES = ("attempts", "message_events", "webhook_events", "hook_outbox")
+#: trails with retention settings of their own (prune_trails)
+TRAIL_TABLES = ("audit_events", "contact_events")
 _FINAL = [s.value for s in FINAL_MESSAGE_STATUSES]
 
 
@@ -116,8 +130,68 @@ def _delete_in_batches(session_factory: sessionmaker[Session], table: sa.Table, 
             return deleted
 
 
+def prune_idempotency_keys(runtime: Runtime, *, now: datetime | None = None, batch_rows: int = PRUNE_BATCH_ROWS) -> int:
+    """Delete the Idempotency-Key records past their expiry (worker.sending.idempotency: 24 hours
+    after first use; a request ignores an expired one anyway), oldest first, in batches. Not history:
+    they go whatever RETENTION_DAYS says. Returns how many."""
+    table = IdempotentRequest.__table__
+    now, deleted = now or utcnow(), 0
+    while True:
+        with runtime.session_factory.begin() as session:
+            batch = session.execute(sa.select(table.c.scope, table.c.key).where(table.c.expires_at <= now)
+                                    .order_by(table.c.expires_at).limit(batch_rows)).all()
+            if batch:
+                deleted += session.execute(
+                    sa.delete(table).where(sa.tuple_(table.c.scope, table.c.key).in_([tuple(row) for row in batch]),
+                                           table.c.expires_at <= now)
+                    .execution_options(synchronize_session=False)).rowcount
+        if len(batch) < batch_rows:
+            if deleted:
+                log.info("pruned %d expired Idempotency-Key record(s)", deleted)
+            return deleted
+
+
+def prunable_trail(table: str, cutoff: datetime) -> tuple[sa.Table, sa.ColumnElement[bool]]:
+    """The trail table and the condition a row older than `cutoff` must meet to be deleted."""
+    if table == "audit_events":
+        return AuditEvent.__table__, sa.and_(AuditEvent.at < cutoff, ~AuditEvent.action.like("%.created"))
+    if table == "contact_events":
+        newer = aliased(ContactEvent)
+        a_newer_one = sa.select(newer.id).where(
+            newer.phone == ContactEvent.phone,
+            sa.or_(newer.at > ContactEvent.at, sa.and_(newer.at == ContactEvent.at, newer.id > ContactEvent.id))).exists()
+        return ContactEvent.__table__, sa.and_(ContactEvent.at < cutoff, a_newer_one)
+    raise ValueError(f"no retention rule for trail {table!r}; known: {', '.join(TRAIL_TABLES)}")
+
+
+def prune_trails(runtime: Runtime, *, now: datetime | None = None, dry_run: bool = False,
+                 batch_rows: int = PRUNE_BATCH_ROWS) -> dict[str, int]:
+    """Delete (or count) audit_events past AUDIT_RETENTION_DAYS and contact_events past
+    CONSENT_HISTORY_RETENTION_DAYS, by the rules above; a period of 0 keeps that trail for ever."""
+    now = now or utcnow()
+    days = {"audit_events": runtime.settings.audit_retention_days,
+            "contact_events": runtime.settings.consent_history_retention_days}
+    deleted = dict.fromkeys(TRAIL_TABLES, 0)
+    for name in TRAIL_TABLES:
+        if not days[name]:
+            continue
+        table, condition = prunable_trail(name, now - timedelta(days=days[name]))
+        if dry_run:
+            with runtime.session_factory() as session:
+                deleted[name] = session.execute(sa.select(sa.func.count()).select_from(table).where(condition)).scalar_one()
+        else:
+            deleted[name] = _delete_in_batches(runtime.session_factory, table, condition, batch_rows)
+    if any(deleted.values()) and not dry_run:
+        log.info("pruned trails: %s", ", ".join(f"{n} {c}" for n, c in deleted.items()))
+    return deleted
+
+
 def prune_expired(runtime: Runtime) -> PruneReport | None:
-    """The beat job: prune with RETENTION_DAYS (None when it is 0, keep for ever)."""
+    """The beat job: expired Idempotency-Key records and console sessions always; the trails by
+    their own periods; history with RETENTION_DAYS (None when it is 0, keep for ever)."""
+    prune_idempotency_keys(runtime)
+    delete_expired_sessions(runtime)
+    prune_trails(runtime)
     days = runtime.settings.retention_days
     if days == 0:
         return None

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler import report
+from worker.lifecycle import load as get_campaign
 from worker.models import Campaign, CampaignTally, Message, UTCDateTime, utcnow
 from worker.status import CampaignStatus
 from worker.webhooks.models import WebhookEvent
@@ -203,3 +204,46 @@ def refresh_due(runtime: "Runtime", now: datetime | None = None, budget_s: float
         log.info("refreshed %d of %d campaign tallies within %.1f s; the rest next sweep", refreshed,
                  len(campaign_ids), budget_s)
     return refreshed
+
+
+# --- reading one campaign's counts for a request (the HTTP API) ---------------------------------------
+
+#: a stored snapshot this young is served as is (or younger than SERVE_SCAN_SHARE times its own scan:
+#: a big campaign is recounted less often, so pollers cost the database at most a share of a core)
+SERVE_MAX_AGE_S = 5.0
+SERVE_SCAN_SHARE = 4.0
+_recounting: "weakref.WeakKeyDictionary[object, dict[int, threading.Lock]]" = weakref.WeakKeyDictionary()
+_recounting_lock = threading.Lock()
+
+
+def _serveable(snapshot: Snapshot | None, now: datetime) -> bool:
+    if snapshot is None:
+        return False
+    return snapshot.age_s(now) < max(SERVE_MAX_AGE_S, SERVE_SCAN_SHARE * snapshot.scan_ms / 1000)
+
+
+def _campaign_lock(runtime: "Runtime", campaign_id: int) -> threading.Lock:
+    with _recounting_lock:
+        locks = _recounting.setdefault(runtime, {})
+        if len(locks) > 1000:   # bounded: locks of campaigns nobody is recounting now are dropped
+            for key in [k for k, lock in locks.items() if not lock.locked()]:
+                del locks[key]
+        return locks.setdefault(campaign_id, threading.Lock())
+
+
+def serve(runtime: "Runtime", campaign_id: int, now: datetime | None = None) -> tuple[Campaign, Snapshot]:
+    """The campaign as it is now and its counts from a snapshot at most SERVE_MAX_AGE_S old: the
+    stored one (one primary-key read) or, when it is older, a new scan, stored. Requests for the same
+    campaign in this process wait for one scan rather than each running their own."""
+    now = now or utcnow()
+    with runtime.read_sessions() as session:
+        campaign = get_campaign(session, campaign_id)
+        snapshot = load(session, campaign_id)
+    if _serveable(snapshot, now):
+        return campaign, snapshot
+    with _campaign_lock(runtime, campaign_id):
+        with runtime.read_sessions() as session:   # a request that waited may find the scan done
+            snapshot = load(session, campaign_id)
+        if not _serveable(snapshot, utcnow()):
+            snapshot = refresh(runtime, campaign_id)
+    return campaign, snapshot

@@ -10,6 +10,8 @@
   tick); on Redis the timeout path above hands back only ids whose task is no longer on the broker.
 - Outcomes the database refused were kept in the outcome journal (issue 12 item 13); they are
   recorded first, before stale `sending` rows are given up on as `unknown`.
+- A campaign completed while one of its messages went back to the queue (issue 25: a late answer
+  raced the completion) is reopened, so the dispatcher serves that message.
 Both are single conditional UPDATEs: safe when two sweeps run at once or race a live worker (a
 worker that does come back with an answer still records it; see worker.sending.store).
 It also matches early webhook events, refreshes the queue-depth gauge, and recounts the tally
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from scheduler import snapshots
-from worker import metrics
+from worker import lifecycle, metrics
 from worker.models import Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
@@ -37,6 +39,10 @@ log = logging.getLogger("buttoncast.sweeper")
 ACTOR = "sweeper"
 IN_CHUNK = 1000   # ids per UPDATE ... WHERE id IN (...)
 LOST_WORKER_REASON = "worker lost mid-request (no outcome recorded within SENDING_TIMEOUT_S); the vendor may have sent it"
+REOPENED_REASON = ("campaign {campaign} had completed while this message went back to the queue (a late answer "
+                   "raced the completion); reopened so it is sent")
+#: campaigns completed this recently are checked for a message left to send (the race is at completion)
+REOPEN_LOOKBACK = timedelta(days=1)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class SweepReport:
     lost_broker: int = 0       # queued messages handed back because the broker lost its tasks
     journal_applied: int = 0   # outcomes recorded from the journal (the database had refused them)
     tallies_refreshed: int = 0  # campaign tally snapshots recounted (scheduler.snapshots)
+    reopened: int = 0          # completed campaigns with a message left to send, running again
 
 
 def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
@@ -78,6 +85,7 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
                 for mid in lost
             ])
         report.unknown = len(lost)
+    report.reopened = reopen_raced_campaigns(runtime, now)
     report.matched_events = match_webhook_events(runtime)
     with runtime.read_sessions() as session:   # a read: on SQLite it does not take the write lock
         update_queue_depth_metric(session)
@@ -85,11 +93,30 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
         report.tallies_refreshed = snapshots.refresh_due(runtime, now)
     except Exception as exc:  # noqa: BLE001 - counts for the console must not stop the recovery above
         log.warning("could not refresh campaign tallies (%s: %s); tried again next sweep", type(exc).__name__, exc)
+    if report.reopened:
+        log.warning("sweep: %s completed campaign(s) had a message left to send (a late answer raced the "
+                    "completion); reopened", report.reopened)
     if report.republished or report.unknown or report.matched_events or report.journal_applied:
         log.warning("sweep: %s queued message(s) handed back for republishing, %s lost mid-request -> unknown, "
                     "%s webhook event(s) matched, %s outcome(s) applied from the journal", report.republished,
                     report.unknown, report.matched_events, report.journal_applied)
     return report
+
+
+def reopen_raced_campaigns(runtime: Runtime, now: datetime) -> int:
+    """Issue 25: a campaign completed while one of its messages went back to the queue is running
+    again (worker.lifecycle.reopen_unfinished), with an event on each message left, so the
+    dispatcher sends it. Cheap: an index probe of (campaign_id, status) per campaign completed
+    within REOPEN_LOOKBACK."""
+    with runtime.session_factory.begin() as session:
+        reopened = lifecycle.reopen_unfinished(session, now, completed_since=now - REOPEN_LOOKBACK)
+        if reopened:
+            left = session.execute(sa.select(Message.id, Message.status, Message.campaign_id).where(
+                Message.campaign_id.in_(reopened), Message.status.in_(lifecycle.UNFINISHED))).all()
+            session.execute(sa.insert(MessageEvent), [
+                dict(message_id=m.id, at=now, from_status=m.status, to_status=m.status, actor=ACTOR,
+                     reason=REOPENED_REASON.format(campaign=m.campaign_id)) for m in left])
+    return len(reopened)
 
 
 def recover_from_broker_loss(runtime: Runtime, now: datetime) -> int:
@@ -100,6 +127,7 @@ def recover_from_broker_loss(runtime: Runtime, now: datetime) -> int:
     epoch = broker_epoch.current_epoch(runtime.celery, now)
     if epoch is None or epoch[0] == runtime.broker_epoch_seen:
         return 0
+    runtime.broker_epoch_started = epoch[1]
     with runtime.session_factory.begin() as session:
         handed_back = session.execute(
             sa.update(Message)

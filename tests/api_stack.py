@@ -40,7 +40,8 @@ def create_key(env: dict[str, str], name: str, scope: str) -> subprocess.Complet
 
 def start_api_stack(database_url: str, redis_url: str, sandbox_url: str, log_dir: Path, *, worker: bool = True,
                     **settings: str) -> ApiStack:
-    settings = {"HOOKS_SIGNING_KEY": "api-stack-hooks-signing-key-0123456789", **settings}
+    settings = {"HOOKS_SIGNING_KEY": "api-stack-hooks-signing-key-0123456789", "HOOKS_ALLOWED_HOSTS": "127.0.0.1",
+                **settings}
     env = stack_env(database_url=database_url, sandbox_url=sandbox_url, broker_url=redis_url,
                     SEND_READ_TIMEOUT_S="2", SEND_RETRY_MAX_WAIT_S="0.05", AWAL_RATE_LIMIT="200/s", AWAL_RATE_BURST="20",
                     **settings)

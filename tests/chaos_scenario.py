@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -77,7 +78,7 @@ class Proc:
             self.proc.wait(timeout=5)
         self._log.close()
 
-    def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
+    def wait_for(self, text: str, timeout_s: float = 120.0) -> None:   # generous: a busy machine starts slowly
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if text in self.log_path.read_text(errors="replace"):
@@ -180,6 +181,16 @@ class ChaosConfig:
     seed: int = 20260301
     broker_flush: bool = False         # issue 12 item 12: FLUSHDB the broker's Redis mid-campaign too
     db_outage_s: float = 0.0           # issue 12 item 13: cut every process off Postgres for this long
+    # Issue 25, the fault sequence: when kill_every_s > 0 the SIGKILLs (each of the worker that has
+    # run longest) come this far apart from first_kill_s after the first message is final (not at
+    # random points of the progress), then the broker's db is flushed one interval after the last
+    # one; a Redis restart and a beat kill only if asked.
+    kill_every_s: float = 0.0
+    first_kill_s: float = 1.0
+    redis_restart: bool = True
+    beat_restart: bool = True
+    final_within_s: float | None = None  # a problem when a recipient is not final this long after the last fault
+    extra_env: dict[str, str] = field(default_factory=dict)   # overrides of the processes' settings
     pg_admin_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     workdir: Path = field(default_factory=lambda: Path("/tmp") / f"buttoncast-chaos-{uuid.uuid4().hex[:6]}")
 
@@ -207,6 +218,11 @@ class ChaosReport:
     broker_back_to_resend_s: dict[str, float | None] = field(default_factory=dict)
     db_outages: int = 0
     unknown_with_200: int = 0          # unknown although the vendor's log shows it accepted (a 200)
+    kills: list[dict] = field(default_factory=list)   # per SIGKILL: pid, at_s, in_flight ids, then ended_unknown
+    last_fault_s: float | None = None  # seconds into the run of the last fault
+    final_after_fault_s: float | None = None   # from the last fault until every recipient was final
+    load_avg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and the end of the run
+    unfinished: list[str] = field(default_factory=list)   # what a non-final recipient's row, attempts, events, journal say
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -224,8 +240,13 @@ class ChaosReport:
             f"  unknown the vendor did act on: {self.unknown_vendor_acted} (of which accepted with a 200: {self.unknown_with_200})",
             f"  broker losses: seconds from the broker back to the first republished send {self.broker_back_to_resend_s}; "
             f"database outages: {self.db_outages}",
+            f"  per SIGKILL: " + "; ".join(f"#{n + 1} pid {k['pid']} at {k['at_s']:.1f}s: {len(k['in_flight'])} in flight, "
+                                           f"{k.get('ended_unknown', '?')} ended unknown ({k.get('vendor_accepted', '?')} of them "
+                                           f"accepted by the vendor)" for n, k in enumerate(self.kills)),
+            f"  every recipient final {self.final_after_fault_s if self.final_after_fault_s is None else round(self.final_after_fault_s, 1)}"
+            f" s after the last fault; load average {self.load_avg[0]:.1f} -> {self.load_avg[1]:.1f}",
             f"  problems: {len(self.problems)}" + "".join(f"\n    - {p}" for p in self.problems[:30]),
-        ]
+        ] + self.unfinished
 
 
 def _env(cfg: ChaosConfig, database_url: str, sandbox_url: str, broker_url: str) -> dict[str, str]:
@@ -245,6 +266,7 @@ def _env(cfg: ChaosConfig, database_url: str, sandbox_url: str, broker_url: str)
         AUTO_PAUSE_CONSECUTIVE_UNKNOWN="1000",
         BROKER_STALL_EXIT_S="10", BEAT_LOCK_TTL_S="3",
     )
+    env.update(cfg.extra_env)
     return env
 
 
@@ -264,6 +286,7 @@ class Stack:
     def __init__(self, cfg: ChaosConfig, env: dict[str, str], redis: PrivateRedis) -> None:
         self.cfg, self.env, self.redis = cfg, env, redis
         self.workers: list[Proc | None] = [None] * cfg.workers
+        self.started_at: list[float] = [0.0] * cfg.workers
         self.beat: Proc | None = None
         self.starts = 0
         self.killed_at: dict[int, float] = {}      # pid -> when it was SIGKILLed (unix time)
@@ -276,6 +299,7 @@ class Stack:
         proc = Proc([sys.executable, "-m", "worker.cli", "worker", "--processes", "1", "--concurrency", str(self.cfg.concurrency)],
                     self.cfg.workdir / f"worker-{slot}-{self.starts}.log", self.env)
         self.workers[slot] = proc
+        self.started_at[slot] = time.monotonic()
         if wait:
             proc.wait_for("ready.")
 
@@ -303,10 +327,23 @@ class Stack:
 
 
 def _plan_chaos(cfg: ChaosConfig, rng: random.Random) -> list[tuple[float, str]]:
-    """(share of recipients final, action): the chaos lands at random points of the campaign's progress."""
+    """(share of recipients final, action): the chaos lands at random points of the campaign's progress.
+    With kill_every_s: (seconds since the start, action), the issue-25 sequence."""
+    if cfg.kill_every_s > 0:
+        events = [(cfg.first_kill_s + n * cfg.kill_every_s, "kill_worker") for n in range(cfg.worker_kills)]
+        last = cfg.first_kill_s + max(0, cfg.worker_kills - 1) * cfg.kill_every_s
+        if cfg.broker_flush:
+            events.append((last + cfg.kill_every_s, "flush_broker"))
+        if cfg.redis_restart:
+            events.append((last + 2 * cfg.kill_every_s, "kill_redis"))
+        if cfg.beat_restart:
+            events.append((last + 3 * cfg.kill_every_s, "kill_beat"))
+        return sorted(events)
     events = [(rng.uniform(0.05, 0.8), "kill_worker") for _ in range(cfg.worker_kills)]
-    events.append((rng.uniform(0.3, 0.5), "kill_redis"))
-    events.append((rng.uniform(0.55, 0.75), "kill_beat"))
+    if cfg.redis_restart:
+        events.append((rng.uniform(0.3, 0.5), "kill_redis"))
+    if cfg.beat_restart:
+        events.append((rng.uniform(0.55, 0.75), "kill_beat"))
     if cfg.broker_flush:
         events.append((rng.uniform(0.15, 0.25), "flush_broker"))
     if cfg.db_outage_s > 0:
@@ -322,6 +359,7 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(cfg.seed)
     report = ChaosReport(recipients=cfg.recipients)
+    load_at_start = os.getloadavg()[0]
     redis = PrivateRedis(cfg.workdir).start()
     sandbox = SandboxProcess(
         cfg.workdir, "--error-rate-503", str(cfg.error_rate_503), "--drop-rate", str(cfg.drop_rate),
@@ -350,8 +388,14 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             report.finished = _drive(cfg, stack, sandbox, sessions, campaign_id, rng, report, started)
             report.duration_s = time.monotonic() - started
             stack.stop_all()  # nothing moves while the end state is read
+            late = report.final_after_fault_s
+            if cfg.final_within_s is not None and late is not None and late > cfg.final_within_s:
+                report.problems.append(f"every recipient final only {late:.1f} s after the last fault (> {cfg.final_within_s:g} s)")
             verify(sessions, campaign_id, sandbox.client, stack.killed_at, report)
             _time_to_resend(sandbox.client, report)
+            _count_kills(sessions, report, sandbox.client.received())
+            report.unfinished = dump_unfinished(sessions, campaign_id, redis.url if redis.proc else None, cfg.workdir)
+            report.load_avg = (load_at_start, os.getloadavg()[0])
             engine.dispose()
     finally:
         if stack is not None:
@@ -370,15 +414,27 @@ def _drive(cfg: ChaosConfig, stack: Stack, sandbox: SandboxProcess, sessions, ca
     restarts: list[tuple[float, str, int]] = []     # (when, what, worker slot)
     next_check = next_burst = 0.0
     progress = 0.0
+    by_time = cfg.kill_every_s > 0
+    sending_since: float | None = None   # by_time: the sequence's clock starts when the first message is final
     while True:
         now = time.monotonic() - started
         if now >= next_check:
-            next_check = now + 0.5
+            next_check = now + 0.25
             progress, done = _progress(sessions, campaign_id, cfg.recipients)
+            if sending_since is None and progress > 0:
+                sending_since = now
+            if not plan and report.final_after_fault_s is None and progress >= 1.0:
+                report.final_after_fault_s = now - (report.last_fault_s or 0.0)
             if done and not plan and not restarts:
                 return True
-        while plan and plan[0][0] <= progress:
+        while plan and (now - sending_since >= plan[0][0] if by_time and sending_since is not None
+                        else not by_time and plan[0][0] <= progress):
             restarts.append(_strike(plan.pop(0)[1], stack, rng, report, now))
+            report.last_fault_s = now
+        if (cfg.final_within_s is not None and not plan and report.final_after_fault_s is None
+                and now - (report.last_fault_s or 0.0) > cfg.final_within_s + 5):
+            report.problems.append(f"not every recipient final {cfg.final_within_s:g} s after the last fault")
+            return False
         if now >= next_burst and progress < 0.9:
             sandbox.client.configure(force_429_for_s=cfg.burst_s, retry_after=1)
             report.bursts_429 += 1
@@ -402,8 +458,13 @@ def _drive(cfg: ChaosConfig, stack: Stack, sandbox: SandboxProcess, sessions, ca
 def _strike(action: str, stack: Stack, rng: random.Random, report: ChaosReport, now: float) -> tuple[float, str, int]:
     """Kill one thing with SIGKILL; returns when and what to restart."""
     if action == "kill_worker":
-        slot = rng.choice([i for i, w in enumerate(stack.workers) if w is not None])
+        alive = [i for i, w in enumerate(stack.workers) if w is not None]
+        # the sequence (issue 25) kills the worker that has run longest: a fresh one has little in flight
+        slot = min(alive, key=lambda i: stack.started_at[i]) if stack.cfg.kill_every_s > 0 else rng.choice(alive)
+        pid = stack.workers[slot].pid
         stack.kill_worker(slot)
+        in_flight = _in_flight_of(stack.sessions, pid)   # once it is dead its `sending` rows are what it had in flight
+        report.kills.append({"pid": pid, "at_s": now, "in_flight": in_flight})
         report.worker_kills += 1
         return now + rng.uniform(0.5, 2.0), "worker", slot
     if action == "kill_redis":
@@ -425,6 +486,93 @@ def _strike(action: str, stack: Stack, rng: random.Random, report: ChaosReport, 
     stack.beat.kill(signal.SIGKILL)
     report.beat_restarts += 1
     return now + 1.0, "beat", -1
+
+
+def _in_flight_of(sessions, pid: int) -> set[int]:  # noqa: ANN001
+    """Ids of the messages a worker process has claimed and not recorded (its requests in flight)."""
+    from worker.models import Message
+
+    with sessions() as s:
+        return set(s.scalars(sa.select(Message.id).where(Message.status == "sending",
+                                                         Message.claimed_by == f"{socket.gethostname()}:{pid}")))
+
+
+def _count_kills(sessions, report: ChaosReport, received: list[dict]) -> None:  # noqa: ANN001
+    """Per SIGKILL: how many of its messages ended `unknown` (worker lost), how many of those the
+    vendor had in fact accepted (a 200 in the sandbox's records), and what its in-flight ones became."""
+    from worker.models import Message
+
+    accepted = {r["phone"] for r in received if r["outcome"] == "sent"}
+    with sessions() as s:
+        for kill in report.kills:
+            claimed_by = f"{socket.gethostname()}:{kill['pid']}"
+            lost = s.scalars(sa.select(Message.phone).where(
+                Message.claimed_by == claimed_by, Message.status == "unknown", Message.last_error_code == "worker_lost")).all()
+            kill["ended_unknown"] = len(lost)
+            kill["vendor_accepted"] = sum(1 for phone in lost if phone in accepted)
+            kill["in_flight_became"] = dict(Counter(s.scalars(sa.select(Message.status).where(
+                Message.id.in_(kill["in_flight"]))))) if kill["in_flight"] else {}
+
+
+def dump_unfinished(sessions, campaign_id: int, redis_url: str | None, workdir: Path, limit: int = 5) -> list[str]:  # noqa: ANN001
+    """For each recipient not final (at most `limit`): its row, attempts, events, what the broker and
+    the outcome journal hold for it, and the log lines that name it: enough to find the path that left it."""
+    from worker.models import Attempt, Campaign, Message, MessageEvent
+
+    lines: list[str] = []
+    with sessions() as s:
+        ids = list(s.scalars(sa.select(Message.id).where(Message.campaign_id == campaign_id,
+                                                         Message.status.in_(("pending", "queued", "sending")))
+                             .order_by(Message.id).limit(limit)))
+        if ids:
+            campaign = s.execute(sa.select(Campaign.status, Campaign.finished_at, Campaign.updated_at)
+                                 .where(Campaign.id == campaign_id)).one()
+            lines.append(f"  NOT FINAL: campaign {campaign_id} is {campaign.status} (finished_at {campaign.finished_at}, "
+                         f"updated_at {campaign.updated_at})")
+        for mid in ids:
+            row = s.execute(sa.select(Message).where(Message.id == mid)).scalar_one()
+            cols = {a.key: getattr(row, a.key) for a in sa.inspect(Message).column_attrs if a.key != "content"}
+            lines.append(f"  message {mid}: {cols}")
+            for a in s.scalars(sa.select(Attempt).where(Attempt.message_id == mid).order_by(Attempt.id)):
+                lines.append(f"    attempt {a.started_at:%H:%M:%S.%f} {a.worker} http={a.http_status} {a.outcome} "
+                             f"{a.error_code} {a.vendor_message_id}")
+            for e in s.scalars(sa.select(MessageEvent).where(MessageEvent.message_id == mid).order_by(MessageEvent.id)):
+                lines.append(f"    event {e.at:%H:%M:%S.%f} {e.from_status} -> {e.to_status} by {e.actor}: {e.reason}")
+    if ids and redis_url:
+        lines += _broker_holds(redis_url, ids)
+    for mid in ids:
+        names_it = re.compile(rf"message(_id=| ){mid}\b")
+        for log_path in sorted(workdir.glob("*.log")):
+            for text in log_path.read_text(errors="replace").splitlines():
+                if names_it.search(text):
+                    lines.append(f"    {log_path.name}: {text[:300]}")
+    return lines
+
+
+def _broker_holds(redis_url: str, ids: list[int]) -> list[str]:
+    """The outcome journal's entries and the broker's tasks (queued or unacked) for these ids."""
+    import redis as redis_lib
+
+    from worker.sending.journal import JOURNAL_KEY
+
+    client = redis_lib.Redis.from_url(redis_url, socket_timeout=5)
+    lines = []
+    try:
+        for field_, value in client.hgetall(JOURNAL_KEY).items():
+            if int(field_.split(b":")[0]) in ids:
+                lines.append(f"    journal {field_.decode()}: {value.decode()[:400]}")
+        for key in client.keys("*"):
+            kind = client.type(key)
+            values = (client.lrange(key, 0, -1) if kind == b"list" else
+                      list(client.hgetall(key).values()) if kind == b"hash" else [])
+            for mid in ids:
+                found = sum(1 for v in values if f'"argsrepr": "[{mid}]"'.encode() in v)
+                if found:
+                    lines.append(f"    broker {key.decode()} holds {found} task(s) for message {mid}")
+        lines.append(f"    broker keys: {sorted(k.decode() for k in client.keys('*'))[:20]}")
+    except redis_lib.RedisError as exc:
+        lines.append(f"    broker/journal not readable: {exc}")
+    return lines
 
 
 def _phones_with_task_out(sessions) -> set[str]:  # noqa: ANN001

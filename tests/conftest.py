@@ -188,6 +188,13 @@ def make_runtime(env: dict[str, str]):
     return Runtime(Settings.from_env(env))
 
 
+#: No wait on other processes or threads gives up sooner (issue 25): a deadline only says when to
+#: stop waiting for something broken, so on a machine whose cores are shared (CI with other work,
+#: load 3-6 on 2 cores) a test waits longer instead of failing; a wait still ends the moment the
+#: state is reached. Tests assert correctness; speed is measured in bench/.
+MIN_DEADLINE_S = 120.0
+
+
 class WorkerProcess:
     """A real `buttoncast worker` (or beat) process; killed and reaped at the end of the test."""
 
@@ -200,7 +207,7 @@ class WorkerProcess:
         )
 
     def wait_for(self, text: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + max(timeout_s, MIN_DEADLINE_S)   # a process starting on a busy machine
         while time.monotonic() < deadline:
             if text in self.log_path.read_text(errors="replace"):
                 return
@@ -244,6 +251,9 @@ def spawn(tmp_path: Path):
 
 
 def wait_until(predicate, timeout_s: float = 30.0, interval_s: float = 0.1, what: str = "condition"):  # noqa: ANN001, ANN201
+    """Poll `predicate` until it returns something true (returned); fail after `timeout_s`, never
+    sooner than MIN_DEADLINE_S."""
+    timeout_s = max(timeout_s, MIN_DEADLINE_S)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()

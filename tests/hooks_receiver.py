@@ -20,6 +20,7 @@ class Received:
     event: dict[str, Any] | None     # parsed by the verifier; None when it refused the request
     refused: str | None              # the verifier's reason
     answered: int
+    complete: bool = True            # False: the client went away before the whole answer was written
 
 
 @dataclass
@@ -30,6 +31,11 @@ class HookReceiver:
     script: dict[str, list[int]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     delay_s: dict[str, float] = field(default_factory=dict)   # a slow receiver: sleep before answering
+    answer_body: dict[str, bytes] = field(default_factory=dict)   # what to write instead of "nope!" / "thank"
+    trickle_s: dict[str, float] = field(default_factory=dict)   # write the answer a byte at a time, this far apart
+    trickle_head: bool = True        # False: the status line and headers at once, then the body trickled
+    gate: dict[str, threading.Event] = field(default_factory=dict)   # answer only once the test sets it
+    started: list[str] = field(default_factory=list)   # paths of requests read, answered or not
 
     def start(self) -> str:
         receiver = self
@@ -42,18 +48,41 @@ class HookReceiver:
                                             receiver.secrets.get(self.path, "")), None
                 except SignatureError as exc:
                     event, refused = None, str(exc)
+                receiver.started.append(self.path)
                 time.sleep(receiver.delay_s.get(self.path, 0.0))
+                if self.path in receiver.gate:
+                    receiver.gate[self.path].wait(60)
                 statuses = receiver.script.get(self.path) or []
                 status = statuses.pop(0) if statuses else 200
+                answer = receiver.answer_body.get(self.path, b"nope!" if status >= 300 else b"thank")
+                if self.path in receiver.trickle_s:
+                    complete = self._trickle(status, answer, receiver.trickle_s[self.path])
+                    receiver.received.append(Received(self.path, dict(self.headers), body, event, refused, status,
+                                                      complete))
+                    return
                 if status in (301, 302, 307, 308):
                     self.send_response(status)
                     self.send_header("Location", "http://127.0.0.1:1/elsewhere")
                 else:
                     self.send_response(status)
-                self.send_header("Content-Length", "5")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
-                self.wfile.write(b"nope!" if status >= 300 else b"thank")
+                self.wfile.write(answer)
                 receiver.received.append(Received(self.path, dict(self.headers), body, event, refused, status))
+
+            def _trickle(self, status: int, answer: bytes, pause_s: float) -> bool:
+                head = f"HTTP/1.0 {status} OK\r\nContent-Length: {len(answer)}\r\n\r\n".encode()
+                try:
+                    if not receiver.trickle_head:
+                        self.wfile.write(head)
+                        head = b""
+                    for byte in head + answer:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(pause_s)
+                except OSError:
+                    return False
+                return True
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -4,24 +4,28 @@ The one place the two faces meet: the HTTP API's routers (worker/api/) with the 
 (worker/console/) mounted at /. Neither face imports the other.
 
 Middleware, outermost first: the body-size limit (413 before a byte is read when Content-Length
-says so), then API-key authentication (401 before the body is read), then the routers.
+says so), then API-key authentication (401 before the body is read; 429 for an address past
+API_AUTH_FAILURES_PER_MINUTE failures), then the routers. /docs is Swagger UI from its package
+(worker.api.docs).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from worker.api import campaigns, contacts, health, hooks, limits, messages, retry
-from worker.api.auth import ApiKeyAuthentication
+from worker.api import campaigns, contacts, health, hooks, limits, messages, retry, segments
+from worker.api.auth import ApiKeyAuthentication, document_scopes
 from worker.api.bodylimit import BodySizeLimit
+from worker.api.docs import install_docs
 from worker.api.problems import install_problem_handlers
-from worker.api.schemas import CampaignJsonIn, CampaignMultipartIn, MessageIn, ProblemDetail
+from worker.api.schemas import CampaignJsonIn, CampaignMultipartIn, CampaignSegmentIn, MessageIn, ProblemDetail
 from worker.console.app import install_console
 from worker.logs import configure_logging
 from worker.runtime import get_runtime
+from worker.sending.idempotency import IDEMPOTENCY_PROMISE
 
 ERROR_RESPONSES = {status: {"model": ProblemDetail, "content": {"application/problem+json": {}}}
-                   for status in (400, 401, 403, 404, 409, 413, 415, 422)}
+                   for status in (400, 401, 403, 404, 409, 413, 415, 422, 429)}
 
 
 def create_app() -> FastAPI:
@@ -32,15 +36,20 @@ def create_app() -> FastAPI:
         title="buttoncast API",
         version="1",
         summary="Bulk WhatsApp button messages through the Awal Chat API: messages, campaigns, retry, limits.",
-        description="Authenticate with `Authorization: Bearer <key>` (`buttoncast apikey create`). Errors are RFC 9457 "
-                    "problem details. See docs/api.md.",
+        description="Authenticate with `Authorization: Bearer <key>` (`buttoncast apikey create`); each operation "
+                    "names the scope it needs (`send` < `campaigns` < `admin`). Errors are RFC 9457 problem details. "
+                    + IDEMPOTENCY_PROMISE + " See docs/api.md.",
         responses=ERROR_RESPONSES,
+        docs_url=None,    # /docs is served from the installed Swagger UI package (worker.api.docs), not a CDN
+        redoc_url=None,
     )
-    for module in (messages, campaigns, retry, contacts, hooks, limits, health):
+    for module in (messages, campaigns, retry, contacts, segments, hooks, limits, health):
         app.include_router(module.router)
     install_problem_handlers(app)
+    install_docs(app)
     install_console(app)  # the web console at / (worker/console/)
     _document_raw_bodies(app)
+    document_scopes(app)
     app.add_middleware(ApiKeyAuthentication)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.api_max_body_bytes, max_upload_bytes=settings.api_max_upload_bytes)
     return app
@@ -55,7 +64,7 @@ def _document_raw_bodies(app: FastAPI) -> None:
         if app.openapi_schema is None:
             document = build()
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for model in (MessageIn, CampaignJsonIn, CampaignMultipartIn):
+            for model in (MessageIn, CampaignJsonIn, CampaignSegmentIn, CampaignMultipartIn):
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(schema.pop("$defs", {}))
                 schemas.setdefault(model.__name__, schema)

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import warnings
+
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from kombu import Exchange, Queue
 
 from worker import broker_transport
@@ -31,8 +34,20 @@ PREFETCH_MULTIPLIER = 4
 MEMORY_POLLING_INTERVAL_S = 0.05
 PRUNE_INTERVAL_S = 86400.0   # retention runs daily; each run deletes in batches (scheduler/retention.py)
 
+ROOT_WARNING = r"You're running the worker with superuser privileges"
+
+
+def quiet_root_warning() -> None:
+    """Run as root (as containers often are), a Celery worker starts with a screenful of
+    SecurityWarning (celery.platforms.check_privileges; C_FORCE_ROOT only concerns pickle). The
+    danger it names is a pickled payload running code as root; buttoncast accepts JSON only
+    (accept_content below), so that one warning is dropped for our processes. Any other
+    SecurityWarning still shows, and pickle as root is still refused by Celery."""
+    warnings.filterwarnings("ignore", message=ROOT_WARNING, category=SecurityWarning, module=r"celery\.platforms")
+
 
 def create_celery(settings: Settings) -> Celery:
+    quiet_root_warning()
     broker_transport.install()   # redis://: kombu's Redis transport without its per-call client building
     app = Celery("buttoncast", broker=settings.broker_url, include=["worker.sending.tasks", "scheduler.tasks"])
     uses_redis = settings.broker_url.startswith(("redis://", "rediss://"))

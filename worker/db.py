@@ -131,12 +131,53 @@ Row = TypeVar("Row")
 _NO_ROW = object()
 
 
+class StreamedRead(Iterator[str]):
+    """The chunks of a download and the read session they come from, closed together.
+
+    `close()` (idempotent) closes the renderer, the row iterator (its cursor) and the session, so
+    the connection goes back to the pool with its transaction ended. A generator's own `finally`
+    is not enough: a generator that was never started, or one a client abandoned mid-stream, runs
+    it only when it is garbage-collected, and until then its connection sits "idle in
+    transaction". The response that streams it (worker.downloads) calls `close()` when it ends,
+    however it ends; reading to the end closes it too. Not for two threads at once: close it only
+    while no `next()` runs."""
+
+    def __init__(self, session: Session, rows: Iterator[Row], chunks: Iterator[str]) -> None:
+        self._session, self._rows, self._chunks = session, rows, chunks
+        self.closed = False
+
+    def __iter__(self) -> "StreamedRead":
+        return self
+
+    def __next__(self) -> str:
+        if self.closed:
+            raise StopIteration
+        try:
+            return next(self._chunks)
+        except BaseException:   # the end, or an error: either way nothing more is read
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for iterator in (self._chunks, self._rows):
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            self._session.close()
+
+
 def streamed_read(sessions: Callable[[], Session], rows: Callable[[Session], Iterator[Row]],
-                  render: Callable[[Iterator[Row]], Iterator[str]]) -> Iterator[str]:
+                  render: Callable[[Iterator[Row]], Iterator[str]]) -> StreamedRead:
     """A download read for as long as it streams: the API's report and the console's CSVs.
 
     The first row is read now, so a missing campaign raises before a response starts; the session
-    stays open while the returned iterator is consumed and closes when it ends."""
+    stays open while the returned iterator is consumed and closes when it ends or is closed
+    (`StreamedRead.close`, which worker.downloads.DownloadResponse calls however the response ends)."""
     session = sessions()
     try:
         iterator = rows(session)
@@ -144,14 +185,7 @@ def streamed_read(sessions: Callable[[], Session], rows: Callable[[Session], Ite
     except BaseException:
         session.close()
         raise
-
-    def chunks() -> Iterator[str]:
-        try:
-            yield from render(iter(()) if first is _NO_ROW else _chain(first, iterator))
-        finally:
-            session.close()
-
-    return chunks()
+    return StreamedRead(session, iterator, render(iter(()) if first is _NO_ROW else _chain(first, iterator)))
 
 
 def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:

@@ -9,9 +9,11 @@
 Who moves a campaign:
 - an operator (`campaign schedule/pause/resume/cancel`, the API, the console) through `transition`;
 - the dispatcher: `start_due` (scheduled -> running) and `complete_finished` (running -> completed);
+- beat's series step: `finish_series` (scheduled -> completed, a recurring campaign past `--until`);
 - the send path and the late-failure breaker: `pause_by_engine` (a failure streak, a vendor refusal);
 - `reopen` (completed -> running) when messages of a completed campaign go back to the queue: an
-  operator's `retry`, or a late answer that returns a message the sweep had marked `unknown`. An
+  operator's `retry`, or a late answer that returns a message the sweep had marked `unknown`
+  (and the sweep's `reopen_unfinished` when that answer raced the completion, issue 25). An
   operator cannot reopen a campaign by `resume`: completed is final for them.
 
 Every change is a guarded UPDATE (`... WHERE status = <what we saw>`), so an operator's pause and
@@ -36,14 +38,15 @@ from worker.status import CampaignStatus, MessageStatus
 S = CampaignStatus
 TRANSITIONS: dict[CampaignStatus, frozenset[CampaignStatus]] = {
     S.DRAFT: frozenset({S.SCHEDULED}),
-    S.SCHEDULED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
+    S.SCHEDULED: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED, S.COMPLETED}),   # -> completed: a series' end
     S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.CANCELLED}),
     S.PAUSED: frozenset({S.RUNNING, S.SCHEDULED, S.CANCELLED}),
     S.COMPLETED: frozenset({S.RUNNING}),   # reopen() only: never an operator's resume
     S.CANCELLED: frozenset(),
 }
 #: transitions only the engine makes (`reopen`); `transition` refuses them to everyone else
-ENGINE_ONLY: frozenset[tuple[CampaignStatus, CampaignStatus]] = frozenset({(S.COMPLETED, S.RUNNING)})
+ENGINE_ONLY: frozenset[tuple[CampaignStatus, CampaignStatus]] = frozenset({(S.COMPLETED, S.RUNNING),
+                                                                          (S.SCHEDULED, S.COMPLETED)})
 #: the campaign is still being served: the send path and the breaker pause only these
 ACTIVE = (S.RUNNING.value, S.SCHEDULED.value)
 #: messages that keep a running campaign from completing
@@ -107,10 +110,14 @@ def transition(session: Session, campaign_id: int, to: CampaignStatus, *, actor:
 
 
 def start_due(session: Session, now: datetime) -> list[int]:
-    """scheduled -> running for every campaign whose time has come (the dispatcher's tick)."""
+    """scheduled -> running for every campaign whose time has come (the dispatcher's tick).
+
+    Not a series (its runs start, scheduler.series) nor a campaign whose audience is still being
+    resolved into recipients (scheduler.audience): it starts at the tick after the last member."""
     return list(session.execute(
         sa.update(Campaign)
-        .where(Campaign.status == S.SCHEDULED.value, Campaign.scheduled_at <= now)
+        .where(Campaign.status == S.SCHEDULED.value, Campaign.scheduled_at <= now, Campaign.series_every_s.is_(None),
+               sa.or_(Campaign.audience.is_(None), Campaign.audience_resolved_at.is_not(None)))
         .values(status=S.RUNNING.value, started_at=sa.func.coalesce(Campaign.started_at, now), updated_at=now)
         .returning(Campaign.id)
         .execution_options(synchronize_session=False)
@@ -127,6 +134,34 @@ def complete_finished(session: Session, now: datetime) -> list[int]:
         .returning(Campaign.id)
         .execution_options(synchronize_session=False)
     ).scalars().all())
+
+
+def reopen_unfinished(session: Executes, now: datetime, *, completed_since: datetime) -> list[int]:
+    """completed -> running for every campaign completed since `completed_since` that has a message
+    left to send (issue 25). `complete_finished` and a late answer that puts an `unknown` message
+    back in the queue (`reopen` in the same transaction) can commit at the same moment, each
+    without seeing the other's write: the campaign ends completed with a queued message that the
+    dispatcher, serving running campaigns only, would never publish. The sweep closes that race."""
+    busy = sa.select(Message.id).where(Message.campaign_id == Campaign.id, Message.status.in_(UNFINISHED)).exists()
+    return list(session.execute(
+        sa.update(Campaign)
+        .where(Campaign.status == S.COMPLETED.value, Campaign.finished_at >= completed_since,
+               Campaign.series_every_s.is_(None), busy)
+        .values(status=S.RUNNING.value, finished_at=None, updated_at=now)
+        .returning(Campaign.id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all())
+
+
+def finish_series(session: Executes, series_id: int, now: datetime) -> bool:
+    """scheduled -> completed for a series whose last run has started (`--until` passed)."""
+    done = session.execute(
+        sa.update(Campaign)
+        .where(Campaign.id == series_id, Campaign.status == S.SCHEDULED.value, Campaign.series_every_s.is_not(None))
+        .values(status=S.COMPLETED.value, finished_at=now, series_next_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return done == 1
 
 
 def pause_by_engine(session: Executes, campaign_id: int, *, reason: str) -> bool:

@@ -11,6 +11,8 @@ buttoncast_auto_pauses_total{rule}      campaigns paused by the late-failure bre
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from worker.settings import METRICS_HOST
@@ -30,19 +32,25 @@ AUTO_PAUSES = Counter("buttoncast_auto_pauses", "Campaigns paused by the late-fa
 QUEUE_DEPTH = Gauge("buttoncast_queue_depth", "Messages not yet final, per campaign and status", ["campaign", "status"])
 
 _started: set[tuple[str, int]] = set()
+log = logging.getLogger("buttoncast.metrics")
 
 
-def serve_metrics(port: int, host: str = METRICS_HOST) -> bool:
+def serve_metrics(port: int, host: str = METRICS_HOST, setting: str = "METRICS_PORT") -> bool:
     """Start the /metrics HTTP endpoint on host:port once per process; port 0 disables.
 
-    False if the port is taken. The host is loopback unless told otherwise (METRICS_HOST): the
+    False if the port is taken, with a WARNING naming the address and `setting` (issue 25: a port in
+    use left a process without /metrics, silently). The process goes on without metrics: a scrape
+    port never stops sending. The host is loopback unless told otherwise (METRICS_HOST): the
     endpoint has no authentication, so it is bound to every interface only where a scraper needs it.
     """
     if port <= 0 or (host, port) in _started:
         return False
     try:
         start_http_server(port, addr=host)
-    except OSError:
+    except OSError as exc:
+        log.warning("no /metrics: %s:%d (%s=%d) cannot be served (%s: %s); this process runs on without metrics. "
+                    "Free the port, or set %s to a free one (0 turns metrics off)",
+                    host, port, setting, port, type(exc).__name__, exc.strerror or exc, setting)
         return False
     _started.add((host, port))
     return True

@@ -89,7 +89,7 @@ class Campaign(Base):
     # --- audiences (worker.contacts.segments, scheduler.audience, scheduler.series) ---
     #: segment rules resolved into recipients when the campaign starts (a segment or a follow-up);
     #: None for a campaign whose recipients came from a CSV
-    audience: Mapped[dict | None] = mapped_column(sa.JSON)
+    audience: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
     #: when the audience was resolved into messages (then frozen, as a CSV import)
     audience_resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: the saved segment this campaign (or series) targets; no FK: deleting it pauses a series
@@ -101,12 +101,13 @@ class Campaign(Base):
     series_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     series_next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: a run of a series: its parent and the slot it was started for (unique: a slot runs once)
-    series_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    series_id: Mapped[int | None] = mapped_column(BigId)
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: window_tz == "recipient": recipients per zone group (worker.window), counted when they were stored
     zones: Mapped[dict | None] = mapped_column(sa.JSON)
 
-    __table_args__ = (sa.UniqueConstraint("series_id", "run_at", name="uq_campaigns_series_run"),)
+    # a unique index, not a constraint: migration 0011 adds it without rebuilding the table on SQLite
+    __table_args__ = (sa.Index("uq_campaigns_series_run", "series_id", "run_at", unique=True),)
 
 
 class Message(Base):
@@ -125,6 +126,14 @@ class Message(Base):
         # over the rows a big campaign has already sent.
         sa.Index("ix_messages_pending_campaign_id", "campaign_id", "id",
                  postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'")),
+        # what an API key created, newest first: a `send` key's reads (worker.sending.history)
+        sa.Index("ix_messages_api_key_id", "api_key_id", "id",
+                 postgresql_where=sa.text("api_key_id IS NOT NULL"), sqlite_where=sa.text("api_key_id IS NOT NULL")),
+        # the recipients table's filters by button tapped and by error code, newest first
+        sa.Index("ix_messages_campaign_button", "campaign_id", "reply_button_id", "id",
+                 postgresql_where=sa.text("reply_button_id IS NOT NULL"), sqlite_where=sa.text("reply_button_id IS NOT NULL")),
+        sa.Index("ix_messages_campaign_error", "campaign_id", "last_error_code", "id",
+                 postgresql_where=sa.text("last_error_code IS NOT NULL"), sqlite_where=sa.text("last_error_code IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -169,6 +178,8 @@ class Message(Base):
     failure_class: Mapped[str | None] = mapped_column(sa.String(32))
     #: window_tz == "recipient": the time zones this number may be in ("|"-joined; worker.window)
     zone: Mapped[str | None] = mapped_column(sa.String(200))
+    #: the API key that created it (POST /v1/messages); a `send` key reads only these
+    api_key_id: Mapped[int | None] = mapped_column(BigId)
 
     attempt_rows: Mapped[list["Attempt"]] = relationship(back_populates="message", order_by="Attempt.id")
     events: Mapped[list["MessageEvent"]] = relationship(back_populates="message", order_by="MessageEvent.id")
@@ -215,6 +226,9 @@ class Contact(Base):
     consent and their 24-hour customer-service window. `opted_out_at` set means: never message."""
 
     __tablename__ = "contacts"
+    # everyone opted out, in phone order: the suppression list's pages and export (worker.contacts.service)
+    __table_args__ = (sa.Index("ix_contacts_opted_out_phone", "phone", postgresql_where=sa.text("opted_out_at IS NOT NULL"),
+                               sqlite_where=sa.text("opted_out_at IS NOT NULL")),)
 
     phone: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

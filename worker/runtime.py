@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 from contextlib import AbstractContextManager
+from datetime import datetime
 from functools import cached_property
 from typing import Any, Callable, TypeVar
 
@@ -36,6 +37,8 @@ class Runtime:
         self.dispatch_cursors: dict[int | None, int] = {}
         #: the broker epoch this process last saw (issue 12 item 12; see worker.sending.broker_epoch)
         self.broker_epoch_seen: str | None = None
+        #: when that epoch began: rows this process claims are stamped no earlier (issue 25; scheduler.dispatcher)
+        self.broker_epoch_started: datetime | None = None
         self._components: dict[str, Any] = {}
         self._closing: list[Callable[[], None]] = []
         self._components_lock = threading.Lock()

@@ -5,6 +5,7 @@ Defaults are named constants with their unit in the name. No other module reads 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -49,25 +50,33 @@ WEBHOOK_PATH = "/webhooks/awal"
 WEBHOOK_MAX_BODY_BYTES = 1024 * 1024   # a larger declared body is refused with 413 before it is read
 WEBHOOK_CONNECTION_LIMIT = 1000        # open client connections the receiver holds; more wait in the backlog
 WEBHOOK_CLIENT_TIMEOUT_S = 10          # a connection silent this long (idle or mid-request) is closed
+WEBHOOK_REQUEST_DEADLINE_S = 10.0      # a request's headers and body must all arrive within this long of its first byte
 WEBHOOK_MATCH_WINDOW_S = 86400.0       # unmatched webhook events younger than this are retried by the sweep
 RETENTION_DAYS = 30                    # attempts, message_events, webhook_events older than this are pruned (0: keep)
+AUDIT_RETENTION_DAYS = 365             # audit_events older than this are pruned, creations kept (0: keep)
+CONSENT_HISTORY_RETENTION_DAYS = 730   # contact_events older than this are pruned, each contact's newest kept (0: keep)
 METRICS_PORT = 9808
 METRICS_HOST = "127.0.0.1"             # loopback: only this machine scrapes; compose sets 0.0.0.0
 LOG_FORMAT = "text"
 API_MAX_BODY_BYTES = 1_048_576         # largest JSON request body the HTTP API reads (413 above)
 API_MAX_UPLOAD_BYTES = 268_435_456     # largest multipart upload (a recipients CSV: ~40 MB per 1,000,000 rows)
 CONSOLE_SESSION_TTL_S = 8 * 3600.0     # a console login lasts this long
+CONSOLE_SESSION_IDLE_S = 30 * 60.0     # ... unless it is not used for this long (sliding)
 CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over HTTPS (or a trusted proxy says so)
 CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
 API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
+API_AUTH_FAILURES_PER_MINUTE = 30      # failed API authentications one client address may make (then 429; 0: no limit)
 DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
-HOOKS_TIMEOUT_S = 10.0                 # outbound hook: connect and read timeout of one POST to a receiver
+HOOKS_TIMEOUT_S = 10.0                 # outbound hook: deadline of one whole POST (resolve, connect, send, read the answer)
 HOOKS_RETRY_MAX_S = 86400.0            # a hook event still failing this long after it was written is dead-lettered
 HOOKS_BACKOFF_BASE_S = 10.0            # failed delivery -> next try after base * 2**(attempts-1) ...
 HOOKS_BACKOFF_MAX_S = 3600.0           # ... capped at this
 HOOKS_INTERVAL_S = 2.0                 # delivery tick (beat, queue buttoncast.hooks)
 HOOKS_BATCH_SIZE = 100                 # outbox rows one tick claims and delivers
-HOOKS_CONCURRENCY = 4                  # POSTs in flight per tick (its own threads: never the send threads)
+HOOKS_CONCURRENCY = 4                  # POSTs in flight per process (its own threads: never the send threads)
+HOOKS_MAX_ENDPOINTS = 20               # hook endpoints `hooks add` accepts in all
+HOOKS_ALLOW_HTTP = False               # plain http:// hook URLs (https only unless the host is in HOOKS_ALLOWED_HOSTS)
+HOOKS_ALLOWED_HOSTS = ""               # hosts a hook may reach although they resolve to loopback/private addresses
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$", re.I)
 _UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
@@ -203,6 +212,40 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={env.get(name)!r} is not true or false")
+
+
+_HOST_RE = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+def _hosts(env: Mapping[str, str], name: str, default: str) -> frozenset[str]:
+    """Comma-separated host names or IP addresses (no scheme, port or path), normalised: lower case, no
+    trailing dot, IPv6 without brackets and in its compressed form."""
+    hosts = set()
+    for raw in (env.get(name, default) or "").split(","):
+        host = raw.strip().lower().rstrip(".")
+        if not host:
+            continue
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            hosts.add(str(ipaddress.ip_address(bare)))
+            continue
+        except ValueError:
+            pass
+        if not _HOST_RE.match(host):
+            raise ConfigError(f"{name}: {raw.strip()!r} is not a host name or an IP address (no scheme, port or path)")
+        hosts.add(host)
+    return frozenset(hosts)
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     value = (env.get(name) or default).strip().lower()
     if value not in choices:
@@ -272,6 +315,7 @@ class Settings:
     awal_phone_number_id: str | None = None
     awal_webhook_secret: Secret = field(default_factory=lambda: Secret(""))
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit.parse(DEFAULT_RATE_LIMIT))
+    rate_limit_configured: bool = False    # AWAL_RATE_LIMIT was given (else `run` may ask a local sandbox)
     rate_burst: int = DEFAULT_RATE_BURST
     rate_headroom: float = RATE_HEADROOM
     send_connect_timeout_s: float = SEND_CONNECT_TIMEOUT_S
@@ -300,16 +344,21 @@ class Settings:
     webhook_max_body_bytes: int = WEBHOOK_MAX_BODY_BYTES
     webhook_connection_limit: int = WEBHOOK_CONNECTION_LIMIT
     webhook_client_timeout_s: int = WEBHOOK_CLIENT_TIMEOUT_S
+    webhook_request_deadline_s: float = WEBHOOK_REQUEST_DEADLINE_S
     webhook_match_window_s: float = WEBHOOK_MATCH_WINDOW_S
     retention_days: int = RETENTION_DAYS
+    audit_retention_days: int = AUDIT_RETENTION_DAYS
+    consent_history_retention_days: int = CONSENT_HISTORY_RETENTION_DAYS
     metrics_port: int = METRICS_PORT
     metrics_host: str = METRICS_HOST
     log_format: str = LOG_FORMAT
     api_max_body_bytes: int = API_MAX_BODY_BYTES
     api_max_upload_bytes: int = API_MAX_UPLOAD_BYTES
     console_session_ttl_s: float = CONSOLE_SESSION_TTL_S
+    console_session_idle_s: float = CONSOLE_SESSION_IDLE_S
     console_cookie_secure: str = CONSOLE_COOKIE_SECURE
     api_key_cache_s: float = API_KEY_CACHE_S
+    api_auth_failures_per_minute: int = API_AUTH_FAILURES_PER_MINUTE
     opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
     opt_out_button_ids: frozenset[str] = frozenset(OPT_OUT_BUTTON_IDS)
     opt_in_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_IN_KEYWORDS)
@@ -326,6 +375,9 @@ class Settings:
     hooks_interval_s: float = HOOKS_INTERVAL_S
     hooks_batch_size: int = HOOKS_BATCH_SIZE
     hooks_concurrency: int = HOOKS_CONCURRENCY
+    hooks_max_endpoints: int = HOOKS_MAX_ENDPOINTS
+    hooks_allow_http: bool = HOOKS_ALLOW_HTTP
+    hooks_allowed_hosts: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         """Every field, with the password of any URL (DATABASE_URL, CELERY_BROKER_URL, ...) masked."""
@@ -384,6 +436,7 @@ class Settings:
             awal_phone_number_id=env.get("AWAL_PHONE_NUMBER_ID") or None,
             awal_webhook_secret=Secret(env.get("AWAL_WEBHOOK_SECRET") or ""),
             rate_limit=RateLimit.parse(env.get("AWAL_RATE_LIMIT") or DEFAULT_RATE_LIMIT),
+            rate_limit_configured=bool((env.get("AWAL_RATE_LIMIT") or "").strip()),
             rate_burst=_int(env, "AWAL_RATE_BURST", DEFAULT_RATE_BURST, 1),
             rate_headroom=_fraction(env, "AWAL_RATE_HEADROOM", RATE_HEADROOM),
             send_connect_timeout_s=_float(env, "SEND_CONNECT_TIMEOUT_S", SEND_CONNECT_TIMEOUT_S, 0.01),
@@ -412,16 +465,21 @@ class Settings:
             webhook_max_body_bytes=_int(env, "WEBHOOK_MAX_BODY_BYTES", WEBHOOK_MAX_BODY_BYTES, 1024),
             webhook_connection_limit=_int(env, "WEBHOOK_CONNECTION_LIMIT", WEBHOOK_CONNECTION_LIMIT, 1),
             webhook_client_timeout_s=_int(env, "WEBHOOK_CLIENT_TIMEOUT_S", WEBHOOK_CLIENT_TIMEOUT_S, 1),
+            webhook_request_deadline_s=_float(env, "WEBHOOK_REQUEST_DEADLINE_S", WEBHOOK_REQUEST_DEADLINE_S, 0.5),
             webhook_match_window_s=_float(env, "WEBHOOK_MATCH_WINDOW_S", WEBHOOK_MATCH_WINDOW_S, 60.0),
             retention_days=_int(env, "RETENTION_DAYS", RETENTION_DAYS, 0),
+            audit_retention_days=_int(env, "AUDIT_RETENTION_DAYS", AUDIT_RETENTION_DAYS, 0),
+            consent_history_retention_days=_int(env, "CONSENT_HISTORY_RETENTION_DAYS", CONSENT_HISTORY_RETENTION_DAYS, 0),
             metrics_port=_int(env, "METRICS_PORT", METRICS_PORT, 0),
             metrics_host=(env.get("METRICS_HOST") or METRICS_HOST).strip(),
             log_format=log_format,
             api_max_body_bytes=_int(env, "API_MAX_BODY_BYTES", API_MAX_BODY_BYTES, 1024),
             api_max_upload_bytes=_int(env, "API_MAX_UPLOAD_BYTES", API_MAX_UPLOAD_BYTES, 1024),
             console_session_ttl_s=_float(env, "CONSOLE_SESSION_TTL_S", CONSOLE_SESSION_TTL_S, 60.0),
+            console_session_idle_s=_float(env, "CONSOLE_SESSION_IDLE_S", CONSOLE_SESSION_IDLE_S, 60.0),
             console_cookie_secure=_choice(env, "CONSOLE_COOKIE_SECURE", CONSOLE_COOKIE_SECURE, CONSOLE_COOKIE_SECURE_CHOICES),
             api_key_cache_s=_float(env, "API_KEY_CACHE_S", API_KEY_CACHE_S),
+            api_auth_failures_per_minute=_int(env, "API_AUTH_FAILURES_PER_MINUTE", API_AUTH_FAILURES_PER_MINUTE, 0),
             opt_out_keywords=opt_out_words,
             opt_out_button_ids=_words(env, "OPT_OUT_BUTTON_IDS", OPT_OUT_BUTTON_IDS, fold=False),
             opt_in_keywords=opt_in_words,
@@ -438,6 +496,9 @@ class Settings:
             hooks_interval_s=_float(env, "HOOKS_INTERVAL_S", HOOKS_INTERVAL_S, 0.05),
             hooks_batch_size=_int(env, "HOOKS_BATCH_SIZE", HOOKS_BATCH_SIZE, 1),
             hooks_concurrency=_int(env, "HOOKS_CONCURRENCY", HOOKS_CONCURRENCY, 1),
+            hooks_max_endpoints=_int(env, "HOOKS_MAX_ENDPOINTS", HOOKS_MAX_ENDPOINTS, 1),
+            hooks_allow_http=_flag(env, "HOOKS_ALLOW_HTTP", HOOKS_ALLOW_HTTP),
+            hooks_allowed_hosts=_hosts(env, "HOOKS_ALLOWED_HOSTS", HOOKS_ALLOWED_HOSTS),
         )
 
     def require_awal(self) -> None:

@@ -53,10 +53,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("series_id", BigId, nullable=True))
         batch.add_column(sa.Column("run_at", sa.DateTime(), nullable=True))
         batch.add_column(sa.Column("zones", sa.JSON(), nullable=True))
-        batch.create_foreign_key(op.f("fk_campaigns_series_id_campaigns"), "campaigns", ["series_id"], ["id"],
-                                 ondelete="CASCADE")
-        batch.create_unique_constraint("uq_campaigns_series_run", ["series_id", "run_at"])
-        batch.create_index("ix_campaigns_series_id", ["series_id"])
+    # Indexes only, no constraint: on SQLite a new constraint makes batch mode copy and DROP the
+    # campaigns table, and the drop cascades (foreign keys on) to every message. A unique index
+    # holds "one run per (series, slot)" as well; a run is never deleted without its series.
+    op.create_index("uq_campaigns_series_run", "campaigns", ["series_id", "run_at"], unique=True)
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("zone", sa.String(length=200), nullable=True))
 
@@ -64,10 +64,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("zone")
+    op.drop_index("uq_campaigns_series_run", table_name="campaigns")
     with op.batch_alter_table("campaigns") as batch:
-        batch.drop_index("ix_campaigns_series_id")
-        batch.drop_constraint("uq_campaigns_series_run", type_="unique")
-        batch.drop_constraint(op.f("fk_campaigns_series_id_campaigns"), type_="foreignkey")
         for column in ("zones", "run_at", "series_id", "series_next_at", "series_until", "series_every_s",
                        "follow_up_of", "segment_id", "audience_resolved_at", "audience"):
             batch.drop_column(column)

@@ -144,7 +144,7 @@ def test_idempotency_key_same_body_replays_the_first_answer_and_a_different_body
         # A request that failed validation saves nothing: the key stays free.
         assert_problem(client.post("/v1/messages", json={**body, "buttons": []}, headers={"Idempotency-Key": key}), 422)
         with api.runtime.session_factory() as s:
-            assert s.get(IdempotentRequest, key) is None
+            assert s.scalar(sa.select(IdempotentRequest).where(IdempotentRequest.key == key)) is None
         first = client.post("/v1/messages", json=body, headers={"Idempotency-Key": key})
         again = client.post("/v1/messages", json=dict(reversed(list(body.items()))), headers={"Idempotency-Key": key})
         assert first.status_code == again.status_code == 202

@@ -47,9 +47,10 @@ def test_demo_in_a_fresh_directory_sends_as_the_sandbox_decides_and_leaves_nothi
             proc.wait()
     elapsed = time.monotonic() - started
 
-    # Then: it succeeded well within a minute and nothing of it is still running
+    # Then: it succeeded (within DEMO_TIMEOUT_S; how long it takes is a speed, printed, not asserted)
+    # and nothing of it is still running
+    print(f"the demo took {elapsed:.1f}s")
     assert proc.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
-    assert elapsed < 60, f"the demo took {elapsed:.1f}s"
     assert _group_gone(proc.pid), "the demo left a process behind in its session"
 
     # ...the invalid rows were reported at import with their line numbers
@@ -81,3 +82,7 @@ def test_demo_in_a_fresh_directory_sends_as_the_sandbox_decides_and_leaves_nothi
     # to each of them was held
     assert "opt-outs while the campaign ran: " in out and ": suppressed (opted_out)" in out, out
     assert "0 not held" in out, out
+    # ...and the summary counts those who were sent to and then opted out as such, not as "never
+    # sent", and Celery's "running as root" warning is not on the screen (issue 25, the first hour)
+    assert "opted out after they were sent it" in out and "opted out (never sent)" not in out, out
+    assert "superuser privileges" not in out + err

@@ -36,7 +36,7 @@ def test_hooks_are_delivered_signed_retried_after_500_dead_lettered_and_redelive
     env = stack_env(database_url=clean_postgres, sandbox_url=sandbox[0], broker_url=redis_url,
                     AWAL_RATE_LIMIT="100/s", AWAL_RATE_BURST="20", DISPATCH_INTERVAL_S="0.2",
                     HOOKS_SIGNING_KEY=KEY, HOOKS_INTERVAL_S="0.2", HOOKS_BACKOFF_BASE_S="0.2", HOOKS_BACKOFF_MAX_S="0.5",
-                    HOOKS_RETRY_MAX_S="2", HOOKS_TIMEOUT_S="2")
+                    HOOKS_RETRY_MAX_S="2", HOOKS_TIMEOUT_S="2", HOOKS_ALLOWED_HOSTS="127.0.0.1")
     rt = make_runtime(env)
     try:
         # Given two endpoints: one answers 500 once, the other 503 until the retry period is over
@@ -44,7 +44,7 @@ def test_hooks_are_delivered_signed_retried_after_500_dead_lettered_and_redelive
         for path in ("/flaky", "/down"):
             with rt.session_factory.begin() as s:
                 endpoint, secret = service.add_endpoint(s, base + path, "message.sent,message.failed",
-                                                        signing_key=rt.settings.hooks_signing_key)
+                                                        settings=rt.settings)
             receiver.secrets[path], endpoint_ids[path] = secret.reveal(), str(endpoint.id)
         receiver.script = {"/flaky": [500], "/down": [503] * 1000}
         spawn(env, "worker", "--concurrency", "4")

@@ -42,6 +42,7 @@ HOUR_RATE = "1000/h"        # the documented plan: a slot every 3.6 s
 SLOT_S = 3.6
 CONTENTION_RATE = "50/s"
 CONTENTION_DURATION_S = 3.0
+SPAWN_DEADLINE_S = 120.0   # how long the contention processes may take to all be ready
 
 
 class FakeClock:
@@ -455,14 +456,15 @@ def _hammer(acquire: Callable[[], Reservation], stop_at: float, slots: list[tupl
             time.sleep(min(reservation.wait_s, 0.01))
 
 
-def _hammer_process(args: tuple[str, str, float, int]) -> list[tuple[float, float]]:
-    """One worker process: its own RedisRateLimiter, four threads."""
-    redis_url, scope, start_at, threads = args
+def _hammer_process(args: tuple[str, str, object, int]) -> list[tuple[float, float]]:
+    """One worker process: its own RedisRateLimiter, four threads. All start together at `ready`
+    (a barrier shared by the processes), however long a busy machine takes to spawn them."""
+    redis_url, scope, ready, threads = args
     limiter = RedisRateLimiter(redis.Redis.from_url(redis_url), rate=RateLimit.parse(CONTENTION_RATE), burst=1)
     limiter.state(scope)  # connect and load the script before the start
     slots: list[tuple[float, float]] = []
-    time.sleep(max(0.0, start_at - time.time()))
-    _run_threads(lambda: limiter.acquire(scope, max_wait_s=0.1), start_at + CONTENTION_DURATION_S, slots, threads)
+    ready.wait(SPAWN_DEADLINE_S)
+    _run_threads(lambda: limiter.acquire(scope, max_wait_s=0.1), time.time() + CONTENTION_DURATION_S, slots, threads)
     return slots
 
 
@@ -475,14 +477,16 @@ def _run_threads(acquire: Callable[[], Reservation], stop_at: float, slots: list
 
 
 def _assert_within_rate(slots: list[tuple[float, float]], per_second: float, burst: int) -> None:
-    """Close to rate * duration in total, and never more than rate + burst in any 1-second window.
+    """Never more than rate * span + burst in total, nor rate + burst in any 1-second window.
 
     Only slots certainly inside a window count against it (their whole uncertainty interval is),
-    so scheduling jitter in the test cannot fail it, while an over-grant still does.
+    so scheduling jitter in the test cannot fail it, while an over-grant still does. How close to
+    the rate the callers get is a speed, which a busy machine lowers (issue 25: 107 of 150 slots
+    with the 2 cores shared): `bench/ratelimit_contention.py` prints it.
     """
+    assert slots, "no slot was granted"
     span = max(latest for _, latest in slots) - min(earliest for earliest, _ in slots)
     assert len(slots) <= per_second * span + burst + 1
-    assert len(slots) >= 0.9 * per_second * CONTENTION_DURATION_S
     busiest = max(
         1 + sum(1 for earliest, latest in slots if earliest >= start_latest and latest < start_earliest + 1.0)
         for start_earliest, start_latest in slots
@@ -501,9 +505,9 @@ def test_contention_memory_threads() -> None:
 def test_contention_redis_processes(redis_url: str, scope: str) -> None:
     # Four OS processes, each with its own connection and four threads, on the server's clock.
     context = multiprocessing.get_context("spawn")
-    start_at = time.time() + 2.0   # spawning takes a moment; everyone starts together
-    with context.Pool(4) as pool:
-        per_process = pool.map(_hammer_process, [(redis_url, scope, start_at, 4)] * 4)
+    with context.Manager() as manager, context.Pool(4) as pool:
+        ready = manager.Barrier(4)   # spawning takes a moment (many on a busy machine): everyone starts together
+        per_process = pool.map(_hammer_process, [(redis_url, scope, ready, 4)] * 4)
     assert all(per_process), "every process got slots"
     _assert_within_rate([slot for slots in per_process for slot in slots], per_second=50, burst=1)
 

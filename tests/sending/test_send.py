@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import make_runtime, stack_env
+from worker.errors import MessageInvalid
 from worker.models import Attempt, Message, MessageEvent
 from worker.sending.enqueue import enqueue_message, enqueue_payload
 from worker.sending.send import Outcome, send_deps, send_message
@@ -149,11 +150,16 @@ def test_transient_failures_past_the_budget_end_failed(runtime, sandbox) -> None
 
 
 def test_the_same_idempotency_key_twice_creates_one_message(runtime) -> None:
-    first = enqueue(runtime, idempotency_key="order-42-confirmation")
-    second = enqueue(runtime, idempotency_key="order-42-confirmation")
+    number = new_phone()
+    key = f"order-42-confirmation-{number}"   # the database is shared by the runtime's params
+    first = enqueue(runtime, number, idempotency_key=key)
+    second = enqueue(runtime, number, idempotency_key=key)
     assert first == second
     with runtime.session_factory() as s:
-        assert s.scalar(sa.select(sa.func.count()).select_from(Message).where(Message.idempotency_key == "order-42-confirmation")) == 1
+        assert s.scalar(sa.select(sa.func.count()).select_from(Message).where(Message.idempotency_key == key)) == 1
+    # Issue 25 item 6: the same key for another message is refused, never answered with the first one's id
+    with pytest.raises(MessageInvalid, match="idempotency_key: was already used for a different message"):
+        enqueue(runtime, new_phone(), idempotency_key=key)
 
 
 def test_an_invalid_broker_payload_is_stored_as_rejected_and_the_result_says_why(runtime) -> None:

@@ -52,14 +52,16 @@ def limits(**changes: int) -> ReceiverLimits:
 
 
 def connect(host: str, port: int) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=5)
+    sock = socket.create_connection((host, port), timeout=HANG_S)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
-# "Answers" as opposed to hanging until the client gives up: a generous bound, since CI machines are
-# noisy; the latencies themselves are measured by bench/webhook_abuse.py.
-ANSWERS_S = 4.0
+# "Answers" as opposed to hanging until the client gives up (HANG_S): a generous bound, since CI
+# machines are noisy (issue 25: the cores shared with other work); the latencies themselves are
+# measured by bench/webhook_abuse.py.
+ANSWERS_S = 15.0
+HANG_S = 2 * ANSWERS_S
 
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
@@ -73,7 +75,7 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
     return status, data
 
 
-def healthz_seconds(host: str, port: int, timeout_s: float = 5.0) -> float:
+def healthz_seconds(host: str, port: int, timeout_s: float = HANG_S) -> float:
     started = time.perf_counter()
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -166,7 +168,7 @@ def test_item14_many_partial_bodies_do_not_crash_the_poll_loop(tmp_path: Any) ->
         finally:
             for sock in partial:
                 sock.close()
-        assert thread.is_alive() and healthz_seconds(host, port) < 1.0
+        assert thread.is_alive() and healthz_seconds(host, port) < ANSWERS_S
 
 
 def test_item14_a_client_silent_mid_body_is_disconnected_after_the_timeout(tmp_path: Any) -> None:
@@ -174,9 +176,9 @@ def test_item14_a_client_silent_mid_body_is_disconnected_after_the_timeout(tmp_p
     with running_receiver(tmp_path, limits(client_timeout_s=1)) as (host, port, _), connect(host, port) as sock:
         sock.sendall(headers(1000) + b"{")
         started = time.perf_counter()
-        sock.settimeout(1 + 2 * CLEANUP_INTERVAL_S + 2)
+        sock.settimeout(1 + 2 * CLEANUP_INTERVAL_S + HANG_S)
         assert sock.recv(1024) == b""   # closed by the server, no response
-        assert time.perf_counter() - started < 1 + 2 * CLEANUP_INTERVAL_S + 1
+        assert time.perf_counter() - started < 1 + 2 * CLEANUP_INTERVAL_S + ANSWERS_S
 
 
 def test_item14_connections_past_the_limit_wait_until_silent_ones_time_out(tmp_path: Any) -> None:
@@ -185,7 +187,7 @@ def test_item14_connections_past_the_limit_wait_until_silent_ones_time_out(tmp_p
     with running_receiver(tmp_path, limits(connection_limit=50, client_timeout_s=1)) as (host, port, _):
         silent = [connect(host, port) for _ in range(60)]
         try:
-            assert healthz_seconds(host, port, timeout_s=8) < 1 + 2 * CLEANUP_INTERVAL_S + 1.5
+            assert healthz_seconds(host, port, timeout_s=HANG_S) < 1 + 2 * CLEANUP_INTERVAL_S + ANSWERS_S
         finally:
             for sock in silent:
                 sock.close()

@@ -45,7 +45,7 @@ _TOUCH = sa.update(ApiKey).where(ApiKey.id == sa.bindparam("key_id")).values(las
 class Scope(str, enum.Enum):
     """What a key may do. Each scope includes the ones below it: admin > campaigns > send."""
 
-    SEND = "send"            # messages
+    SEND = "send"            # messages: send, and read back the ones it sent
     CAMPAIGNS = "campaigns"  # campaigns and messages
     ADMIN = "admin"          # everything: retry, limits, contacts, keys
 
@@ -78,6 +78,12 @@ class Principal:
     def actor(self) -> str:
         """How the audit trail names this key."""
         return f"apikey:{self.prefix}:{self.name}"
+
+    @property
+    def reads_only_its_own(self) -> bool:
+        """A `send` key reads only the messages it created (not other applications' texts, keys or
+        recipients); `campaigns` and `admin` keys read every message."""
+        return not self.scope.allows(Scope.CAMPAIGNS)
 
 
 @dataclass(frozen=True)

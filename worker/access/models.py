@@ -32,16 +32,22 @@ class ApiKey(Base):
 
 
 class IdempotentRequest(Base):
-    """The first request made with an Idempotency-Key: its body's fingerprint and the answer given."""
+    """The first request made with an Idempotency-Key: its body's fingerprint and the answer given.
+
+    Keys are per caller (`scope`: "apikey:<id>") and live until `expires_at` (24 hours after their
+    first use; worker.sending.idempotency); the retention job deletes them after that."""
 
     __tablename__ = "api_idempotency"
+    __table_args__ = (sa.Index("ix_api_idempotency_expires_at", "expires_at"),)
 
+    scope: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     request_hash: Mapped[str] = mapped_column(sa.String(64))  # sha256 of the canonical JSON body
     api_key_id: Mapped[int | None] = mapped_column(BigId)
     status_code: Mapped[int | None] = mapped_column(sa.Integer)
     response: Mapped[dict | None] = mapped_column(sa.JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ConsoleUser(Base):

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from scheduler import campaigns, report
+from scheduler import audience, campaigns, report, snapshots
 from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import CampaignId, decode_cursor, encode_cursor, runtime
@@ -16,6 +16,7 @@ from worker.api.schemas import (
     CampaignPage,
     CampaignSummary,
     CancelOut,
+    FollowUpIn,
     FunnelOut,
     ImportReport,
     MessageCreated,
@@ -26,6 +27,8 @@ from worker.api.schemas import (
 )
 from worker.api.uploads import CampaignUpload, campaign_upload
 from worker.db import streamed_read
+from worker.downloads import DownloadResponse
+from worker.models import utcnow
 from worker.runtime import Runtime
 from worker.status import MessageStatus
 
@@ -34,7 +37,8 @@ CAMPAIGNS = Depends(require(Scope.CAMPAIGNS))
 PAGE_SIZE_MAX = 200
 CREATE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"$ref": "#/components/schemas/CampaignMultipartIn"}},
-    "application/json": {"schema": {"$ref": "#/components/schemas/CampaignJsonIn"}},
+    "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/CampaignJsonIn"},
+                                              {"$ref": "#/components/schemas/CampaignSegmentIn"}]}},
 }}}
 
 
@@ -44,15 +48,20 @@ def _summary(rt: Runtime, campaign_id: int) -> CampaignSummary:
 
 
 @router.post("", status_code=201, response_model=ImportReport, openapi_extra=CREATE_BODY)
-def create_campaign(upload: CampaignUpload = Depends(campaign_upload), principal: Principal = CAMPAIGNS,
+def create_campaign(principal: Principal = CAMPAIGNS, upload: CampaignUpload = Depends(campaign_upload),
                     rt: Runtime = Depends(runtime)) -> ImportReport:
-    """Create a campaign and import its recipients; 201 with the import report."""
+    """Create a campaign and import its recipients; 201 with the import report.
+    (The key's scope is checked first: a key without it is refused before the body is read.)"""
+    if "segment_id" in upload.options:
+        return _create_for_segment(rt, upload.options, principal)
     with upload.named_as_uploaded():
         campaign, result = campaigns.create_from_options(rt, upload.recipients_path, actor=principal.actor, **upload.options)
     return ImportReport(id=campaign.id, status=campaign.status, imported=result.imported,
                         rejected=[{"line": p.line, "reason": p.reason} for p in result.problems],
                         rejected_total=result.rejected, duplicates=result.duplicates,
-                        suppressed=result.opted_out)
+                        suppressed=result.opted_out,
+                        attributes_stored=result.attributes.contacts if result.attributes is not None else None,
+                        warnings=[n for n in (campaigns.past_start_note(campaign.scheduled_at),) if n])
 
 
 @router.get("", response_model=CampaignPage)
@@ -67,16 +76,19 @@ def list_campaigns(cursor: str | None = None, limit: int = Query(50, ge=1, le=PA
 
 @router.get("/{campaign_id}", response_model=CampaignDetail)
 def get_campaign(campaign_id: CampaignId, _: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignDetail:
-    """Counts, rate, ETA, the funnel with taps per button, and late failures by reason."""
-    with rt.read_sessions() as session:
-        p = report.progress(session, campaign_id, rt.settings.rate_limit.per_second)
-        late = report.late_failures(session, campaign_id)
-        f = p.funnel
-        return CampaignDetail(
-            **CampaignSummary.of(p.campaign, p.counts).model_dump(), done=p.done, left=p.left,
-            rate_per_minute=p.rate_per_minute, eta=p.eta(), late_failures=late,
-            funnel=FunnelOut(sent=f.sent, delivered=f.delivered, read=f.read, replied=f.replied,
-                             taps=[Tap(button_id=b, title=t, count=n) for b, t, n in f.taps]))
+    """Counts, rate, ETA, the funnel with taps per button, and late failures by reason. The campaign
+    (status, pause reason) is read now; its figures come from the tally snapshot the console shows
+    (at most a few seconds old, a large campaign's a little older: `counts_as_of` says when)."""
+    campaign, snapshot = snapshots.serve(rt, campaign_id)
+    tally = snapshot.tally
+    p = report.Progress(campaign, tally.counts, tally.funnel, rt.settings.rate_limit.per_second, utcnow())
+    f = p.funnel
+    return CampaignDetail(
+        **CampaignSummary.of(campaign, p.counts).model_dump(), done=p.done, left=p.left,
+        rate_per_minute=p.rate_per_minute, eta=p.eta(), late_failures=tally.late_failures,
+        counts_as_of=snapshot.taken_at,
+        funnel=FunnelOut(sent=f.sent, delivered=f.delivered, read=f.read, replied=f.replied,
+                         taps=[Tap(button_id=b, title=t, count=n) for b, t, n in f.taps]))
 
 
 @router.post("/{campaign_id}/schedule", response_model=CampaignSummary)
@@ -123,9 +135,32 @@ def test(campaign_id: CampaignId, body: TestIn, principal: Principal = CAMPAIGNS
                                          "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}})
 def campaign_report(campaign_id: CampaignId, format: Literal["csv", "json"] = "csv", _: Principal = CAMPAIGNS,
                     rt: Runtime = Depends(runtime)) -> StreamingResponse:
-    """One row per recipient, streamed as it is read (a million rows never sit in memory)."""
+    """One row per recipient, streamed as it is read (a million rows never sit in memory); the read
+    ends with the response, whether sent in full or abandoned by the client."""
     stream = report.stream_csv if format == "csv" else report.stream_json
     chunks = streamed_read(rt.read_sessions, lambda session: report.report_rows(session, campaign_id), stream)
     media = "text/csv; charset=utf-8" if format == "csv" else "application/json"
-    return StreamingResponse(chunks, media_type=media,
-                             headers={"Content-Disposition": f'attachment; filename="campaign-{campaign_id}.{format}"'})
+    return DownloadResponse(chunks, media_type=media, filename=f"campaign-{campaign_id}.{format}")
+
+
+def _create_for_segment(rt: Runtime, options: dict, principal: Principal) -> ImportReport:
+    """`segment_id` instead of `recipients`: members are resolved when it starts (none imported now)."""
+    campaign = audience.create_audience_campaign(rt, actor=principal.actor, **options)
+    with rt.read_sessions() as session:
+        words = audience.describe_lines(session, campaign)
+    return ImportReport(id=campaign.id, status=campaign.status, imported=0, rejected=[], rejected_total=0, duplicates=0,
+                        suppressed=0, audience=words,
+                        warnings=[n for n in (campaigns.past_start_note(campaign.scheduled_at),) if n])
+
+
+@router.post("/{campaign_id}/follow-up", status_code=201, response_model=ImportReport)
+def follow_up(campaign_id: CampaignId, body: FollowUpIn, principal: Principal = CAMPAIGNS,
+              rt: Runtime = Depends(runtime)) -> ImportReport:
+    """A campaign to a result of this one (who tapped `button`, tapped any button, did not tap, did
+    not read), resolved when it starts; it keeps this campaign's sender and window."""
+    follow = audience.create_follow_up(rt, campaign_id, template=body.message, result=body.result, button=body.button,
+                                       at=body.at, name=body.name, actor=principal.actor)
+    with rt.read_sessions() as session:
+        words = audience.describe_lines(session, follow)
+    return ImportReport(id=follow.id, status=follow.status, imported=0, rejected=[], rejected_total=0, duplicates=0,
+                        suppressed=0, audience=words)

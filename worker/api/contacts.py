@@ -1,4 +1,5 @@
-"""`/v1/contacts/{phone}` (consent and the 24-hour window), opt-out / opt-in, and `/v1/optouts` (admin keys)."""
+"""`/v1/contacts/{phone}` (consent, the 24-hour window, attributes and tags), opt-out / opt-in, the
+attributes' and tags' edit (PATCH), and `/v1/optouts` (admin keys)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import decode_cursor, encode_cursor, runtime
 from worker.api.problems import Problem
-from worker.api.schemas import ConsentChangeOut, ContactOut, ContactSummary, OptOutIn, OptOutPage, RecentMessageOut
+from worker.api.schemas import (
+    ConsentChangeOut,
+    ContactOut,
+    ContactPatchIn,
+    ContactSummary,
+    OptOutIn,
+    OptOutPage,
+    RecentMessageOut,
+)
 from worker.contacts import service as contacts
+from worker.contacts.attributes import edit_contact
 from worker.message import normalize_phone
 from worker.runtime import Runtime
 
@@ -27,13 +37,25 @@ def _view(rt: Runtime, phone: str, changed: bool | None = None) -> ContactOut:
         **ContactSummary.of(view).model_dump(), first_seen_at=view.first_seen_at, last_inbound_at=view.last_inbound_at,
         last_sent_at=view.last_sent_at, window_open_until=view.window_open_until, window_open=view.window_open(),
         history=[ConsentChangeOut(**vars(c)) for c in view.history],
-        recent_messages=[RecentMessageOut(**vars(m)) for m in view.recent_messages], changed=changed)
+        recent_messages=[RecentMessageOut(**vars(m)) for m in view.recent_messages], attributes=view.attributes,
+        tags=view.tags, changed=changed)
 
 
 @router.get("/contacts/{phone}", response_model=ContactOut)
 def get_contact(phone: str, _: Principal = ADMIN, rt: Runtime = Depends(runtime)) -> ContactOut:
     """Consent state and its history, the 24-hour window, the recent messages."""
     return _view(rt, normalize_phone(phone, default_region=rt.settings.default_country_code))
+
+
+@router.patch("/contacts/{phone}", response_model=ContactOut)
+def edit_attributes(phone: str, body: ContactPatchIn, principal: Principal = ADMIN,
+                    rt: Runtime = Depends(runtime)) -> ContactOut:
+    """Set or remove attributes (null or "" removes one), add and remove tags, in one transaction; a
+    phone not yet a contact becomes one. Consent is never changed here. 422 names each bad field."""
+    number = normalize_phone(phone, default_region=rt.settings.default_country_code)
+    edited = edit_contact(rt, number, attributes=body.attributes, tags_add=body.tags_add, tags_remove=body.tags_remove,
+                          actor=principal.actor)
+    return _view(rt, number, edited.changed)
 
 
 @router.post("/contacts/{phone}/optout", response_model=ContactOut)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from fastapi import Path, Request
 
@@ -24,16 +24,66 @@ async def runtime() -> Runtime:
     return get_runtime()
 
 
+#: JSON request bodies: deeper nesting or longer numbers are refused (422) before anything reads them
+JSON_DEPTH_MAX = 32
+JSON_NUMBER_MAX_CHARS = 40
+
+
+class _JsonRefused(ValueError):
+    """A number or constant the API does not take, found while parsing."""
+
+
+def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if len(text) > JSON_NUMBER_MAX_CHARS:
+            raise _JsonRefused(f"has a number of {len(text)} characters; the limit is {JSON_NUMBER_MAX_CHARS}")
+        return kind(text)
+
+    return parse
+
+
+def _constant(name: str) -> Any:
+    raise _JsonRefused(f"is not valid JSON: {name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects (iteratively: no recursion for a hostile body)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= JSON_DEPTH_MAX:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_json(raw: bytes | str, field: str = "body") -> Any:
+    """JSON as the API takes it: at most JSON_DEPTH_MAX levels deep, numbers of at most
+    JSON_NUMBER_MAX_CHARS characters, no NaN or Infinity; anything else is a MessageInvalid naming
+    `field` (422), never a RecursionError or ValueError (500)."""
+    try:
+        value = json.loads(raw, parse_int=_number(int), parse_float=_number(float), parse_constant=_constant)
+    except RecursionError:
+        value, problem = None, f"is nested deeper than {JSON_DEPTH_MAX} levels"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value, problem = None, f"is not valid JSON: {exc}"
+    except _JsonRefused as exc:
+        value, problem = None, str(exc)
+    else:
+        problem = f"is nested deeper than {JSON_DEPTH_MAX} levels" if _depth(value) > JSON_DEPTH_MAX else None
+    if problem is not None:
+        raise MessageInvalid([FieldProblem(field, problem)])
+    return value
+
+
 async def json_body(request: Request) -> Any:
     """The request's JSON (read only once authentication passed: the middleware runs first)."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() not in ("application/json", ""):
         raise Problem(415, "unsupported-media-type", f"send the body as application/json, not {content_type}")
     raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MessageInvalid([FieldProblem("body", f"is not valid JSON: {exc}")]) from None
+    return parse_json(raw) if raw else None
 
 
 def encode_cursor(last: int | str, kind: str = "id") -> str:

@@ -30,7 +30,9 @@ def list_hooks(_: Principal = Depends(require(Scope.ADMIN)), rt: Runtime = Depen
 
 @router.post("", status_code=201, response_model=HookCreated)
 def add_hook(body: HookIn, principal: Principal = Depends(require(Scope.ADMIN)), rt: Runtime = Depends(runtime)) -> HookCreated:
-    """Add an endpoint; the response carries its signing secret, which is never shown again."""
+    """Add an endpoint; the response carries its signing secret, which is never shown again. A URL
+    hooks may not reach (not https, a loopback / private / link-local / reserved target) is a 422
+    naming `url`."""
     view, secret = service.add_hook(rt, body.url, body.events, actor=principal.actor)
     return HookCreated(**HookOut.of(view).model_dump(), secret=secret.reveal())
 

@@ -20,6 +20,7 @@ from scheduler.campaigns import CampaignNotFound, IllegalTransition, NoRecipient
 from scheduler.importer import ImportRefused, RecipientsFileError
 from scheduler.retry import RetryRefused
 from worker.access.keys import ApiKeyNotFound
+from worker.contacts.segments import SegmentNotFound
 from worker.errors import ButtoncastError, ConfigError, MessageInvalid
 from worker.hooks.service import HookNotFound
 from worker.sending.history import MessageNotFound
@@ -32,7 +33,7 @@ TYPE_BASE = "urn:buttoncast:problem:"
 MAX_REJECTED_SHOWN = 1_000
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
            409: "Conflict", 413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
-           500: "Internal server error", 503: "Service unavailable"}
+           429: "Too many requests", 500: "Internal server error", 503: "Service unavailable"}
 
 
 class BodyTooLarge(Exception):
@@ -87,6 +88,19 @@ def _pydantic_problem(error: dict[str, Any]) -> str:
     return message[:1].lower() + message[1:]
 
 
+def _unreadable_json(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body (its 400 "error parsing the body" hides the cause):
+    nesting deeper than Python's recursion limit, or an integer longer than Python reads (4,300 digits)."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return "is nested too deeply to read"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "has a number too long to read"
+    return None
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every exception to its problem; an unexpected one is logged and answered 500 without detail."""
 
@@ -94,6 +108,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extra)
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unreadable = _unreadable_json(exc)
+        if unreadable is not None:   # FastAPI's own body parsing gave up: say why, as our parser does
+            return invalid([{"field": "body", "problem": unreadable}])
         code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, f"http-{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail not in _TITLES.values() else None
         return problem_response(exc.status_code, code, detail or f"{request.method} {request.url.path}: {_TITLES.get(exc.status_code, 'error').lower()}",
@@ -110,7 +127,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(422, "import-refused", str(exc), rejected=rejected, rejected_total=exc.result.rejected)
 
     async def on_ours(request: Request, exc: ButtoncastError) -> JSONResponse:
-        if isinstance(exc, (CampaignNotFound, MessageNotFound, ApiKeyNotFound, HookNotFound)):
+        if isinstance(exc, (CampaignNotFound, MessageNotFound, ApiKeyNotFound, HookNotFound, SegmentNotFound)):
             return problem_response(404, "not-found", str(exc))
         if isinstance(exc, (RecipientsFileError, WindowInvalid)):
             return problem_response(422, "recipients-invalid" if isinstance(exc, RecipientsFileError) else "window-invalid", str(exc))

@@ -12,7 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.zones import zone_table
 from worker import message as limits
+from worker.failures import FailureClass
+from worker.models import utcnow
 from worker.status import MessageStatus
 
 
@@ -146,7 +149,8 @@ class CampaignOptions(BaseModel):
     at: str | None = Field(None, description="start, ISO 8601 with offset; default: the next dispatcher tick",
                            examples=["2026-12-01T09:00:00+03:00"])
     window: str | None = Field(None, examples=["09:00-21:00"], description="daily send window, HH:MM-HH:MM")
-    tz: str | None = Field(None, examples=["Asia/Riyadh"])
+    tz: str | None = Field(None, examples=["Asia/Riyadh"],
+                           description='the window\'s IANA time zone, or "recipient": each recipient\'s own zone(s)')
     phone_number_id: str | None = None
     draft: bool = False
     strict: bool = Field(False, description="refuse the whole file if any row is invalid")
@@ -154,6 +158,8 @@ class CampaignOptions(BaseModel):
     expires_at: str | None = Field(None, description="not sent by then (ISO 8601 with offset): expired")
     opt_out_button: str | None = Field(None, examples=["stop:Stop offers"],
                                        description="append an opt-out reply button ID:TITLE (ID in OPT_OUT_BUTTON_IDS)")
+    save_attributes: bool = Field(True, description="keep the file's columns on the contacts (every column but phone "
+                                                    "as an attribute, a `tags` column as tags); false skips it")
 
 
 class CampaignJsonIn(CampaignOptions):
@@ -162,6 +168,25 @@ class CampaignJsonIn(CampaignOptions):
     name: str = Field(max_length=200)
     message: MessageTemplateIn
     recipients: list[dict[str, str | int | float | None]]
+
+
+class CampaignSegmentIn(BaseModel):
+    """A campaign whose recipients are a saved segment's members when it starts (no file); with
+    `every`, a series: one run per period, each resolving the segment at its own start."""
+
+    name: str = Field(max_length=200)
+    message: MessageTemplateIn
+    segment_id: int = Field(ge=1, description="the saved segment (`/v1/segments`)")
+    every: str | None = Field(None, examples=["1w"], description="repeat: one run every 1d, 7d, 1w (at least 1h)")
+    until: str | None = Field(None, description="with every: no run after this time (ISO 8601 with offset)")
+    at: str | None = Field(None, description="start (a series: its first run), ISO 8601 with offset")
+    window: str | None = Field(None, examples=["09:00-21:00"])
+    tz: str | None = Field(None, examples=["Asia/Riyadh"], description='IANA zone, or "recipient"')
+    phone_number_id: str | None = None
+    draft: bool = False
+    require_open_window: bool = False
+    expires_at: str | None = Field(None, description="not with every")
+    opt_out_button: str | None = None
 
 
 class CampaignMultipartIn(CampaignOptions):
@@ -175,7 +200,17 @@ class CampaignMultipartIn(CampaignOptions):
 class Window(BaseModel):
     start: str
     end: str
-    tz: str
+    tz: str = Field(description='an IANA time zone, or "recipient": each recipient\'s own zone(s) (see `zones`)')
+
+
+class ZoneOut(BaseModel):
+    """One zone group of a `"recipient"`-zone campaign: the zones its numbers may be in ("|"-joined)."""
+
+    zone: str = Field(examples=["America/Boise|America/Los_Angeles"])
+    recipients: int
+    open: bool = Field(description="the window is open now in every zone of the group")
+    next_opening: datetime | None = Field(description="when it next opens in all of them (UTC); null when open, "
+                                                      "or when it does not open within a week")
 
 
 class CampaignSummary(BaseModel):
@@ -187,6 +222,7 @@ class CampaignSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     window: Window | None
+    zones: list[ZoneOut] | None = Field(None, description='window tz "recipient": recipients and window per zone group')
     pause_reason: str | None
     recipients_imported: int
     rows_rejected: int
@@ -196,10 +232,13 @@ class CampaignSummary(BaseModel):
     @classmethod
     def of(cls, c: Any, counts: dict[str, int]) -> "CampaignSummary":
         window = Window(start=c.window_start, end=c.window_end, tz=c.window_tz) if c.window_start else None
+        table = zone_table(c, utcnow())
+        zones = [ZoneOut(zone=z.zone, recipients=z.recipients, open=z.open, next_opening=z.next_opening)
+                 for z in table] if table is not None else None
         return cls(id=c.id, name=c.name, status=c.status, phone_number_id=c.phone_number_id, scheduled_at=c.scheduled_at,
-                   started_at=c.started_at, finished_at=c.finished_at, window=window, pause_reason=c.pause_reason,
-                   recipients_imported=c.recipients_imported, rows_rejected=c.rows_rejected, counts=counts,
-                   total=sum(counts.values()))
+                   started_at=c.started_at, finished_at=c.finished_at, window=window, zones=zones,
+                   pause_reason=c.pause_reason, recipients_imported=c.recipients_imported,
+                   rows_rejected=c.rows_rejected, counts=counts, total=sum(counts.values()))
 
 
 class Tap(BaseModel):
@@ -223,6 +262,8 @@ class CampaignDetail(CampaignSummary):
     eta: datetime | None = Field(description="best case: the whole rate limit for this campaign, window not counted")
     funnel: FunnelOut
     late_failures: dict[str, int] = Field(description="sent, then reported failed by the vendor: count per failure class (window_closed, undeliverable, opted_out, ...; README \"Late failures, by class\")")
+    counts_as_of: datetime | None = Field(None, description="when the counts, funnel, rate and late failures were "
+                                                            "counted (a snapshot at most a few seconds old)")
 
 
 class CampaignPage(BaseModel):
@@ -238,6 +279,22 @@ class ImportReport(BaseModel):
     rejected_total: int
     duplicates: int
     suppressed: int = Field(description="imported recipients who opted out: never sent (suppressed)")
+    attributes_stored: int | None = Field(None, description="contacts the file's columns were stored on; "
+                                                            "null when save_attributes was false")
+    warnings: list[str] = Field(default_factory=list, description="what the request did that it may not have meant, "
+                                "e.g. a start time already past (the campaign starts at once)")
+    audience: list[str] | None = Field(None, description="a campaign from a segment or a follow-up: its audience, "
+                                       "resolved into recipients when it starts (and a series' schedule), in words")
+
+
+class FollowUpIn(BaseModel):
+    """`POST /v1/campaigns/{id}/follow-up`: a message to one result of the campaign."""
+
+    message: dict[str, Any] = Field(description="message.json; {{placeholders}} fill from the contacts' attributes")
+    result: Literal["tapped", "tapped_any", "not_tapped", "not_read"]
+    button: str | None = Field(None, description="with result=tapped: the button id", examples=["reserve"])
+    at: str | None = Field(None, description="start, ISO 8601 with offset; default: the next dispatcher tick")
+    name: str | None = Field(None, max_length=200)
 
 
 class ScheduleIn(BaseModel):
@@ -297,11 +354,29 @@ class ContactOut(ContactSummary):
     window_open: bool
     history: list[ConsentChangeOut]
     recent_messages: list[RecentMessageOut]
-    changed: bool | None = Field(None, description="on optout/optin: whether this request changed the consent")
+    attributes: dict[str, str] = Field(default_factory=dict, examples=[{"name": "Lina", "city": "Riyadh"}],
+                                       description="what is known of the person, by name (they fill {{placeholders}})")
+    tags: list[str] = Field(default_factory=list, examples=[["vip"]])
+    changed: bool | None = Field(None, description="on optout/optin/PATCH: whether this request changed anything")
 
 
 class OptOutIn(BaseModel):
     reason: str | None = Field(None, max_length=1000)
+
+
+class ContactPatchIn(BaseModel):
+    """Edit a contact's attributes and tags; checked by worker.contacts.attributes (names, lengths,
+    counts), whose problems name `attributes.<name>`, `tags_add[i]`, `tags_remove[i]`."""
+
+    model_config = ConfigDict(extra="forbid")
+    attributes: dict[str, Any] | None = Field(
+        None, examples=[{"city": "Jeddah", "plan": None}],
+        description="each name set to its text (a number is kept as text); null or \"\" removes it. Names: "
+                    "letters, digits and _, not starting with a digit, at most 64; values at most 1024 characters; "
+                    "at most 100 a contact")
+    tags_add: list[Any] = Field(default_factory=list, examples=[["vip"]],
+                                description="tags to add (trimmed, lower-cased; at most 64 characters, no ';'; at most 50 a contact)")
+    tags_remove: list[Any] = Field(default_factory=list, examples=[["trial"]])
 
 
 class OptOutPage(BaseModel):
@@ -312,14 +387,18 @@ class OptOutPage(BaseModel):
 # --- retry, limits, health -----------------------------------------------------------------
 
 class RetryIn(BaseModel):
-    """The CLI's filters: a campaign with a status (plus error_code, since), or one message."""
+    """The CLI's filters: a campaign with a status (plus error_code, since) or a late-failure `reason`, or one message."""
 
     model_config = ConfigDict(extra="forbid")
     campaign_id: int | None = Field(None, ge=1, le=2**63 - 1)
-    status: Literal["failed", "unknown"] | None = None
+    status: Literal["failed", "unknown", "suppressed"] | None = Field(
+        None, description="suppressed: never to a contact still opted out")
     error_code: str | None = None
     since: str | None = Field(None, examples=["2026-12-01T09:00:00+03:00"])
     message_id: int | None = Field(None, ge=1, le=2**63 - 1)
+    reason: FailureClass | None = Field(None, description="resend late failures of this class (sent, then failed by "
+                                                          "webhook); instead of status (the CLI's --reason)")
+    force: bool = Field(False, description="allow reason opted_out or undeliverable (the CLI's --force)")
     dry_run: bool = False
     accept_duplicates: bool = Field(False, description="needed to retry unknown messages: the vendor may have sent them")
 
@@ -334,6 +413,7 @@ class RetryOut(BaseModel):
     requeued: int
     left_alone: int
     campaign_reopened: bool
+    held_back: int = Field(0, description="matched, but their contact is opted out: requeued only after they opt back in")
 
 
 class ScopeLimit(BaseModel):
@@ -401,3 +481,51 @@ class RedeliverIn(BaseModel):
 
 class RedeliverOut(BaseModel):
     due: int
+
+
+# --- segments (worker.api.segments) --------------------------------------------------------------
+
+SEGMENT_RULES_EXAMPLE = {"all": [{"attribute": "city", "equals": "Riyadh"}, {"tag": "vip"},
+                                 {"tapped": {"campaign": 12, "button": "reserve"}}]}
+
+
+class SegmentIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200, examples=["Riyadh VIPs who tapped Reserve"])
+    rules: dict[str, Any] = Field(description="segment rules (docs/api.md, 'Segments')",
+                                  examples=[SEGMENT_RULES_EXAMPLE])
+
+
+class SegmentCountIn(BaseModel):
+    rules: dict[str, Any] = Field(examples=[SEGMENT_RULES_EXAMPLE])
+
+
+class SegmentCount(BaseModel):
+    count: int = Field(description="members now (opted-out contacts are never members)")
+
+
+class SegmentSummary(BaseModel):
+    id: int
+    name: str
+    rules: dict[str, Any]
+    description: str = Field(description="the rules in words")
+    created_at: datetime
+    created_by: str | None = None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, view: Any) -> "SegmentSummary":  # worker.contacts.segments.SegmentView
+        return cls(id=view.id, name=view.name, rules=view.rules, description=view.description,
+                   created_at=view.created_at, created_by=view.created_by, updated_at=view.updated_at)
+
+
+class SegmentOut(SegmentSummary):
+    count: int | None = Field(description="members now; null when the rules cannot be counted (see problem)")
+    problem: str | None = Field(None, description="why the segment cannot be counted (a campaign it names was deleted)")
+
+    @classmethod
+    def of(cls, view: Any) -> "SegmentOut":
+        return cls(**SegmentSummary.of(view).model_dump(), count=view.count, problem=view.problem)
+
+
+class SegmentList(BaseModel):
+    data: list[SegmentSummary]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,14 +19,16 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from scheduler.importer import RecipientsFileError
+from worker.api.deps import parse_json
 from worker.api.problems import Problem
 from worker.errors import FieldProblem, MessageInvalid
 from worker.uploads import copy_upload
 
 FORM_FIELDS = ("name", "message", "at", "window", "tz", "phone_number_id", "draft", "strict",
-               "require_open_window", "expires_at", "opt_out_button")
+               "require_open_window", "expires_at", "opt_out_button", "save_attributes")
 TEXT_OPTIONS = ("name", "at", "window", "tz", "phone_number_id", "expires_at", "opt_out_button")
-FLAG_OPTIONS = ("draft", "strict", "require_open_window")
+FLAG_OPTIONS = ("draft", "strict", "require_open_window", "save_attributes")
+FLAGS_ON_BY_DEFAULT = ("save_attributes",)
 FORM_FIELD_MAX_BYTES = 1 << 20
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
@@ -83,15 +84,15 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
         options: dict[str, Any] = {k: texts.get(k) for k in TEXT_OPTIONS}
         for flag in FLAG_OPTIONS:
             try:
-                options[flag] = _flag(flag, texts.get(flag, ""))
+                options[flag] = _flag(flag, texts.get(flag, "true" if flag in FLAGS_ON_BY_DEFAULT else ""))
             except MessageInvalid as exc:
                 problems.extend(exc.problems)
         try:
-            options["template"] = json.loads(texts["message"]) if "message" in texts else None
+            options["template"] = parse_json(texts["message"], "message") if "message" in texts else None
             if options["template"] is None:
                 problems.append(FieldProblem("message", "is required: message.json as a JSON string"))
-        except json.JSONDecodeError as exc:
-            problems.append(FieldProblem("message", f"is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"))
+        except MessageInvalid as exc:
+            problems.extend(exc.problems)
         if problems:
             raise MessageInvalid(problems)
         path = os.path.join(directory.name, "recipients.csv")
@@ -101,9 +102,41 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
         await form.close()
 
 
+#: a JSON body with `segment_id` instead of `recipients`: a campaign (or, with `every`, a series)
+#: whose recipients are the segment's members when it starts (scheduler.audience)
+AUDIENCE_FIELDS = ("segment_id", "every", "until")
+FILE_ONLY_FLAGS = ("strict", "save_attributes")
+
+
+def _from_segment(body: dict[str, Any], directory: tempfile.TemporaryDirectory) -> CampaignUpload:
+    problems = [FieldProblem(str(k), "is not a known field") for k in body
+                if k not in ("message",) + TEXT_OPTIONS + FLAG_OPTIONS + AUDIENCE_FIELDS]
+    if "recipients" in body:
+        problems.append(FieldProblem("recipients", "give recipients or segment_id, not both"))
+    segment_id = body.get("segment_id")
+    if not isinstance(segment_id, int) or isinstance(segment_id, bool) or segment_id < 1:
+        problems.append(FieldProblem("segment_id", "must be a segment's id (a positive integer)"))
+    problems += [FieldProblem(flag, "is about a CSV file; a segment has none") for flag in FILE_ONLY_FLAGS
+                 if body.get(flag) not in (None, False) and not (flag == "save_attributes" and body.get(flag) is True)]
+    for name in TEXT_OPTIONS + ("every", "until"):
+        if body.get(name) is not None and not isinstance(body.get(name), str):
+            problems.append(FieldProblem(name, "must be a string"))
+    for flag in ("draft", "require_open_window"):
+        if not isinstance(body.get(flag, False), bool):
+            problems.append(FieldProblem(flag, "must be true or false"))
+    if problems:
+        raise MessageInvalid(problems)
+    options = {k: body.get(k) for k in TEXT_OPTIONS + AUDIENCE_FIELDS}
+    options.update(draft=body.get("draft", False), require_open_window=body.get("require_open_window", False),
+                   template=body.get("message"))
+    return CampaignUpload(options, "", "segment", directory)
+
+
 def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpload:
     if not isinstance(body, dict):
         raise MessageInvalid([FieldProblem("body", "must be a JSON object")])
+    if "segment_id" in body:
+        return _from_segment(body, directory)
     known = ("message", "recipients") + TEXT_OPTIONS + FLAG_OPTIONS
     problems = [FieldProblem(str(k), "is not a known field") for k in body if k not in known]
     recipients = body.get("recipients")
@@ -131,7 +164,7 @@ def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpl
         for row in recipients:
             writer.writerow(["" if row.get(c) is None else str(row.get(c)) for c in columns])
     options = {k: body.get(k) for k in TEXT_OPTIONS}
-    options.update({k: body.get(k, False) for k in FLAG_OPTIONS}, template=body.get("message"))
+    options.update({k: body.get(k, k in FLAGS_ON_BY_DEFAULT) for k in FLAG_OPTIONS}, template=body.get("message"))
     for text_field in TEXT_OPTIONS[1:]:
         if options[text_field] is not None and not isinstance(options[text_field], str):
             raise MessageInvalid([FieldProblem(text_field, "must be a string")])
@@ -147,11 +180,7 @@ async def campaign_upload(request: Request) -> AsyncIterator[CampaignUpload]:
             upload = await _from_form(request, directory)
         elif content_type in ("application/json", ""):
             raw = await request.body()
-            try:
-                body = json.loads(raw) if raw else None
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise MessageInvalid([FieldProblem("body", f"is not valid JSON: {exc}")]) from None
-            upload = _from_json(body, directory)
+            upload = _from_json(parse_json(raw) if raw else None, directory)
         else:
             raise Problem(415, "unsupported-media-type", "send multipart/form-data (a CSV file) or application/json")
         yield upload

@@ -18,6 +18,7 @@ from scheduler import campaigns, report
 from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
 from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
+from worker.contacts.attributes import AttributeImportResult
 from worker.errors import ButtoncastError, ConfigError, FieldProblem, MessageInvalid
 from worker.models import Campaign
 from worker.phone import parse_default_country
@@ -75,6 +76,20 @@ def _print_result(result: ImportResult) -> None:
     _print_problems("duplicates", result.duplicate_rows, result.duplicates)
 
 
+def _print_attributes_kept(kept: AttributeImportResult | None) -> None:
+    """What `campaign create` stored on the contacts from the file's columns (nothing: not a word)."""
+    if kept is None or not (kept.contacts or kept.rejected or kept.skipped_columns):
+        return
+    click.echo(f"contacts: stored the file's columns ({', '.join(kept.columns) or 'tags only'}) on {kept.contacts} "
+               f"contact(s); added {kept.tags_added} tag(s)", err=True)
+    for skipped in kept.skipped_columns:
+        click.echo(f"  not stored: column {skipped}", err=True)
+    if kept.problems:
+        click.echo(f"  not stored for {kept.rejected} row(s) (first {min(SUMMARY_DETAIL_ROWS, len(kept.problems))}):", err=True)
+        for problem in kept.problems[:SUMMARY_DETAIL_ROWS]:
+            click.echo(f"    {problem}", err=True)
+
+
 def _print_problems(title: str, rows: list[RowProblem], total: int) -> None:
     if rows:
         click.echo(f"{title} (first {min(SUMMARY_DETAIL_ROWS, len(rows))} of {total}):", err=True)
@@ -91,11 +106,18 @@ def campaign_group() -> None:
 @click.option("--name", required=True, help="A name operators recognise (at most 200 characters).")
 @click.option("--message", "message_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="message.json: header_text, body_text, footer_text, buttons; {{column}} placeholders allowed in the texts.")
-@click.option("--recipients", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--recipients", default=None, type=click.Path(exists=True, dir_okay=False),
               help="CSV (UTF-8) with a 'phone' column; other columns fill the placeholders.")
+@click.option("--segment", "segment_id", default=None, type=int,
+              help="Instead of --recipients: a saved segment's id, resolved into recipients when the campaign starts; "
+                   "placeholders fill from the contacts' attributes.")
+@click.option("--every", default=None, metavar="DURATION",
+              help="With --segment: a recurring campaign, one run every DURATION (1d, 7d, 1w; at least 1h).")
+@click.option("--until", "until_text", default=None, help="With --every: no run after this time (ISO 8601 with offset).")
 @click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with offset (default: the next dispatcher tick).")
 @click.option("--window", default=None, metavar="HH:MM-HH:MM", help="Daily send window, e.g. 09:00-21:00 (22:00-06:00 crosses midnight).")
-@click.option("--tz", default=None, help="IANA time zone of --window, e.g. Asia/Riyadh.")
+@click.option("--tz", default=None,
+              help="IANA time zone of --window, e.g. Asia/Riyadh; or `recipient`: each recipient's own zone(s).")
 @click.option("--phone-number-id", default=None, help="Sender id (default: AWAL_PHONE_NUMBER_ID).")
 @click.option("--draft", is_flag=True, help="Create it as a draft; start it later with `campaign schedule ID`.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any row is invalid.")
@@ -107,16 +129,36 @@ def campaign_group() -> None:
               help="Hold recipients whose 24-hour window is closed at send time as suppressed (window_closed).")
 @click.option("--expires-at", "expires_text", default=None,
               help="Not sent by then (ISO 8601 with offset) -> expired, never delivered late.")
+@click.option("--no-save-attributes", is_flag=True,
+              help="Do not keep the file's columns on the contacts (by default each column but phone is stored as "
+                   "an attribute, and a 'tags' column as tags).")
 @campaign_errors
-def create_command(name, message_path, recipients, at_text, window, tz, phone_number_id, draft, strict,  # noqa: ANN001
-                   default_country, opt_out_button, require_open_window, expires_text) -> None:  # noqa: ANN001
-    """Create a campaign from message.json and a CSV; prints its id alone on the last line of stdout."""
+def create_command(name, message_path, recipients, segment_id, every, until_text, at_text, window, tz,  # noqa: ANN001
+                   phone_number_id, draft, strict, default_country, opt_out_button, require_open_window,  # noqa: ANN001
+                   expires_text, no_save_attributes) -> None:  # noqa: ANN001
+    """Create a campaign from message.json and a CSV (or a segment); prints its id alone on the last line of stdout."""
     # This face binds its options (times, the country, the file) and names them as the user typed
-    # them; creating is `campaigns.create_from_options`, as for the API and the console.
+    # them; creating is `campaigns.create_from_options` (or `audience.create_audience_campaign`
+    # for a segment), as for the API and the console.
+    if (recipients is None) == (segment_id is None):
+        raise MessageInvalid([FieldProblem("--recipients", "give either --recipients FILE or --segment ID (one of them)")])
+    if segment_id is not None and (strict or default_country or no_save_attributes):
+        raise MessageInvalid([FieldProblem("--segment", "--strict, --default-country and --no-save-attributes are about "
+                                           "a CSV file; a segment has none")])
+    if recipients is not None and (every or until_text):
+        raise MessageInvalid([FieldProblem("--every", "a recurring campaign needs --segment (each run resolves it again)")])
     at = parse_at(at_text)
     expires_at = parse_at(expires_text, "--expires-at")
+    until = parse_at(until_text, "--until")
     template = _load_message(message_path)
     runtime = load_runtime()
+    _warn_if_past(at)
+    if segment_id is not None:
+        ensure_schema(runtime)
+        _create_for_segment(runtime, segment_id, name=name, template=template, at=at, window=window, tz=tz,
+                            phone_number_id=phone_number_id, draft=draft, require_open_window=require_open_window,
+                            expires_at=expires_at, opt_out_button=opt_out_button, every=every, until=until)
+        return
     region = parse_default_country(default_country, "--default-country")
     ensure_schema(runtime)
     with _named_as_options():
@@ -124,8 +166,10 @@ def create_command(name, message_path, recipients, at_text, window, tz, phone_nu
             runtime, recipients, name=name, template=template, at=at, window=window, tz=tz,
             phone_number_id=phone_number_id, draft=draft, strict=strict, require_open_window=require_open_window,
             expires_at=expires_at, opt_out_button=opt_out_button, default_region=region,
+            save_attributes=not no_save_attributes,
         )
     _print_result(result)
+    _print_attributes_kept(result.attributes)
     with runtime.read_sessions() as session:
         click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign.id),
                                                              require_open_window=require_open_window), err=True)
@@ -134,9 +178,33 @@ def create_command(name, message_path, recipients, at_text, window, tz, phone_nu
     click.echo(campaign.id)
 
 
+def _warn_if_past(at: Any) -> None:
+    """A start time already past starts the campaign at once: say so before anything else."""
+    note = campaigns.past_start_note(at)
+    if note:
+        click.echo(f"warning: {note}", err=True)
+
+
+def _create_for_segment(runtime: Runtime, segment_id: int, **options: Any) -> None:
+    from scheduler import audience
+
+    with _named_as_options():
+        campaign = audience.create_audience_campaign(runtime, segment_id=segment_id, actor="operator", **options)
+    with runtime.read_sessions() as session:
+        for line in audience.describe_lines(session, campaign):
+            click.echo(line, err=True)
+    kind = "series" if campaign.series_every_s else "campaign"
+    when = (f"draft: start it with `buttoncast campaign schedule {campaign.id}`" if options.get("draft")
+            else f"first run {report.format_utc(campaign.series_next_at)}" if campaign.series_every_s
+            else f"scheduled for {report.format_utc(campaign.scheduled_at)}")
+    click.echo(f"{kind} {campaign.id} created ({when})", err=True)
+    click.echo(campaign.id)
+
+
 #: the service's field names as this command's options
 OPTION_FOR_FIELD = {"at": "--at", "expires_at": "--expires-at", "phone_number_id": "--phone-number-id",
-                    "message": "--message", "name": "--name"}
+                    "message": "--message", "name": "--name", "segment": "--segment", "every": "--every",
+                    "until": "--until", "window": "--window"}
 
 
 @contextlib.contextmanager
@@ -162,6 +230,7 @@ def _change(campaign_id: int, action: Callable[..., Any], *args: Any) -> Campaig
 def schedule_command(campaign_id: int, at_text: str | None) -> None:
     """Schedule a draft (or a paused campaign that never started)."""
     campaign = _change(campaign_id, campaigns.schedule_campaign, parse_at(at_text))
+    _warn_if_past(campaign.scheduled_at)   # given now, or at creation
     click.echo(f"campaign {campaign_id} scheduled for {report.format_utc(campaign.scheduled_at)}")
 
 
@@ -219,10 +288,16 @@ def _progress(runtime: Runtime, campaign_id: int) -> report.Progress:
 @campaign_errors
 def show_command(campaign_id: int, watch: bool) -> None:
     """Status, schedule, window, counts, sending rate, estimated finish, pause reason and funnel."""
+    from scheduler import audience
+
     runtime = load_runtime()
     if watch:
         _watch(runtime, campaign_id)
-    click.echo("\n".join(report.describe(_progress(runtime, campaign_id))))
+    progress = _progress(runtime, campaign_id)
+    click.echo("\n".join(report.describe(progress)))
+    with runtime.read_sessions() as session:
+        for line in audience.describe_lines(session, progress.campaign):
+            click.echo(line)
 
 
 def _watch(runtime: Runtime, campaign_id: int) -> None:
@@ -291,3 +366,38 @@ def test_command(campaign_id: int, phone: str) -> None:
     note = " (no broker configured: it goes out when `buttoncast run` or a dispatcher picks it up)" if runtime.settings.embedded else ""
     click.echo(f"test message {message_id} to {phone} queued{note}", err=True)
     click.echo(message_id)
+
+
+@campaign_group.command("follow-up")
+@click.argument("campaign_id", type=int)
+@click.option("--message", "message_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="message.json of the follow-up; {{placeholders}} fill from the contacts' attributes.")
+@click.option("--tapped", "tapped", default=None, metavar="BUTTON_ID", help="Everyone who tapped this button.")
+@click.option("--tapped-any", is_flag=True, help="Everyone who tapped any button.")
+@click.option("--not-tapped", is_flag=True, help="Everyone who received it and tapped nothing.")
+@click.option("--not-read", is_flag=True, help="Everyone who received it and did not read it.")
+@click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with offset (default: the next dispatcher tick).")
+@click.option("--name", default=None, help="Default: 'Follow-up of <campaign>: <who>'.")
+@campaign_errors
+def follow_up_command(campaign_id: int, message_path: str, tapped: str | None, tapped_any: bool, not_tapped: bool,
+                      not_read: bool, at_text: str | None, name: str | None) -> None:
+    """A campaign to a result of campaign ID, resolved when it starts; prints its id alone on the last line."""
+    from scheduler import audience
+
+    chosen = [r for r, on in (("tapped", tapped is not None), ("tapped_any", tapped_any), ("not_tapped", not_tapped),
+                              ("not_read", not_read)) if on]
+    if len(chosen) != 1:
+        raise MessageInvalid([FieldProblem("--tapped", "give exactly one of --tapped BUTTON_ID, --tapped-any, "
+                                           "--not-tapped, --not-read")])
+    at = parse_at(at_text)
+    template = _load_message(message_path)
+    runtime = load_runtime()
+    ensure_schema(runtime)
+    with _named_as_options():
+        follow = audience.create_follow_up(runtime, campaign_id, template=template, result=chosen[0], button=tapped,
+                                           at=at, name=name, actor="operator")
+    with runtime.read_sessions() as session:
+        for line in audience.describe_lines(session, follow):
+            click.echo(line, err=True)
+    click.echo(f"campaign {follow.id} created (scheduled for {report.format_utc(follow.scheduled_at)})", err=True)
+    click.echo(follow.id)

@@ -11,6 +11,7 @@ import click
 
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.contacts import service as contacts
+from worker.contacts.attributes import AttributeFileError, AttributeImportResult, import_attributes
 from worker.contacts.importer import OptOutFileError, import_optouts
 from worker.message import normalize_phone
 from worker.models import utcnow
@@ -34,7 +35,8 @@ def contacts_group() -> None:
 @click.argument("phone")
 @friendly_errors
 def show_command(phone: str) -> None:
-    """Consent state and its history, last inbound message, window open until when, recent messages."""
+    """Consent state and its history, last inbound message, window open until when, recent messages,
+    attributes and tags."""
     runtime = load_runtime()
     number = normalize_phone(phone, default_region=runtime.settings.default_country_code)
     with runtime.read_sessions() as session:
@@ -53,8 +55,12 @@ def show_command(phone: str) -> None:
         f"  last inbound:  {_fmt(view.last_inbound_at)}",
         f"  24-hour window: {window}",
         f"  last sent:     {_fmt(view.last_sent_at)}",
-        f"  consent history ({len(view.history)}):",
+        f"  tags:          {', '.join(view.tags) or '(none)'}",
+        f"  attributes ({len(view.attributes)}):",
     ]
+    width = max((len(name) for name in view.attributes), default=0)
+    lines += [f"    {name:<{width}}  {value}" for name, value in sorted(view.attributes.items())] or ["    (none)"]
+    lines.append(f"  consent history ({len(view.history)}):")
     lines += [f"    {_fmt(h.at)}  {h.action:<8} by {h.source}" + (f": {h.reason}" if h.reason else "")
               + (f"  ({h.actor})" if h.actor else "") for h in view.history] or ["    (none)"]
     lines.append(f"  recent messages ({len(view.recent_messages)}):")
@@ -92,13 +98,29 @@ def optin_command(phones: tuple[str, ...]) -> None:
 
 
 @contacts_group.command("import")
-@click.option("--optouts", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--optouts", "path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="CSV (UTF-8) with a 'phone' column and optionally 'reason': a suppression list.")
+@click.option("--attributes", "attributes_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="CSV (UTF-8) with a 'phone' column, one column per attribute and optionally 'tags' (';'-separated): "
+                   "merged into the contacts (new phones become contacts; opt-outs are never changed).")
 @friendly_errors
-def import_command(path: str) -> None:
-    """Opt out every phone of a suppression list (source import), streamed in batches."""
+def import_command(path: str | None, attributes_path: str | None) -> None:
+    """Opt out every phone of a suppression list (source import), or merge attributes and tags into
+    contacts; either file is streamed in batches, with a report of the rows rejected."""
+    if (path is None) == (attributes_path is None):
+        fail("give exactly one of --optouts FILE (a suppression list) or --attributes FILE (attributes and tags)", 2)
     runtime = load_runtime()
     ensure_schema(runtime)
+    if attributes_path is not None:
+        try:
+            result = import_attributes(runtime, attributes_path, actor=ACTOR,
+                                       default_region=runtime.settings.default_country_code)
+        except AttributeFileError as exc:
+            fail(str(exc), 2)
+        _print_attribute_result(result)
+        if result.rejected and not result.rows:
+            sys.exit(1)
+        return
     try:
         result = import_optouts(runtime, path, actor=ACTOR,
                                 default_region=runtime.settings.default_country_code)
@@ -114,6 +136,16 @@ def import_command(path: str) -> None:
         sys.exit(1)
 
 
+def _print_attribute_result(result: AttributeImportResult) -> None:
+    click.echo(f"stored attributes from {result.rows} row(s) on {result.contacts} contact(s) ({result.created} new; "
+               f"columns: {', '.join(result.columns) or 'none'}); added {result.tags_added} tag(s); "
+               f"rejected {result.rejected} row(s)", err=True)
+    if result.problems:
+        click.echo(f"rejected (first {min(SUMMARY_DETAIL_ROWS, len(result.problems))} of {result.rejected}):", err=True)
+        for problem in result.problems[:SUMMARY_DETAIL_ROWS]:
+            click.echo(f"  {problem}", err=True)
+
+
 @contacts_group.command("list")
 @click.option("--opted-out", "opted_out", is_flag=True, help="Only contacts who are opted out now.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
@@ -123,7 +155,7 @@ def list_command(opted_out: bool, fmt: str) -> None:
     runtime = load_runtime()
     out = sys.stdout
     with runtime.read_sessions() as session:
-        rows = (contacts.export_row(c) for c in contacts.iter_contacts(session, opted_out_only=opted_out))
+        rows = contacts.export_rows(session, opted_out_only=opted_out)
         if fmt == "csv":
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(contacts.EXPORT_COLUMNS)

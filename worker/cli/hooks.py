@@ -19,7 +19,10 @@ def hooks_group() -> None:
 @click.option("--events", required=True, help=f"Comma-separated: {','.join(EVENT_NAMES)}")
 @friendly_errors
 def hooks_add(url: str, events: str) -> None:
-    """Add an endpoint. Its signing secret is printed once, alone on the last line of stdout."""
+    """Add an endpoint. Its signing secret is printed once, alone on the last line of stdout.
+
+    URL is https:// to a public address; loopback, private, link-local and reserved targets are
+    refused (exit 2) unless their host is named in HOOKS_ALLOWED_HOSTS."""
     runtime = load_runtime()
     endpoint, secret = service.add_hook(runtime, url, events, actor=None)
     click.echo(f"hook endpoint {endpoint.id}: {endpoint.url}")

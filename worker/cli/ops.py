@@ -9,8 +9,14 @@ import click
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.metrics import serve_metrics
 from worker.queues import ALL_QUEUES
+from worker.runtime import Runtime
+from worker.settings import RateLimit, Settings
 
 EMBEDDED_CONCURRENCY_CAP = 8
+#: how long `run` waits for a sandbox on this machine to answer (it may have been started a moment ago)
+SANDBOX_PROBE_S = 5.0
+#: a local sandbox with no limit of its own: `run` paces at this, the demo's order of speed
+UNLIMITED_SANDBOX_RATE = "100/s"
 
 
 @click.command("worker")
@@ -88,12 +94,72 @@ def run_command(concurrency: int | None, until_idle: bool) -> None:
 
     runtime = load_runtime()
     runtime.settings.require_awal()
+    settings, source = pace_of(runtime.settings)
+    if settings is not runtime.settings:
+        from worker.runtime import install_runtime
+
+        runtime = Runtime(settings)
+        install_runtime(runtime)
     ensure_schema(runtime)
     serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
+    click.echo(how_long_it_takes(runtime, source), err=True)
     threads = concurrency or runtime.settings.worker_concurrency
     if runtime.settings.sqlite:
         threads = min(threads, EMBEDDED_CONCURRENCY_CAP)
     run_embedded(runtime, concurrency=threads, until_idle=until_idle)
+
+
+def pace_of(settings: Settings) -> tuple[Settings, str]:
+    """The settings `run` paces with, and where their rate limit comes from. AWAL_RATE_LIMIT when
+    given; else, when AWAL_BASE_URL is a sandbox on this machine, the sandbox's own limit (it says
+    so at /_sandbox/limit); else the documented plan's default."""
+    from urllib.parse import urlsplit
+
+    from worker.sandbox.client import NotASandbox, sandbox_rate_limit
+    from worker.sandbox.config import is_loopback
+
+    default = ", the default AWAL_RATE_LIMIT (the documented plan's): set AWAL_RATE_LIMIT to your account's limit"
+    if settings.rate_limit_configured:
+        return settings, " (AWAL_RATE_LIMIT)"
+    if not settings.awal_base_url or not is_loopback(urlsplit(settings.awal_base_url).hostname):
+        return settings, default
+    try:
+        limit = sandbox_rate_limit(settings.awal_base_url, wait_s=SANDBOX_PROBE_S)
+    except NotASandbox:
+        return settings, default
+    source = (f", the sandbox's own limit (AWAL_RATE_LIMIT is not set and {settings.awal_base_url} is a sandbox)" if limit
+              else f": the sandbox at {settings.awal_base_url} has no limit and AWAL_RATE_LIMIT is not set")
+    return settings.replace(rate_limit=RateLimit.parse(limit or UNLIMITED_SANDBOX_RATE, "the sandbox's rate limit")), source
+
+
+def how_long_it_takes(runtime: Runtime, source: str) -> str:
+    """One line for the start of `run`: the pace, where it comes from (`source`, as `pace_of` words it),
+    and how long what waits takes at that pace (issue 25: 294 messages took 18 minutes, unannounced)."""
+    from scheduler.report import queue_depth
+
+    settings = runtime.settings
+    per_second = settings.pacing_rate.per_second
+    with runtime.read_sessions() as session:
+        waiting = sum(queue_depth(session).values())
+    pace = f"pacing at {settings.rate_limit}{source}"
+    if not waiting:
+        return f"run: {pace}; nothing waits to be sent yet (one message every {_about(1 / per_second)})"
+    return (f"run: {pace}; {waiting} message(s) wait to be sent: about {_about(waiting / per_second)} at this rate "
+            "(longer if a send window or a start time holds some back)")
+
+
+def _about(seconds: float) -> str:
+    """A rough duration: `51 ms`, `3.7 s`, `40 s`, `18 min`, `2 h 5 min`."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min"
 
 
 @click.group("db")

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import click
 
-from scheduler.retention import TABLES, prune
+from scheduler.retention import TABLES, TRAIL_TABLES, prune, prune_trails
 from worker.cli.common import ensure_schema, friendly_errors, load_runtime
 
 _AGE_RE = re.compile(r"^\s*(\d+)\s*(d|h|m)?\s*$", re.I)
@@ -31,17 +31,24 @@ def parse_age(text: str) -> timedelta:
 @click.option("--dry-run", is_flag=True, help="count what would be deleted; delete nothing")
 @friendly_errors
 def prune_command(older_than: str | None, dry_run: bool) -> None:
-    """Delete attempts, message_events and webhook_events older than AGE (messages are kept)."""
+    """Delete attempts, message_events and webhook_events older than AGE (messages are kept); and the
+    audit and consent trails past AUDIT_RETENTION_DAYS and CONSENT_HISTORY_RETENTION_DAYS."""
+    given_age = parse_age(older_than) if older_than is not None else None
     runtime = load_runtime()
     settings = runtime.settings
+    ensure_schema(runtime)
+    trails = prune_trails(runtime, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"trails (AUDIT_RETENTION_DAYS={settings.audit_retention_days}, "
+               f"CONSENT_HISTORY_RETENTION_DAYS={settings.consent_history_retention_days}; 0 keeps):")
+    for table in TRAIL_TABLES:
+        click.echo(f"  {table}: {verb} {trails[table]}")
     if older_than is None and settings.retention_days == 0:
         click.echo("RETENTION_DAYS=0: history is kept for ever; pass --older-than to prune anyway")
         return
-    age = parse_age(older_than) if older_than is not None else timedelta(days=settings.retention_days)
-    ensure_schema(runtime)
+    age = given_age or timedelta(days=settings.retention_days)
     report = prune(runtime, older_than=age, dry_run=dry_run,
                    match_window_s=settings.webhook_match_window_s)
-    verb = "would delete" if dry_run else "deleted"
     click.echo(f"rows older than {report.cutoff.isoformat(timespec='seconds')}:")
     for table in TABLES:
         click.echo(f"  {table}: {verb} {report.deleted[table]}")

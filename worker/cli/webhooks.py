@@ -44,7 +44,7 @@ def webhooks_command(host: str, port: int, threads: int) -> None:
     app = create_app(session_factory=runtime.session_factory, webhook_secret=settings.awal_webhook_secret.reveal(),
                      path=settings.webhook_path, max_body_bytes=settings.webhook_max_body_bytes,
                      consent=ConsentRules.from_settings(settings), late=LatePolicy.from_settings(settings))
-    serve_metrics(settings.webhook_metrics_port, settings.metrics_host)  # late failures by class, breaker pauses
+    serve_metrics(settings.webhook_metrics_port, settings.metrics_host, setting="WEBHOOK_METRICS_PORT")  # late failures, pauses
     server = create_receiver_server(app, host=host, port=port, threads=threads,
                                     limits=ReceiverLimits.from_settings(settings))
     url = f"http://{host}:{server.effective_port}{settings.webhook_path}"

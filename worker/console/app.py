@@ -20,12 +20,14 @@ from fastapi.staticfiles import StaticFiles
 from worker.console import (
     routes_campaigns,
     routes_contacts,
+    routes_follow_up,
     routes_health,
     routes_keys,
     routes_login,
     routes_messages,
     routes_new,
     routes_people,
+    routes_segments,
 )
 from worker.console.web import PACKAGE_DIR, Denied, NotLoggedIn, denied, not_logged_in, render, templates
 
@@ -42,7 +44,7 @@ def is_console_path(path: str) -> bool:
 def install_console(app: FastAPI) -> None:
     """Call after the API's problem handlers are installed."""
     # routes_new first: its /campaigns/new must not be read as /campaigns/{campaign_id}
-    for module in (routes_login, routes_new, routes_campaigns, routes_messages, routes_contacts, routes_people, routes_keys, routes_health):
+    for module in (routes_login, routes_new, routes_campaigns, routes_follow_up, routes_segments, routes_messages, routes_contacts, routes_people, routes_keys, routes_health):
         app.include_router(module.router)
     for name in templates.env.list_templates(extensions=["html"]):
         templates.env.get_template(name)  # compiled now, not on the first view after a start (~100 ms)

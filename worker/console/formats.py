@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
+
+from markupsafe import Markup, escape
+
+from worker.durations import format_duration
 
 
 def when(value: datetime | None) -> str:
@@ -35,5 +40,23 @@ def percent(part: int, whole: int) -> float:
     return 0.0 if not whole else round(min(100.0, 100 * part / whole), 2)
 
 
-FILTERS = {"when": when, "clock": clock, "count": count, "epoch": epoch}
+_NAMED = re.compile(r"\b(campaign|series|segment)(\s+)(\d{1,19})\b")
+
+
+def campaign_links(text: str) -> Markup:
+    """A line of text (`campaign show`'s) with each `campaign 12` / `series 7` / `segment 3` a link to its page."""
+    def link(m: re.Match[str]) -> str:
+        page = "segments" if m.group(1) == "segment" else "campaigns"
+        return f'<a href="/{page}/{m.group(3)}">{m.group(0)}</a>'
+
+    return Markup(_NAMED.sub(link, str(escape(text))))
+
+
+def duration(seconds: int | None) -> str:
+    """Seconds as people write a span: 604800 -> 1w, 86400 -> 1d."""
+    return "-" if seconds is None else format_duration(seconds)
+
+
+FILTERS = {"when": when, "clock": clock, "count": count, "epoch": epoch, "campaign_links": campaign_links,
+           "duration": duration}
 GLOBALS = {"share": share, "percent": percent}

@@ -9,18 +9,19 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from scheduler import campaigns, report, snapshots
+from scheduler import audience, campaigns, report, snapshots
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.tallies import CURRENT_S, tallies_for
 from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.db import streamed_read
+from worker.downloads import DownloadResponse
 from worker.errors import ButtoncastError, MessageInvalid
-from worker.models import utcnow
+from worker.models import Campaign, utcnow
 from worker.runtime import Runtime
 from worker.sending.history import list_messages
 from worker.status import CampaignStatus, MessageStatus
@@ -76,9 +77,15 @@ def _campaign_context(session: Session, rt: Runtime, campaign_id: int) -> dict:
         p = report.Progress(campaign, t.counts, t.funnel, rt.settings.rate_limit.per_second, utcnow(),
                             late_failures=t.late_failures)
     ended = campaign.status in (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
-    return {"p": p, "c": campaign, "late": p.late_failures if p else {},
+    return {"p": p, "c": campaign, "late": p.late_failures if p else {}, "opt_out_ids": rt.settings.opt_out_button_ids,
             "counts_as_of": None if counts.current or snapshot is None else snapshot.taken_at,
-            "final": ended and p is not None and p.left == 0 and counts.current}
+            "final": ended and p is not None and p.left == 0 and counts.current and _after_end(snapshot, campaign)}
+
+
+def _after_end(snapshot: snapshots.Snapshot | None, campaign: Campaign) -> bool:
+    """Counts taken after the campaign ended are its last; older ones may predate its rows (an
+    audience is resolved into recipients only when it starts), so the page polls on until recounted."""
+    return snapshot is not None and (campaign.finished_at is None or snapshot.taken_at >= campaign.finished_at)
 
 
 def _recipients(session: Session, campaign_id: int, status: str, button: str, error_code: str, before: str) -> dict:
@@ -97,7 +104,8 @@ def campaign_page(request: Request, campaign_id: int, status: str = "", button: 
     with rt.read_sessions() as session:
         context = _campaign_context(session, rt, campaign_id)
         table = _recipients(session, campaign_id, status, button, error_code, "")
-    return render(request, "campaign.html", **context, **table)
+        lines = audience.describe_lines(session, context["c"])   # its audience, follow-up source, series runs
+    return render(request, "campaign.html", **context, **table, audience_lines=lines)
 
 
 @router.get("/campaigns/{campaign_id}/recipients")
@@ -193,10 +201,9 @@ def retry_failed(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(
 
 
 def _download(rt: Runtime, rows: Callable[[Session], Iterator[dict]], stream: Callable[[Iterator[dict]], Iterator[str]],
-              filename: str, media: str) -> StreamingResponse:
-    """Stream rows as they are read; the read session closes when the response ends."""
-    return StreamingResponse(streamed_read(rt.read_sessions, rows, stream), media_type=media,
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+              filename: str, media: str) -> DownloadResponse:
+    """Stream rows as they are read; the read session closes when the response ends, however it ends."""
+    return DownloadResponse(streamed_read(rt.read_sessions, rows, stream), media_type=media, filename=filename)
 
 
 @router.get("/campaigns/{campaign_id}/report.{fmt}")

@@ -1,21 +1,25 @@
-"""Contacts: look one up (consent state, history, window, recent messages); admins opt out / opt in
-with a reason, import a suppression list and export it. The same functions as `buttoncast contacts`."""
+"""Contacts: look one up (consent state, history, window, recent messages, attributes and tags);
+admins opt out / opt in with a reason, edit attributes and tags, import a suppression list and
+export it. The same functions as `buttoncast contacts`."""
 
 from __future__ import annotations
 
 import csv
 import io
-from typing import Iterator
+from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
 from worker.contacts import service as contacts
+from worker.contacts.attributes import TAG_SEPARATOR, edit_contact
 from worker.contacts.importer import OptOutFileError, import_optouts
+from worker.db import streamed_read
+from worker.downloads import DownloadResponse
 from worker.errors import MessageInvalid
 from worker.message import normalize_phone
 from worker.runtime import Runtime
@@ -53,6 +57,23 @@ def opt_out(phone: str = Form(""), reason: str = Form(""), person: Person = ADMI
     return redirect(f"/contacts?phone={number}", f"{number} opted out." if changed else f"{number} was already opted out.")
 
 
+@router.post("/contacts/attributes", dependencies=POSTED)
+def edit_attributes(phone: str = Form(""), name: str = Form(""), value: str = Form(""), tags_add: str = Form(""),
+                    tag_remove: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
+    """The contact page's small forms: set an attribute (an empty value removes it), add tags
+    (`;`-separated), remove a tag; one call of the service, as PATCH /v1/contacts/{phone}."""
+    number, problem = _phone(phone)
+    if number is None:
+        return redirect("/contacts", f"Not done: {problem}")
+    try:
+        edited = edit_contact(rt, number, attributes={name.strip(): value} if name.strip() else None,
+                              tags_add=[t for t in tags_add.split(TAG_SEPARATOR) if t.strip()],
+                              tags_remove=[tag_remove] if tag_remove else None, actor=person.actor)
+    except MessageInvalid as exc:
+        return redirect(f"/contacts?phone={number}", f"Not done: {exc}")
+    return redirect(f"/contacts?phone={number}", "Saved." if edited.changed else "Nothing changed.")
+
+
 @router.post("/contacts/optin", dependencies=POSTED)
 def opt_in(phone: str = Form(""), person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
     number, problem = _phone(phone)
@@ -76,19 +97,19 @@ async def import_suppression_list(request: Request, optouts: UploadFile, person:
 
 @router.get("/contacts/optouts.csv")
 def export_suppression_list(person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
-    """Everyone opted out now, as `buttoncast contacts list --opted-out` writes it (streamed)."""
-    def chunks() -> Iterator[str]:
+    """Everyone opted out now, as `buttoncast contacts list --opted-out` writes it (streamed; the read
+    session closes when the response ends, however it ends)."""
+    def chunks(rows: Iterator[Any]) -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(contacts.EXPORT_COLUMNS)
-        with rt.read_sessions() as session:
-            for count, c in enumerate(contacts.iter_contacts(session, opted_out_only=True), 1):
-                writer.writerow(contacts.export_cells(contacts.export_row(c)))
-                if count % EXPORT_BATCH_ROWS == 0:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
+        for count, row in enumerate(rows, 1):
+            writer.writerow(contacts.export_cells(row))
+            if count % EXPORT_BATCH_ROWS == 0:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
         yield buffer.getvalue()
 
-    return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": 'attachment; filename="opted-out.csv"'})
+    source = streamed_read(rt.read_sessions, lambda session: contacts.export_rows(session, opted_out_only=True), chunks)
+    return DownloadResponse(source, media_type="text/csv; charset=utf-8", filename="opted-out.csv")

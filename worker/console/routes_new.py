@@ -1,8 +1,9 @@
-"""New campaign, in steps: the form (CSV, message, sender, timing) -> the import report and
-pre-flight counts of a *draft* (nothing is sent) -> confirm (schedule), or discard the draft.
+"""New campaign, in steps: the form (CSV or saved segment, message, sender, timing) -> the import
+report and pre-flight counts of a *draft* (nothing is sent) -> confirm (schedule), or discard the draft.
 
 The draft is made by `campaigns.create_from_options`, the function `campaign create --draft` and
-`POST /v1/campaigns` call; schedule and discard are service calls too.
+`POST /v1/campaigns` call, or for a segment (once or repeating) by `audience.create_audience_campaign`,
+as `campaign create --segment`; schedule and discard are service calls too.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import re
 from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import Response
 
-from scheduler import campaigns, report
+from scheduler import audience, campaigns, report
 from scheduler.importer import ImportRefused, RecipientsFileError
 from worker import message as limits
 from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
+from worker.contacts import segments
 from worker.errors import FieldProblem, MessageInvalid
 from worker.runtime import Runtime
 from worker.uploads import upload_on_disk
@@ -33,15 +35,20 @@ LIMITS = {"header_text": limits.HEADER_TEXT_MAX_CHARS, "body_text": limits.BODY_
 
 
 FIELD_OF_PROBLEM = {"--at": "at", "scheduled_at": "at", "--expires-at": "expires_at", "--opt-out-button": "opt_out_button"}
+FIELD_OF_PROBLEM.update({"every": "every_custom", "until": "until", "segment": "segment"})   # a segment's campaign
+#: "Repeat every" choices (the service takes any duration of at least an hour: "custom")
+REPEATS = (("", "Does not repeat"), ("1d", "Every day"), ("1w", "Every week"), ("custom", "Custom…"))
 BUTTON_PROBLEM = re.compile(r"buttons\[(\d+)\]\.(id|title)")
 
 
 def _form_page(request: Request, rt: Runtime, values: dict, problems: list[str] | None = None, status_code: int = 200,
                rejected: list | None = None, field_problems: dict[str, list[str]] | None = None) -> Response:
+    with rt.read_sessions() as session:
+        saved = [(s.id, s.name) for s in segments.list_segments(session)]
     return render(request, "new.html", status_code=status_code, v=values, problems=problems or [], limits=LIMITS,
                   slots=range(1, BUTTON_SLOTS + 1), default_sender=rt.settings.awal_phone_number_id or "",
                   rejected=rejected or [], fp=field_problems or {},
-                  opt_out_ids=sorted(rt.settings.opt_out_button_ids))
+                  opt_out_ids=sorted(rt.settings.opt_out_button_ids), saved_segments=saved, repeats=REPEATS)
 
 
 def _form_field(problem: FieldProblem, form: dict[str, str]) -> str | None:
@@ -54,7 +61,8 @@ def _form_field(problem: FieldProblem, form: dict[str, str]) -> str | None:
         index, part = int(button.group(1)), button.group(2)
         filled = [i for i in range(1, BUTTON_SLOTS + 1) if form.get(f"button_id_{i}") or form.get(f"button_title_{i}")]
         return f"button_{part}_{filled[index]}" if index < len(filled) else "opt_out_button"
-    known = {"name", "phone_number_id", "at", "expires_at", "header_text", "body_text", "footer_text", "opt_out_button"}
+    known = {"name", "phone_number_id", "at", "expires_at", "header_text", "body_text", "footer_text", "opt_out_button",
+             "window"}
     return problem.field if problem.field in known else None
 
 
@@ -74,8 +82,10 @@ def _invalid_page(request: Request, rt: Runtime, form: dict[str, str], exc: Mess
 
 
 @router.get("/campaigns/new")
-def new_campaign_form(request: Request, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    return _form_page(request, rt, {})
+def new_campaign_form(request: Request, segment: str = "", person: Person = SEND,
+                      rt: Runtime = Depends(runtime)) -> Response:
+    """`?segment=ID` (a segment page's "Use in a campaign"): the saved segment chosen already."""
+    return _form_page(request, rt, {"audience": "segment", "segment": segment} if segment.isdigit() else {})
 
 
 def _template(form: dict[str, str]) -> dict:
@@ -90,8 +100,16 @@ def _template(form: dict[str, str]) -> dict:
 
 
 @router.post("/campaigns/new", dependencies=POSTED)
-async def create_draft(request: Request, recipients: UploadFile, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+async def create_draft(request: Request, recipients: UploadFile | None = None, person: Person = SEND,
+                       rt: Runtime = Depends(runtime)) -> Response:
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    if form.get("audience") == "segment":
+        return _create_for_segment(request, rt, form, person)
+    if recipients is None or not recipients.filename:
+        return _form_page(request, rt, form, ["Choose a recipients CSV file, or a saved segment."], 422)
+    if form.get("every"):
+        return _form_page(request, rt, form, ["Only a campaign to a saved segment repeats: each run takes its "
+                                              "members again."], 422)
     async with upload_on_disk(recipients, "recipients.csv", prefix="buttoncast-console-") as path:
         try:
             campaign, result = campaigns.create_from_options(
@@ -99,7 +117,8 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
                 window=form.get("window") or None, tz=form.get("tz") or None,
                 phone_number_id=form.get("phone_number_id") or None, draft=True, actor=person.actor,
                 require_open_window=form.get("require_open_window") == "on",
-                expires_at=form.get("expires_at") or None, opt_out_button=form.get("opt_out_button") or None)
+                expires_at=form.get("expires_at") or None, opt_out_button=form.get("opt_out_button") or None,
+                save_attributes=form.get("save_attributes") != "off")
         except MessageInvalid as exc:
             return _invalid_page(request, rt, form, exc)
         except ImportRefused as exc:
@@ -113,7 +132,33 @@ async def create_draft(request: Request, recipients: UploadFile, person: Person 
     return render(request, "review.html", c=campaign, result=result, p=progress, rate=rt.settings.rate_limit,
                   audience=report.describe_audience(audience, require_open_window=campaign.require_open_window,
                                                     rule="the 24-hour window rule"),
-                  opt_out_buttons=opt_out)
+                  opt_out_buttons=opt_out, start_note=campaigns.past_start_note(campaign.scheduled_at))
+
+
+def _create_for_segment(request: Request, rt: Runtime, form: dict[str, str], person: Person) -> Response:
+    """A draft whose recipients are a saved segment's members when it starts (with "Repeat every",
+    a series of runs); the review shows who that is, in words and counted now."""
+    segment_id = form.get("segment", "")
+    if not segment_id.isdigit() or len(segment_id) > 18:
+        return _form_page(request, rt, form, status_code=422, field_problems={"segment": ["choose a saved segment"]},
+                          problems=["Choose a saved segment, or upload a CSV."])
+    every = form.get("every_custom") if form.get("every") == "custom" else form.get("every")
+    try:
+        campaign = audience.create_audience_campaign(
+            rt, name=form.get("name", ""), template=_template(form), segment_id=int(segment_id),
+            at=form.get("at") or None, window=form.get("window") or None, tz=form.get("tz") or None,
+            phone_number_id=form.get("phone_number_id") or None, draft=True,
+            require_open_window=form.get("require_open_window") == "on", expires_at=form.get("expires_at") or None,
+            opt_out_button=form.get("opt_out_button") or None, every=every or None, until=form.get("until") or None,
+            actor=person.actor)
+    except MessageInvalid as exc:
+        return _invalid_page(request, rt, form, exc)
+    with rt.read_sessions() as session:
+        shown = segments.view(session, int(segment_id))
+    opt_out = [b for b in campaign.template.get("buttons", []) if b.get("id") in rt.settings.opt_out_button_ids]
+    return render(request, "review.html", c=campaign, seg=shown, result=None, p=None, audience=None,
+                  rate=rt.settings.rate_limit, opt_out_buttons=opt_out,
+                  start_note=campaigns.past_start_note(campaign.scheduled_at))
 
 
 @router.post("/campaigns/{campaign_id}/discard", dependencies=POSTED)

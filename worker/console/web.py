@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from worker.access.roles import Permission
-from worker.access.sessions import COOKIE_NAME, person_for
+from worker.access.sessions import COOKIE_NAME, resume_session
 from worker.access.users import Person
 from worker.console import csrf, formats
 from worker.runtime import Runtime, get_runtime
@@ -52,8 +52,7 @@ def current_person(request: Request, rt: Runtime = Depends(runtime)) -> Person:
     cached = getattr(request.state, "person", None)
     if cached is not None:
         return cached
-    with rt.read_sessions() as session:
-        person = person_for(session, session_token(request))
+    person = resume_session(rt, session_token(request))   # refused once idle too long; else its idle clock restarts
     if person is None:
         raise NotLoggedIn()
     request.state.person = person

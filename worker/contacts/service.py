@@ -2,9 +2,10 @@
 
 WhatsApp's Business Policy: a business must honour every request to stop messages. Each change of
 consent is a `contact_events` row with its source, and the contact row holds the current state
-that the send path's claim reads (worker.sending.gate). Interactive (button) messages may only go to a
-person who wrote to us within the last 24 hours (the customer-service window); outside it Meta
-refuses them, usually late, with 131047. A contact's window is open until its last inbound
+that the send path's claim reads (worker.sending.gate). Consent follows the newest event by the
+event's own time (opt_out, opt_in); which texts are keywords is worker.contacts.keywords' one
+rule. Interactive (button) messages may only go to a person who wrote to us within the last 24
+hours (the customer-service window); outside it Meta refuses them, usually late, with 131047. A contact's window is open until its last inbound
 message + SERVICE_WINDOW.
 
 Functions that take a session never commit: the caller owns the transaction, so an opt-out recorded
@@ -14,6 +15,7 @@ opt-out / opt-in (operator_opt_out, operator_opt_in) take the Runtime and own th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator
@@ -22,6 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from worker.contacts.attributes import attributes_of, tags_for
+from worker.contacts.keywords import match_keyword
 from worker.hooks import outbox as hooks_outbox
 from worker.hooks.events import HookEvent
 from worker.models import Contact, ContactEvent, Message, utcnow
@@ -66,38 +70,71 @@ def opt_out(session: Session, phone: str, *, source: str, reason: str | None = N
             at: datetime | None = None) -> bool:
     """Opt a phone out (creating its contact if new). True if it was not opted out before.
 
-    An opt-out older than the contact's last opt-in (events arriving out of order) changes nothing."""
+    Consent follows the newest event by the event's own time, whatever order events arrive in
+    (a STOP webhook retried after a later START): an opt-out older than the contact's opt-in is
+    kept in the history only; a repeat while opted out is no change of consent (no history row)
+    but, when newer, moves opted_out_at to its time so that an older opt-in arriving later loses
+    to it. On a tie with the opt-in (the vendor's times are whole seconds) the opt-out wins."""
     _check_source(source)
     at = at or utcnow()
     ensure_contacts(session, [phone], at=at)
     note = reason[:REASON_MAX_CHARS] if reason else None
-    done = session.execute(
-        sa.update(Contact)
-        .where(Contact.phone == phone, Contact.opted_out_at.is_(None),
-               sa.or_(Contact.opted_in_at.is_(None), Contact.opted_in_at <= at))
-        .values(opted_out_at=at, opt_out_source=source, opt_out_note=note, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if done:
-        _add_event(session, phone, OPT_OUT, source, note, actor, at)
-        hooks_outbox.emit(session, HookEvent.CONTACT_OPTED_OUT, phone=phone, now=at,   # same transaction
-                          data={"phone": phone, "source": source, "reason": note, "at": at.isoformat()})
-    return done == 1
+    opted_out_at, opted_in_at = _consent_times(session, phone)
+    if opted_out_at is not None:
+        if at > opted_out_at:
+            _set_contact(session, phone, opted_out_at=at)
+        return False
+    if opted_in_at is not None and opted_in_at > at:
+        _add_event(session, phone, OPT_OUT, source, _too_old(note, "opt-in", opted_in_at), actor, at)
+        return False
+    _set_contact(session, phone, opted_out_at=at, opt_out_source=source, opt_out_note=note)
+    _add_event(session, phone, OPT_OUT, source, note, actor, at)
+    hooks_outbox.emit(session, HookEvent.CONTACT_OPTED_OUT, phone=phone, now=at,   # same transaction
+                      data={"phone": phone, "source": source, "reason": note, "at": at.isoformat()})
+    return True
 
 
 def opt_in(session: Session, phone: str, *, source: str, actor: str | None = None, at: datetime | None = None) -> bool:
-    """Opt a phone back in. True if it was opted out (an opt-in older than the opt-out does nothing)."""
+    """Opt a phone back in. True if it was opted out. Ordered by the event's time as opt_out is:
+    an opt-in not newer than the opt-out is kept in the history only; a repeat while opted in
+    moves opted_in_at to its time when newer (so an older opt-out arriving later loses to it)."""
     _check_source(source)
     at = at or utcnow()
-    done = session.execute(
-        sa.update(Contact)
-        .where(Contact.phone == phone, Contact.opted_out_at.is_not(None), Contact.opted_out_at <= at)
-        .values(opted_out_at=None, opt_out_source=None, opt_out_note=None, opted_in_at=at, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if done:
-        _add_event(session, phone, OPT_IN, source, None, actor, at)
-    return done == 1
+    times = _consent_times(session, phone)
+    if times is None:
+        return False
+    opted_out_at, opted_in_at = times
+    if opted_out_at is None:
+        if opted_in_at is None or at > opted_in_at:
+            _set_contact(session, phone, opted_in_at=at)
+        return False
+    if at <= opted_out_at:
+        _add_event(session, phone, OPT_IN, source, _too_old(None, "opt-out", opted_out_at), actor, at)
+        return False
+    _set_contact(session, phone, opted_out_at=None, opt_out_source=None, opt_out_note=None, opted_in_at=at)
+    _add_event(session, phone, OPT_IN, source, None, actor, at)
+    return True
+
+
+def _consent_times(session: Session, phone: str) -> tuple[datetime | None, datetime | None] | None:
+    """(opted_out_at, opted_in_at) of a contact, or None if unknown. The row stays locked until the
+    transaction ends (Postgres; SQLite's BEGIN IMMEDIATE serialises writers), so two consent events
+    for one phone are decided one after the other, each seeing the other's time."""
+    row = session.execute(
+        sa.select(Contact.opted_out_at, Contact.opted_in_at).where(Contact.phone == phone).with_for_update()
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+def _set_contact(session: Session, phone: str, **values: Any) -> None:
+    session.execute(sa.update(Contact).where(Contact.phone == phone).values(**values, updated_at=utcnow())
+                    .execution_options(synchronize_session=False))
+
+
+def _too_old(note: str | None, newer: str, when: datetime) -> str:
+    """The history note of a consent event that lost to a newer one (it arrived out of order)."""
+    why = f"older than the {newer} at {when:%Y-%m-%d %H:%M:%S} UTC: no change"
+    return f"{note}; {why}" if note else why
 
 
 def operator_opt_out(rt: Runtime, phones: Iterable[str], *, reason: str | None = None,
@@ -169,6 +206,8 @@ class ContactView:
     opted_in_at: datetime | None
     history: list[ConsentChange] = field(default_factory=list)
     recent_messages: list[RecentMessage] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)   # worker.contacts.attributes
+    tags: list[str] = field(default_factory=list)
 
     @property
     def opted_out(self) -> bool:
@@ -201,6 +240,7 @@ def get_contact(session: Session, phone: str) -> ContactView | None:
         last_sent_at=max((t for t in (row.last_sent_at, last_sent) if t is not None), default=None),
         opted_out_at=row.opted_out_at, opt_out_source=row.opt_out_source, opt_out_note=row.opt_out_note,
         opted_in_at=row.opted_in_at, history=history, recent_messages=recent,
+        attributes=dict(row.attributes or {}), tags=attributes_of(session, phone)[1],
     )
 
 
@@ -253,7 +293,8 @@ def open_window_among(session: Session, campaign_id: int, *, now: datetime | Non
 @dataclass(frozen=True)
 class ConsentRules:
     """Which inbound texts and button taps change consent (OPT_OUT_KEYWORDS, OPT_OUT_BUTTON_IDS,
-    OPT_IN_KEYWORDS). A text matches when, trimmed and casefolded, it is one of the keywords."""
+    OPT_IN_KEYWORDS). A text matches a keyword as its whole message or its first word, both
+    normalised (worker.contacts.keywords.match_keyword: the one rule); an opt-out keyword wins."""
 
     opt_out_keywords: frozenset[str]
     opt_out_button_ids: frozenset[str]
@@ -265,12 +306,9 @@ class ConsentRules:
 
     def for_text(self, text: str | None) -> str | None:
         """OPT_OUT, OPT_IN or None for an inbound text."""
-        word = " ".join((text or "").split()).casefold()
-        if not word:
-            return None
-        if word in self.opt_out_keywords:
+        if match_keyword(text, self.opt_out_keywords):
             return OPT_OUT
-        return OPT_IN if word in self.opt_in_keywords else None
+        return OPT_IN if match_keyword(text, self.opt_in_keywords) else None
 
     def for_button(self, button_id: str | None) -> str | None:
         return OPT_OUT if button_id and button_id.strip() in self.opt_out_button_ids else None
@@ -298,7 +336,7 @@ def apply_inbound(session: Session, phone: str, *, at: datetime, rules: ConsentR
 
 # The export of contacts (`buttoncast contacts list`, the console's optouts.csv): one shape for both.
 EXPORT_COLUMNS = ("phone", "opted_out", "opted_out_at", "opt_out_source", "opt_out_note", "opted_in_at",
-                  "first_seen_at", "last_inbound_at", "window_open_until", "last_sent_at")
+                  "first_seen_at", "last_inbound_at", "window_open_until", "last_sent_at", "attributes", "tags")
 
 
 def csv_cell(value: Any) -> Any:
@@ -306,14 +344,35 @@ def csv_cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
-def export_row(c: Any) -> dict[str, Any]:
-    """One contact as the export's columns (times in ISO 8601)."""
+def export_row(c: Any, tags: list[str] | None = None) -> dict[str, Any]:
+    """One contact as the export's columns (times in ISO 8601; attributes an object, tags a list)."""
     until = window_open_until(c.last_inbound_at)
     row = {k: getattr(c, k, None) for k in EXPORT_COLUMNS}
-    row.update(opted_out=c.opted_out_at is not None, window_open_until=until)
+    row.update(opted_out=c.opted_out_at is not None, window_open_until=until,
+               attributes=dict(getattr(c, "attributes", None) or {}), tags=list(tags or ()))
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
+def export_rows(session: Session, *, opted_out_only: bool = False, batch: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every contact as an export row, in phone order, with its tags (read once per batch)."""
+    pending: list[Contact] = []
+    for contact in iter_contacts(session, opted_out_only=opted_out_only, batch=batch):
+        pending.append(contact)
+        if len(pending) >= batch:
+            yield from _with_tags(session, pending)
+    yield from _with_tags(session, pending)
+
+
+def _with_tags(session: Session, contacts: list[Contact]) -> Iterator[dict[str, Any]]:
+    tags = tags_for(session, [c.phone for c in contacts])
+    rows = [export_row(c, tags.get(c.phone)) for c in contacts]
+    contacts.clear()
+    yield from rows
+
+
 def export_cells(row: dict[str, Any]) -> list[Any]:
-    """An export row as a CSV line's cells: empty for none, formula-safe text."""
-    return ["" if row[k] is None else csv_cell(row[k]) for k in EXPORT_COLUMNS]
+    """An export row as a CSV line's cells: empty for none, formula-safe text; attributes as a JSON
+    object, tags `;`-separated (as `contacts import --attributes` reads them)."""
+    cells = dict(row, attributes=json.dumps(row.get("attributes") or {}, ensure_ascii=False, sort_keys=True),
+                 tags=";".join(row.get("tags") or ()))
+    return ["" if cells[k] is None else csv_cell(cells[k]) for k in EXPORT_COLUMNS]

@@ -51,6 +51,10 @@ class HookOutbox(Base):
         sa.UniqueConstraint("endpoint_id", "event_id", name="uq_hook_outbox_endpoint_event"),
         sa.Index("ix_hook_outbox_status_next_attempt", "status", "next_attempt_at"),
         sa.Index("ix_hook_outbox_event_id", "event_id"),
+        # `hooks list` / GET /v1/hooks: counts per endpoint and status, and each endpoint's latest failure
+        sa.Index("ix_hook_outbox_endpoint_status", "endpoint_id", "status"),
+        sa.Index("ix_hook_outbox_endpoint_failed", "endpoint_id", "last_attempt_at",
+                 postgresql_where=sa.text("last_error IS NOT NULL"), sqlite_where=sa.text("last_error IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

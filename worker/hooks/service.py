@@ -6,6 +6,7 @@ audit row); the functions that take a session never commit: they are steps in th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -19,9 +20,10 @@ from worker.hooks import outbox
 from worker.hooks.events import EVENT_ID_PREFIX, parse_events
 from worker.hooks.models import HookEndpoint, HookOutbox, HookSubscription, OutboxStatus
 from worker.hooks.signing import endpoint_secret, new_salt
+from worker.hooks.targets import TargetPolicy
 from worker.models import utcnow
 from worker.runtime import Runtime
-from worker.settings import Secret
+from worker.settings import Secret, Settings
 
 URL_MAX_CHARS = 2000
 
@@ -46,8 +48,11 @@ class EndpointView:
     last_error: str | None = None
 
 
-def validate_url(url: str, field: str = "url") -> list[FieldProblem]:
-    """An absolute http(s) URL with a host, no credentials (they would sit in the database) and no fragment."""
+def validate_url(url: str, field: str = "url", *, policy: TargetPolicy | None = None,
+                 resolve_timeout_s: float = 5.0) -> list[FieldProblem]:
+    """An absolute https URL (http only as `policy` allows) with a host that is not a loopback,
+    private, link-local, multicast or reserved address and does not resolve to one
+    (worker.hooks.targets), no credentials (they would sit in the database) and no fragment."""
     url = (url or "").strip()
     if not url:
         return [FieldProblem(field, "is required")]
@@ -69,17 +74,26 @@ def validate_url(url: str, field: str = "url") -> list[FieldProblem]:
         return [FieldProblem(field, "must not have a #fragment")]
     if any(c.isspace() for c in url):
         return [FieldProblem(field, "must not contain spaces")]
-    return []
+    problem = (policy or TargetPolicy()).url_problem(parts, resolve_timeout_s=resolve_timeout_s)
+    return [FieldProblem(field, problem)] if problem else []
 
 
-def add_endpoint(session: Session, url: str, events: str | list[str], *, signing_key: Secret) -> tuple[EndpointView, Secret]:
+def add_endpoint(session: Session, url: str, events: str | list[str], *,
+                 settings: Settings) -> tuple[EndpointView, Secret]:
     """A new endpoint receiving `events`; returns it and its signing secret (shown once, never stored).
-    Raises HookInvalid naming each bad field, ConfigError without a usable HOOKS_SIGNING_KEY."""
-    names, problems = parse_events(events)
-    problems = validate_url(url) + problems
+    Raises HookInvalid naming each bad field (a target hooks may not reach, one endpoint more than
+    HOOKS_MAX_ENDPOINTS), ConfigError without a usable HOOKS_SIGNING_KEY."""
+    signing_key = settings.hooks_signing_key
+    names, event_problems = parse_events(events)
+    problems = validate_url(url, policy=TargetPolicy.of(settings), resolve_timeout_s=settings.hooks_timeout_s)
+    problems += event_problems
     if problems:
         raise HookInvalid(problems)
     endpoint_secret(signing_key, 0, "")   # refuse before writing anything when the key is unusable
+    count = session.scalar(sa.select(sa.func.count()).select_from(HookEndpoint)) or 0
+    if count >= settings.hooks_max_endpoints:
+        raise HookInvalid([FieldProblem("url", f"would be endpoint {count + 1}; at most {settings.hooks_max_endpoints} "
+                                               "(HOOKS_MAX_ENDPOINTS): remove one first")])
     endpoint = HookEndpoint(url=url.strip(), key_salt=new_salt(), created_at=utcnow())
     session.add(endpoint)
     session.flush()
@@ -114,13 +128,20 @@ def list_endpoints(session: Session) -> list[EndpointView]:
     ]
 
 
+_OLD_HTTP_ERROR = re.compile(r"^HTTP (\d{3}): (?!redirects are not followed$)")
+
+
 def _last_error(session: Session, endpoint_id: int) -> str | None:
-    return session.execute(
+    text = session.execute(
         sa.select(HookOutbox.last_error)
         .where(HookOutbox.endpoint_id == endpoint_id, HookOutbox.last_error.is_not(None),
                HookOutbox.status != OutboxStatus.DELIVERED.value)
         .order_by(HookOutbox.last_attempt_at.desc()).limit(1)
     ).scalar_one_or_none()
+    # rows written before the receiver's answer stopped being stored ("HTTP 403: <its body>") show
+    # only the status, like the rows written since
+    old = _OLD_HTTP_ERROR.match(text or "")
+    return f"HTTP {old.group(1)} from the receiver" if old else text
 
 
 def remove_endpoint(session: Session, endpoint_id: int) -> None:
@@ -135,7 +156,8 @@ def remove_endpoint(session: Session, endpoint_id: int) -> None:
 def redeliver(session: Session, *, event_id: str | None = None, endpoint_id: int | None = None) -> int:
     """Deliver again, with the same event id and body: one event (to every endpoint that had it, or
     only to `endpoint_id`), whatever its state; or every dead-lettered event of `endpoint_id`.
-    The retry period starts over. Returns how many rows are due now; raises HookNotFound for none."""
+    The retry period and the attempt count start over, so the first retry after a failure waits
+    HOOKS_BACKOFF_BASE_S, not the cap. Returns how many rows are due now; raises HookNotFound for none."""
     if event_id is None and endpoint_id is None:
         raise HookInvalid([FieldProblem("event_id", "name an event id, or an endpoint to redeliver its dead letters")])
     if event_id is not None and not event_id.startswith(EVENT_ID_PREFIX):
@@ -148,7 +170,7 @@ def redeliver(session: Session, *, event_id: str | None = None, endpoint_id: int
         where.append(HookOutbox.endpoint_id == endpoint_id)
     done = session.execute(
         sa.update(HookOutbox).where(*where)
-        .values(status=OutboxStatus.PENDING.value, next_attempt_at=now, retry_since=now, claim_token=None,
+        .values(status=OutboxStatus.PENDING.value, attempts=0, next_attempt_at=now, retry_since=now, claim_token=None,
                 dead_at=None, delivered_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -161,7 +183,7 @@ def add_hook(rt: Runtime, url: str, events: str | list[str], *, actor: str | Non
     """Add an endpoint (add_endpoint) with its audit row, in one transaction; returns it and its
     signing secret, derived from HOOKS_SIGNING_KEY. No audit row without an actor."""
     with rt.session_factory.begin() as session:
-        view, secret = add_endpoint(session, url, events, signing_key=rt.settings.hooks_signing_key)
+        view, secret = add_endpoint(session, url, events, settings=rt.settings)
         record_audit(session, actor, "hook.created", "hook_endpoint", view.id, url=view.url, events=view.events)
     return view, secret
 

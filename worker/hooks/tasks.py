@@ -17,7 +17,8 @@ def _poster(runtime: Runtime) -> Poster:
 
 
 def deliver_tick(runtime: Runtime) -> DeliveryReport:
-    return deliver_due(runtime.session_factory, runtime.settings, _poster(runtime))
+    """Start lanes for the due rows and return: the POSTs run on the Poster's threads, not this one."""
+    return deliver_due(runtime.session_factory, runtime.settings, _poster(runtime), wait=False)
 
 
 @app.task(name=TASK_DELIVER_HOOKS, ignore_result=True, acks_late=False)

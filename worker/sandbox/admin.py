@@ -12,6 +12,9 @@ POST /_sandbox/reset              -> forget records, counts, scripts, the rate w
 POST /_sandbox/config             -> JSON of runtime options (config.RUNTIME_OPTIONS), plus the
                                       actions force_429_for_s (seconds) with optional retry_after
 POST /_sandbox/script             -> {"phone": "...", "responses": ["503", "503"]}
+GET  /_sandbox/limit              -> {"sandbox": true, "rate_limit": "50/s" or null (none)}; open to every
+                                     caller (the limit is in every answer's X-RateLimit-Limit too): how
+                                     `buttoncast run` learns the pace of a sandbox on this machine
 """
 
 from __future__ import annotations
@@ -126,6 +129,11 @@ def add_admin_routes(app: web.Application, sandbox: SandboxApp) -> None:
             return _bad('send {"phone": "...", "responses": ["503", ...]}')
         return _json({"scripted": sandbox.faults.pending().get(phone, [])})
 
+    async def limit(_request: web.Request) -> web.Response:
+        rate = sandbox.config.parsed_rate
+        return _json({"sandbox": True, "rate_limit": str(rate) if rate else None})
+
+    app.router.add_get(ADMIN_PREFIX + "/limit", limit)
     app.router.add_get(ADMIN_PREFIX + "/received", _guarded(sandbox, received))
     app.router.add_get(ADMIN_PREFIX + "/stats", _guarded(sandbox, stats))
     app.router.add_post(ADMIN_PREFIX + "/reset", _guarded(sandbox, reset))

@@ -15,6 +15,38 @@ from worker.sandbox.config import ADMIN_TOKEN_HEADER, DEFAULT_CLIENT_ID, DEFAULT
 from worker.signing import CLIENT_ID_HEADER, DOMAIN_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_request
 
 ADMIN_TIMEOUT_S = 10.0
+LIMIT_PATH = "/_sandbox/limit"
+
+
+class NotASandbox(Exception):
+    """The base URL answered, but not as a sandbox (or not at all within the wait)."""
+
+
+def sandbox_rate_limit(base_url: str, *, wait_s: float = 5.0, timeout_s: float = 1.0) -> str | None:
+    """The rate limit the sandbox at `base_url` enforces ("50/s"), None when it has none; NotASandbox
+    when nothing there says it is one. A refused connection is tried again for up to `wait_s` (a
+    sandbox started a moment ago in the background may not listen yet)."""
+    parts = urlsplit(base_url)
+    url = f"{parts.scheme}://{parts.netloc}{LIMIT_PATH}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            answer = requests.get(url, timeout=timeout_s)
+            break
+        except requests.ConnectionError:
+            if time.monotonic() >= deadline:
+                raise NotASandbox(f"nothing answers at {url}") from None
+            time.sleep(0.2)
+        except requests.RequestException as exc:
+            raise NotASandbox(f"{url}: {type(exc).__name__}") from None
+    try:
+        data = answer.json() if answer.status_code == 200 else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("sandbox") is not True:
+        raise NotASandbox(f"{url} did not answer as a sandbox (HTTP {answer.status_code})")
+    rate = data.get("rate_limit")
+    return str(rate) if rate else None
 
 
 def signed_headers(*, url: str, body: bytes, secret: str, client_id: str, domain: str,

@@ -37,14 +37,21 @@ def redis_channel(celery: Celery) -> Iterator[object | None]:
 
 
 def current_epoch(celery: Celery, now: datetime) -> tuple[str, datetime] | None:
-    """(epoch id, its start) of the broker; a missing epoch is created now (SET NX). None if not Redis."""
+    """(epoch id, its start) of the broker; a missing epoch is created (SET NX). None if not Redis.
+
+    A new epoch starts when the key was seen missing, never earlier than `now` (issue 25): the
+    caller's `now` was read before it reached the broker, and under load another process's tick
+    can claim rows (enqueued_at = its own, later, clock) and publish them in between, to a broker
+    flushed just after. Those rows must fall before the new epoch's start to be handed back; with
+    the caller's clock they did not, and waited QUEUED_TASK_TIMEOUT_S (10 minutes by default)."""
     with redis_channel(celery) as channel:
         if channel is None:
             return None
         client = channel.client
         raw = client.get(EPOCH_KEY)
         if raw is None:
-            client.set(EPOCH_KEY, f"{uuid.uuid4().hex} {now.astimezone(timezone.utc).isoformat()}", nx=True)
+            started = max(now, datetime.now(timezone.utc))   # every task lost was published before this
+            client.set(EPOCH_KEY, f"{uuid.uuid4().hex} {started.astimezone(timezone.utc).isoformat()}", nx=True)
             raw = client.get(EPOCH_KEY)
     epoch_id, _, started = (raw.decode() if isinstance(raw, bytes) else str(raw)).partition(" ")
     return epoch_id, datetime.fromisoformat(started)

@@ -90,13 +90,16 @@ def enqueue_message(
     require_open_window: bool = False,
     expires_at: datetime | str | None = None,
     actor: str | None = None,
+    api_key_id: int | None = None,
 ) -> int:
     """Validate, store as `queued` and publish to the ad-hoc queue. Returns the message id.
 
     The send claim's gate (worker.sending.gate) holds it if the contact opted out (`suppressed`), if
     `require_open_window` and the contact's 24-hour window is closed, or once `expires_at` passed
     (`expired`). `actor` (e.g. an API key, "apikey:<prefix>:<name>") is recorded as the message's
-    first event."""
+    first event; `api_key_id`, the key that created it, decides who may read it (a `send` key reads
+    only its own). The same `idempotency_key` with a different message is refused (MessageInvalid
+    naming `idempotency_key`), as the HTTP API refuses it (422)."""
     runtime = runtime or get_runtime()
     problems: list[FieldProblem] = []
     try:
@@ -114,8 +117,10 @@ def enqueue_message(
     if problems:
         raise MessageInvalid(problems)
     sender = _sender(phone_number_id, runtime)
+    request = {"phone": message.phone, "content": message.content.as_dict(), "phone_number_id": sender,
+               "require_open_window": bool(require_open_window), "expires_at": check_expires_at(expires_at)}
 
-    existing = _by_key(runtime, idempotency_key)
+    existing = _by_key(runtime, idempotency_key, request)
     if existing is not None:
         return existing
     now = utcnow()
@@ -126,6 +131,7 @@ def enqueue_message(
                 status=MessageStatus.QUEUED.value, idempotency_key=idempotency_key,
                 created_at=now, queued_at=now, enqueued_at=now, updated_at=now,
                 expires_at=check_expires_at(expires_at), require_open_window=bool(require_open_window),
+                api_key_id=api_key_id,
             )
             ensure_contacts(session, [message.phone], at=now)
             session.add(row)
@@ -135,7 +141,7 @@ def enqueue_message(
                 session.add(MessageEvent(message_id=message_id, at=now, from_status=None, to_status=row.status,
                                          reason="enqueued", actor=actor))
     except IntegrityError:
-        existing = _by_key(runtime, idempotency_key)
+        existing = _by_key(runtime, idempotency_key, request)
         if existing is None:
             raise
         return existing
@@ -155,11 +161,22 @@ def publish_now(runtime: Runtime, message_ids: list[int]) -> None:
         hand_back_to_dispatcher(runtime.session_factory, message_ids)
 
 
-def _by_key(runtime: Runtime, key: str | None) -> int | None:
+def _by_key(runtime: Runtime, key: str | None, request: Mapping[str, Any]) -> int | None:
+    """The id of the message already made with `key`, if it is the same message as `request`;
+    MessageInvalid if the key was used for a different one (never a silent answer for another message)."""
     if key is None:
         return None
     with runtime.session_factory() as session:
-        return session.scalar(sa.select(Message.id).where(Message.idempotency_key == key))
+        row = session.execute(sa.select(Message.id, *(getattr(Message, f) for f in request))
+                              .where(Message.idempotency_key == key)).first()
+    if row is None:
+        return None
+    stored = dict(zip(request, row[1:]))
+    if stored != dict(request):
+        differs = ", ".join(f for f in request if stored[f] != request[f])
+        problem = f"was already used for a different message (message {row.id} differs in {differs}); use a new key"
+        raise MessageInvalid([FieldProblem("idempotency_key", problem + " for a new message")])
+    return row.id
 
 
 def task_idempotency_key(task_id: str | None) -> str | None:
@@ -228,7 +245,8 @@ def _jsonable(value: Any) -> Any:
 HTTP_FIELDS = tuple(f for f in PAYLOAD_FIELDS if f != "idempotency_key")
 
 
-def enqueue_json(body: Any, *, idempotency_key: str | None, actor: str | None, runtime: Runtime | None = None) -> int:
+def enqueue_json(body: Any, *, idempotency_key: str | None, actor: str | None, runtime: Runtime | None = None,
+                 api_key_id: int | None = None) -> int:
     """The HTTP API's path: like `enqueue_message`, plus unknown fields refused; invalid input raises
     MessageInvalid (field names and wording as the CLI's) and stores nothing."""
     if not isinstance(body, Mapping):
@@ -238,4 +256,4 @@ def enqueue_json(body: Any, *, idempotency_key: str | None, actor: str | None, r
     if unknown:
         raise MessageInvalid(unknown)
     return enqueue_message(**{k: body.get(k) for k in HTTP_FIELDS}, idempotency_key=idempotency_key,
-                           runtime=runtime, actor=actor)
+                           runtime=runtime, actor=actor, api_key_id=api_key_id)

@@ -32,10 +32,13 @@ class MessageHistory:
     events: list[MessageEvent]
 
 
-def message_history(session: Session, message_id: int) -> MessageHistory:
-    """The message, every HTTP attempt and every status change no attempt explains, in id order."""
+def message_history(session: Session, message_id: int, *, created_by_key: int | None = None) -> MessageHistory:
+    """The message, every HTTP attempt and every status change no attempt explains, in id order.
+
+    `created_by_key`: only a message that API key created (a `send` key's read); any other is
+    MessageNotFound, as if it did not exist, so a key learns nothing of other callers' messages."""
     msg = session.get(Message, message_id)
-    if msg is None:
+    if msg is None or (created_by_key is not None and msg.api_key_id != created_by_key):
         raise MessageNotFound(message_id)
     attempts = session.scalars(sa.select(Attempt).where(Attempt.message_id == message_id).order_by(Attempt.id)).all()
     events = session.scalars(sa.select(MessageEvent).where(MessageEvent.message_id == message_id).order_by(MessageEvent.id)).all()
@@ -67,11 +70,17 @@ def list_messages(
     default_region: str | None = None,
     reply_button_id: str | None = None,
     error_code: str | None = None,
+    created_by_key: int | None = None,
 ) -> list[Message]:
     """Newest first; the next page starts below the last id returned (keyset: no OFFSET scan).
 
-    `phone` is normalised as at enqueue (a MessageInvalid names it if it is no phone number)."""
+    `phone` is normalised as at enqueue (a MessageInvalid names it if it is no phone number).
+    `created_by_key`: only the messages that API key created (a `send` key's read). Each filter of a
+    campaign's recipients table (button, error code) and the key's own messages has its index
+    (worker.models.Message), walked newest first."""
     query = sa.select(Message).order_by(Message.id.desc()).limit(max(1, min(limit, PAGE_SIZE_MAX)))
+    if created_by_key is not None:
+        query = query.where(Message.api_key_id == created_by_key)
     if phone is not None:
         query = query.where(Message.phone == normalize_phone(phone, default_region=default_region))
     if status is not None:

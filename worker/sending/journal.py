@@ -60,6 +60,9 @@ class JournalEntry:
     error_message: str | None = None
     request_id: str | None = None
     not_before: str | None = None     # ISO 8601, aware
+    # the campaign streak the live write counted this failure toward (STREAKS), and its pause threshold
+    streak: str | None = None
+    streak_threshold: int | None = None
 
     @property
     def key(self) -> str:
@@ -83,14 +86,17 @@ class JournalEntry:
     @classmethod
     def failure(cls, message_id: int, token: str, status: MessageStatus, error: AwalError,
                 attempts: list[AttemptRecord], worker: str, campaign_id: int | None,
-                not_before: datetime | None = None) -> "JournalEntry":
+                not_before: datetime | None = None, *, streak: str | None = None,
+                streak_threshold: int | None = None) -> "JournalEntry":
         """A failure outcome: the request was answered (or not) and the row must move on; nothing
-        the vendor accepted, so replaying it can never send twice."""
+        the vendor accepted, so replaying it can never send twice. `streak`: the campaign streak
+        (STREAKS) the live write counts it toward, with that streak's pause threshold."""
         return cls(message_id=message_id, claim_token=token, status=status.value, worker=worker,
                    campaign_id=campaign_id, http_status=error.http_status,
                    attempts=[{k: getattr(a, k) for k in _ATTEMPT_KEYS} for a in attempts],
                    error_code=error.code, error_message=error.message, request_id=error.request_id,
-                   not_before=not_before.isoformat() if not_before else None)
+                   not_before=not_before.isoformat() if not_before else None,
+                   streak=streak, streak_threshold=streak_threshold)
 
     def error_outcome(self) -> AwalError:
         return AwalError(self.error_message or "", code=self.error_code, http_status=self.http_status,
@@ -206,26 +212,37 @@ def apply_entries(journal: OutcomeJournal, session_factory: sessionmaker[Session
     return applied
 
 
+#: the campaign streaks a failure counts toward (Campaign's counters), and how each is counted
+STREAK_FAILURES, STREAK_UNKNOWN = "consecutive_failures", "consecutive_unknown"
+STREAKS = {STREAK_FAILURES: store.note_campaign_failure, STREAK_UNKNOWN: store.note_campaign_unknown}
+
+
 class _Superseded(Exception):
     """The claim token no longer owns the row: nothing of this entry is written."""
 
 
 _FAILURE_STATUSES = frozenset({MessageStatus.FAILED.value, MessageStatus.UNKNOWN.value,
-                               MessageStatus.QUEUED.value, MessageStatus.PENDING.value})
+                               MessageStatus.QUEUED.value, MessageStatus.PENDING.value,
+                               MessageStatus.SUPPRESSED.value, MessageStatus.EXPIRED.value})
 
 
 def _write(session: Session, entry: JournalEntry) -> str | None:
     """The entry's outcome, guarded by its claim token; the status written, or None if superseded.
-    A failure's side effects on its campaign (failure streaks, a 401's pause) are not replayed:
-    the next message's outcome brings them back."""
+    A failure counts toward the campaign streak the live write counted it toward (issue 25), so
+    the auto-pause breaker sees it; a 401's pause is not replayed (the next message brings it back)."""
     if entry.status == MessageStatus.SENT.value:
         done = store.record_sent(session, entry.message_id, entry.claim_token, entry.result(),
                                  entry.attempt_records(), entry.worker, entry.campaign_id)
         return entry.status if done else None
     not_before = datetime.fromisoformat(entry.not_before) if entry.not_before else None
-    return store.record_error(session, entry.message_id, entry.claim_token, status=MessageStatus(entry.status),
-                              error=entry.error_outcome(), attempts=entry.attempt_records(), worker=entry.worker,
-                              not_before=not_before)
+    written = store.record_error(session, entry.message_id, entry.claim_token, status=MessageStatus(entry.status),
+                                 error=entry.error_outcome(), attempts=entry.attempt_records(), worker=entry.worker,
+                                 not_before=not_before)
+    note = STREAKS.get(entry.streak or "")
+    if written and note is not None and entry.campaign_id is not None and entry.streak_threshold:
+        note(session, entry.campaign_id, threshold=entry.streak_threshold,
+             reason=f"{entry.error_code}: {entry.error_message}")
+    return written
 
 
 def _apply(entry: JournalEntry, session_factory: sessionmaker[Session], actor: str) -> bool:

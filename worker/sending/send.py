@@ -79,6 +79,21 @@ class RateSlotUnavailable(TransientError):
         self.wait_s = wait_s
 
 
+class GateClosed(AwalError):
+    """The gate, checked again before an in-client retry, bars the message now (opted out since
+    its claim, expired, ...): the retry does not go out and the message ends as a claim would end it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(consent_gate.explain(reason), code=reason)
+        self.reason = reason
+
+
+class GateUnchecked(TransientError):
+    """The database could not answer the gate before an in-client retry: the retry does not go out."""
+
+    code = "gate_unchecked"
+
+
 @dataclass
 class SendDeps:
     session_factory: sessionmaker[Session]                        # transactions of several statements
@@ -158,7 +173,7 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
         with deps.session_factory.begin() as session:
             store.cancel_one(session, job.id, actor=deps.worker_name)
         return _done(Outcome.CANCELLED, job, message_id)
-    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow())
+    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow(), group=job.zone)
     if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
         with connect() as conn:
             store.defer(conn, job.id, not_before=opens_at.astimezone(timezone.utc), actor=deps.worker_name)
@@ -194,7 +209,7 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
     try:
         result = deps.client.send(
             message, job.phone_number_id,
-            before_request=_pace_retries(deps),
+            before_request=_pace_retries(deps, job.id, gate),
             on_attempt=lambda a: _observe(deps, attempts, a),
         )
     except AwalError as error:
@@ -251,8 +266,10 @@ def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
     return _done(Outcome.FAILED, job, job.id)
 
 
-def _pace_retries(deps: SendDeps) -> Callable[[], None]:
-    """The first request already holds a slot; every in-client retry needs a slot of its own."""
+def _pace_retries(deps: SendDeps, message_id: int, gate: consent_gate.Gate) -> Callable[[], None]:
+    """The first request already holds a slot and passed the gate at its claim; every in-client
+    retry needs a slot of its own and passes the gate again (issue 25 item 4: a STOP committed
+    after the claim stops the retry)."""
     first = [True]
 
     def before_request() -> None:
@@ -268,8 +285,20 @@ def _pace_retries(deps: SendDeps) -> Callable[[], None]:
             raise RateSlotUnavailable(deps.settings.rate_wait_max_s) from None
         if blocked_s:
             raise RateSlotUnavailable(blocked_s)
+        _check_gate_again(deps, message_id, gate)
 
     return before_request
+
+
+def _check_gate_again(deps: SendDeps, message_id: int, gate: consent_gate.Gate) -> None:
+    """Raise GateClosed if the gate bars the message now; GateUnchecked if the database cannot say."""
+    try:
+        with deps.connect() as conn:
+            reason = consent_gate.barred_reason(conn, message_id, gate=gate, now=utcnow())
+    except DATABASE_UNAVAILABLE as exc:
+        raise GateUnchecked(f"the gate could not be checked before a retry ({type(exc).__name__})") from None
+    if reason is not None:
+        raise GateClosed(reason)
 
 
 def _block_everyone(deps: SendDeps, retry_after_s: float) -> None:
@@ -313,10 +342,15 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
     fields = dict(campaign_id=job.campaign_id, message_id=job.id, error_code=error.code, request_id=error.request_id)
     counted = job.attempts + sum(1 for a in attempts if a.http_status != 429)
 
-    def kept(status: MessageStatus, not_before: datetime | None = None) -> journal.JournalEntry:
-        """What the outcome journal keeps if the database refuses this outcome (issue 12 item 13)."""
+    def kept(status: MessageStatus, not_before: datetime | None = None, streak: str | None = None,
+             threshold: int | None = None) -> journal.JournalEntry:
+        """What the outcome journal keeps if the database refuses this outcome (issue 12 item 13),
+        with the campaign streak this write counts it toward, so a replay counts it too (issue 25)."""
         return journal.JournalEntry.failure(job.id, token, status, error, attempts, deps.worker_name,
-                                            job.campaign_id, not_before)
+                                            job.campaign_id, not_before, streak=streak, streak_threshold=threshold)
+
+    if isinstance(error, GateClosed):
+        return _record_held(job, token, error, attempts, deps)
 
     if isinstance(error, RateLimited):
         metrics.RATE_LIMITED.inc()
@@ -358,7 +392,8 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
             if job.campaign_id is not None:
                 store.note_campaign_failure(ss, job.campaign_id, threshold=s.auto_pause_consecutive_failures,
                                             reason=f"{error.code}: {error.message}")
-        _record(deps, fail, job, entry=kept(MessageStatus.FAILED))
+        _record(deps, fail, job, entry=kept(MessageStatus.FAILED, streak=journal.STREAK_FAILURES,
+                                            threshold=s.auto_pause_consecutive_failures))
         log_outcome(log, logging.WARNING, f"failed: {error.message}", status="failed", **fields)
         return _done(Outcome.FAILED, job, job.id)
 
@@ -369,7 +404,8 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
             if written and job.campaign_id is not None:   # a row we still owned: count it once
                 store.note_campaign_unknown(ss, job.campaign_id, threshold=s.auto_pause_consecutive_unknown,
                                             reason=f"{error.code}: {error.message}")
-        _record(deps, unknown, job, entry=kept(MessageStatus.UNKNOWN))
+        _record(deps, unknown, job, entry=kept(MessageStatus.UNKNOWN, streak=journal.STREAK_UNKNOWN,
+                                               threshold=s.auto_pause_consecutive_unknown))
         log_outcome(log, logging.WARNING, "unknown: request sent, no answer; not resent automatically", status="unknown", **fields)
         return _done(Outcome.UNKNOWN, job, job.id)
 
@@ -386,6 +422,24 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
             entry=kept(MessageStatus.QUEUED, due))
     log_outcome(log, logging.INFO, f"transient failure; retry at {due:%H:%M:%S}", status="queued", **fields)
     return _done(Outcome.REQUEUED, job, job.id)
+
+
+def _record_held(job: store.SendJob, token: str, error: GateClosed, attempts: list[AttemptRecord],
+                 deps: SendDeps) -> Outcome:
+    """The gate barred an in-client retry: the message ends `suppressed` with the reason (or
+    `expired`), as the claim's gate would have ended it, keeping the attempts it made."""
+    status = MessageStatus.EXPIRED if error.reason == consent_gate.EXPIRED else MessageStatus.SUPPRESSED
+
+    def held(ss: Session) -> None:
+        if store.record_error(ss, job.id, token, status=status, error=error, attempts=attempts,
+                              worker=deps.worker_name):
+            store.add_event(ss, job.id, MessageStatus.SENDING.value, status.value,
+                            f"{error.reason}: {error.message}; checked again before a retry", deps.worker_name)
+    _record(deps, held, job, entry=journal.JournalEntry.failure(job.id, token, status, error, attempts,
+                                                                deps.worker_name, job.campaign_id))
+    log_outcome(log, logging.INFO, f"{error.message} (before a retry)", campaign_id=job.campaign_id,
+                message_id=job.id, status=status.value, error_code=error.reason)
+    return _done(Outcome.EXPIRED if status is MessageStatus.EXPIRED else Outcome.SUPPRESSED, job, job.id)
 
 
 def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.SendJob, result: SendResult | None = None,

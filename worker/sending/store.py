@@ -7,7 +7,9 @@ worker coming back cannot move a message it no longer owns.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +28,7 @@ from worker.sending.gate import NO_CAP, Gate
 from worker.status import CampaignStatus, MessageStatus
 
 Q, S = MessageStatus.QUEUED.value, MessageStatus.SENDING.value
+log = logging.getLogger("buttoncast.store")
 
 
 Unit = Session | sa.Connection   # a transaction, or (Postgres) an autocommit connection for one statement
@@ -49,6 +52,7 @@ _LOAD_JOB = (
         Message.id, Message.status, Message.campaign_id, Campaign.status, Message.phone_number_id,
         Message.phone, Message.content, Message.attempts, Message.not_before,
         Campaign.window_start, Campaign.window_end, Campaign.window_tz,   # issue 12 item 8: checked at send time
+        Message.zone,                                                      # issue 22 item 6: --tz recipient
     )
     .outerjoin(Campaign, Campaign.id == Message.campaign_id)
     .where(Message.id == _param("p_message_id"))
@@ -92,6 +96,7 @@ class SendJob:
     window_start: str | None = None   # the campaign's daily send window (worker.window); None: always open
     window_end: str | None = None
     window_tz: str | None = None
+    zone: str | None = None           # window_tz "recipient": the number's zone group (worker.window)
 
 
 def load_job(unit: Unit, message_id: int) -> SendJob | None:
@@ -224,13 +229,59 @@ def record_sent(
     One attempt (the usual case) on a Postgres connection outside a transaction: one statement.
     Otherwise `unit` must be a transaction (several attempts after in-client retries keep their
     order in the table only when inserted in order; PostgreSQL runs the parts of one statement in no
-    particular order)."""
+    particular order).
+
+    A messageId the vendor already gave another message (the column is unique) does not stop the
+    record (issue 25): the vendor accepted this message, so it is sent all the same, without the
+    id on its row; the id stays on its attempt row and in an event, and a WARNING names both."""
     conn = _core(unit)
     now = utcnow()
     params = {"p_message_id": message_id, "p_token": token, "p_now": now, "p_vendor_id": result.vendor_id,
               "p_vendor_message_id": fit(Message.vendor_message_id, result.message_id),
               "p_vendor_status": fit(Message.vendor_status, result.vendor_status),
               "p_counted": _counted(attempts), "p_worker": worker, "p_campaign_id": campaign_id}
+    try:
+        with _savepoint(unit):
+            return _write_sent(conn, params, result, attempts, phone)
+    except sa.exc.IntegrityError:
+        holder = _vendor_message_id_holder(conn, message_id, params["p_vendor_message_id"])
+        if holder is None:
+            raise
+    log.warning("message %s: the vendor's messageId %s already belongs to message %s; recorded sent without it "
+                "(kept on the attempt row)", message_id, params["p_vendor_message_id"], holder)
+    done = _write_sent(conn, dict(params, p_vendor_message_id=None), result, attempts, phone)
+    if done:
+        why = (f"the vendor's messageId {params['p_vendor_message_id']} already belongs to message {holder}: "
+               "sent, with the id on this message's attempt row only")
+        conn.execute(sa.insert(MessageEvent).values(message_id=message_id, at=now, from_status=S, actor=worker,
+                                                    to_status=MessageStatus.SENT.value,
+                                                    reason=fit(MessageEvent.reason, why)))
+    return done
+
+
+def _savepoint(unit: Unit) -> AbstractContextManager[object]:
+    """Postgres aborts a whole transaction at a refused statement: inside one, a savepoint lets it
+    go on. (SQLite undoes only the statement; an autocommit connection has no transaction.)"""
+    conn = _core(unit)
+    if conn.dialect.name != "postgresql" or conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return nullcontext()
+    return conn.begin_nested()   # on the connection: a Session's own savepoint would start only at its next use
+
+
+def _vendor_message_id_holder(unit: Unit, message_id: int, vendor_message_id: str | None) -> int | None:
+    """Another message that holds this vendor messageId, if any."""
+    if vendor_message_id is None:
+        return None
+    return _core(unit).execute(sa.select(Message.id).where(
+        Message.vendor_message_id == vendor_message_id, Message.id != message_id).limit(1)).scalar()
+
+
+def _write_sent(conn: sa.Connection, params: dict, result: SendResult, attempts: list[AttemptRecord],
+                phone: str | None) -> bool:
+    """record_sent's writes with its parameters (the vendor messageId among them, or None)."""
+    params = dict(params)   # the one-statement write adds its own
+    message_id, worker, campaign_id = params["p_message_id"], params["p_worker"], params["p_campaign_id"]
+    now = params["p_now"]
     if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         if len(attempts) != 1 or conn.dialect.name != "postgresql":
             raise ValueError(f"recording {len(attempts)} attempts on {conn.dialect.name} needs a transaction")
@@ -250,7 +301,8 @@ def record_sent(
                      {"p_phone": phone, "p_message_id": message_id, "p_now": params["p_now"]})
     if done == 1:
         hooks_outbox.emit(conn, HookEvent.MESSAGE_SENT, message_id=message_id, now=now, data=hooks_outbox.sent_data(
-            vendor_id=result.vendor_id, vendor_message_id=result.message_id, vendor_status=result.vendor_status, now=now))
+            vendor_id=result.vendor_id, vendor_message_id=params["p_vendor_message_id"],
+            vendor_status=result.vendor_status, now=now))
     return done == 1
 
 

@@ -1,7 +1,10 @@
 /* buttoncast console: the few things the server cannot do for the page. No library, no build step.
    - [data-poll]: replace the element with a fresh copy from its URL every second until data-final="true"
    - [data-max]: count code points as the server does (an emoji is one) and refuse the form past the limit
-   - the new-campaign editor: placeholders from the CSV's header, and a preview bubble with a row's values */
+   - the new-campaign editor: placeholders from the CSV's header, and a preview bubble with a row's values
+   - the new-campaign audience: a CSV or a saved segment (and how often it repeats)
+   - the segment builder: rows of conditions, their JSON, and the live count (the server validates and counts)
+   - [data-id-from]: a button's id written from its title until the person edits the id */
 (() => {
   "use strict";
   const POLL_MS = 1000;
@@ -131,10 +134,163 @@
     render();
   }
 
+  /* Upload a CSV or a saved segment: the other choice's inputs are hidden and disabled (never sent,
+     never required); "Repeat every" -> "Custom" shows its own duration input. */
+  function startAudienceChoice(form) {
+    const groups = form.querySelectorAll("[data-audience]");
+    const every = document.getElementById("every");
+    const custom = document.getElementById("every-custom-field");
+    const update = () => {
+      const chosen = (form.querySelector("input[name=audience]:checked") || {}).value || "csv";
+      groups.forEach((group) => {
+        const on = group.dataset.audience === chosen;
+        group.hidden = !on; group.disabled = !on;
+      });
+      if (every && custom) {
+        const isCustom = every.value === "custom";
+        custom.hidden = !isCustom;
+        document.getElementById("every_custom").disabled = !isCustom;
+        document.getElementById("until-field").hidden = every.value === "";
+        document.getElementById("until").disabled = every.value === "";
+      }
+    };
+    form.addEventListener("change", (event) => {
+      if (event.target.name === "audience" || event.target === every) update();
+    });
+    update();
+  }
+
+  /* The segment builder. The server owns the rules: every change posts the form (debounced) to
+     /segments/count, which answers with the count, the rules in words, the JSON the rows write and
+     each row's problems; when the person edits the JSON instead, it answers with the rows that write it. */
+  function startBuilder(form) {
+    const DEBOUNCE_MS = 300;
+    const rowsBox = document.getElementById("rows");
+    const source = document.getElementById("rules_source");
+    const json = document.getElementById("rules_json");
+    const count = document.getElementById("live-count");
+    const words = document.getElementById("live-words");
+    const problems = document.getElementById("live-problems");
+    const template = document.getElementById("row-template");
+    let timer = null; let sequence = 0; let inFlight = null;
+
+    const showInputs = (row) => {
+      const option = row.querySelector("[data-role=kind]").selectedOptions[0];
+      const inputs = (option.dataset.inputs || "").split(" ");
+      row.querySelectorAll("[data-input]").forEach((el) => { el.hidden = !inputs.includes(el.dataset.input); });
+      const label = row.querySelector("[data-role=value-label]");
+      if (label) label.textContent = option.dataset.valueLabel || "Value";
+      const value = row.querySelector("[data-input=value] input");
+      if (value) value.placeholder = option.dataset.placeholder || "";
+    };
+    const showButtons = (row) => {
+      const campaign = row.querySelector("[data-role=campaign]").value;
+      const buttons = row.querySelector("[data-role=button]");
+      Array.from(buttons.options).forEach((o) => { if (o.value) o.hidden = o.dataset.campaign !== campaign; });
+      if (buttons.selectedOptions[0] && buttons.selectedOptions[0].hidden) buttons.value = "";
+    };
+    const setRowProblems = (byRow) => {
+      Array.from(rowsBox.querySelectorAll(".rule-row")).forEach((row, position) => {
+        const list = byRow[String(position)] || [];
+        const out = row.querySelector("[data-role=error]");
+        out.textContent = list.join("; "); out.hidden = list.length === 0;
+        row.classList.toggle("invalid", list.length > 0);
+      });
+    };
+    const showAnswer = (answer) => {
+      count.textContent = answer.count_text;
+      words.textContent = answer.words || (answer.count === null ? "Fix what is marked to see the count." : "");
+      problems.replaceChildren(...(answer.problems || []).map((text) => {
+        const li = document.createElement("li"); li.textContent = text; return li;
+      }));
+      problems.hidden = !(answer.problems || []).length;
+      if (answer.rows_html !== null && answer.rows_html !== undefined) {
+        rowsBox.innerHTML = answer.rows_html;
+        rowsBox.querySelectorAll(".rule-row").forEach((row) => { showInputs(row); showButtons(row); });
+      }
+      if (source.value === "json" && typeof answer.representable === "boolean") {   // null: the JSON is unreadable
+        rowsBox.hidden = !answer.representable;
+        document.getElementById("add-row").hidden = !answer.representable;
+        document.getElementById("rows-note").hidden = answer.representable;
+      }
+      if (answer.rules !== null && answer.rules !== undefined) json.value = answer.rules;
+      setRowProblems(answer.rows || {});
+    };
+    const recount = async () => {
+      const mine = ++sequence;
+      if (inFlight) inFlight.abort();
+      inFlight = new AbortController();
+      count.classList.add("stale");
+      try {
+        const response = await fetch(form.dataset.countUrl, {
+          method: "POST", body: new FormData(form), credentials: "same-origin", signal: inFlight.signal,
+          headers: { Accept: "application/json" } });
+        const answer = await response.json();
+        if (mine === sequence) showAnswer(answer);
+      } catch (err) { /* aborted by a newer change, or the network blinked: the next change counts again */ }
+      if (mine === sequence) count.classList.remove("stale");
+    };
+    const soon = () => { clearTimeout(timer); timer = setTimeout(recount, DEBOUNCE_MS); };
+
+    form.addEventListener("input", (event) => {
+      if (event.target.name === "name") return;
+      source.value = event.target === json ? "json" : "rows";
+      soon();
+    });
+    form.addEventListener("change", (event) => {
+      const row = event.target.closest(".rule-row");
+      if (row && event.target.dataset.role === "kind") showInputs(row);
+      if (row && event.target.dataset.role === "campaign") showButtons(row);
+      if (event.target.name === "name" || event.target === json) return;
+      source.value = "rows";
+      soon();
+    });
+    form.addEventListener("click", (event) => {
+      if (event.target.dataset.role !== "remove") return;
+      event.target.closest(".rule-row").remove();
+      source.value = "rows";
+      soon();
+    });
+    document.getElementById("add-row").addEventListener("click", () => {
+      const used = Array.from(rowsBox.querySelectorAll(".rule-row")).map((r) => Number(r.dataset.row));
+      const next = String(used.length ? Math.max(...used) + 1 : 0);
+      const holder = document.createElement("template");
+      holder.innerHTML = template.innerHTML.replaceAll("__i__", next).trim();
+      const row = holder.content.firstElementChild;
+      rowsBox.appendChild(row);
+      showInputs(row); showButtons(row);
+      row.querySelector("[data-role=kind]").focus();
+      source.value = "rows";
+      soon();
+    });
+    rowsBox.querySelectorAll(".rule-row").forEach((row) => { showInputs(row); showButtons(row); });
+  }
+
+  /* A button's id follows its title ("Book a table" -> book_a_table) until the person types an id. */
+  function startIdFromTitle(input) {
+    const title = document.getElementById(input.dataset.idFrom);
+    const max = Number(input.dataset.max) || 256;
+    let edited = input.value !== "" && input.value !== slug(title.value, max);
+    input.addEventListener("input", () => { edited = input.value !== ""; });
+    title.addEventListener("input", () => {
+      if (edited) return;
+      input.value = slug(title.value, max);
+      input.dispatchEvent(new Event("input"));
+      edited = false;
+    });
+  }
+  function slug(text, max) {
+    return (text || "").normalize("NFKD").replace(/[\u0300-\u036f]/g, "").toLowerCase()
+      .replace(/[^\p{L}\p{N}]+/gu, "_").replace(/^_+|_+$/g, "").slice(0, max);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("[data-poll]").forEach(startPolling);
     document.querySelectorAll("[data-max]").forEach(startCounter);
     const editor = document.getElementById("new-campaign");
-    if (editor) startEditor(editor);
+    if (editor) { startEditor(editor); startAudienceChoice(editor); }
+    const builder = document.getElementById("segment-builder");
+    if (builder) startBuilder(builder);
+    document.querySelectorAll("[data-id-from]").forEach(startIdFromTitle);
   });
 })();
