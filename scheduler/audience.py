@@ -200,6 +200,16 @@ def create_follow_up(
     )
 
 
+def follow_up_preview(session: Session, campaign_id: int, result: str, button: str | None) -> dict[str, Any]:
+    """Who a follow-up would reach now: `words` and `members`, or the `problem` that stops it."""
+    try:
+        rules = follow_up_rules(campaign_id, result, button)
+        return {"words": segments.describe(session, rules), "members": segments.count(session, rules), "problem": None}
+    except ButtoncastError as exc:
+        text = "; ".join(p.problem for p in exc.problems) if isinstance(exc, MessageInvalid) else str(exc)
+        return {"words": None, "members": None, "problem": text}
+
+
 def _time(value: str | datetime | None, field: str, problems: list[FieldProblem]) -> datetime | None:
     if not isinstance(value, str):
         return value
@@ -322,8 +332,8 @@ def _resolve_batch(session: Session, campaign: Campaign, template: MessageTempla
 
 PENDING, REJECTED = MessageStatus.PENDING.value, MessageStatus.REJECTED.value
 _STAGED = "phone, content, status, zone, last_error_code, last_error_message"
-_PG_STAGING = (f"CREATE TEMP TABLE IF NOT EXISTS audience_staging (phone text NOT NULL, content json NOT NULL, "
-               f"status text NOT NULL, zone text, last_error_code text, last_error_message text) ON COMMIT DELETE ROWS")
+_PG_STAGING = ("CREATE TEMP TABLE IF NOT EXISTS audience_staging (phone text NOT NULL, content json NOT NULL, "
+               "status text NOT NULL, zone text, last_error_code text, last_error_message text) ON COMMIT DELETE ROWS")
 _SQLITE_STAGING = ("CREATE TEMP TABLE IF NOT EXISTS audience_staging (phone TEXT NOT NULL, content TEXT NOT NULL, "
                    "status TEXT NOT NULL, zone TEXT, last_error_code TEXT, last_error_message TEXT)")
 # a member's message: pending, or rejected (final at once) with why; ON CONFLICT: a concurrent

@@ -8,17 +8,16 @@ as `campaign create --segment`; schedule and discard are service calls too.
 
 from __future__ import annotations
 
-import re
 
 from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import Response
 
 from scheduler import audience, campaigns, report
 from scheduler.importer import ImportRefused, RecipientsFileError
-from worker import message as limits
 from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.routes_campaigns import POSTED
+from worker.console.message_form import BUTTON_SLOTS, LIMITS, button_input, template_from
 from worker.console.web import allowed, redirect, render, runtime
 from worker.contacts import segments
 from worker.errors import FieldProblem, MessageInvalid
@@ -28,17 +27,12 @@ from worker.window import WindowInvalid
 
 router = APIRouter(include_in_schema=False)
 SEND = Depends(allowed(Permission.SEND))
-BUTTON_SLOTS = limits.BUTTONS_MAX
-LIMITS = {"header_text": limits.HEADER_TEXT_MAX_CHARS, "body_text": limits.BODY_TEXT_MAX_CHARS,
-          "footer_text": limits.FOOTER_TEXT_MAX_CHARS, "button_title": limits.BUTTON_TITLE_MAX_CHARS,
-          "button_id": limits.BUTTON_ID_MAX_CHARS}
 
 
 FIELD_OF_PROBLEM = {"--at": "at", "scheduled_at": "at", "--expires-at": "expires_at", "--opt-out-button": "opt_out_button"}
 FIELD_OF_PROBLEM.update({"every": "every_custom", "until": "until", "segment": "segment"})   # a segment's campaign
 #: "Repeat every" choices (the service takes any duration of at least an hour: "custom")
 REPEATS = (("", "Does not repeat"), ("1d", "Every day"), ("1w", "Every week"), ("custom", "Custom…"))
-BUTTON_PROBLEM = re.compile(r"buttons\[(\d+)\]\.(id|title)")
 
 
 def _form_page(request: Request, rt: Runtime, values: dict, problems: list[str] | None = None, status_code: int = 200,
@@ -56,11 +50,9 @@ def _form_field(problem: FieldProblem, form: dict[str, str]) -> str | None:
     appended after the form's own buttons, so a problem with a button past them is the opt-out field's."""
     if problem.field in FIELD_OF_PROBLEM:
         return FIELD_OF_PROBLEM[problem.field]
-    button = BUTTON_PROBLEM.fullmatch(problem.field)
-    if button:
-        index, part = int(button.group(1)), button.group(2)
-        filled = [i for i in range(1, BUTTON_SLOTS + 1) if form.get(f"button_id_{i}") or form.get(f"button_title_{i}")]
-        return f"button_{part}_{filled[index]}" if index < len(filled) else "opt_out_button"
+    button = button_input(problem, form)
+    if button is not False:
+        return button or "opt_out_button"
     known = {"name", "phone_number_id", "at", "expires_at", "header_text", "body_text", "footer_text", "opt_out_button",
              "window"}
     return problem.field if problem.field in known else None
@@ -88,17 +80,6 @@ def new_campaign_form(request: Request, segment: str = "", person: Person = SEND
     return _form_page(request, rt, {"audience": "segment", "segment": segment} if segment.isdigit() else {})
 
 
-def _template(form: dict[str, str]) -> dict:
-    """The form's fields as message.json (empty optional fields left out, empty button rows skipped)."""
-    template: dict = {"body_text": form.get("body_text", "")}
-    for name in ("header_text", "footer_text"):
-        if form.get(name):
-            template[name] = form[name]
-    template["buttons"] = [{"id": form.get(f"button_id_{i}", ""), "title": form.get(f"button_title_{i}", "")}
-                           for i in range(1, BUTTON_SLOTS + 1) if form.get(f"button_id_{i}") or form.get(f"button_title_{i}")]
-    return template
-
-
 @router.post("/campaigns/new", dependencies=POSTED)
 async def create_draft(request: Request, recipients: UploadFile | None = None, person: Person = SEND,
                        rt: Runtime = Depends(runtime)) -> Response:
@@ -113,7 +94,7 @@ async def create_draft(request: Request, recipients: UploadFile | None = None, p
     async with upload_on_disk(recipients, "recipients.csv", prefix="buttoncast-console-") as path:
         try:
             campaign, result = campaigns.create_from_options(
-                rt, path, name=form.get("name", ""), template=_template(form), at=form.get("at") or None,
+                rt, path, name=form.get("name", ""), template=template_from(form), at=form.get("at") or None,
                 window=form.get("window") or None, tz=form.get("tz") or None,
                 phone_number_id=form.get("phone_number_id") or None, draft=True, actor=person.actor,
                 require_open_window=form.get("require_open_window") == "on",
@@ -145,7 +126,7 @@ def _create_for_segment(request: Request, rt: Runtime, form: dict[str, str], per
     every = form.get("every_custom") if form.get("every") == "custom" else form.get("every")
     try:
         campaign = audience.create_audience_campaign(
-            rt, name=form.get("name", ""), template=_template(form), segment_id=int(segment_id),
+            rt, name=form.get("name", ""), template=template_from(form), segment_id=int(segment_id),
             at=form.get("at") or None, window=form.get("window") or None, tz=form.get("tz") or None,
             phone_number_id=form.get("phone_number_id") or None, draft=True,
             require_open_window=form.get("require_open_window") == "on", expires_at=form.get("expires_at") or None,
