@@ -9,24 +9,22 @@ for a person to look at, and at phone width the page must not scroll sideways.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
-from tests.conftest import IN_CI, _empty, wait_until
-from tests.console_stack import PASSWORD, ConsoleStack, start_console_stack
+from tests.conftest import wait_until
+from tests.console.test_console_browser import _chromium, browser, stack  # noqa: F401 - the same fixtures
+from tests.console_stack import PASSWORD, ConsoleStack
 from worker.audit import AuditEvent
 from worker.contacts import segments
 from worker.contacts.attributes import edit_contact
 from worker.models import Campaign, Message, Segment, utcnow
 
 pytestmark = pytest.mark.slow
-CHROMIUM_PATH = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 DESKTOP = {"width": 1366, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -36,38 +34,6 @@ TEMPLATE = {"body_text": "Hello {{name}}, 20 % off this week. Interested?",
 PEOPLE = [("966581000001", "Riyadh", ["vip"]), ("966581000002", "Riyadh", ["vip"]), ("966581000003", "Riyadh", []),
           ("966581000004", "Riyadh", []), ("966581000005", "Riyadh", []), ("966581000006", "Jeddah", ["vip"]),
           ("966581000007", "Jeddah", []), ("966581000008", "Jeddah", [])]
-
-
-def _chromium() -> str:
-    if not os.access(CHROMIUM_PATH, os.X_OK):
-        message = f"no Chromium at {CHROMIUM_PATH} (set CHROMIUM_PATH, or apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it", pytrace=False)
-        pytest.skip(message)
-    return CHROMIUM_PATH
-
-
-@pytest.fixture(scope="module")
-def stack(migrated_postgres: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleStack]:
-    import redis
-
-    _chromium()
-    _empty(migrated_postgres)
-    redis.Redis.from_url(redis_url).flushdb()
-    console = start_console_stack(migrated_postgres, redis_url, tmp_path_factory.mktemp("console"))
-    yield console
-    console.close()
-    _empty(migrated_postgres)
-
-
-@pytest.fixture(scope="module")
-def browser(stack: ConsoleStack):  # noqa: ANN201
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=_chromium(), headless=True, args=["--no-sandbox"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture()
