@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.campaigns import create_campaign, parse_at, schedule, with_opt_out_button
-from scheduler.template import MessageTemplate
+from scheduler.campaigns import create_campaign, experiment_plan, parse_at, schedule, with_opt_out_button
+from scheduler import experiments
+from scheduler.template import MessageTemplate, compile_template, variants_data
 from scheduler.zones import recount_zones
 from worker import lifecycle
 from worker.audit import record_audit
@@ -97,8 +98,15 @@ def create_audience_campaign(
     every: str | None = None,
     until: str | datetime | None = None,
     actor: str | None = None,
+    variants: list | None = None,
+    variant_labels: list[str] | None = None,
+    test_share: Any = None,
+    decide_after: Any = None,
+    metric: Any = None,
+    default_variant: Any = None,
 ) -> Campaign:
     """A campaign (or, with `every`, a series of runs) whose recipients are resolved at start.
+    `variants` (instead of `template`): an A/B test of them (scheduler.experiments).
 
     Exactly one of `segment_id` (a saved segment, looked up at each start) and `rules` (an
     unsaved audience, e.g. a follow-up's) is given. Every problem is named by its field; nothing is
@@ -128,7 +136,21 @@ def create_audience_campaign(
         send_window = parse_window(window, tz)
     except ButtoncastError as exc:
         problems.append(FieldProblem("window", str(exc)))
-    if not isinstance(template, Mapping):
+    experiment = None
+    try:
+        experiment = experiment_plan(runtime, template, variants, labels=variant_labels, test_share=test_share,
+                                     decide_after=decide_after, metric=metric, default_variant=default_variant,
+                                     opt_out_button=opt_out_button)
+    except MessageInvalid as exc:
+        problems.extend(exc.problems)
+        template = template if template is not None else (variants[0] if isinstance(variants, list) and variants else {})
+    if experiment is not None:
+        template = experiment.variants[0]
+        if every is not None:
+            problems.append(FieldProblem("every", "an A/B test is one campaign; a series cannot be one (yet)"))
+    elif variants is not None:
+        pass   # its problems are listed
+    elif not isinstance(template, Mapping):
         problems.append(FieldProblem("message", "must be a JSON object with body_text and buttons"))
     elif opt_out_button:
         try:
@@ -150,7 +172,8 @@ def create_audience_campaign(
         try:
             campaign = create_campaign(session, name=name, phone_number_id=sender or "", template=template or {},
                                        scheduled_at=scheduled_at, window=send_window, draft=True,
-                                       require_open_window=require_open_window, expires_at=expires)
+                                       require_open_window=require_open_window, expires_at=expires,
+                                       experiment=experiment)
         except MessageInvalid as exc:
             problems.extend(exc.problems)
         if problems:
@@ -276,7 +299,7 @@ def resolve(session_factory: sessionmaker[Session], campaign_id: int, *, now: da
     if campaign.audience is None:
         return True
     at = campaign.scheduled_at or now
-    template = MessageTemplate(campaign.template)
+    template = compile_template(variants_data(campaign.template, campaign.variants))
     constant = not template.names and campaign.window_tz != RECIPIENT
     while True:
         try:
@@ -402,6 +425,7 @@ def _insert_ignoring_duplicates(session: Session) -> Any:
 
 
 def _finish(session: Session, campaign: Campaign, now: datetime) -> None:
+    experiments.assign(session, campaign.id)   # an A/B test: each member's variant, or held for the winner
     counts = dict(session.execute(
         sa.select(Message.status, sa.func.count()).where(Message.campaign_id == campaign.id).group_by(Message.status)).all())
     rejected = counts.pop(MessageStatus.REJECTED.value, 0)

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
-from scheduler.template import MessageTemplate, check_template
+from scheduler import experiments
+from scheduler.template import check_template, compile_template, variants_data
 from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.lifecycle import TRANSITIONS, CampaignNotFound, IllegalTransition, operator_may, transition  # noqa: F401 - re-exported
@@ -31,7 +32,7 @@ NAME_MAX_CHARS = 200
 PHONE_NUMBER_ID_MAX_CHARS = 64
 PAUSED_BY_OPERATOR = "paused by operator"
 #: messages a cancel stops: not yet handed to a worker's HTTP call (`sending` finishes on its own)
-CANCELLABLE = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value)
+CANCELLABLE = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.HELD.value)
 
 
 def parse_at(text: str | None, option: str = "--at") -> datetime | None:
@@ -81,8 +82,10 @@ def create_campaign(
     draft: bool = False,
     require_open_window: bool = False,
     expires_at: datetime | None = None,
+    experiment: "experiments.Plan | None" = None,
 ) -> Campaign:
     """Add a campaign (flushed, not committed): `draft`, or `scheduled` at `scheduled_at` (default now).
+    `experiment`: an A/B test of its variants (`template` is then the first variant).
 
     `require_open_window` and `expires_at` are copied to each recipient's message at import; the
     send claim's gate (worker.sending.gate) holds or expires them."""
@@ -109,6 +112,8 @@ def create_campaign(
     )
     session.add(campaign)
     session.flush()
+    if experiment is not None:
+        experiments.start(session, campaign, experiment)
     return campaign
 
 
@@ -253,7 +258,9 @@ def create_with_recipients(
     is left behind when it is not created: a bad header, --strict with an invalid row, no valid row,
     a failure part way. `processes` (tests, benchmarks): see scheduler.import_pool.judged_chunks.
     """
-    template = MessageTemplate(fields["template"])  # validates message.json before the file is read
+    experiment = fields.get("experiment")
+    # validates message.json (every variant's) before the file is read
+    template = compile_template(variants_data(fields["template"], experiment.variants if experiment else None))
     check_header(recipients, template)
     if strict:
         window = fields.get("window")
@@ -352,21 +359,33 @@ def create_from_options(
     default_region: str | None = None,
     actor: str | None = None,
     save_attributes: bool = True,
+    variants: list | None = None,
+    variant_labels: list[str] | None = None,
+    test_share: Any = None,
+    decide_after: Any = None,
+    metric: Any = None,
+    default_variant: Any = None,
 ) -> tuple[Campaign, ImportResult]:
     """`campaign create`, `POST /v1/campaigns` and the console's New campaign: their options as
     they come (`at`/`expires_at` as ISO 8601 text or a datetime; `default_region` as a region,
     default DEFAULT_COUNTRY_CODE): parse them, default the sender, create and import. Returns the
     stored campaign and the import. `save_attributes`: then store the file's columns on the
-    contacts of its valid phones (`result.attributes`; `--no-save-attributes` skips it)."""
+    contacts of its valid phones (`result.attributes`; `--no-save-attributes` skips it).
+    `variants` (instead of `template`): an A/B test (scheduler.experiments.plan checks its options)."""
     from worker.contacts.attributes import store_campaign_attributes
     from worker.window import parse_window
 
     scheduled_at = parse_at(at, "at") if isinstance(at, str) else at
     expires = parse_at(expires_at, "expires_at") if isinstance(expires_at, str) else expires_at
     send_window = parse_window(window, tz)
-    if not isinstance(template, Mapping):
+    experiment = experiment_plan(runtime, template, variants, labels=variant_labels, test_share=test_share,
+                                 decide_after=decide_after, metric=metric, default_variant=default_variant,
+                                 opt_out_button=opt_out_button)
+    if experiment is not None:
+        template = experiment.variants[0]
+    elif not isinstance(template, Mapping):
         raise MessageInvalid([FieldProblem("message", "must be a JSON object with body_text and buttons")])
-    if opt_out_button:
+    elif opt_out_button:
         template = with_opt_out_button(template, opt_out_button, opt_out_button_ids=runtime.settings.opt_out_button_ids)
     sender = phone_number_id or runtime.settings.awal_phone_number_id
     if not sender:
@@ -374,7 +393,7 @@ def create_from_options(
     campaign_id, result = create_with_recipients(
         runtime.session_factory, recipients, strict=strict, draft=draft, scheduled_at=scheduled_at, actor=actor,
         name=name, phone_number_id=sender, template=template, window=send_window,
-        require_open_window=bool(require_open_window), expires_at=expires,
+        require_open_window=bool(require_open_window), expires_at=expires, experiment=experiment,
         default_region=default_region or runtime.settings.default_country_code,
     )
     if save_attributes:   # after the import: a refused file (strict) stores nothing
@@ -382,3 +401,24 @@ def create_from_options(
             runtime, recipients, actor=actor, default_region=default_region or runtime.settings.default_country_code)
     with runtime.session_factory() as session:
         return get_campaign(session, campaign_id), result
+
+
+def experiment_plan(runtime: "Runtime", template: Any, variants: list | None, *, labels: list[str] | None = None,
+                    opt_out_button: str | None = None, **options: Any) -> "experiments.Plan | None":
+    """An A/B test's options checked (None when no `variants` were given and no test option either).
+    Each variant gets the campaign's opt-out button, as a single message would."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if variants is None:
+        if given:
+            names = ", ".join(sorted(given))
+            raise MessageInvalid([FieldProblem(sorted(given)[0], f"{names} belong(s) to an A/B test; give 2 or 3 variants")])
+        return None
+    if template is not None:
+        raise MessageInvalid([FieldProblem("variants", "give the message or its variants, not both")])
+
+    def add_opt_out(message: Mapping[str, Any]) -> dict[str, Any]:
+        if not opt_out_button:
+            return dict(message)
+        return with_opt_out_button(message, opt_out_button, opt_out_button_ids=runtime.settings.opt_out_button_ids)
+
+    return experiments.plan(variants, labels=labels, opt_out_button=add_opt_out, **options)

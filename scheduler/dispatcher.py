@@ -31,7 +31,7 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from scheduler import audience, series
+from scheduler import audience, experiments, series
 from scheduler.sweeper import recover_from_broker_loss
 from scheduler.zones import open_zone_groups
 from worker import lifecycle
@@ -65,6 +65,7 @@ class TickReport:
     cancelled_leftovers: int = 0   # rows of cancelled campaigns that a racing write left queued/pending
     runs: list[int] = field(default_factory=list)       # runs of series started (scheduler.series)
     resolved: list[int] = field(default_factory=list)   # audiences resolved into recipients (scheduler.audience)
+    decided: list[int] = field(default_factory=list)    # A/B tests decided (scheduler.experiments)
 
     @property
     def total_published(self) -> int:
@@ -90,6 +91,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
         now = runtime.broker_epoch_started
     report.runs = series.start_due_runs(runtime, now)       # a series' slot came: its run is a new campaign
     report.resolved = audience.resolve_due(runtime, now)    # a segment's members become the recipients
+    report.decided = experiments.tick(runtime, now)         # an A/B test's clock; its winner to the held
     with runtime.session_factory.begin() as session:
         report.started = lifecycle.start_due(session, now)
         report.in_flight = in_flight_count(session)
@@ -110,7 +112,7 @@ def dispatch_tick(runtime: Runtime, now: datetime | None = None) -> TickReport:
     with runtime.session_factory.begin() as session:
         report.cancelled_leftovers = cancel_leftovers(session, now)
         report.completed = lifecycle.complete_finished(session, now)
-    if report.total_published or report.started or report.completed or report.runs or report.resolved:
+    if report.total_published or report.started or report.completed or report.runs or report.resolved or report.decided:
         log.info("dispatch: published %s (budget %s, in flight %s), started %s, completed %s",
                  report.published, report.budget, report.in_flight, report.started, report.completed)
     return report

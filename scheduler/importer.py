@@ -28,7 +28,8 @@ from scheduler.recipients_csv import (
     check_header,
     read_recipients,
 )
-from scheduler.template import MessageTemplate
+from scheduler import experiments
+from scheduler.template import MessageTemplate, compile_template, variants_data
 from scheduler.zones import recount_zones
 from worker.contacts.attributes import AttributeImportResult
 from worker.contacts.service import opted_out_among
@@ -115,7 +116,7 @@ def import_recipients(
         if campaign is None:
             raise RecipientsFileError(f"no campaign {campaign_id}")
         session.expunge(campaign)
-    template = MessageTemplate(campaign.template)
+    template = compile_template(variants_data(campaign.template, campaign.variants))
     zones = campaign.window_tz == RECIPIENT
     if strict:
         refuse_if_invalid(path, template, default_region=default_region, processes=processes, zones=zones)
@@ -150,6 +151,7 @@ def import_recipients(
         )
         if zones:
             recount_zones(session, campaign_id)
+        experiments.assign(session, campaign_id)   # an A/B test: each recipient's variant, or held
     return result
 
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import IO, Any, Iterator, Sequence, Union
 
-from scheduler.template import MessageTemplate
+from scheduler.template import MessageTemplate, compile_template
 from worker.errors import ButtoncastError, MessageInvalid
 from worker.phone import judge_phone
 from worker.window import UNKNOWN_ZONE, UNKNOWN_ZONE_REASON, zone_group_of
@@ -129,7 +129,7 @@ class RowJudge:
 
     def __init__(self, template_data: dict[str, Any], layout: Layout, default_region: str | None,
                  zones: bool = False) -> None:
-        self.template, self.layout, self.default_region = MessageTemplate(template_data), layout, default_region
+        self.template, self.layout, self.default_region = compile_template(template_data), layout, default_region
         self.zones = zones
 
     def judge(self, records: Sequence[Record]) -> JudgedChunk:

@@ -121,3 +121,54 @@ def check_template(data: Mapping[str, Any]) -> None:
         problems.extend(exc.problems)
     if problems:
         raise MessageInvalid(problems)
+
+
+#: the key of a filled message that holds every variant's ({"variants": {"A": {...}, "B": {...}}}):
+#: what an A/B test's import stores until scheduler.experiments.assign picks each recipient's
+VARIANTS_KEY = "variants"
+
+
+class VariantsTemplate:
+    """An A/B test's variants filled together from one row: `fill` returns every variant's message
+    ({"variants": {"A": ..., "B": ...}}), so a recipient may get any of them (the assignment comes
+    after the import, scheduler.experiments). A row is refused when any variant cannot be filled
+    for it (a missing value, a text over a limit): whichever it is given, nothing invalid is sent.
+    The same interface as MessageTemplate (names, fill, dumps, data), so every import path takes it."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        variants = data[VARIANTS_KEY]
+        self.data = {VARIANTS_KEY: dict(variants)}
+        self._templates = {letter: MessageTemplate(message) for letter, message in variants.items()}
+        self.names: tuple[str, ...] = tuple(dict.fromkeys(n for t in self._templates.values() for n in t.names))
+
+    def fill(self, values: Mapping[str, str]) -> dict[str, Any]:
+        problems = [FieldProblem(f"column {name!r}", f"is empty; {{{{{name}}}}} in the message needs a value")
+                    for name in self.names if not values.get(name)]
+        if problems:
+            raise MessageInvalid(problems)
+        filled: dict[str, Any] = {}
+        for letter, template in self._templates.items():
+            try:
+                filled[letter] = template.fill(values)
+            except MessageInvalid as exc:
+                problems.extend(FieldProblem(f"variant {letter} {p.field}", p.problem) for p in exc.problems)
+        if problems:
+            raise MessageInvalid(problems)
+        return {VARIANTS_KEY: filled}
+
+    def dumps(self, filled: Mapping[str, Any]) -> str:
+        return json.dumps(filled)
+
+
+def compile_template(data: Mapping[str, Any]) -> "MessageTemplate | VariantsTemplate":
+    """The template an import fills: one message, or an A/B test's variants (`variants_data`)."""
+    if isinstance(data, Mapping) and VARIANTS_KEY in data and "body_text" not in data:
+        return VariantsTemplate(data)
+    return MessageTemplate(data)
+
+
+def variants_data(template: Mapping[str, Any], variants: list | None) -> Mapping[str, Any]:
+    """What a campaign's import fills: its message, or all its variants lettered A, B, C."""
+    if not variants:
+        return template
+    return {VARIANTS_KEY: {chr(ord("A") + i): dict(v) for i, v in enumerate(variants)}}

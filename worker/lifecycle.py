@@ -50,7 +50,9 @@ ENGINE_ONLY: frozenset[tuple[CampaignStatus, CampaignStatus]] = frozenset({(S.CO
 #: the campaign is still being served: the send path and the breaker pause only these
 ACTIVE = (S.RUNNING.value, S.SCHEDULED.value)
 #: messages that keep a running campaign from completing
-UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value)
+#: a campaign with any of these is not done; `held` (an A/B test's rest, waiting for the winner) included
+UNFINISHED = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value,
+              MessageStatus.HELD.value)
 _TRANSITION_RETRIES = 3
 
 

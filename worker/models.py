@@ -105,6 +105,9 @@ class Campaign(Base):
     run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: window_tz == "recipient": recipients per zone group (worker.window), counted when they were stored
     zones: Mapped[dict | None] = mapped_column(sa.JSON)
+    #: an A/B test (scheduler.experiments): every variant's message, in order A, B[, C]; `template`
+    #: is the first. None for a campaign of one message.
+    variants: Mapped[list | None] = mapped_column(sa.JSON(none_as_null=True))
 
     # a unique index, not a constraint: migration 0011 adds it without rebuilding the table on SQLite
     __table_args__ = (sa.Index("uq_campaigns_series_run", "series_id", "run_at", unique=True),)
@@ -180,6 +183,11 @@ class Message(Base):
     zone: Mapped[str | None] = mapped_column(sa.String(200))
     #: the API key that created it (POST /v1/messages); a `send` key reads only these
     api_key_id: Mapped[int | None] = mapped_column(BigId)
+    #: an A/B test: the variant this person gets ("A", "B", "C"), fixed once assigned (retries keep it);
+    #: None while `held` for the winner
+    variant: Mapped[str | None] = mapped_column(sa.String(1))
+    #: a `held` message: every variant's filled message ({"A": {...}, "B": {...}}), until the winner is known
+    alternatives: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
 
     attempt_rows: Mapped[list["Attempt"]] = relationship(back_populates="message", order_by="Attempt.id")
     events: Mapped[list["MessageEvent"]] = relationship(back_populates="message", order_by="MessageEvent.id")
@@ -219,6 +227,34 @@ class MessageEvent(Base):
     actor: Mapped[str | None] = mapped_column(sa.String(200))  # worker hostname, "sweeper", "operator"
 
     message: Mapped[Message] = relationship(back_populates="events")
+
+
+class Experiment(Base):
+    """An A/B test of a campaign's variants (scheduler.experiments): how it is run, where it is, and
+    the decision with its numbers. One per campaign that has `variants`."""
+
+    __tablename__ = "experiments"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    #: the share of the audience in the test group (split evenly over the variants); 1: every recipient
+    test_share: Mapped[float] = mapped_column(sa.Float)
+    #: the decision comes this long after the test group finished sending (None with test_share 1)
+    decide_after_s: Mapped[int | None] = mapped_column(sa.Integer)
+    metric: Mapped[str] = mapped_column(sa.String(16))            # taps, replies, reads
+    default_variant: Mapped[str] = mapped_column(sa.String(1))    # sent when no variant clearly wins
+    #: testing -> waiting (the clock runs) -> decided; `report` for test_share 1 (no winner step)
+    phase: Mapped[str] = mapped_column(sa.String(16))
+    test_done_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decide_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the campaign was seen paused at this time while the clock ran (decide_at moves by the pause)
+    clock_paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the variant the rest of the audience got; `winner` only when one clearly won (else None)
+    sent_variant: Mapped[str | None] = mapped_column(sa.String(1))
+    winner: Mapped[str | None] = mapped_column(sa.String(1))
+    #: the numbers the decision was taken on (scheduler.significance), and who took it (None: the engine)
+    decision: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
+    decided_by: Mapped[str | None] = mapped_column(sa.String(200))
 
 
 class Contact(Base):

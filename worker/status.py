@@ -9,6 +9,7 @@ class MessageStatus(str, enum.Enum):
     """Where a message is in its life. Final: sent, failed, unknown, cancelled, rejected, suppressed, expired."""
 
     PENDING = "pending"      # stored, waiting for the dispatcher (campaign recipients)
+    HELD = "held"            # an A/B test's rest of the audience: waits for the winner (scheduler.experiments)
     QUEUED = "queued"        # a send task is on the broker, or will be once `not_before` passes
     SENDING = "sending"      # a worker claimed it and is talking to the vendor
     SENT = "sent"            # the vendor accepted it; ids recorded
