@@ -23,13 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.campaigns import create_campaign, experiment_plan, parse_at, schedule, with_opt_out_button
 from scheduler import experiments
+from scheduler.campaigns import create_campaign, experiment_plan, parse_at, schedule, with_opt_out_button
 from scheduler.template import MessageTemplate, compile_template, variants_data
 from scheduler.zones import recount_zones
 from worker import lifecycle
@@ -322,29 +322,31 @@ def resolve(session_factory: sessionmaker[Session], campaign_id: int, *, now: da
     return True
 
 
-def _members_after(session: Session, campaign: Campaign, at: datetime, batch: int) -> sa.Select:
+def _members_after(session: Session, campaign: Campaign, at: datetime, batch: int,
+                   names: Sequence[str] | None = None) -> sa.Select:
     last = session.scalar(sa.select(sa.func.max(Message.phone)).where(Message.campaign_id == campaign.id))
-    query = segments.members(session, campaign.audience, now=at)
+    query = segments.members(session, campaign.audience, now=at, names=names)
     if last is not None:
         query = query.where(Contact.phone > last)
     return query.limit(batch)
 
 
 def _resolve_batch(session: Session, campaign: Campaign, template: MessageTemplate, at: datetime, batch: int) -> bool:
-    members = session.execute(_members_after(session, campaign, at, batch)).all()
+    names = template.names   # only the values the message needs, each as text
+    members = session.execute(_members_after(session, campaign, at, batch, names)).all()
     if not members:
         return False
     now = utcnow()
     zones = campaign.window_tz == RECIPIENT
     pending, rejected = PENDING, REJECTED
     rows: list[tuple[str, str, str, str | None, str | None, str | None]] = []
-    for phone, attributes in members:
+    for phone, *values in members:
         zone = zone_group_of(phone) if zones else None
         if zone == UNKNOWN_ZONE:   # never sent at a guessed hour (as the CSV import rejects it)
             rows.append((phone, "{}", rejected, None, NO_ZONE, UNKNOWN_ZONE_REASON))
             continue
         try:
-            rows.append((phone, template.dumps(template.fill(attributes or {})), pending, zone, None, None))
+            rows.append((phone, template.dumps(template.fill(dict(zip(names, values)))), pending, zone, None, None))
         except MessageInvalid as exc:
             missing = all(p.field.startswith("column ") for p in exc.problems)
             rows.append((phone, "{}", rejected, zone, MISSING_ATTRIBUTE if missing else INVALID_FOR_MEMBER,
@@ -454,7 +456,7 @@ def rejected_members(session: Session, campaign_id: int, limit: int = 20) -> lis
 
 def describe_lines(session: Session, campaign: Campaign, *, now: datetime | None = None) -> list[str]:
     """The audience, the follow-up's source, the series and its runs, in words (one line each)."""
-    from scheduler import series   # series.py builds on this module's campaigns, not the other way
+    from scheduler import series  # series.py builds on this module's campaigns, not the other way
     from scheduler.campaigns import status_counts_many
     from worker.durations import format_duration
 

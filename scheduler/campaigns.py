@@ -398,7 +398,8 @@ def create_from_options(
     )
     if save_attributes:   # after the import: a refused file (strict) stores nothing
         result.attributes = store_campaign_attributes(
-            runtime, recipients, actor=actor, default_region=default_region or runtime.settings.default_country_code)
+            runtime, recipients, actor=actor, default_region=default_region or runtime.settings.default_country_code,
+            campaign_id=campaign_id)
     with runtime.session_factory() as session:
         return get_campaign(session, campaign_id), result
 

@@ -15,7 +15,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Mapping
 
 from worker.errors import FieldProblem, MessageInvalid
-from worker.message import MessageContent
+from worker.message import MessageContent, text_problems
 
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 FILLABLE_FIELDS = ("header_text", "body_text", "footer_text")
@@ -57,8 +57,6 @@ class MessageTemplate:
         )
         # No placeholders: every recipient gets the same, already validated, content.
         self._constant = None if self.names else MessageContent.from_dict(self.data).as_dict()
-        # Buttons never change per row: parse them once (check_template validated them).
-        self._buttons = MessageContent.from_dict(self.data, validate=False).buttons
         # json.dumps of a filled message, precompiled: only the filled texts are encoded per row.
         self._constant_json = None if self._constant is None else json.dumps(self._constant)
         self._json_parts = tuple((name, encode_basestring_ascii(name) + ": ",
@@ -84,12 +82,12 @@ class MessageTemplate:
         if problems:
             raise MessageInvalid(problems)
         filled = dict(self.data)
+        texts = {}
         for field_name, parts in self._compiled.items():
-            filled[field_name] = "".join(p.literal + (values[p.name] if p.name else "") for p in parts)
-        # The vendor's limits, from worker.message, on every filled text (buttons included: cheap).
-        content = MessageContent(body_text=filled.get("body_text"), buttons=self._buttons,
-                                 header_text=filled.get("header_text"), footer_text=filled.get("footer_text"))
-        problems = content.problems()
+            texts[field_name] = filled[field_name] = "".join(p.literal + (values[p.name] if p.name else "") for p in parts)
+        # The vendor's limits, from worker.message, on every filled text; what has no placeholder
+        # (the buttons, a constant footer) was checked once, in check_template.
+        problems = text_problems(texts)
         if problems:
             raise MessageInvalid(problems)
         return filled

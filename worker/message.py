@@ -83,6 +83,24 @@ def _text_problem(name: str, value: Any, limit: int, required: bool) -> FieldPro
     return _unshowable(name, value)
 
 
+#: the texts of a message: (limit, required) each
+TEXT_FIELDS = {"header_text": (HEADER_TEXT_MAX_CHARS, False), "body_text": (BODY_TEXT_MAX_CHARS, True),
+               "footer_text": (FOOTER_TEXT_MAX_CHARS, False)}
+
+
+def text_problems(texts: Mapping[str, Any]) -> list[FieldProblem]:
+    """The problems of these texts (header_text, body_text, footer_text: any of them) alone. The
+    rules of a message hold each text on its own, so a template's filled texts can be checked
+    without the buttons, which do not change per recipient (scheduler.template)."""
+    found = []
+    for name, value in texts.items():
+        limit, required = TEXT_FIELDS[name]
+        p = _text_problem(name, value, limit, required)
+        if p:
+            found.append(p)
+    return found
+
+
 @dataclass(frozen=True)
 class Button:
     id: str
@@ -135,15 +153,8 @@ class MessageContent:
 
     def problems(self, *, check_buttons_list: bool = True) -> list[FieldProblem]:
         """Every way this content breaks the contract (empty when it is valid)."""
-        found: list[FieldProblem] = []
-        for name, value, limit, required in (
-            ("header_text", self.header_text, HEADER_TEXT_MAX_CHARS, False),
-            ("body_text", self.body_text, BODY_TEXT_MAX_CHARS, True),
-            ("footer_text", self.footer_text, FOOTER_TEXT_MAX_CHARS, False),
-        ):
-            p = _text_problem(name, value, limit, required)
-            if p:
-                found.append(p)
+        found = text_problems({"header_text": self.header_text, "body_text": self.body_text,
+                               "footer_text": self.footer_text})
         if check_buttons_list and not (BUTTONS_MIN <= len(self.buttons) <= BUTTONS_MAX):
             found.append(
                 FieldProblem("buttons", f"has {len(self.buttons)} buttons; {BUTTONS_MIN} to {BUTTONS_MAX} are allowed")

@@ -391,3 +391,28 @@ def test_the_contact_page_edits_attributes_and_tags_in_a_browser(migrated_postgr
             browser.close()
     finally:
         rt.close()
+
+
+def test_a_campaigns_file_stores_the_same_attributes_without_judging_its_recipients_phones_again(
+        runtime, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """`campaign create` stores the file's columns after its import; the phones that import already
+    judged valid (written as E.164) are matched by their digits instead of libphonenumber again, and
+    every other form (national, with a trunk 0 after the country code, invalid) is judged as before."""
+    from scheduler.campaigns import create_with_recipients
+    e164, spaced, national, trunk = new_phone(), new_phone(), new_phone(), new_phone()
+    path = write(tmp_path / "r.csv", "phone,name,city\n"
+                 f"+{e164},Amal,Riyadh\n"
+                 f"+{spaced[:3]} {spaced[3:5]}-{spaced[5:]},Badr,Jeddah\n"
+                 f"0{national[3:]},Dana,Abha\n"
+                 f"+966 0{trunk[3:]},Eyad,Hail\n"
+                 "+1234,Nobody,Nowhere\n")
+    campaign_id, imported = create_with_recipients(runtime.session_factory, path, name="c", phone_number_id="1",
+                                                   template=MESSAGE, default_region="SA", processes=1)
+    judged = []
+    real = attrs.judge_phone
+    monkeypatch.setattr(attrs, "judge_phone", lambda raw, **kw: judged.append(raw) or real(raw, **kw))
+    kept = attrs.store_campaign_attributes(runtime, path, default_region="SA", campaign_id=campaign_id)
+    assert (kept.rows, kept.contacts, kept.rejected) == (imported.imported, imported.imported, 0)
+    assert judged == [f"0{national[3:]}", f"+966 0{trunk[3:]}", "+1234"]   # the E.164 ones were known
+    for phone, name in ((e164, "Amal"), (spaced, "Badr"), (national, "Dana")):
+        assert stored(runtime, phone)[0]["name"] == name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -35,9 +35,13 @@ class SegmentNotFound(ButtoncastError):
         self.segment_id = segment_id
 
 
-def members(session: Session, rules: Any, *, now: datetime | None = None) -> sa.Select:
-    """`SELECT phone, attributes` of the members in phone order; never an opted-out contact."""
-    return (sa.select(Contact.phone, Contact.attributes)
+def members(session: Session, rules: Any, *, now: datetime | None = None,
+            names: Sequence[str] | None = None) -> sa.Select:
+    """`SELECT phone, attributes` of the members in phone order; never an opted-out contact.
+    With `names`: `SELECT phone, <attribute>, ...` (each as text or NULL), so a caller that needs a
+    few values (a message's placeholders) reads them alone, not every member's whole document."""
+    columns = [Contact.attributes] if names is None else [Contact.attributes[n].as_string() for n in names]
+    return (sa.select(Contact.phone, *columns)
             .where(Contact.opted_out_at.is_(None), condition(session, rules, now=now or utcnow()))
             .order_by(Contact.phone))
 
