@@ -57,6 +57,8 @@ TESTING, WAITING, DECIDED, REPORT = "testing", "waiting", "decided", "report"
 BUCKETS = 1 << 32          # bucket() is a 32-bit number
 PENDING, HELD = MessageStatus.PENDING.value, MessageStatus.HELD.value
 UNSENT = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value)
+#: campaigns whose test the tick follows (a cancelled one is never decided: nobody is left to send to)
+CLOCKED = (CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value, CampaignStatus.COMPLETED.value)
 
 
 class ExperimentError(ButtoncastError):
@@ -236,10 +238,10 @@ def tick(runtime: "Runtime", now: datetime) -> list[int]:
             sa.select(Experiment.campaign_id, Experiment.phase, Experiment.decide_at, Experiment.clock_paused_at,
                       Campaign.status)
             .join(Campaign, Campaign.id == Experiment.campaign_id)
-            .where(Experiment.phase.in_((TESTING, WAITING)),
-                   Campaign.status.in_((CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value)))).all()
+            .where(Experiment.phase.in_((TESTING, WAITING)), Campaign.status.in_(CLOCKED))).all()
     for row in live:
-        running = row.status == CampaignStatus.RUNNING.value
+        # completed: nobody was held (a small audience, a high share); the test is still decided and shown
+        running = row.status != CampaignStatus.PAUSED.value
         with runtime.session_factory.begin() as session:
             if row.phase == TESTING and running and not _test_unsent(session, row.campaign_id):
                 _start_clock(session, row.campaign_id, now)
@@ -408,7 +410,8 @@ def results(session: Session, campaign_id: int, opt_out_button_ids: Iterable[str
     taps: dict[str, dict[str, int]] = {}
     for letter, button, n in session.execute(
             sa.select(Message.variant, Message.reply_button_id, sa.func.count())
-            .where(Message.campaign_id == campaign_id, Message.reply_button_id.is_not(None), Message.variant.is_not(None))
+            .where(Message.campaign_id == campaign_id, Message.reply_button_id.is_not(None),
+                   Message.reply_button_id != "", Message.variant.is_not(None))   # "": a text reply, not a tap
             .group_by(Message.variant, Message.reply_button_id)):
         taps.setdefault(letter, {})[button] = n
     held = session.scalar(sa.select(sa.func.count()).select_from(Message).where(

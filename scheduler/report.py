@@ -12,29 +12,33 @@ import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from scheduler import experiments
 from scheduler.campaigns import empty_counts, get_campaign, status_counts
 from scheduler.zones import ZoneRow, describe_zones, zone_table
 from worker import lifecycle
 from worker.contacts.service import SERVICE_WINDOW, open_window_among, opted_out_among
 from worker.failures import FailureClass
 from worker.models import Campaign, Contact, ContactEvent, Message, utcnow
+from worker.settings import OPT_OUT_BUTTON_IDS
 from worker.status import DeliveryStatus, MessageStatus
 
 RATE_WINDOW_S = 60
 REPORT_YIELD_ROWS = 1_000
+#: `variant`: the A/B test's letter this person was sent (empty for a campaign of one message, and while held)
 REPORT_COLUMNS = (
-    "message_id", "phone", "status", "vendor_id", "vendor_message_id", "attempts", "last_error_code",
+    "message_id", "phone", "variant", "status", "vendor_id", "vendor_message_id", "attempts", "last_error_code",
     "last_error_message", "sent_at", "delivery_status", "delivered_at", "read_at", "replied_at",
     "reply_button_id", "reply_button_title", "failure_code", "failure_class",
     "contact_opted_out", "window_open_until",   # from the contact, not the message: keep these two last
 )
 #: still to go out: the estimate counts these against the rate limit
 LEFT_STATUSES = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, MessageStatus.SENDING.value)
+HELD = MessageStatus.HELD.value   # an A/B test's rest of the audience: neither left (not dispatched yet) nor done
 #: nothing more will happen to these
 DONE_STATUSES = tuple(s.value for s in MessageStatus if s.is_final)
 
@@ -157,6 +161,7 @@ class Progress:
     now: datetime
     audience: Audience | None = None
     late_failures: dict[str, int] = field(default_factory=dict)
+    experiment: dict[str, Any] | None = None    # an A/B test's experiments.results (None: one message)
 
     @property
     def total(self) -> int:
@@ -188,11 +193,15 @@ class Progress:
         return start + timedelta(seconds=self.left / self.per_second_limit)
 
 
-def progress(session: Session, campaign_id: int, per_second_limit: float, now: datetime | None = None) -> Progress:
+def progress(session: Session, campaign_id: int, per_second_limit: float, now: datetime | None = None, *,
+             opt_out_button_ids: Iterable[str] = OPT_OUT_BUTTON_IDS) -> Progress:
+    """Everything `campaign show` says; an A/B test's figures per variant included (taps on the
+    `opt_out_button_ids` are not counted as the taps metric)."""
     now = now or utcnow()
     campaign = get_campaign(session, campaign_id)
     return Progress(campaign, status_counts(session, campaign_id), funnel(session, campaign_id, now), per_second_limit, now,
-                    audience(session, campaign_id, now), late_failures(session, campaign_id))
+                    audience(session, campaign_id, now), late_failures(session, campaign_id),
+                    experiments.results(session, campaign_id, opt_out_button_ids))
 
 
 @dataclass(frozen=True)
@@ -418,7 +427,9 @@ def describe(p: Progress) -> list[str]:
         f"  window:     {window}" + (" (each recipient's own time zone)" if zones is not None else ""),
         f"  imported:   {c.recipients_imported} recipient(s), {c.rows_rejected} row(s) rejected at import",
         "  messages:   " + ", ".join(f"{s} {n}" for s, n in p.counts.items()) + f"  (total {p.total})",
-        f"  progress:   {p.done}/{p.total} done, {p.left} left; sent in the last minute: {p.rate_per_minute}",
+        f"  progress:   {p.done}/{p.total} done, {p.left} left"
+        + (f", {p.counts[HELD]} held for the A/B test's winner" if p.counts.get(HELD) else "")
+        + f"; sent in the last minute: {p.rate_per_minute}",
         "  estimate:   " + (f"finishes around {format_utc(eta)} at the rate limit of {p.per_second_limit * 3600:g}/h "
                              "(best case: the budget is shared, and the window is not counted)" if eta else "nothing left to send"),
         f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
@@ -434,6 +445,8 @@ def describe(p: Progress) -> list[str]:
     if gates:
         lines.append("  gate:       " + ", ".join(gates))
     lines += describe_late_failures(p)
+    if p.experiment is not None:
+        lines += experiments.describe_lines(p.experiment)
     return lines
 
 

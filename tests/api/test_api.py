@@ -257,7 +257,7 @@ def test_campaign_from_a_csv_upload_report_show_and_every_action(api: ApiStack) 
         report_csv = client.get(f"/v1/campaigns/{cid}/report", params={"format": "csv"})
         assert report_csv.headers["content-type"].startswith("text/csv")
         lines = report_csv.text.strip().splitlines()
-        assert lines[0].startswith("message_id,phone,status") and len(lines) == 3 and a in lines[1]
+        assert lines[0].startswith("message_id,phone,variant,status") and len(lines) == 3 and a in lines[1]
         report_json = client.get(f"/v1/campaigns/{cid}/report", params={"format": "json"}).json()
         assert [row["phone"] for row in report_json] == [a, b]
         assert_problem(client.get(f"/v1/campaigns/{cid}/report", params={"format": "xml"}), 422)

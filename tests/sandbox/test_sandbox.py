@@ -386,6 +386,47 @@ def test_a_stop_reply_follows_delivered_and_read_as_an_inbound_text(start: Any, 
     assert receiver.wait_for(6)[-1]["data"]["body"] == "STOP"
 
 
+def test_tap_share_by_text_taps_the_message_containing_the_text_and_stats_name_each_tap(start: Any, receiver: Receiver) -> None:
+    # Given the sandbox taps a body containing "20% off" always, "off" never, anything else always (tap_share 1)
+    _, client = start(webhook_url=receiver.url, webhook_secret="hook-secret", delivered_after_s=0.0, read_after_s=0.0,
+                      tap_share=1.0, tap_share_by_text={"off": 0.0, "20% off": 1.0})
+    sent = {}
+    for i, text in enumerate(("Today 20% off", "Half off", "Hello")):
+        response = client.send({**MESSAGE, "phone": f"9665{i:08d}", "body_text": text})
+        sent[text] = response.json()["message"]["messageId"]
+    events = receiver.wait_for(3 * 2 + 2)   # delivered and read for each, a tap for two of them
+    # Then the longest matching key decides: "20% off" and "Hello" tapped, "Half off" not
+    taps = [e["data"]["context"]["message_id"] for e in events if e["event"] == "message.received"]
+    assert sorted(taps) == sorted([sent["Today 20% off"], sent["Hello"]])
+    assert client.stats()["taps"] == {sent["Today 20% off"]: "yes", sent["Hello"]: "yes"}
+    # And at runtime: "Hello" now tapped never, and the others keep theirs
+    assert client.configure(tap_share_by_text={"Hello": 0})["config"]["tap_share_by_text"] == {"Hello": 0.0}
+    assert SandboxConfig(tap_share=0.3, tap_share_by_text={"Hello": 0}).tap_share_for("Hello you") == 0.0
+    assert SandboxConfig(tap_share=0.3, tap_share_by_text={"Hello": 0}).tap_share_for(None) == 0.3
+
+
+def test_bad_tap_share_by_text_is_refused_naming_the_option(start: Any) -> None:
+    for shares in ({"20% off": 1.5}, {"20% off": -0.1}, {"20% off": "lots"}, {"": 0.5}, ["20% off"]):
+        with pytest.raises(ConfigError, match="tap_share_by_text"):
+            SandboxConfig(tap_share_by_text=shares)
+    _, client = start(tap_share_by_text={"A": 0.5})
+    for shares in ({"20% off": 2}, "20% off", None):
+        with pytest.raises(ValueError, match="tap_share_by_text"):
+            client.configure(tap_share_by_text=shares)
+    assert client.stats()["config"]["tap_share_by_text"] == {"A": 0.5}   # all or nothing
+
+
+def test_cli_tap_share_by_text_is_parsed_and_checked() -> None:
+    from click.testing import CliRunner
+
+    from worker.cli.sandbox import _text_shares, sandbox_command
+
+    assert _text_shares(None, None, ("Today: 20% off:0.6", "Hi:1")) == {"Today: 20% off": 0.6, "Hi": 1.0}  # type: ignore[arg-type]
+    for value in ("20% off", "20% off:1.5", ":0.5", "20% off:x"):
+        bad = CliRunner().invoke(sandbox_command, ["--tap-share-by-text", value])
+        assert bad.exit_code == 2 and "TEXT:SHARE" in bad.output, bad.output
+
+
 def test_bad_late_failure_options_are_refused(start: Any) -> None:
     for options in ({"late_fail_rates": {"999": 0.1}}, {"late_fail_rates": {"131047": 0.7, "131026": 0.6}},
                     {"late_fail_prefixes": {"96650": "42"}}, {"late_fail_prefixes": {"+966": "131047"}},

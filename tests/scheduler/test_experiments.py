@@ -293,3 +293,33 @@ def test_a_campaign_with_held_recipients_is_not_completed(rt: Any, tmp_path: Pat
         assert campaign_id not in report.completed
     with rt.session_factory() as session:
         assert session.get(Experiment, campaign_id).phase == experiments.WAITING
+
+
+def test_a_text_reply_is_not_counted_as_a_button_tap(rt: Any, tmp_path: Path) -> None:
+    """worker.webhooks.apply stores a text reply quoting the message with reply_button_id "" (found by the e2e work)."""
+    campaign_id = create(rt, write_csv(tmp_path / "r.csv", 20), test_share=1)
+    now = utcnow()
+    with rt.session_factory.begin() as session:
+        m = session.scalars(sa.select(Message).where(Message.campaign_id == campaign_id, Message.variant == "A")).first()
+        m.status, m.sent_at, m.replied_at, m.reply_button_id = MessageStatus.SENT.value, now, now, ""
+    with rt.session_factory() as session:
+        a = experiments.results(session, campaign_id, ["stop"])["variants"][0]
+    assert (a.tapped, a.taps, a.replied) == (0, {}, 1)
+
+
+def test_a_test_that_holds_nobody_is_still_decided_after_its_campaign_completes(rt: Any, tmp_path: Path) -> None:
+    """3 recipients at test share 0.99: nobody is held, so the campaign completes as soon as they are
+    sent; the test is decided all the same (found by the e2e work: it stayed `waiting` for ever)."""
+    from worker import lifecycle
+    campaign_id = create(rt, write_csv(tmp_path / "r.csv", 3), test_share=0.99, decide_after="1s")
+    t0 = utcnow()
+    with rt.session_factory.begin() as session:
+        lifecycle.start_due(session, t0)
+        session.execute(sa.update(Message).where(Message.campaign_id == campaign_id)
+                        .values(status=MessageStatus.SENT.value, sent_at=t0))
+        lifecycle.complete_finished(session, t0)
+    experiments.tick(rt, t0)
+    assert experiments.tick(rt, t0 + timedelta(seconds=1)) == [campaign_id]
+    with rt.session_factory() as session:
+        e = session.get(Experiment, campaign_id)
+        assert e.phase == experiments.DECIDED and e.decision["released"] == 0

@@ -1,4 +1,5 @@
-"""`/v1/campaigns`: create (CSV upload or JSON), list, show, schedule/pause/resume/cancel/test, report."""
+"""`/v1/campaigns`: create (CSV upload or JSON), list, show, schedule/pause/resume/cancel/test, report; decide
+an A/B test."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from scheduler import audience, campaigns, report, snapshots
+from scheduler import audience, campaigns, experiments, report, snapshots
 from worker.access.keys import Principal, Scope
 from worker.api.auth import require
 from worker.api.deps import CampaignId, decode_cursor, encode_cursor, runtime
@@ -16,6 +17,8 @@ from worker.api.schemas import (
     CampaignPage,
     CampaignSummary,
     CancelOut,
+    DecideIn,
+    ExperimentOut,
     FollowUpIn,
     FunnelOut,
     ImportReport,
@@ -42,6 +45,12 @@ CREATE_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 
+def _experiment(rt: Runtime, campaign_id: int) -> ExperimentOut | None:
+    """An A/B test's state and figures, counted now (None for a campaign of one message)."""
+    with rt.read_sessions() as session:
+        return ExperimentOut.of(experiments.results(session, campaign_id, rt.settings.opt_out_button_ids))
+
+
 def _summary(rt: Runtime, campaign_id: int) -> CampaignSummary:
     with rt.read_sessions() as session:
         return CampaignSummary.of(campaigns.get_campaign(session, campaign_id), campaigns.status_counts(session, campaign_id))
@@ -61,7 +70,8 @@ def create_campaign(principal: Principal = CAMPAIGNS, upload: CampaignUpload = D
                         rejected_total=result.rejected, duplicates=result.duplicates,
                         suppressed=result.opted_out,
                         attributes_stored=result.attributes.contacts if result.attributes is not None else None,
-                        warnings=[n for n in (campaigns.past_start_note(campaign.scheduled_at),) if n])
+                        warnings=[n for n in (campaigns.past_start_note(campaign.scheduled_at),) if n],
+                        experiment=_experiment(rt, campaign.id))
 
 
 @router.get("", response_model=CampaignPage)
@@ -78,7 +88,12 @@ def list_campaigns(cursor: str | None = None, limit: int = Query(50, ge=1, le=PA
 def get_campaign(campaign_id: CampaignId, _: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> CampaignDetail:
     """Counts, rate, ETA, the funnel with taps per button, and late failures by reason. The campaign
     (status, pause reason) is read now; its figures come from the tally snapshot the console shows
-    (at most a few seconds old, a large campaign's a little older: `counts_as_of` says when)."""
+    (at most a few seconds old, a large campaign's a little older: `counts_as_of` says when).
+    An A/B test's `experiment` (per variant, and the decision) is counted now."""
+    return _detail(rt, campaign_id)
+
+
+def _detail(rt: Runtime, campaign_id: int) -> CampaignDetail:
     campaign, snapshot = snapshots.serve(rt, campaign_id)
     tally = snapshot.tally
     p = report.Progress(campaign, tally.counts, tally.funnel, rt.settings.rate_limit.per_second, utcnow())
@@ -88,7 +103,8 @@ def get_campaign(campaign_id: CampaignId, _: Principal = CAMPAIGNS, rt: Runtime 
         rate_per_minute=p.rate_per_minute, eta=p.eta(), late_failures=tally.late_failures,
         counts_as_of=snapshot.taken_at,
         funnel=FunnelOut(sent=f.sent, delivered=f.delivered, read=f.read, replied=f.replied,
-                         taps=[Tap(button_id=b, title=t, count=n) for b, t, n in f.taps]))
+                         taps=[Tap(button_id=b, title=t, count=n) for b, t, n in f.taps]),
+        experiment=_experiment(rt, campaign_id))
 
 
 @router.post("/{campaign_id}/schedule", response_model=CampaignSummary)
@@ -123,6 +139,17 @@ def cancel(campaign_id: CampaignId, principal: Principal = CAMPAIGNS, rt: Runtim
     return CancelOut(**_summary(rt, campaign_id).model_dump(), cancelled_messages=cancelled)
 
 
+@router.post("/{campaign_id}/decide", response_model=CampaignDetail)
+def decide(campaign_id: CampaignId, body: DecideIn | None = Body(None), principal: Principal = CAMPAIGNS,
+           rt: Runtime = Depends(runtime)) -> CampaignDetail:
+    """An A/B test, decided now: `variant` (or, without one, the statistics' verdict) goes to the
+    recipients held for the winner; attributed to the key in the audit trail. 409 when there is
+    nothing to decide (decided already, test_share 1, cancelled, one message); 422 for a letter
+    the campaign has no variant of."""
+    experiments.decide(rt, campaign_id, variant=body.variant if body else None, actor=principal.actor)
+    return _detail(rt, campaign_id)
+
+
 @router.post("/{campaign_id}/test", status_code=202, response_model=MessageCreated)
 def test(campaign_id: CampaignId, body: TestIn, principal: Principal = CAMPAIGNS, rt: Runtime = Depends(runtime)) -> MessageCreated:
     """The first recipient's message, to `phone`, now (an ad-hoc message; the campaign's counts are untouched)."""
@@ -150,7 +177,8 @@ def _create_for_segment(rt: Runtime, options: dict, principal: Principal) -> Imp
         words = audience.describe_lines(session, campaign)
     return ImportReport(id=campaign.id, status=campaign.status, imported=0, rejected=[], rejected_total=0, duplicates=0,
                         suppressed=0, audience=words,
-                        warnings=[n for n in (campaigns.past_start_note(campaign.scheduled_at),) if n])
+                        warnings=[n for n in (campaigns.past_start_note(campaign.scheduled_at),) if n],
+                        experiment=_experiment(rt, campaign.id))
 
 
 @router.post("/{campaign_id}/follow-up", status_code=201, response_model=ImportReport)

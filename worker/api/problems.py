@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.campaigns import CampaignNotFound, IllegalTransition, NoRecipients
+from scheduler.experiments import ExperimentError
 from scheduler.importer import ImportRefused, RecipientsFileError
 from scheduler.retry import RetryRefused
 from worker.access.keys import ApiKeyNotFound
@@ -133,7 +134,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             return problem_response(422, "recipients-invalid" if isinstance(exc, RecipientsFileError) else "window-invalid", str(exc))
         if isinstance(exc, IdempotencyKeyReused):
             return problem_response(422, "idempotency-key-reused", str(exc))
-        if isinstance(exc, (IllegalTransition, RetryRefused, NoRecipients)):
+        if isinstance(exc, (IllegalTransition, RetryRefused, NoRecipients, ExperimentError)):
             return problem_response(409, "conflict", str(exc))
         if isinstance(exc, ConfigError):
             log.error("configuration: %s", exc)

@@ -109,6 +109,8 @@ class MessageSummary(BaseModel):
     read_at: datetime | None
     replied_at: datetime | None
     reply_button_id: str | None
+    variant: str | None = Field(None, description="an A/B test's variant this person gets (A, B, C); null while "
+                                                  "held for the winner, and for a message of no A/B test")
 
     @classmethod
     def of(cls, m: Any) -> "MessageSummary":
@@ -116,7 +118,8 @@ class MessageSummary(BaseModel):
                    status=m.status, attempt_count=m.attempts, vendor_id=m.vendor_id, vendor_message_id=m.vendor_message_id,
                    vendor_status=m.vendor_status, delivery_status=m.delivery_status, failure_class=m.last_error_code,
                    last_error_message=m.last_error_message, created_at=m.created_at, sent_at=m.sent_at,
-                   delivered_at=m.delivered_at, read_at=m.read_at, replied_at=m.replied_at, reply_button_id=m.reply_button_id)
+                   delivered_at=m.delivered_at, read_at=m.read_at, replied_at=m.replied_at, reply_button_id=m.reply_button_id,
+                   variant=m.variant)
 
 
 class MessageDetail(MessageSummary):
@@ -145,6 +148,28 @@ class MessageTemplateIn(BaseModel):
     buttons: list[ButtonIn] = Field(min_length=limits.BUTTONS_MIN, max_length=limits.BUTTONS_MAX)
 
 
+# --- A/B tests: the create's fields (scheduler.experiments.plan checks them) ------------------------
+
+VARIANTS_DOC = ("an A/B test: 2 or 3 messages (variants A, B, C) in place of `message`, each checked as `message` "
+                "is; a problem is named `variants[i]: <field>`")
+TEST_SHARE_DOC = ("the share of the recipients in the test group, split evenly over the variants, in (0, 1]; "
+                  "default 1: every recipient gets a variant and the test only reports (no winner step)")
+DECIDE_AFTER_DOC = ("with test_share below 1 (and only then): the winner is chosen this long after the test group "
+                    "is sent (30s, 15m, 4h, 1d); the clock stops while the campaign is paused")
+METRIC_DOC = "what wins: taps (on any button but an opt-out one; the default), replies or reads, out of those sent"
+DEFAULT_VARIANT_DOC = "sent to the rest when no variant clearly wins (default A)"
+
+
+class ExperimentOptions(BaseModel):
+    """The A/B test fields of a create (give `variants` instead of `message`)."""
+
+    variants: list[MessageTemplateIn] | None = Field(None, min_length=2, max_length=3, description=VARIANTS_DOC)
+    test_share: float | None = Field(None, gt=0, le=1, examples=[0.2], description=TEST_SHARE_DOC)
+    decide_after: str | None = Field(None, examples=["4h"], description=DECIDE_AFTER_DOC)
+    metric: Literal["taps", "replies", "reads"] | None = Field(None, description=METRIC_DOC)
+    default_variant: Literal["A", "B", "C"] | None = Field(None, description=DEFAULT_VARIANT_DOC)
+
+
 class CampaignOptions(BaseModel):
     at: str | None = Field(None, description="start, ISO 8601 with offset; default: the next dispatcher tick",
                            examples=["2026-12-01T09:00:00+03:00"])
@@ -162,20 +187,20 @@ class CampaignOptions(BaseModel):
                                                     "as an attribute, a `tags` column as tags); false skips it")
 
 
-class CampaignJsonIn(CampaignOptions):
+class CampaignJsonIn(CampaignOptions, ExperimentOptions):
     """A small campaign in one JSON body: recipients as a list of objects with `phone` and the variables."""
 
     name: str = Field(max_length=200)
-    message: MessageTemplateIn
+    message: MessageTemplateIn | None = Field(None, description="required unless `variants` are given")
     recipients: list[dict[str, str | int | float | None]]
 
 
-class CampaignSegmentIn(BaseModel):
+class CampaignSegmentIn(ExperimentOptions):
     """A campaign whose recipients are a saved segment's members when it starts (no file); with
     `every`, a series: one run per period, each resolving the segment at its own start."""
 
     name: str = Field(max_length=200)
-    message: MessageTemplateIn
+    message: MessageTemplateIn | None = Field(None, description="required unless `variants` are given")
     segment_id: int = Field(ge=1, description="the saved segment (`/v1/segments`)")
     every: str | None = Field(None, examples=["1w"], description="repeat: one run every 1d, 7d, 1w (at least 1h)")
     until: str | None = Field(None, description="with every: no run after this time (ISO 8601 with offset)")
@@ -189,11 +214,15 @@ class CampaignSegmentIn(BaseModel):
     opt_out_button: str | None = None
 
 
-class CampaignMultipartIn(CampaignOptions):
+class CampaignMultipartIn(CampaignOptions, ExperimentOptions):
     """A campaign of any size: `recipients` is the CSV file, streamed to disk and imported in batches."""
 
     name: str = Field(max_length=200)
-    message: str = Field(description="message.json as a JSON string")
+    message: str | None = Field(None, description="message.json as a JSON string (or a file part); required unless "
+                                                  "`variants` are given")
+    variants: list[str] | None = Field(None, min_length=2, max_length=3,
+                                       description="an A/B test: 2 or 3 `variants` parts in place of `message`, each "
+                                                   "a message.json (a JSON string or a file part), in order A, B, C")
     recipients: bytes = Field(json_schema_extra={"format": "binary"}, description="CSV (UTF-8) with a phone column")
 
 
@@ -255,6 +284,99 @@ class FunnelOut(BaseModel):
     taps: list[Tap]
 
 
+# --- A/B tests: what they show (scheduler.experiments.results) ----------------------------------
+
+class RateOut(BaseModel):
+    successes: int
+    trials: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+class ComparisonOut(BaseModel):
+    leader: str
+    other: str
+    z: float | None
+    p_value: float | None = Field(description="one-sided: the chance of a lead this large if both were equal")
+    large_enough: bool = Field(description="each sample has 5 successes and 5 failures at the pooled rate")
+
+
+class DecisionOut(BaseModel):
+    """The numbers the decision was taken on (scheduler.significance), as stored when it was taken."""
+
+    model_config = ConfigDict(extra="allow")
+    outcome: str = Field(examples=["winner", "no clear winner", "sample too small"])
+    reason: str = Field(examples=["B beats A: 31.0% against 18.5% (one-sided p = 0.0004 < 0.05)"])
+    winner: str | None = None
+    leader: str | None = Field(None, description="the best rate (a winner only when it beats every other)")
+    chosen_by: str | None = Field(None, examples=["engine", "operator"])
+    sent_variant: str | None = None
+    released: int | None = Field(None, description="held recipients who were given the chosen variant")
+    metric: str | None = None
+    alpha: float | None = Field(None, description="each comparison's threshold: 0.05 / (variants - 1)")
+    confidence: float | None = None
+    method: str | None = None
+    rates: dict[str, RateOut] | None = None
+    comparisons: list[ComparisonOut] | None = None
+
+
+class VariantOut(BaseModel):
+    variant: str = Field(examples=["B"])
+    message: dict[str, Any] = Field(description="the variant's message.json (with the opt-out button, if any)")
+    recipients: int = Field(description="recipients given this variant (the test group's, then the rest's)")
+    sent: int
+    delivered: int
+    read: int
+    replied: int
+    tapped: int = Field(description="recipients who tapped a button that is not an opt-out button")
+    taps: dict[str, int] = Field(description="taps per button id (opt-out buttons included)",
+                                 examples=[{"reserve": 31, "stop": 2}])
+    rate: float | None = Field(description="the metric's successes out of sent; null while none is sent")
+    rate_low: float | None = Field(description="Wilson's 95 % interval of the rate")
+    rate_high: float | None
+
+    @classmethod
+    def of(cls, v: Any) -> "VariantOut":  # scheduler.experiments.VariantResult
+        return cls(variant=v.letter, message=v.message, recipients=v.recipients, sent=v.sent, delivered=v.delivered,
+                   read=v.read, replied=v.replied, tapped=v.tapped, taps=v.taps, rate=v.metric.rate,
+                   rate_low=v.metric.low, rate_high=v.metric.high)
+
+
+class ExperimentOut(BaseModel):
+    """An A/B test's options, where it is, its figures per variant and the decision."""
+
+    phase: Literal["testing", "waiting", "decided", "report"] = Field(
+        description="testing: the test group is being sent; waiting: the clock runs until decide_at; decided; "
+                    "report: test_share 1, every recipient got a variant, no winner step")
+    test_share: float
+    decide_after: str | None
+    metric: str
+    default_variant: str
+    test_done_at: datetime | None = Field(description="when the test group was sent (the clock started)")
+    decide_at: datetime | None = Field(description="when the winner is chosen (moves while the campaign is paused)")
+    clock_paused: bool
+    decided_at: datetime | None
+    decided_by: str | None = Field(description="who decided early (the key or operator); null: the engine")
+    sent_variant: str | None = Field(description="the variant the rest of the audience got")
+    winner: str | None = Field(description="the variant that clearly won; null when none did")
+    held: int = Field(description="recipients waiting for the winner")
+    decision: DecisionOut | None
+    variants: list[VariantOut]
+
+    @classmethod
+    def of(cls, result: dict[str, Any] | None) -> "ExperimentOut | None":  # scheduler.experiments.results
+        if result is None:
+            return None
+        return cls(**{k: v for k, v in result.items() if k != "variants"},
+                   variants=[VariantOut.of(v) for v in result["variants"]])
+
+
+class DecideIn(BaseModel):
+    variant: str | None = Field(None, max_length=16, examples=["B"],
+                                description="the variant to send to the rest; null: the statistics decide now")
+
+
 class CampaignDetail(CampaignSummary):
     done: int
     left: int
@@ -264,6 +386,8 @@ class CampaignDetail(CampaignSummary):
     late_failures: dict[str, int] = Field(description="sent, then reported failed by the vendor: count per failure class (window_closed, undeliverable, opted_out, ...; README \"Late failures, by class\")")
     counts_as_of: datetime | None = Field(None, description="when the counts, funnel, rate and late failures were "
                                                             "counted (a snapshot at most a few seconds old)")
+    experiment: ExperimentOut | None = Field(None, description="an A/B test: its phase, figures per variant and "
+                                                               "decision (counted now); null for a campaign of one message")
 
 
 class CampaignPage(BaseModel):
@@ -275,7 +399,7 @@ class ImportReport(BaseModel):
     id: int = Field(description="the new campaign's id")
     status: str
     imported: int
-    rejected: list[RejectedRow] = Field(description=f"the first rows refused, with their line numbers (all are counted)")
+    rejected: list[RejectedRow] = Field(description="the first rows refused, with their line numbers (all are counted)")
     rejected_total: int
     duplicates: int
     suppressed: int = Field(description="imported recipients who opted out: never sent (suppressed)")
@@ -285,6 +409,8 @@ class ImportReport(BaseModel):
                                 "e.g. a start time already past (the campaign starts at once)")
     audience: list[str] | None = Field(None, description="a campaign from a segment or a follow-up: its audience, "
                                        "resolved into recipients when it starts (and a series' schedule), in words")
+    experiment: ExperimentOut | None = Field(None, description="an A/B test: as on the campaign resource; null for "
+                                                               "a campaign of one message")
 
 
 class FollowUpIn(BaseModel):

@@ -24,12 +24,17 @@ from worker.api.problems import Problem
 from worker.errors import FieldProblem, MessageInvalid
 from worker.uploads import copy_upload
 
+#: an A/B test (scheduler.experiments): `variants` in place of `message`, and how to decide
+EXPERIMENT_OPTIONS = ("test_share", "decide_after", "metric", "default_variant")
 FORM_FIELDS = ("name", "message", "at", "window", "tz", "phone_number_id", "draft", "strict",
-               "require_open_window", "expires_at", "opt_out_button", "save_attributes")
+               "require_open_window", "expires_at", "opt_out_button", "save_attributes", "variants") + EXPERIMENT_OPTIONS
 TEXT_OPTIONS = ("name", "at", "window", "tz", "phone_number_id", "expires_at", "opt_out_button")
 FLAG_OPTIONS = ("draft", "strict", "require_open_window", "save_attributes")
 FLAGS_ON_BY_DEFAULT = ("save_attributes",)
 FORM_FIELD_MAX_BYTES = 1 << 20
+#: variants parts the parser reads: one more than a test takes, so a fourth is refused by the
+#: core's check (naming `variants`), not by the parser
+FORM_VARIANTS_MAX = 4
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
@@ -64,7 +69,8 @@ def _flag(name: str, text: str) -> bool:
 
 
 async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -> CampaignUpload:
-    form = await request.form(max_files=2, max_fields=len(FORM_FIELDS) + 4, max_part_size=FORM_FIELD_MAX_BYTES)
+    form = await request.form(max_files=2 + FORM_VARIANTS_MAX, max_fields=len(FORM_FIELDS) + FORM_VARIANTS_MAX + 4,
+                              max_part_size=FORM_FIELD_MAX_BYTES)
     try:
         problems = [FieldProblem(k, "is not a known field") for k in form.keys() if k not in FORM_FIELDS + ("recipients",)]
         upload = form.get("recipients")
@@ -73,15 +79,12 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
         texts = {k: v for k, v in form.items() if k in FORM_FIELDS and isinstance(v, str)}
         message_file = form.get("message")
         if isinstance(message_file, UploadFile):  # curl -F message=@message.json sends it as a file
-            raw = await message_file.read(FORM_FIELD_MAX_BYTES + 1)
-            if len(raw) > FORM_FIELD_MAX_BYTES:
-                problems.append(FieldProblem("message", f"is larger than {FORM_FIELD_MAX_BYTES} bytes"))
-            else:
-                try:
-                    texts["message"] = raw.decode("utf-8-sig")
-                except UnicodeDecodeError:
-                    problems.append(FieldProblem("message", "is not UTF-8 text"))
-        options: dict[str, Any] = {k: texts.get(k) for k in TEXT_OPTIONS}
+            text = await _part_text(message_file, "message", problems)
+            if text is not None:
+                texts["message"] = text
+        variants = await _variants(form.getlist("variants"), problems)   # the parser bounds how many
+        options: dict[str, Any] = {k: texts.get(k) for k in TEXT_OPTIONS + EXPERIMENT_OPTIONS}
+        options["variants"] = variants
         for flag in FLAG_OPTIONS:
             try:
                 options[flag] = _flag(flag, texts.get(flag, "true" if flag in FLAGS_ON_BY_DEFAULT else ""))
@@ -89,8 +92,9 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
                 problems.extend(exc.problems)
         try:
             options["template"] = parse_json(texts["message"], "message") if "message" in texts else None
-            if options["template"] is None:
-                problems.append(FieldProblem("message", "is required: message.json as a JSON string"))
+            if options["template"] is None and variants is None:
+                problems.append(FieldProblem("message", "is required: message.json as a JSON string "
+                                                        "(or 2 or 3 `variants` parts for an A/B test)"))
         except MessageInvalid as exc:
             problems.extend(exc.problems)
         if problems:
@@ -102,6 +106,35 @@ async def _from_form(request: Request, directory: tempfile.TemporaryDirectory) -
         await form.close()
 
 
+async def _part_text(part: str | UploadFile, name: str, problems: list[FieldProblem]) -> str | None:
+    """A form field's text, whether sent as a text field or as a file part (`-F name=@file.json`)."""
+    if isinstance(part, str):
+        return part
+    raw = await part.read(FORM_FIELD_MAX_BYTES + 1)
+    if len(raw) > FORM_FIELD_MAX_BYTES:
+        problems.append(FieldProblem(name, f"is larger than {FORM_FIELD_MAX_BYTES} bytes"))
+        return None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        problems.append(FieldProblem(name, "is not UTF-8 text"))
+        return None
+
+
+async def _variants(parts: list[str | UploadFile], problems: list[FieldProblem]) -> list[Any] | None:
+    """The `variants` parts, in order, each parsed as JSON (named `variants[i]`); None when there are none."""
+    if not parts:
+        return None
+    variants: list[Any] = []
+    for i, part in enumerate(parts):
+        text = await _part_text(part, f"variants[{i}]", problems)
+        try:
+            variants.append(parse_json(text, f"variants[{i}]") if text is not None else None)
+        except MessageInvalid as exc:
+            problems.extend(exc.problems)
+    return variants
+
+
 #: a JSON body with `segment_id` instead of `recipients`: a campaign (or, with `every`, a series)
 #: whose recipients are the segment's members when it starts (scheduler.audience)
 AUDIENCE_FIELDS = ("segment_id", "every", "until")
@@ -110,7 +143,7 @@ FILE_ONLY_FLAGS = ("strict", "save_attributes")
 
 def _from_segment(body: dict[str, Any], directory: tempfile.TemporaryDirectory) -> CampaignUpload:
     problems = [FieldProblem(str(k), "is not a known field") for k in body
-                if k not in ("message",) + TEXT_OPTIONS + FLAG_OPTIONS + AUDIENCE_FIELDS]
+                if k not in ("message", "variants") + TEXT_OPTIONS + FLAG_OPTIONS + AUDIENCE_FIELDS + EXPERIMENT_OPTIONS]
     if "recipients" in body:
         problems.append(FieldProblem("recipients", "give recipients or segment_id, not both"))
     segment_id = body.get("segment_id")
@@ -126,9 +159,9 @@ def _from_segment(body: dict[str, Any], directory: tempfile.TemporaryDirectory) 
             problems.append(FieldProblem(flag, "must be true or false"))
     if problems:
         raise MessageInvalid(problems)
-    options = {k: body.get(k) for k in TEXT_OPTIONS + AUDIENCE_FIELDS}
+    options = {k: body.get(k) for k in TEXT_OPTIONS + AUDIENCE_FIELDS + EXPERIMENT_OPTIONS}
     options.update(draft=body.get("draft", False), require_open_window=body.get("require_open_window", False),
-                   template=body.get("message"))
+                   template=body.get("message"), variants=body.get("variants"))
     return CampaignUpload(options, "", "segment", directory)
 
 
@@ -137,7 +170,7 @@ def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpl
         raise MessageInvalid([FieldProblem("body", "must be a JSON object")])
     if "segment_id" in body:
         return _from_segment(body, directory)
-    known = ("message", "recipients") + TEXT_OPTIONS + FLAG_OPTIONS
+    known = ("message", "recipients", "variants") + TEXT_OPTIONS + FLAG_OPTIONS + EXPERIMENT_OPTIONS
     problems = [FieldProblem(str(k), "is not a known field") for k in body if k not in known]
     recipients = body.get("recipients")
     if not isinstance(recipients, list) or not recipients:
@@ -163,8 +196,9 @@ def _from_json(body: Any, directory: tempfile.TemporaryDirectory) -> CampaignUpl
         writer.writerow(list(columns))
         for row in recipients:
             writer.writerow(["" if row.get(c) is None else str(row.get(c)) for c in columns])
-    options = {k: body.get(k) for k in TEXT_OPTIONS}
-    options.update({k: body.get(k, k in FLAGS_ON_BY_DEFAULT) for k in FLAG_OPTIONS}, template=body.get("message"))
+    options = {k: body.get(k) for k in TEXT_OPTIONS + EXPERIMENT_OPTIONS}
+    options.update({k: body.get(k, k in FLAGS_ON_BY_DEFAULT) for k in FLAG_OPTIONS}, template=body.get("message"),
+                   variants=body.get("variants"))
     for text_field in TEXT_OPTIONS[1:]:
         if options[text_field] is not None and not isinstance(options[text_field], str):
             raise MessageInvalid([FieldProblem(text_field, "must be a string")])

@@ -1,6 +1,7 @@
-"""`buttoncast campaign ...`: create (with its CSV), schedule, pause, resume, cancel, list, show,
-report, test. Summaries and errors go to standard error; what a script captures (a new id, a
-report) goes to standard output.
+"""`buttoncast campaign ...`: create (with its CSV or a segment; one message or an A/B test of
+2-3 variants), schedule, pause, resume, cancel, decide, list, show, report, test, follow-up.
+Summaries and errors go to standard error; what a script captures (a new id, a report) goes to
+standard output.
 """
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
 import click
 
-from scheduler import campaigns, report
+from scheduler import campaigns, experiments, report
 from scheduler.campaigns import parse_at  # noqa: F401 - the CLI's name for it
 from scheduler.importer import ImportRefused, ImportResult, RecipientsFileError, RowProblem
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
@@ -27,6 +29,7 @@ from worker.status import CampaignStatus
 from worker.window import WindowInvalid
 
 F = TypeVar("F", bound=Callable[..., Any])
+ACTOR = "operator"   # who the audit trail names for a change made with this CLI
 SUMMARY_DETAIL_ROWS = 20
 WATCH_REFRESH_S = 1.0
 ENDED = (CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
@@ -53,17 +56,32 @@ def campaign_errors(func: F) -> F:
     return friendly_errors(wrapper)  # type: ignore[return-value]
 
 
-def _load_message(path: str) -> dict[str, Any]:
+def _load_message(path: str, option: str = "--message") -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8-sig") as fh:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
-        raise MessageInvalid([FieldProblem("--message", f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}")]) from None
+        raise MessageInvalid([FieldProblem(option, f"{path} is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}")]) from None
     except UnicodeDecodeError:
-        raise MessageInvalid([FieldProblem("--message", f"{path} is not UTF-8 text")]) from None
+        raise MessageInvalid([FieldProblem(option, f"{path} is not UTF-8 text")]) from None
     if not isinstance(data, dict):
-        raise MessageInvalid([FieldProblem("--message", f"{path} must hold a JSON object with body_text and buttons")])
+        raise MessageInvalid([FieldProblem(option, f"{path} must hold a JSON object with body_text and buttons")])
     return data
+
+
+def _load_variants(paths: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each --variant file read as --message is, every unreadable one listed at once; and the
+    labels that name each variant in an error (its file name, or the path as typed when two share one)."""
+    messages, problems = [], []
+    for path in paths:
+        try:
+            messages.append(_load_message(path, "--variant"))
+        except MessageInvalid as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise MessageInvalid(problems)
+    names = [os.path.basename(path) for path in paths]
+    return messages, names if len(set(names)) == len(names) else list(paths)
 
 
 def _print_result(result: ImportResult) -> None:
@@ -104,8 +122,19 @@ def campaign_group() -> None:
 
 @campaign_group.command("create")
 @click.option("--name", required=True, help="A name operators recognise (at most 200 characters).")
-@click.option("--message", "message_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--message", "message_path", default=None, type=click.Path(exists=True, dir_okay=False),
               help="message.json: header_text, body_text, footer_text, buttons; {{column}} placeholders allowed in the texts.")
+@click.option("--variant", "variant_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Instead of --message, 2 or 3 times: an A/B test of these message files (variants A, B, C in this order).")
+@click.option("--test-share", type=float, default=None,
+              help="A/B test: the share of the recipients in the test group, split evenly over the variants, in (0, 1] "
+                   "(default 1: every recipient gets a variant and the test only reports).")
+@click.option("--decide-after", default=None, metavar="DURATION",
+              help="A/B test with --test-share below 1: choose the winner this long after the test group is sent (30m, 4h, 1d).")
+@click.option("--metric", default=None, metavar="taps|replies|reads",
+              help="A/B test: what a variant wins by (default taps: a tap on any button that is not an opt-out button).")
+@click.option("--default-variant", default=None, metavar="LETTER",
+              help="A/B test: the variant the rest gets when there is no clear winner (default A).")
 @click.option("--recipients", default=None, type=click.Path(exists=True, dir_okay=False),
               help="CSV (UTF-8) with a 'phone' column; other columns fill the placeholders.")
 @click.option("--segment", "segment_id", default=None, type=int,
@@ -133,10 +162,12 @@ def campaign_group() -> None:
               help="Do not keep the file's columns on the contacts (by default each column but phone is stored as "
                    "an attribute, and a 'tags' column as tags).")
 @campaign_errors
-def create_command(name, message_path, recipients, segment_id, every, until_text, at_text, window, tz,  # noqa: ANN001
+def create_command(name, message_path, variant_paths, test_share, decide_after, metric, default_variant,  # noqa: ANN001
+                   recipients, segment_id, every, until_text, at_text, window, tz,  # noqa: ANN001
                    phone_number_id, draft, strict, default_country, opt_out_button, require_open_window,  # noqa: ANN001
                    expires_text, no_save_attributes) -> None:  # noqa: ANN001
-    """Create a campaign from message.json and a CSV (or a segment); prints its id alone on the last line of stdout."""
+    """Create a campaign from message.json (or 2-3 --variant files: an A/B test) and a CSV (or a
+    segment); prints its id alone on the last line of stdout."""
     # This face binds its options (times, the country, the file) and names them as the user typed
     # them; creating is `campaigns.create_from_options` (or `audience.create_audience_campaign`
     # for a segment), as for the API and the console.
@@ -147,17 +178,26 @@ def create_command(name, message_path, recipients, segment_id, every, until_text
                                            "a CSV file; a segment has none")])
     if recipients is not None and (every or until_text):
         raise MessageInvalid([FieldProblem("--every", "a recurring campaign needs --segment (each run resolves it again)")])
+    if message_path is not None and variant_paths:
+        raise MessageInvalid([FieldProblem("--message", "and --variant exclude each other: give one message, or 2 or 3 "
+                                           "--variant files for an A/B test")])
+    if message_path is None and not variant_paths:
+        raise MessageInvalid([FieldProblem("--message", "is required: give --message FILE, or 2 or 3 --variant FILE "
+                                           "for an A/B test")])
     at = parse_at(at_text)
     expires_at = parse_at(expires_text, "--expires-at")
     until = parse_at(until_text, "--until")
-    template = _load_message(message_path)
+    template = _load_message(message_path) if message_path else None
+    variants, labels = _load_variants(variant_paths) if variant_paths else (None, None)
+    test = dict(variants=variants, variant_labels=labels, test_share=test_share, decide_after=decide_after,
+                metric=metric, default_variant=default_variant)
     runtime = load_runtime()
     _warn_if_past(at)
     if segment_id is not None:
         ensure_schema(runtime)
         _create_for_segment(runtime, segment_id, name=name, template=template, at=at, window=window, tz=tz,
                             phone_number_id=phone_number_id, draft=draft, require_open_window=require_open_window,
-                            expires_at=expires_at, opt_out_button=opt_out_button, every=every, until=until)
+                            expires_at=expires_at, opt_out_button=opt_out_button, every=every, until=until, **test)
         return
     region = parse_default_country(default_country, "--default-country")
     ensure_schema(runtime)
@@ -166,13 +206,14 @@ def create_command(name, message_path, recipients, segment_id, every, until_text
             runtime, recipients, name=name, template=template, at=at, window=window, tz=tz,
             phone_number_id=phone_number_id, draft=draft, strict=strict, require_open_window=require_open_window,
             expires_at=expires_at, opt_out_button=opt_out_button, default_region=region,
-            save_attributes=not no_save_attributes,
+            save_attributes=not no_save_attributes, **test,
         )
     _print_result(result)
     _print_attributes_kept(result.attributes)
     with runtime.read_sessions() as session:
         click.echo("pre-flight: " + report.describe_audience(report.audience(session, campaign.id),
                                                              require_open_window=require_open_window), err=True)
+        _print_experiment(runtime, session, campaign.id)
     when = "draft: start it with `buttoncast campaign schedule %d`" % campaign.id if draft else f"scheduled for {report.format_utc(campaign.scheduled_at)}"
     click.echo(f"campaign {campaign.id} created ({when})", err=True)
     click.echo(campaign.id)
@@ -189,10 +230,11 @@ def _create_for_segment(runtime: Runtime, segment_id: int, **options: Any) -> No
     from scheduler import audience
 
     with _named_as_options():
-        campaign = audience.create_audience_campaign(runtime, segment_id=segment_id, actor="operator", **options)
+        campaign = audience.create_audience_campaign(runtime, segment_id=segment_id, actor=ACTOR, **options)
     with runtime.read_sessions() as session:
         for line in audience.describe_lines(session, campaign):
             click.echo(line, err=True)
+        _print_experiment(runtime, session, campaign.id)
     kind = "series" if campaign.series_every_s else "campaign"
     when = (f"draft: start it with `buttoncast campaign schedule {campaign.id}`" if options.get("draft")
             else f"first run {report.format_utc(campaign.series_next_at)}" if campaign.series_every_s
@@ -201,10 +243,19 @@ def _create_for_segment(runtime: Runtime, segment_id: int, **options: Any) -> No
     click.echo(campaign.id)
 
 
+def _print_experiment(runtime: Runtime, session: Any, campaign_id: int) -> None:
+    """An A/B test's plan (and, for a CSV, who is in the test group and who is held), on stderr."""
+    results = experiments.results(session, campaign_id, runtime.settings.opt_out_button_ids)
+    for line in experiments.describe_lines(results) if results else []:
+        click.echo(line, err=True)
+
+
 #: the service's field names as this command's options
 OPTION_FOR_FIELD = {"at": "--at", "expires_at": "--expires-at", "phone_number_id": "--phone-number-id",
                     "message": "--message", "name": "--name", "segment": "--segment", "every": "--every",
-                    "until": "--until", "window": "--window"}
+                    "until": "--until", "window": "--window", "variants": "--variant", "variant": "--variant",
+                    "test_share": "--test-share", "decide_after": "--decide-after", "metric": "--metric",
+                    "default_variant": "--default-variant"}
 
 
 @contextlib.contextmanager
@@ -262,6 +313,22 @@ def cancel_command(campaign_id: int) -> None:
     click.echo(f"campaign {campaign_id} cancelled; {cancelled} unsent message(s) cancelled")
 
 
+@campaign_group.command("decide")
+@click.argument("campaign_id", type=int)
+@click.option("--variant", "letter", required=True, metavar="LETTER",
+              help="The variant the held rest of the audience gets now (A, B or C), whatever the test says so far.")
+@campaign_errors
+def decide_command(campaign_id: int, letter: str) -> None:
+    """End an A/B test early: send variant LETTER to the recipients held for the winner (audited)."""
+    with _named_as_options():
+        decided = experiments.decide(load_runtime(), campaign_id, variant=letter, actor=ACTOR)
+    decision = decided.decision or {}
+    verdict = f"winner {decided.winner}" if decided.winner else decision.get("outcome", "no clear winner")
+    click.echo(f"campaign {campaign_id} decided by {ACTOR}: variant {decided.sent_variant} goes to "
+               f"{decision.get('released', 0)} held recipient(s) (the {decision.get('metric', 'metric')} so far: "
+               f"{verdict})", err=True)
+
+
 @campaign_group.command("list")
 @campaign_errors
 def list_command() -> None:
@@ -269,17 +336,20 @@ def list_command() -> None:
     runtime = load_runtime()
     with runtime.read_sessions() as session:
         rows = campaigns.list_campaigns(session)
-    click.echo(f"{'id':>6}  {'status':<10} {'scheduled (UTC)':<19}  {'total':>8} {'pending':>8} {'queued':>7} {'sending':>7} {'sent':>8} {'failed':>7} {'other':>6}  name")
+    click.echo(f"{'id':>6}  {'status':<10} {'scheduled (UTC)':<19}  {'total':>8} {'pending':>8} {'held':>7} "
+               f"{'queued':>7} {'sending':>7} {'sent':>8} {'failed':>7} {'other':>6}  name")
     for campaign, c in rows:
         other = c["unknown"] + c["cancelled"] + c["rejected"]
         when = campaign.scheduled_at.strftime("%Y-%m-%d %H:%M:%S") if campaign.scheduled_at else "-"
-        click.echo(f"{campaign.id:>6}  {campaign.status:<10} {when:<19}  {sum(c.values()):>8} {c['pending']:>8} {c['queued']:>7} "
-                   f"{c['sending']:>7} {c['sent']:>8} {c['failed']:>7} {other:>6}  {campaign.name}")
+        click.echo(f"{campaign.id:>6}  {campaign.status:<10} {when:<19}  {sum(c.values()):>8} {c['pending']:>8} "
+                   f"{c.get('held', 0):>7} {c['queued']:>7} {c['sending']:>7} {c['sent']:>8} {c['failed']:>7} {other:>6}  "
+                   f"{campaign.name}")
 
 
 def _progress(runtime: Runtime, campaign_id: int) -> report.Progress:
     with runtime.read_sessions() as session:
-        return report.progress(session, campaign_id, runtime.settings.rate_limit.per_second)
+        return report.progress(session, campaign_id, runtime.settings.rate_limit.per_second,
+                               opt_out_button_ids=runtime.settings.opt_out_button_ids)
 
 
 @campaign_group.command("show")
@@ -395,7 +465,7 @@ def follow_up_command(campaign_id: int, message_path: str, tapped: str | None, t
     ensure_schema(runtime)
     with _named_as_options():
         follow = audience.create_follow_up(runtime, campaign_id, template=template, result=chosen[0], button=tapped,
-                                           at=at, name=name, actor="operator")
+                                           at=at, name=name, actor=ACTOR)
     with runtime.read_sessions() as session:
         for line in audience.describe_lines(session, follow):
             click.echo(line, err=True)

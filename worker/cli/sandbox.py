@@ -42,6 +42,22 @@ def _pairs(what: str):  # noqa: ANN202 - a click callback
     return parse
 
 
+def _text_shares(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    """TEXT:SHARE options (repeatable) as {text: share}; the text may hold colons (split at the last)."""
+    shares: dict[str, float] = {}
+    for value in values:
+        text, sep, share = value.rpartition(":")
+        try:
+            number = float(share)
+        except ValueError:
+            number = -1.0
+        if not sep or not text or not 0.0 <= number <= 1.0:
+            raise click.BadParameter(f"{value!r}: write TEXT:SHARE with SHARE between 0 and 1, e.g. '20% off:0.6'",
+                                     param=param)
+        shares[text] = number
+    return shares
+
+
 @click.command("sandbox")
 @click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="bind address; anything but loopback also needs --allow-remote")
@@ -77,6 +93,9 @@ def _pairs(what: str):  # noqa: ANN202 - a click callback
 @click.option("--read-after-s", type=float, default=READ_AFTER_S, show_default=True)
 @click.option("--read-share", type=_share, default=1.0, show_default=True)
 @click.option("--tap-share", type=_share, default=0.0, show_default=True)
+@click.option("--tap-share-by-text", "tap_share_by_text", multiple=True, callback=_text_shares,
+              help="TEXT:SHARE, e.g. '20% off:0.6': a message whose body contains TEXT is tapped with SHARE "
+                   "instead of --tap-share (repeatable; the longest matching TEXT wins)")
 @click.option("--tap-button-id", default=None)
 @click.option("--late-fail-rate", "late_fail_rates", multiple=True, callback=_pairs("SHARE"),
               help="CODE:SHARE, e.g. 131047:0.05: that share of accepted messages gets a late `failed` webhook "

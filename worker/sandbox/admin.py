@@ -7,6 +7,8 @@ otherwise); without one, only loopback peers get in (403 for the rest).
 GET  /_sandbox/received[?phone=]  -> {"received": [record, ...]}  (answered 200 or stalled)
 GET  /_sandbox/stats              -> {"counts": {...}, "accepted": n, "requests": n,
                                       "fault_events": {phone: [...]}, "webhooks": {...},
+                                      "late_failures": {code: n}, "stop_replies": n,
+                                      "taps": {wamid: button id} (taps planned),
                                       "scripts_pending": {phone: [...]}, "config": {...}}
 POST /_sandbox/reset              -> forget records, counts, scripts, the rate window, forced 429s
 POST /_sandbox/config             -> JSON of runtime options (config.RUNTIME_OPTIONS), plus the

@@ -1,5 +1,9 @@
 """The sandbox's settings: one dataclass, set at start; the fault and rate options also at runtime.
 
+`tap_share_by_text` lets a test make one message tapped more than another (an A/B test's
+variants): a message whose body_text contains a key is tapped with that share instead of
+`tap_share` (the longest matching key wins; among equals, the first given).
+
 Defaults are named constants with their unit in the name. Nothing here reads the environment: the
 CLI layer (`worker/cli/sandbox.py`) does that for its defaults only.
 """
@@ -7,6 +11,7 @@ CLI layer (`worker/cli/sandbox.py`) does that for its defaults only.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -67,6 +72,8 @@ class SandboxConfig:
     read_after_s: float = READ_AFTER_S
     read_share: float = 1.0
     tap_share: float = 0.0
+    #: body_text fragment -> tap share, used instead of tap_share for a message containing it
+    tap_share_by_text: dict[str, float] = field(default_factory=dict)
     tap_button_id: str | None = None
     webhook_attempts: int = WEBHOOK_ATTEMPTS
     webhook_retry_base_s: float = WEBHOOK_RETRY_BASE_S
@@ -106,6 +113,7 @@ class SandboxConfig:
         self.fail_phone_prefixes = tuple(self.fail_phone_prefixes or ())
         self.stop_reply_prefixes = tuple(self.stop_reply_prefixes or ())
         self._validate_late_failures()
+        self._validate_tap_shares()
         self.parsed_rate = RateLimit.parse(self.rate_limit, "sandbox rate_limit") if self.rate_limit else None
 
     def _validate_late_failures(self) -> None:
@@ -121,6 +129,30 @@ class SandboxConfig:
             raise ConfigError("sandbox late_fail_rates add up to more than 1")
         if any(not prefix.isdigit() for prefix in [*self.late_fail_prefixes, *self.stop_reply_prefixes]):
             raise ConfigError("sandbox late-failure and STOP-reply phone prefixes must be digits")
+
+    def _validate_tap_shares(self) -> None:
+        shares = self.tap_share_by_text
+        if not isinstance(shares, Mapping):
+            raise ConfigError(f"sandbox option tap_share_by_text={shares!r} must be an object (body text: share)")
+        checked: dict[str, float] = {}
+        for text, share in shares.items():
+            if not isinstance(text, str) or not text:
+                raise ConfigError(f"sandbox option tap_share_by_text: key {text!r} must be a non-empty text")
+            try:
+                value = float(share)
+            except (TypeError, ValueError):
+                value = math.nan
+            if not 0.0 <= value <= 1.0:   # NaN fails too
+                raise ConfigError(f"sandbox option tap_share_by_text[{text!r}]={share!r} must be a share between 0 and 1")
+            checked[text] = value
+        self.tap_share_by_text = checked
+
+    def tap_share_for(self, body_text: Any) -> float:
+        """The tap share of a message with this body: the longest `tap_share_by_text` key it
+        contains (the first given among equals), else `tap_share`."""
+        text = body_text if isinstance(body_text, str) else ""
+        matches = [key for key in self.tap_share_by_text if key in text]
+        return self.tap_share_by_text[max(matches, key=len)] if matches else self.tap_share
 
     def late_failure_for(self, phone: str) -> str | None:
         """The code a prefix assigns to `phone` (the longest matching prefix wins), or None."""
@@ -152,7 +184,7 @@ RUNTIME_OPTIONS = frozenset(
     {
         "rate_limit", "remaining_override", "latency_ms", "error_rate_500", "error_rate_503",
         "timeout_rate", "drop_rate", "stall_s", "fail_phone_prefixes", "seed", "webhook_url",
-        "webhook_secret", "delivered_after_s", "read_after_s", "read_share", "tap_share",
+        "webhook_secret", "delivered_after_s", "read_after_s", "read_share", "tap_share", "tap_share_by_text",
         "tap_button_id", "phone_number_ids", "late_fail_rates", "late_fail_prefixes", "stop_reply_rate",
         "stop_reply_prefixes", "stop_reply_text",
     }
@@ -178,12 +210,16 @@ def is_loopback(host: str | None) -> bool:
 def _coerce(name: str, value: Any) -> Any:
     if value is None:
         nullable = name not in _FLOATS and name not in ("fail_phone_prefixes", "stop_reply_prefixes", "late_fail_rates",
-                                                          "late_fail_prefixes", "stop_reply_text")
+                                                          "late_fail_prefixes", "stop_reply_text", "tap_share_by_text")
         return None if nullable else _reject(name)
     if name in _FLOATS:
         return float(value)
     if name in ("remaining_override", "seed"):
         return int(value)
+    if name == "tap_share_by_text":
+        if not isinstance(value, Mapping):
+            raise ConfigError("sandbox option tap_share_by_text must be an object (body text: share)")
+        return dict(value)
     if name in ("late_fail_rates", "late_fail_prefixes"):
         if not isinstance(value, Mapping):
             raise ConfigError(f"sandbox option {name} must be an object ({'code: share' if name == 'late_fail_rates' else 'prefix: code'})")

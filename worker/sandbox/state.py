@@ -60,6 +60,7 @@ class SandboxState:
         self.webhooks: Counter[str] = Counter()
         self.late_failures: Counter[str] = Counter()   # failed status webhooks planned, by vendor code
         self.stop_replies = 0                          # STOP replies planned
+        self.taps: dict[str, str] = {}                 # taps planned: wamid of the message tapped -> button id
 
     def accept(self, *, phone: str, phone_number_id: str, body: dict[str, Any], outcome: str, request_id: str) -> Record:
         record = Record(
@@ -96,6 +97,7 @@ class SandboxState:
             "webhooks": dict(self.webhooks),
             "late_failures": dict(self.late_failures),
             "stop_replies": self.stop_replies,
+            "taps": dict(self.taps),
         }
 
 

@@ -11,7 +11,8 @@ fault: the vendor did send that message, only its answer was lost) one backgroun
 
 2. with probability `read_share`, at `read_after_s` after acceptance (never before delivered):
    the same shape with `"status": "read"`.
-3. only if read, with probability `tap_share`, right after the read event, an inbound button reply::
+3. only if read, with probability `tap_share` (or the `tap_share_by_text` share of a body_text
+   containing its key: SandboxConfig.tap_share_for), right after the read event, an inbound button reply::
 
      {"event": "message.received", "timestamp": "<ISO 8601 UTC>",
       "data": {"message_id": "wamid.<new>", "conversation_id": "conv_<hex>",
@@ -44,7 +45,8 @@ HMAC-SHA256(webhook_secret, raw body)>` (worker.signing.sign_body); without a we
 header is left out. A POST that fails (connection error or a non-2xx answer) is retried up to
 `webhook_attempts` times in all, backing off `webhook_retry_base_s * 2**n`. Outcomes are counted in
 stats()["webhooks"] under "delivered", "retried" and "failed"; late failures sent in
-stats()["late_failures"] by code, STOP replies in stats()["stop_replies"].
+stats()["late_failures"] by code, STOP replies in stats()["stop_replies"], taps planned in
+stats()["taps"] ({wamid of the message tapped: button id}).
 """
 
 from __future__ import annotations
@@ -158,10 +160,13 @@ class WebhookEmitter:
         else:
             read = self._faults.chance(cfg.read_share) if cfg.read_share < 1 else True
             stop = record.phone.startswith(cfg.stop_reply_prefixes or ("\0",)) or self._faults.chance(cfg.stop_reply_rate)
-            tap = read and not stop and self._faults.chance(cfg.tap_share)
+            tap = read and not stop and self._faults.chance(cfg.tap_share_for(record.body.get("body_text")))
+            button = chosen_button(record, cfg.tap_button_id) if tap else None
             if stop:
                 self._state.stop_replies += 1
-            coroutine = self._emit(record, cfg.webhook_url, cfg.webhook_secret, read, tap, cfg.tap_button_id,
+            if button is not None:
+                self._state.taps[record.message_id] = str(button.get("id"))
+            coroutine = self._emit(record, cfg.webhook_url, cfg.webhook_secret, read, button,
                                    cfg.stop_reply_text if stop else None)
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -184,8 +189,8 @@ class WebhookEmitter:
         await asyncio.sleep(self._config.delivered_after_s)
         await self.post(url, secret, failed_event(record, code))
 
-    async def _emit(self, record: Record, url: str, secret: str | None, read: bool, tap: bool,
-                    tap_button_id: str | None, stop_text: str | None = None) -> None:
+    async def _emit(self, record: Record, url: str, secret: str | None, read: bool, button: dict[str, str] | None,
+                    stop_text: str | None = None) -> None:
         cfg = self._config
         delivered_at = cfg.delivered_after_s
         await asyncio.sleep(delivered_at)
@@ -196,7 +201,6 @@ class WebhookEmitter:
         if stop_text is not None:
             await self.post(url, secret, stop_event(record, stop_text))
             return
-        button = chosen_button(record, tap_button_id) if tap else None
         if button is not None:
             await self.post(url, secret, tap_event(record, button))
 
