@@ -35,6 +35,13 @@ def share(part: int, whole: int) -> str:
     return "-" if not whole else f"{100 * part / whole:.1f} %"
 
 
+def pct(value: float | None) -> str:
+    """A share as a percentage, to a tenth where it has one: 0.2 -> `20 %`, 0.125 -> `12.5 %`."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}".removesuffix(".0") + " %"
+
+
 def percent(part: int, whole: int) -> float:
     """For widths (progress bars, chart bars): 0..100."""
     return 0.0 if not whole else round(min(100.0, 100 * part / whole), 2)
@@ -58,5 +65,5 @@ def duration(seconds: int | None) -> str:
 
 
 FILTERS = {"when": when, "clock": clock, "count": count, "epoch": epoch, "campaign_links": campaign_links,
-           "duration": duration}
+           "duration": duration, "pct": pct}
 GLOBALS = {"share": share, "percent": percent}

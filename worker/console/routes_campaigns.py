@@ -1,4 +1,5 @@
-"""The campaigns list, one campaign (live counts, funnel, recipients), its actions and downloads.
+"""The campaigns list, one campaign (live counts, funnel, an A/B test's variants, recipients), its
+actions (an A/B test's "Decide now" among them) and downloads.
 
 Each handler binds the form, checks the role and CSRF (dependencies), and calls the one service
 function the CLI and the API call; errors from the service come back as a one-line notice.
@@ -12,7 +13,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from scheduler import audience, campaigns, report, snapshots
+from scheduler import audience, campaigns, experiments, report, significance, snapshots
 from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
 from worker.access.roles import Permission
 from worker.access.users import Person
@@ -21,7 +22,7 @@ from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.db import streamed_read
 from worker.downloads import DownloadResponse
 from worker.errors import ButtoncastError, MessageInvalid
-from worker.models import Campaign, utcnow
+from worker.models import Campaign, Experiment, utcnow
 from worker.runtime import Runtime
 from worker.sending.history import list_messages
 from worker.status import CampaignStatus, MessageStatus
@@ -105,7 +106,8 @@ def campaign_page(request: Request, campaign_id: int, status: str = "", button: 
         context = _campaign_context(session, rt, campaign_id)
         table = _recipients(session, campaign_id, status, button, error_code, "")
         lines = audience.describe_lines(session, context["c"])   # its audience, follow-up source, series runs
-    return render(request, "campaign.html", **context, **table, audience_lines=lines)
+        test = experiments.results(session, campaign_id, rt.settings.opt_out_button_ids)   # None: one message
+    return render(request, "campaign.html", **context, **table, audience_lines=lines, experiment=test)
 
 
 @router.get("/campaigns/{campaign_id}/recipients")
@@ -170,6 +172,44 @@ def test_send(campaign_id: int, phone: str = Form(""), person: Person = SEND, rt
     response = _act(rt, campaign_id, send, "")
     if "id" in result:
         return redirect(f"/campaigns/{campaign_id}", f"Test message {result['id']} queued to {phone}.")
+    return response
+
+
+@router.get("/campaigns/{campaign_id}/decide")
+def decide_page(request: Request, campaign_id: int, variant: str = "", person: Person = SEND,
+                rt: Runtime = Depends(runtime)) -> Response:
+    """The confirmation step of "Decide now": what goes to how many held recipients, and with no
+    variant chosen, what the numbers so far say (the verdict the decision would take now)."""
+    with rt.read_sessions() as session:
+        c = campaigns.get_campaign(session, campaign_id)
+        test = experiments.results(session, campaign_id, rt.settings.opt_out_button_ids)
+    if test is None:
+        return redirect(f"/campaigns/{campaign_id}", "Not done: this campaign is not an A/B test (it has one message).")
+    letters = [v.letter for v in test["variants"]]
+    chosen = variant.strip().upper()
+    if chosen and chosen not in letters:
+        return redirect(f"/campaigns/{campaign_id}",
+                        f"Not done: {variant!r} is not one of its variants ({', '.join(letters)}).")
+    verdict = None if chosen else significance.decide({v.letter: (v.metric.successes, v.metric.trials)
+                                                        for v in test["variants"]})
+    return render(request, "decide.html", c=c, x=test, variant=chosen, verdict=verdict)
+
+
+@router.post("/campaigns/{campaign_id}/decide", dependencies=POSTED)
+def decide_now(campaign_id: int, variant: str = Form(""), person: Person = SEND,
+               rt: Runtime = Depends(runtime)) -> Response:
+    """`campaign decide ID [--variant B]`, attributed to the person."""
+    decided: dict[str, object] = {}
+
+    def run() -> None:
+        decided["test"] = experiments.decide(rt, campaign_id, variant=variant or None, actor=person.actor)
+
+    response = _act(rt, campaign_id, run, "")
+    test = decided.get("test")
+    if isinstance(test, Experiment):
+        released = (test.decision or {}).get("released", 0)
+        return redirect(f"/campaigns/{campaign_id}", f"Decided: variant {test.sent_variant} goes to the {released} "
+                                                     "recipient(s) who were held.")
     return response
 
 

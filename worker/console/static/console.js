@@ -2,6 +2,7 @@
    - [data-poll]: replace the element with a fresh copy from its URL every second until data-final="true"
    - [data-max]: count code points as the server does (an emoji is one) and refuse the form past the limit
    - the new-campaign editor: placeholders from the CSV's header, and a preview bubble with a row's values
+     beside each variant of the message; "Add a variant" shows the next one (B, C) and the A/B test's options
    - the new-campaign audience: a CSV or a saved segment (and how often it repeats)
    - the segment builder: rows of conditions, their JSON, and the live count (the server validates and counts)
    - [data-id-from]: a button's id written from its title until the person edits the id */
@@ -77,8 +78,11 @@
 
   function startEditor(form) {
     const PREVIEW_ROWS = 50; const HEAD_BYTES = 65536;
-    const fillable = ["header_text", "body_text", "footer_text"].map((id) => document.getElementById(id));
-    let lastFocused = fillable[1]; let header = []; let rows = [];
+    const TEXTS = ["header_text", "body_text", "footer_text"];
+    const prefixes = Array.from(form.querySelectorAll("[data-variant]")).map((v) => v.dataset.prefix);
+    if (!prefixes.length) prefixes.push("");
+    const fillable = prefixes.flatMap((px) => TEXTS.map((name) => document.getElementById(px + name)));
+    let lastFocused = document.getElementById("body_text"); let header = []; let rows = [];
     fillable.forEach((el) => el.addEventListener("focus", () => { lastFocused = el; }));
     const select = document.getElementById("preview-row");
     const chips = document.getElementById("placeholders");
@@ -96,15 +100,17 @@
         target.textContent = fill(el.value);
         target.hidden = !el.value;
       });
-      const buttons = document.getElementById("preview-buttons");
-      buttons.replaceChildren();
-      for (let i = 1; i <= 3; i++) {
-        const title = document.getElementById("button_title_" + i);
-        if (title && title.value) {
-          const b = document.createElement("span"); b.className = "b-button"; b.dir = "auto"; b.textContent = title.value;
-          buttons.appendChild(b);
+      prefixes.forEach((px) => {
+        const buttons = document.getElementById("preview-" + px + "buttons");
+        buttons.replaceChildren();
+        for (let i = 1; i <= 3; i++) {
+          const title = document.getElementById(px + "button_title_" + i);
+          if (title && title.value) {
+            const b = document.createElement("span"); b.className = "b-button"; b.dir = "auto"; b.textContent = title.value;
+            buttons.appendChild(b);
+          }
         }
-      }
+      });
     };
     form.addEventListener("input", render);
     select.addEventListener("change", render);
@@ -120,7 +126,7 @@
         const chip = document.createElement("button");
         chip.type = "button"; chip.className = "chip"; chip.textContent = `{{${name}}}`;
         chip.addEventListener("click", () => {
-          const el = lastFocused; const at = el.selectionStart ?? el.value.length;
+          const el = lastFocused.disabled ? document.getElementById("body_text") : lastFocused; const at = el.selectionStart ?? el.value.length;
           el.value = el.value.slice(0, at) + chip.textContent + el.value.slice(el.selectionEnd ?? at);
           el.dispatchEvent(new Event("input", { bubbles: true })); el.focus();
         });
@@ -132,6 +138,46 @@
       render();
     });
     render();
+  }
+
+  /* An A/B test: variants B and C are in the page, hidden and disabled (never sent) until "Add a
+     variant"; the last one shown has a "Remove" button; the test's options show with 2 or more. The
+     buttons are submit buttons too, so without this script the server adds or removes one. */
+  function startVariants(form) {
+    const sections = Array.from(form.querySelectorAll("[data-variant]"));
+    const add = document.getElementById("add-variant");
+    const options = document.getElementById("ab-options");
+    const fallback = document.getElementById("default_variant");
+    if (!add || !options || sections.length < 2) return;
+    const show = (section, on) => { section.hidden = !on; section.querySelector("fieldset").disabled = !on; };
+    const update = () => {
+      const n = sections.filter((s) => !s.hidden).length;
+      add.hidden = n >= sections.length;
+      options.hidden = n < 2; options.disabled = n < 2;
+      sections.forEach((section, i) => {
+        const remove = section.querySelector("[data-remove-variant]");
+        if (remove) remove.hidden = i !== n - 1;
+        const legend = section.querySelector("legend");
+        legend.textContent = n > 1 ? legend.dataset.many : legend.dataset.one;
+      });
+      Array.from(fallback.options).forEach((o, i) => { o.hidden = i >= n; o.disabled = i >= n; });
+      if (fallback.selectedIndex >= n) fallback.selectedIndex = 0;
+    };
+    add.addEventListener("click", (event) => {
+      event.preventDefault();
+      const next = sections.find((s) => s.hidden);
+      if (!next) return;
+      show(next, true); update();
+      document.getElementById(next.dataset.prefix + "body_text").focus();
+    });
+    form.addEventListener("click", (event) => {
+      const remove = event.target.closest("[data-remove-variant]");
+      if (!remove) return;
+      event.preventDefault();
+      show(remove.closest("[data-variant]"), false); update();
+      add.focus();
+    });
+    update();
   }
 
   /* Upload a CSV or a saved segment: the other choice's inputs are hidden and disabled (never sent,
@@ -288,7 +334,7 @@
     document.querySelectorAll("[data-poll]").forEach(startPolling);
     document.querySelectorAll("[data-max]").forEach(startCounter);
     const editor = document.getElementById("new-campaign");
-    if (editor) { startEditor(editor); startAudienceChoice(editor); }
+    if (editor) { startEditor(editor); startAudienceChoice(editor); startVariants(editor); }
     const builder = document.getElementById("segment-builder");
     if (builder) startBuilder(builder);
     document.querySelectorAll("[data-id-from]").forEach(startIdFromTitle);
