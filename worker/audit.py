@@ -7,6 +7,7 @@ A row is written in the same transaction as the change it records.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,8 @@ from worker.models import Base, BigId, UTCDateTime, utcnow
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
-    __table_args__ = (sa.Index("ix_audit_events_subject", "subject_type", "subject_id"),)
+    __table_args__ = (sa.Index("ix_audit_events_subject", "subject_type", "subject_id"),
+                      sa.Index("ix_audit_events_at", "at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -27,6 +29,14 @@ class AuditEvent(Base):
     subject_type: Mapped[str] = mapped_column(sa.String(32))      # "campaign", "message", "api_key"
     subject_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     detail: Mapped[dict | None] = mapped_column(sa.JSON)
+    #: where the write came from: the client address of the HTTP request (the API, the console);
+    #: None for the CLI and the engine
+    address: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+#: the client address of the request being served (set by the API's and the console's middleware);
+#: every audit row written while serving it carries it
+client_address: ContextVar[str | None] = ContextVar("client_address", default=None)
 
 
 def record_audit(session: Session, actor: str | None, action: str, subject_type: str, subject_id: int | None,
@@ -35,4 +45,4 @@ def record_audit(session: Session, actor: str | None, action: str, subject_type:
     if actor is None:
         return
     session.add(AuditEvent(actor=actor, action=action, subject_type=subject_type, subject_id=subject_id,
-                           detail=detail or None, at=utcnow()))
+                           detail=detail or None, at=utcnow(), address=client_address.get()))
