@@ -424,7 +424,7 @@ def results(session: Session, campaign_id: int, opt_out_button_ids: Iterable[str
         variants.append(VariantResult(letter, message, get("recipients"), get("sent"), get("delivered"), get("read"),
                                       get("replied"), get("tapped"), taps.get(letter, {}),
                                       significance.rate(get("successes"), get("sent"))))
-    return {"phase": experiment.phase, "test_share": experiment.test_share,
+    return {"phase": experiment.phase, "campaign_status": campaign.status, "test_share": experiment.test_share,
             "decide_after": format_duration(experiment.decide_after_s) if experiment.decide_after_s else None,
             "metric": experiment.metric, "default_variant": experiment.default_variant,
             "test_done_at": experiment.test_done_at, "decide_at": experiment.decide_at,
@@ -446,7 +446,9 @@ def describe_lines(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"  variant {v.letter}: {v.recipients} recipient(s), sent {v.sent}, delivered {v.delivered}, "
                      f"read {v.read}, tapped {v.tapped} (by button: {buttons}); {result['metric']} rate {rate}")
     phase = result["phase"]
-    if phase == TESTING:
+    if phase in (TESTING, WAITING) and result.get("campaign_status") == CampaignStatus.CANCELLED.value:
+        lines.append("  cancelled before a decision: no winner was chosen, and the held recipients were not sent")
+    elif phase == TESTING:
         lines.append(f"  testing: {result['held']} recipient(s) held for the winner until the test group is sent")
     elif phase == WAITING:
         paused = " (clock stopped while the campaign is paused)" if result["clock_paused"] else ""

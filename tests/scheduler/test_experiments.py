@@ -323,3 +323,12 @@ def test_a_test_that_holds_nobody_is_still_decided_after_its_campaign_completes(
     with rt.session_factory() as session:
         e = session.get(Experiment, campaign_id)
         assert e.phase == experiments.DECIDED and e.decision["released"] == 0
+
+
+def test_a_cancelled_test_says_so(rt: Any, tmp_path: Path) -> None:
+    campaign_id = create(rt, write_csv(tmp_path / "r.csv", 30), test_share=0.5, decide_after="1h")
+    campaigns.cancel_campaign(rt, campaign_id, actor="test")
+    assert experiments.tick(rt, utcnow() + timedelta(days=1)) == []
+    with rt.session_factory() as session:
+        lines = experiments.describe_lines(experiments.results(session, campaign_id, ["stop"]))
+    assert "cancelled before a decision" in lines[-1]
