@@ -1,6 +1,9 @@
-"""Console page times on a 1,000,000-recipient campaign: the campaign page (counts, funnel and the
-recipients' first page), its live fragment, the recipients table's page 1 and page 500 (keyset),
-a filtered page, and the campaigns list; cold and warm.
+"""Console page times on a 1,000,000-recipient campaign: the campaign page (counts, funnel, its
+message and first recipient's, and the recipients' first page), its live fragment, the recipients
+table's page 1 and page 500 (keyset, id order) and the rows it polls, a filtered page, the recipient
+picker's search by phone, a message's page, the failures reported later filtered by code and by
+reason, the retry page, the opt-outs the campaign caused, the audit page (the session is an
+admin's), and the campaigns list; cold and warm.
 
     .venv/bin/python bench/console_pages.py [--recipients 1000000] [--requests 20] [--cold-runs 7]
 
@@ -34,12 +37,21 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import (  # noqa: E402
+    REPO_ROOT,
+    Processes,
+    add_messages,
+    free_port,
+    insert_campaign,
+    load_line,
+    private_redis,
+    scratch_postgres,
+    stack_env,
+)
+
 from scheduler import report, snapshots  # noqa: E402
 from worker.runtime import Runtime  # noqa: E402
 from worker.settings import Settings  # noqa: E402
-from common import (  # noqa: E402
-    REPO_ROOT, Processes, add_messages, free_port, insert_campaign, load_line, private_redis, scratch_postgres, stack_env,
-)
 
 GOAL_MS = 200.0
 PAGE_SIZE = 50          # worker/console/routes_campaigns.py RECIPIENTS_PAGE_SIZE
@@ -65,6 +77,10 @@ def build_campaign(database_url: str, recipients: int) -> int:
                                  " WHERE campaign_id = :c AND status = 'sent' AND id % 7 = 0"), {"c": campaign_id})
             conn.execute(sa.text("UPDATE messages SET last_error_code = 'invalid_phone_number' WHERE campaign_id = :c AND status = 'failed'"),
                          {"c": campaign_id})
+            # 2 % of the sent ones reported failed later (131047: the 24-hour window was closed)
+            conn.execute(sa.text("UPDATE messages SET delivery_status = 'failed', delivered_at = NULL, failure_code = '131047',"
+                                 " failure_class = 'window_closed', delivery_error = '131047: Re-engagement message'"
+                                 " WHERE campaign_id = :c AND status = 'sent' AND id % 50 = 3"), {"c": campaign_id})
             conn.execute(sa.text("UPDATE campaigns SET recipients_imported = :n WHERE id = :c"), {"n": recipients, "c": campaign_id})
             conn.execute(sa.text("ANALYZE messages"))
     finally:
@@ -72,13 +88,17 @@ def build_campaign(database_url: str, recipients: int) -> int:
     return campaign_id
 
 
-def page_500_cursor(database_url: str, campaign_id: int) -> int:
-    """What "Older recipients" links to after 499 pages: the id above the first row of page 500."""
+def page_500_cursor(database_url: str, campaign_id: int) -> tuple[int, int]:
+    """What "Next 50 recipients" links to after 499 pages (the id below the first row of page 500,
+    the table lists them in id order), and a message in the middle of the campaign."""
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT id FROM messages WHERE campaign_id = :c ORDER BY id DESC OFFSET :o LIMIT 1"),
-                                {"c": campaign_id, "o": PAGE_SIZE * 499 - 1}).scalar_one()
+            after = conn.execute(sa.text("SELECT id FROM messages WHERE campaign_id = :c ORDER BY id OFFSET :o LIMIT 1"),
+                                 {"c": campaign_id, "o": PAGE_SIZE * 499 - 1}).scalar_one()
+            middle = conn.execute(sa.text("SELECT id FROM messages WHERE campaign_id = :c ORDER BY id OFFSET :o LIMIT 1"),
+                                  {"c": campaign_id, "o": PAGE_SIZE * 600}).scalar_one_or_none()
+            return after, middle or after
     finally:
         engine.dispose()
 
@@ -190,16 +210,24 @@ def main() -> None:
         print(f"campaign {campaign_id}: {args.recipients:,} recipients stored in {time.perf_counter() - started:.0f} s", flush=True)
         env = stack_env(database_url=database_url, broker_url=redis_url, sandbox_url="http://127.0.0.1:9")
         user = subprocess.run([sys.executable, "-m", "worker.cli", "user", "create", "--email", "bench@example.com",
-                               "--role", "viewer", "--password-stdin"], input=PASSWORD + "\n", env=env, cwd=REPO_ROOT,
+                               "--role", "admin", "--password-stdin"], input=PASSWORD + "\n", env=env, cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120)
         assert user.returncode == 0, user.stderr
-        before = page_500_cursor(database_url, campaign_id)
+        after, message_id = page_500_cursor(database_url, campaign_id)
         pages = [
             ("campaign page (counts, funnel, recipients page 1)", f"/campaigns/{campaign_id}"),
             ("live fragment (polled every second)", f"/campaigns/{campaign_id}/live"),
             ("recipients page 1", f"/campaigns/{campaign_id}/recipients"),
-            ("recipients page 500", f"/campaigns/{campaign_id}/recipients?before={before}"),
+            ("recipients page 500", f"/campaigns/{campaign_id}/recipients?after={after}"),
             ("recipients, status failed, page 1", f"/campaigns/{campaign_id}/recipients?status=failed"),
+            ("recipients, error 131047 (reported later), page 1", f"/campaigns/{campaign_id}/recipients?error_code=131047"),
+            ("recipients, reason window_closed, page 1", f"/campaigns/{campaign_id}/recipients?error_code=window_closed"),
+            ("retry page (every reason with its count)", f"/campaigns/{campaign_id}/retry"),
+            ("opt-outs the campaign caused", f"/campaigns/{campaign_id}/opt-outs"),
+            ("audit page (admins)", "/audit"),
+            ("recipients' rows, page 500 (polled while sending)", f"/campaigns/{campaign_id}/recipients/rows?after={after}"),
+            ("recipient picker: phones starting 96650001", f"/campaigns/{campaign_id}/preview?phone=96650001&fragment=1"),
+            ("a message's page (its filled message)", f"/messages/{message_id}"),
             ("campaigns list", "/"),
         ]
         scan_ms = scan_baseline(database_url, campaign_id)

@@ -38,7 +38,7 @@ from worker.contacts import segments
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import Campaign, Contact, Message, UTCDateTime, utcnow
 from worker.status import CampaignStatus, MessageStatus
-from worker.window import RECIPIENT, UNKNOWN_ZONE, UNKNOWN_ZONE_REASON, parse_window, zone_group_of
+from worker.window import RECIPIENT, UNKNOWN_ZONE, UNKNOWN_ZONE_REASON, WindowInvalid, parse_window, zone_group_of
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -134,8 +134,8 @@ def create_audience_campaign(
     send_window = None
     try:
         send_window = parse_window(window, tz)
-    except ButtoncastError as exc:
-        problems.append(FieldProblem("window", str(exc)))
+    except WindowInvalid as exc:
+        problems.append(FieldProblem(exc.field, exc.words))
     experiment = None
     try:
         experiment = experiment_plan(runtime, template, variants, labels=variant_labels, test_share=test_share,

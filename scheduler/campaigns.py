@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
 from scheduler import experiments
+from scheduler.importer import ImportRefused, ImportResult, check_header, import_recipients, refuse_if_invalid
 from scheduler.template import check_template, compile_template, variants_data
 from worker.audit import record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
@@ -371,7 +371,8 @@ def create_from_options(
     default DEFAULT_COUNTRY_CODE): parse them, default the sender, create and import. Returns the
     stored campaign and the import. `save_attributes`: then store the file's columns on the
     contacts of its valid phones (`result.attributes`; `--no-save-attributes` skips it).
-    `variants` (instead of `template`): an A/B test (scheduler.experiments.plan checks its options)."""
+    `variants` (instead of `template`): an A/B test (scheduler.experiments.plan checks its options).
+    (The console's New campaign calls scheduler.preflight.create_checked: every problem at once.)"""
     from worker.contacts.attributes import store_campaign_attributes
     from worker.window import parse_window
 

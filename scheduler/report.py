@@ -25,9 +25,12 @@ from worker.contacts.service import SERVICE_WINDOW, open_window_among, opted_out
 from worker.failures import FailureClass
 from worker.models import Campaign, Contact, ContactEvent, Message, utcnow
 from worker.settings import OPT_OUT_BUTTON_IDS
-from worker.status import DeliveryStatus, MessageStatus
+from worker.status import CampaignStatus, DeliveryStatus, MessageStatus
 
+#: the sending rate is measured over at most this much of the latest sending time (Progress.rate_per_minute)
 RATE_WINDOW_S = 60
+#: ...and not over less: a campaign (re)started this recently has no rate yet ("measuring")
+RATE_MIN_WINDOW_S = 5
 REPORT_YIELD_ROWS = 1_000
 #: `variant`: the A/B test's letter this person was sent (empty for a campaign of one message, and while held)
 REPORT_COLUMNS = (
@@ -41,11 +44,16 @@ LEFT_STATUSES = (MessageStatus.PENDING.value, MessageStatus.QUEUED.value, Messag
 HELD = MessageStatus.HELD.value   # an A/B test's rest of the audience: neither left (not dispatched yet) nor done
 #: nothing more will happen to these
 DONE_STATUSES = tuple(s.value for s in MessageStatus if s.is_final)
+#: a campaign in these sends nothing (until resumed, or ever): no finish time is estimated
+NO_ETA_STATUSES = (CampaignStatus.PAUSED.value, CampaignStatus.COMPLETED.value, CampaignStatus.CANCELLED.value)
 
 
 @dataclass(frozen=True)
 class Funnel:
-    """Sent -> delivered -> read -> replied, and taps per button (id, title) -> count."""
+    """Sent -> delivered -> read -> replied, and taps per button (id, title) -> count.
+
+    `sent_last_minute`: the messages sent in the rate window [`rate_since`, `rate_until`] (`rate_window`:
+    at most the last minute, and none of it before the campaign last (re)started sending)."""
 
     sent: int
     delivered: int
@@ -53,6 +61,8 @@ class Funnel:
     replied: int
     sent_last_minute: int
     taps: list[tuple[str | None, str | None, int]] = field(default_factory=list)
+    rate_since: datetime | None = None
+    rate_until: datetime | None = None
 
     def rate(self, count: int) -> float | None:
         """`count` as a share of sent messages (None before anything was sent)."""
@@ -69,9 +79,33 @@ def _read() -> sa.ColumnElement[bool]:
     return sa.or_(Message.read_at.is_not(None), Message.delivery_status == DeliveryStatus.READ.value)
 
 
+def sending_since(campaign: Campaign) -> datetime | None:
+    """When the campaign last (re)started sending: its start, or its last resume (`late_breaker_since`
+    is set on every resume, scheduler.campaigns.resume); None before it started."""
+    return _latest(campaign.started_at, campaign.late_breaker_since)
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def rate_window(now: datetime, restarted_at: datetime | None) -> datetime:
+    """The start of the rate window ending `now`: RATE_WINDOW_S back, but never before `restarted_at`."""
+    start = now - timedelta(seconds=RATE_WINDOW_S)
+    return start if restarted_at is None else min(now, max(start, restarted_at))
+
+
+def _rate_since(session: Session, campaign_id: int, now: datetime) -> datetime:
+    row = session.execute(sa.select(Campaign.started_at, Campaign.late_breaker_since)
+                          .where(Campaign.id == campaign_id)).one_or_none()
+    return rate_window(now, None if row is None else _latest(*row))
+
+
 def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> Funnel:
     """The funnel in two queries: conditional counts, then taps grouped by button."""
-    since = (now or utcnow()) - timedelta(seconds=RATE_WINDOW_S)
+    now = now or utcnow()
+    since = _rate_since(session, campaign_id, now)
     delivered, read = _delivered(), _read()
     row = session.execute(
         sa.select(
@@ -88,7 +122,7 @@ def funnel(session: Session, campaign_id: int, now: datetime | None = None) -> F
         .group_by(Message.reply_button_id, Message.reply_button_title)
         .order_by(sa.func.count().desc())
     ).all()
-    return Funnel(*row, taps=[tuple(t) for t in taps])  # type: ignore[misc]
+    return Funnel(*row, taps=[tuple(t) for t in taps], rate_since=since, rate_until=now)  # type: ignore[misc]
 
 
 def late_failures(session: Session, campaign_id: int) -> dict[str, int]:
@@ -176,8 +210,54 @@ class Progress:
         return sum(self.counts[s] for s in LEFT_STATUSES)
 
     @property
-    def rate_per_minute(self) -> int:
-        return self.funnel.sent_last_minute
+    def failed_at_send(self) -> int:
+        """Refused when sending (status `failed`)."""
+        return self.counts.get(MessageStatus.FAILED.value, 0)
+
+    @property
+    def failed_later(self) -> int:
+        """Accepted when sent, then reported failed by the vendor (a late failure, any class)."""
+        return min(sum(self.late_failures.values()), self.counts.get(MessageStatus.SENT.value, 0))
+
+    @property
+    def failed_total(self) -> int:
+        """What the console calls failed: at send plus reported later."""
+        return self.failed_at_send + self.failed_later
+
+    @property
+    def sent_not_failed(self) -> int:
+        """Sent and not (yet) reported failed: what the console calls sent."""
+        return self.counts.get(MessageStatus.SENT.value, 0) - self.failed_later
+
+    def late_failure_rows(self) -> list[tuple[str, FailureClass | None, int]]:
+        """(class name, its FailureClass or None for one this version does not know, count), most first."""
+        return [(name, FailureClass.parse(name), n) for name, n in self.late_failures.items()]
+
+    @property
+    def rate_per_minute(self) -> int | None:
+        """Messages sent per minute over the last minute of *sending* time, or None (no rate).
+
+        Precisely: n * 60 / w, where t is when the figures were counted (`funnel.rate_until`), s when
+        the campaign last (re)started sending (`sending_since`: its start or its latest resume),
+        w = min(RATE_WINDOW_S, t - s) seconds and n the messages sent in [t - w, t]. So 6 s after
+        the start at a real 600/min it says 600 (60 sent in 6 s), not the 10 a trailing minute of
+        wall time would. None while the campaign is not running (paused, scheduled, completed,
+        cancelled: nothing is being sent, so no old rate is shown), when w < RATE_MIN_WINDOW_S (just
+        (re)started: too soon to say), and when the figures were counted before its latest (re)start."""
+        window = self.rate_window_s
+        return None if window is None else round(self.funnel.sent_last_minute * 60 / window)
+
+    @property
+    def rate_window_s(self) -> float | None:
+        """w of `rate_per_minute`: the seconds of sending time the rate is measured over (None: no rate)."""
+        f = self.funnel
+        if self.campaign.status != CampaignStatus.RUNNING.value or f.rate_since is None or f.rate_until is None:
+            return None
+        restarted = sending_since(self.campaign)
+        if restarted is not None and restarted > f.rate_since:
+            return None   # counted before it was last resumed: the figures describe the time before the pause
+        window = (f.rate_until - f.rate_since).total_seconds()
+        return window if window >= RATE_MIN_WINDOW_S else None
 
     @property
     def zones(self) -> list[ZoneRow] | None:
@@ -186,8 +266,9 @@ class Progress:
 
     def eta(self) -> datetime | None:
         """Finish time if the whole rate limit went to this campaign (a best case: the budget is
-        shared with other campaigns and ad-hoc sends, and a send window pauses it)."""
-        if not self.left or self.per_second_limit <= 0:
+        shared with other campaigns and ad-hoc sends, and a send window pauses it). None when nothing
+        is left, and while the campaign is paused, completed or cancelled: nothing is being sent."""
+        if self.campaign.status in NO_ETA_STATUSES or not self.left or self.per_second_limit <= 0:
             return None
         start = max(self.now, self.campaign.scheduled_at or self.now)
         return start + timedelta(seconds=self.left / self.per_second_limit)
@@ -225,10 +306,10 @@ def overview(session: Session, campaign_id: int, per_second_limit: float,
 
 
 def tally(session: Session, campaign_id: int, now: datetime | None = None) -> Tally:
-    """The one scan behind `overview()` (the campaign row not read: a cache of tallies can pair
-    an older tally with the campaign as it is now)."""
+    """The one scan behind `overview()` (of the campaign row only its (re)start time is read, for the
+    rate window: a cache of tallies can pair an older tally with the campaign as it is now)."""
     now = now or utcnow()
-    since = now - timedelta(seconds=RATE_WINDOW_S)
+    since = _rate_since(session, campaign_id, now)
     late = Message.failure_class   # a late failure's class (worker.failures), as late_failures() counts it
     rows = session.execute(
         sa.select(Message.status, Message.reply_button_id, Message.reply_button_title, late, sa.func.count(),
@@ -251,7 +332,7 @@ def tally(session: Session, campaign_id: int, now: datetime | None = None) -> Ta
             failures[str(late_reason)] = failures.get(str(late_reason), 0) + n
     tap_rows = sorted(((b, t, n) for (b, t), n in taps.items()), key=lambda row: -row[2])
     failures = dict(sorted(failures.items(), key=lambda kv: (-kv[1], kv[0])))
-    return Tally(counts, Funnel(*sums, taps=tap_rows), failures)
+    return Tally(counts, Funnel(*sums, taps=tap_rows, rate_since=since, rate_until=now), failures)
 
 
 def report_rows(session: Session, campaign_id: int) -> Iterator[dict[str, Any]]:
@@ -413,6 +494,26 @@ def _share(f: Funnel, count: int) -> str:
     return f"{count}" + ("" if rate is None else f" ({rate:.1%} of sent)")
 
 
+def describe_rate(p: Progress) -> str:
+    """`rate_per_minute` in words, with the span it was measured over, or why there is none."""
+    rate, window = p.rate_per_minute, p.rate_window_s
+    if rate is not None and window is not None:
+        span = "the last minute" if window >= RATE_WINDOW_S else f"the {window:.0f} s since it (re)started"
+        return f"{rate}/min (sent over {span} of sending)"
+    if p.campaign.status == CampaignStatus.RUNNING.value:
+        return "measuring (it has just started or resumed)"
+    return f"none ({p.campaign.status}: nothing is being sent)"
+
+
+def _no_estimate(p: Progress) -> str:
+    status = p.campaign.status
+    if status == CampaignStatus.PAUSED.value and p.left:
+        return f"none while paused ({p.left} left to send when it resumes)"
+    if status in NO_ETA_STATUSES and status != CampaignStatus.PAUSED.value:
+        return f"none: {status}"
+    return "nothing left to send"
+
+
 def describe(p: Progress) -> list[str]:
     """The lines of `campaign show`: status, schedule, window, counts, rate, ETA, funnel."""
     c, f = p.campaign, p.funnel
@@ -429,9 +530,10 @@ def describe(p: Progress) -> list[str]:
         "  messages:   " + ", ".join(f"{s} {n}" for s, n in p.counts.items()) + f"  (total {p.total})",
         f"  progress:   {p.done}/{p.total} done, {p.left} left"
         + (f", {p.counts[HELD]} held for the A/B test's winner" if p.counts.get(HELD) else "")
-        + f"; sent in the last minute: {p.rate_per_minute}",
+        + f"; rate: {describe_rate(p)}",
         "  estimate:   " + (f"finishes around {format_utc(eta)} at the rate limit of {p.per_second_limit * 3600:g}/h "
-                             "(best case: the budget is shared, and the window is not counted)" if eta else "nothing left to send"),
+                             "(best case: the budget is shared, and the window is not counted)" if eta
+                             else _no_estimate(p)),
         f"  funnel:     sent {f.sent}, delivered {_share(f, f.delivered)}, read {_share(f, f.read)}, replied {_share(f, f.replied)}",
     ]
     lines += [f"    tapped {title or '?'} [{button_id or '?'}]: {_share(f, n)}" for button_id, title, n in f.taps]

@@ -5,8 +5,9 @@ the dispatcher publishes it on its next tick under the same rate limit and flow 
 other. Nothing the vendor accepted is ever requeued: only `failed` and `unknown` rows qualify, and
 never one with a recorded vendor messageId or a `sent` attempt. Attempt rows are kept; the attempts
 counter (the retry budget) starts again from 0, and a MessageEvent by "operator" says why, with the
-filter that selected it. Each batch is one conditional UPDATE that repeats the whole filter, so a
-message that changed meanwhile (a late worker answer, a second operator) is left alone.
+filter that selected it; the audit trail gets one row per retry, naming who asked (worker.audit).
+Each batch is one conditional UPDATE that repeats the whole filter, so a message that changed
+meanwhile (a late worker answer, a second operator) is left alone.
 
 Late failures are the one exception, chosen by class (`--reason`, worker.failures): a message the
 vendor accepted (status `sent`) and later reported `failed` was never delivered, so resending it
@@ -27,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker import lifecycle
+from worker.audit import record_audit
 from worker.errors import ButtoncastError
 from worker.failures import FailureClass, describe_code
 from worker.models import Attempt, Campaign, Message, MessageEvent, utcnow
@@ -49,6 +51,15 @@ DUPLICATE_WARNING = (
 
 class RetryRefused(ButtoncastError):
     """The selection cannot be retried (a sent message, a cancelled campaign, ...); says why."""
+
+
+class ForceNeeded(RetryRefused):
+    """Late failures of a class that resending cannot help (or must not reach: opted_out) were asked
+    for without `force`; `reason` says which, so each face words it for its reader."""
+
+    def __init__(self, reason: FailureClass) -> None:
+        super().__init__(f"--reason {reason.value} is refused: {reason.advice}; pass --force to resend anyway")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -126,10 +137,7 @@ class RetrySelection:
         """Sent, then reported failed (never delivered or read) with this class; never to a person
         opted out now (a forced `opted_out` resend reaches only those who opted back in)."""
         conditions = [
-            Message.status == MessageStatus.SENT.value,
-            Message.delivery_status == DeliveryStatus.FAILED.value,
-            Message.failure_class == self.reason.value,
-            Message.delivered_at.is_(None), Message.read_at.is_(None),
+            *LATE_FAILED, Message.failure_class == self.reason.value,
             OPTED_OUT_NOW if opted_out else ~OPTED_OUT_NOW,
         ]
         if self.message_id is not None:
@@ -139,6 +147,14 @@ class RetrySelection:
         if self.since:
             conditions.append(Message.sent_at >= self.since)
         return sa.and_(*conditions)
+
+
+#: a late failure a `reason` retry may resend: sent, then reported failed, never delivered or read
+LATE_FAILED = (
+    Message.status == MessageStatus.SENT.value,
+    Message.delivery_status == DeliveryStatus.FAILED.value,
+    Message.delivered_at.is_(None), Message.read_at.is_(None),
+)
 
 
 @dataclass
@@ -183,7 +199,7 @@ def plan_retry(session: Session, selection: RetrySelection) -> RetryPlan:
     plan = RetryPlan(selection=selection)
     reason = selection.reason
     if reason is not None and reason.resend_needs_force and not selection.force:
-        raise RetryRefused(f"--reason {reason.value} is refused: {reason.advice}; pass --force to resend anyway")
+        raise ForceNeeded(reason)
     if selection.message_id is not None and selection.reason is not None:
         _check_late_failure(session, selection.message_id, selection.reason)
         plan.campaign_id = session.scalar(sa.select(Message.campaign_id).where(Message.id == selection.message_id))
@@ -252,12 +268,15 @@ def requeue(
     batch_size: int = RETRY_BATCH_SIZE,
     now: datetime | None = None,
     actor: str = ACTOR,
+    planned: int | None = None,
 ) -> RetryResult:
     """Requeue what `selection` matches, batch by batch; reopen a completed campaign with the first batch.
 
     The campaign is reopened in the same transaction as the first requeued batch, so the
     dispatcher never sees a running campaign with nothing to send (it would complete it again)
-    nor queued messages in a completed campaign (it would never send them).
+    nor queued messages in a completed campaign (it would never send them). The audit trail gets
+    one row for the whole retry (who, which selection, `planned`: how many the plan counted), in
+    that same transaction: no retry changes a message without it.
     """
     result = RetryResult()
     after_id = 0
@@ -278,6 +297,8 @@ def requeue(
             reopened = bool(changed) and not result.campaign_reopened and _reopen_campaign(session, selection, now or utcnow())
             result.campaign_reopened = result.campaign_reopened or reopened
             _record_events(session, selection, [row for row in batch if row.id in changed], reopened, actor)
+            if changed and result.requeued == len(changed):   # the first batch that changed anything
+                _record_audit(session, selection, actor, planned)
     log.info("retry (%s): %s requeued, %s changed meanwhile and left alone%s", selection.describe(),
              result.requeued, result.left_alone, "; campaign reopened" if result.campaign_reopened else "")
     return result
@@ -332,6 +353,18 @@ def _record_events(session: Session, selection: RetrySelection, rows: list[sa.Ro
     ])
 
 
+def _record_audit(session: Session, selection: RetrySelection, actor: str, planned: int | None) -> None:
+    detail = {"selection": selection.describe(), "planned": planned}
+    if selection.reason is not None:
+        detail.update(reason=selection.reason.value, forced=selection.force)
+    elif selection.status is not None:
+        detail["status"] = selection.status.value
+    if selection.message_id is not None:
+        record_audit(session, actor, "message.retried", "message", selection.message_id, **detail)
+    else:
+        record_audit(session, actor, "campaign.retried", "campaign", selection.campaign_id, **detail)
+
+
 class DuplicatesNotAccepted(RetryRefused):
     """The selection holds `unknown` messages and the caller did not accept possible duplicates."""
 
@@ -354,4 +387,4 @@ def retry_messages(
     if plan.risks_duplicates and not accept_duplicates:
         raise DuplicatesNotAccepted(f"{plan.unknown} of the {plan.total} message(s) are unknown: {DUPLICATE_WARNING}; "
                                     "nothing requeued (accept the duplicates explicitly to retry them)")
-    return plan, requeue(runtime.session_factory, selection, actor=actor)
+    return plan, requeue(runtime.session_factory, selection, actor=actor, planned=plan.total)

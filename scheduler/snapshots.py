@@ -70,14 +70,18 @@ class Snapshot:
 
 def _to_json(t: report.Tally) -> dict[str, Any]:
     f = t.funnel
+    window = [f.rate_since.isoformat(), f.rate_until.isoformat()] if f.rate_since and f.rate_until else None
     return {"counts": t.counts, "funnel": [f.sent, f.delivered, f.read, f.replied, f.sent_last_minute],
-            "taps": [list(row) for row in f.taps], "late_failures": t.late_failures}
+            "taps": [list(row) for row in f.taps], "late_failures": t.late_failures, "rate_window": window}
 
 
 def _from_json(data: dict[str, Any]) -> report.Tally:
     counts = {**report.empty_counts(), **data["counts"]}
     taps = [(b, title, int(n)) for b, title, n in data["taps"]]
-    return report.Tally(counts, report.Funnel(*data["funnel"], taps=taps), dict(data["late_failures"]))
+    window = data.get("rate_window")   # absent in a snapshot stored before it was kept: no rate until recounted
+    since, until = (datetime.fromisoformat(w) for w in window) if window else (None, None)
+    return report.Tally(counts, report.Funnel(*data["funnel"], taps=taps, rate_since=since, rate_until=until),
+                        dict(data["late_failures"]))
 
 
 def take(read_sessions: sessionmaker[Session], campaign_id: int) -> Snapshot:

@@ -3,8 +3,10 @@
 The one place the two faces meet: the HTTP API's routers (worker/api/) with the web console
 (worker/console/) mounted at /. Neither face imports the other.
 
-Middleware, outermost first: the body-size limit (413 before a byte is read when Content-Length
-says so), then API-key authentication (401 before the body is read; 429 for an address past
+Middleware, outermost first: the security headers on every answer (worker.console.security: CSP,
+no framing, nosniff, Referrer-Policy), the body-size limit (413 before a byte is read when
+Content-Length says so), then the client's address for the audit trail (worker.audit.RecordClientAddress), then
+API-key authentication (401 before the body is read; 429 for an address past
 API_AUTH_FAILURES_PER_MINUTE failures), then the routers. /docs is Swagger UI from its package
 (worker.api.docs).
 """
@@ -19,7 +21,9 @@ from worker.api.bodylimit import BodySizeLimit
 from worker.api.docs import install_docs
 from worker.api.problems import install_problem_handlers
 from worker.api.schemas import CampaignJsonIn, CampaignMultipartIn, CampaignSegmentIn, MessageIn, ProblemDetail
+from worker.audit import RecordClientAddress
 from worker.console.app import install_console
+from worker.console.security import SecurityHeaders
 from worker.logs import configure_logging
 from worker.runtime import get_runtime
 from worker.sending.idempotency import IDEMPOTENCY_PROMISE
@@ -51,7 +55,9 @@ def create_app() -> FastAPI:
     _document_raw_bodies(app)
     document_scopes(app)
     app.add_middleware(ApiKeyAuthentication)
+    app.add_middleware(RecordClientAddress)   # every audit row written while serving a request: its address
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.api_max_body_bytes, max_upload_bytes=settings.api_max_upload_bytes)
+    app.add_middleware(SecurityHeaders)   # last added, so outermost: the API's own 401/413/429 carry the headers too
     return app
 
 

@@ -1,4 +1,5 @@
-"""The audit trail of writes made through the HTTP API: who (which API key) did what to which thing.
+"""The audit trail of writes made by a person (the console, the CLI) or an API key: who did what to
+which thing, when, and from which client address (the console's /audit page reads it: scheduler.audit_trail).
 
 Message status changes already have their trail in `message_events` (with an `actor`); this table
 holds what has no such home (a campaign created, paused, cancelled; a key created or revoked).
@@ -13,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from worker.models import Base, BigId, UTCDateTime, utcnow
 
@@ -46,3 +48,23 @@ def record_audit(session: Session, actor: str | None, action: str, subject_type:
         return
     session.add(AuditEvent(actor=actor, action=action, subject_type=subject_type, subject_id=subject_id,
                            detail=detail or None, at=utcnow(), address=client_address.get()))
+
+
+class RecordClientAddress:
+    """ASGI middleware (the API's and the console's, installed once in worker.asgi): while a request
+    is served, `client_address` holds its client's address, so every audit row it writes says where
+    it came from (uvicorn takes X-Forwarded-For only from FORWARDED_ALLOW_IPS)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        token = client_address.set(str(client[0])[:64] if client else None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            client_address.reset(token)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -47,6 +48,11 @@ class FailureClass(str, enum.Enum):
     @property
     def advice(self) -> str:
         return _ADVICE[self]
+
+    @property
+    def title(self) -> str:
+        """A few words a marketer reads (the console), next to the class's name."""
+        return _TITLES[self]
 
     @classmethod
     def parse(cls, value: str | None) -> "FailureClass | None":
@@ -88,6 +94,15 @@ _ADVICE = {
     FailureClass.QUALITY_RISK: "spam rate limit, the number's quality is falling: the campaign is paused",
     FailureClass.THROTTLED: "throughput or per-person pace: resend later",
     FailureClass.OTHER: "an unlisted code (or none): read the reason",
+}
+_TITLES = {
+    FailureClass.WINDOW_CLOSED: "24-hour window closed",
+    FailureClass.UNDELIVERABLE: "cannot be delivered",
+    FailureClass.OPTED_OUT: "stopped marketing messages",
+    FailureClass.FREQUENCY_CAPPED: "marketing limit per person",
+    FailureClass.QUALITY_RISK: "spam rate limit",
+    FailureClass.THROTTLED: "too fast",
+    FailureClass.OTHER: "another reason",
 }
 CODE_MAX_CHARS = 16   # messages.failure_code
 _CODE_FIELDS = ("code", "error_code")
@@ -157,3 +172,25 @@ def describe_code(code: str | None) -> str:
     klass = classify(code)
     title = CODE_TITLES.get(code or "")
     return f"{code or 'no code'} {klass.value}" + (f" ({title})" if title else "")
+
+
+@dataclass(frozen=True)
+class LateFailure:
+    """A late failure as a person reads it (the message page): the vendor's code, its class, what
+    the class means, the vendor's title for the code and the vendor's own words (the webhook's reason)."""
+
+    code: str | None
+    klass: str
+    klass_title: str | None
+    meaning: str
+    title: str | None
+    words: str | None
+
+
+def explain(code: str | None, klass: str | None, words: str | None) -> LateFailure:
+    """`code`/`klass` as stored on the message (messages.failure_code / failure_class), `words` the
+    vendor's reason (messages.delivery_error); a class this version does not know keeps its name."""
+    known = FailureClass.parse(klass) if klass else classify(code)
+    meaning = known.advice if known else "a class this version does not know: read the vendor's words"
+    return LateFailure(code=code, klass=klass or classify(code).value, klass_title=known.title if known else None,
+                       meaning=meaning, title=CODE_TITLES.get(code or ""), words=words)

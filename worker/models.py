@@ -119,7 +119,9 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         sa.UniqueConstraint("campaign_id", "phone", name="uq_messages_campaign_phone"),
-        sa.Index("ix_messages_campaign_status", "campaign_id", "status"),
+        # a campaign's recipients in id order (the console's recipients table, keyset pages), all or by status
+        sa.Index("ix_messages_campaign_id", "campaign_id", "id"),
+        sa.Index("ix_messages_campaign_status", "campaign_id", "status", "id"),
         sa.Index("ix_messages_status_not_before", "status", "not_before"),
         sa.Index("ix_messages_status_updated", "status", "updated_at"),
         sa.Index("ix_messages_phone_sent", "phone", "sent_at"),
@@ -137,6 +139,10 @@ class Message(Base):
                  postgresql_where=sa.text("reply_button_id IS NOT NULL"), sqlite_where=sa.text("reply_button_id IS NOT NULL")),
         sa.Index("ix_messages_campaign_error", "campaign_id", "last_error_code", "id",
                  postgresql_where=sa.text("last_error_code IS NOT NULL"), sqlite_where=sa.text("last_error_code IS NOT NULL")),
+        # late failures (failure_class set by a `failed` webhook) by class, newest first: the console's
+        # failed counts and filters (worker.sending.history.status_matches / failure_matches), the retry by class
+        sa.Index("ix_messages_campaign_late", "campaign_id", "failure_class", "id",
+                 postgresql_where=sa.text("failure_class IS NOT NULL"), sqlite_where=sa.text("failure_class IS NOT NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

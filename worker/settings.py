@@ -64,6 +64,12 @@ CONSOLE_SESSION_TTL_S = 8 * 3600.0     # a console login lasts this long
 CONSOLE_SESSION_IDLE_S = 30 * 60.0     # ... unless it is not used for this long (sliding)
 CONSOLE_COOKIE_SECURE = "auto"         # auto: Secure when the request came over HTTPS (or a trusted proxy says so)
 CONSOLE_COOKIE_SECURE_CHOICES = ("auto", "always", "never")
+CONSOLE_TIME_ZONE = "UTC"              # the zone of times on console pages that are not one campaign's (IANA name)
+CONSOLE_LOGIN_FREE_FAILURES = 5       # wrong passwords for one account from one address before each next try waits
+CONSOLE_LOGIN_ADDRESS_FREE_FAILURES = 20   # ... and from one address over every account tried
+CONSOLE_LOGIN_DELAY_S = 2.0            # the first wait; it doubles with each further failure ...
+CONSOLE_LOGIN_DELAY_MAX_S = 900.0      # ... up to this (15 minutes): slowed, never locked
+CONSOLE_LOGIN_FORGET_S = 86400.0       # failures older than this are forgotten (and their rows deleted)
 API_KEY_CACHE_S = 2.0                  # an API process trusts a key it verified for this long (a revoke waits as long)
 API_AUTH_FAILURES_PER_MINUTE = 30      # failed API authentications one client address may make (then 429; 0: no limit)
 DEFAULT_COUNTRY_CODE = None               # region ("SA") or calling code ("966") for trunk-0 national numbers
@@ -253,6 +259,18 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+def _time_zone(env: Mapping[str, str], name: str, default: str) -> str:
+    """An IANA time zone name (Asia/Riyadh, UTC), as the zone database spells it."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    value = (env.get(name) or default).strip()
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name}={env.get(name)!r} is not an IANA time zone (e.g. Asia/Riyadh, Europe/Berlin, UTC)") from None
+    return value
+
+
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     value = _float(env, name, default)
     if value >= 0.5:
@@ -357,6 +375,12 @@ class Settings:
     console_session_ttl_s: float = CONSOLE_SESSION_TTL_S
     console_session_idle_s: float = CONSOLE_SESSION_IDLE_S
     console_cookie_secure: str = CONSOLE_COOKIE_SECURE
+    console_time_zone: str = CONSOLE_TIME_ZONE
+    console_login_free_failures: int = CONSOLE_LOGIN_FREE_FAILURES
+    console_login_address_free_failures: int = CONSOLE_LOGIN_ADDRESS_FREE_FAILURES
+    console_login_delay_s: float = CONSOLE_LOGIN_DELAY_S
+    console_login_delay_max_s: float = CONSOLE_LOGIN_DELAY_MAX_S
+    console_login_forget_s: float = CONSOLE_LOGIN_FORGET_S
     api_key_cache_s: float = API_KEY_CACHE_S
     api_auth_failures_per_minute: int = API_AUTH_FAILURES_PER_MINUTE
     opt_out_keywords: frozenset[str] = frozenset(w.casefold() for w in OPT_OUT_KEYWORDS)
@@ -478,6 +502,13 @@ class Settings:
             console_session_ttl_s=_float(env, "CONSOLE_SESSION_TTL_S", CONSOLE_SESSION_TTL_S, 60.0),
             console_session_idle_s=_float(env, "CONSOLE_SESSION_IDLE_S", CONSOLE_SESSION_IDLE_S, 60.0),
             console_cookie_secure=_choice(env, "CONSOLE_COOKIE_SECURE", CONSOLE_COOKIE_SECURE, CONSOLE_COOKIE_SECURE_CHOICES),
+            console_time_zone=_time_zone(env, "CONSOLE_TIME_ZONE", CONSOLE_TIME_ZONE),
+            console_login_free_failures=_int(env, "CONSOLE_LOGIN_FREE_FAILURES", CONSOLE_LOGIN_FREE_FAILURES, 1),
+            console_login_address_free_failures=_int(env, "CONSOLE_LOGIN_ADDRESS_FREE_FAILURES",
+                                                     CONSOLE_LOGIN_ADDRESS_FREE_FAILURES, 1),
+            console_login_delay_s=_float(env, "CONSOLE_LOGIN_DELAY_S", CONSOLE_LOGIN_DELAY_S, 0.0),
+            console_login_delay_max_s=_float(env, "CONSOLE_LOGIN_DELAY_MAX_S", CONSOLE_LOGIN_DELAY_MAX_S, 0.0),
+            console_login_forget_s=_float(env, "CONSOLE_LOGIN_FORGET_S", CONSOLE_LOGIN_FORGET_S, 60.0),
             api_key_cache_s=_float(env, "API_KEY_CACHE_S", API_KEY_CACHE_S),
             api_auth_failures_per_minute=_int(env, "API_AUTH_FAILURES_PER_MINUTE", API_AUTH_FAILURES_PER_MINUTE, 0),
             opt_out_keywords=opt_out_words,

@@ -46,7 +46,13 @@ _WINDOW_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
 class WindowInvalid(ButtoncastError):
-    """A --window or --tz value that cannot be used; the message names the option and the value."""
+    """A --window or --tz value that cannot be used; the message names the option and the value.
+    `field` ("window" or "tz") and `words` say the same to a person filling a form, without the option."""
+
+    def __init__(self, message: str, *, field: str = "window", words: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.words = words or message
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ class Window:
 def _clock(hours: str, minutes: str, text: str) -> str:
     h, m = int(hours), int(minutes)
     if h > 23 or m > 59:
-        raise WindowInvalid(f"--window {text!r}: {hours}:{minutes} is not a time of day (00:00 to 23:59)")
+        raise WindowInvalid(f"--window {text!r}: {hours}:{minutes} is not a time of day (00:00 to 23:59)",
+                            words=f"{hours}:{minutes} is not a time of day (00:00 to 23:59); write it as 09:00-21:00")
     return f"{h:02d}:{m:02d}"
 
 
@@ -83,7 +90,8 @@ def zone(tz: str) -> ZoneInfo:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise WindowInvalid(f"--tz {tz!r} is not a known IANA time zone (e.g. Asia/Riyadh, Europe/Berlin, UTC) "
-                            f"nor {RECIPIENT!r} (each recipient's own zone)") from None
+                            f"nor {RECIPIENT!r} (each recipient's own zone)", field="tz",
+                            words=f"{tz!r} is not a time zone we know; choose one such as Asia/Riyadh") from None
 
 
 def parse_window(text: str | None, tz: str | None) -> Window | None:
@@ -95,17 +103,21 @@ def parse_window(text: str | None, tz: str | None) -> Window | None:
     if text is None and tz is None:
         return None
     if text is None:
-        raise WindowInvalid(f"--tz {tz!r} given without --window; add e.g. --window 09:00-21:00")
+        raise WindowInvalid(f"--tz {tz!r} given without --window; add e.g. --window 09:00-21:00",
+                            words="a time zone for the window, but no window: write it as 09:00-21:00")
     if tz is None:
         raise WindowInvalid(f"--window {text!r} needs --tz, the time zone it is in (e.g. --tz Asia/Riyadh, "
-                            f"or --tz {RECIPIENT} for each recipient's own)")
+                            f"or --tz {RECIPIENT} for each recipient's own)", field="tz",
+                            words="choose the time zone the daily window is in")
     match = _WINDOW_RE.match(text)
     if not match:
-        raise WindowInvalid(f"--window {text!r} must be written HH:MM-HH:MM, e.g. 09:00-21:00 (or 22:00-06:00 overnight)")
+        raise WindowInvalid(f"--window {text!r} must be written HH:MM-HH:MM, e.g. 09:00-21:00 (or 22:00-06:00 overnight)",
+                            words=f"write it as 09:00-21:00 (or 22:00-06:00 overnight), not {text.strip()!r}")
     start = _clock(match.group(1), match.group(2), text)
     end = _clock(match.group(3), match.group(4), text)
     if start == end:
-        raise WindowInvalid(f"--window {text!r} starts and ends at the same time; leave --window out to send at any hour")
+        raise WindowInvalid(f"--window {text!r} starts and ends at the same time; leave --window out to send at any hour",
+                            words="starts and ends at the same time; leave it empty to send at any hour")
     if tz.strip().lower() == RECIPIENT:
         return Window(start=start, end=end, tz=RECIPIENT)
     zone(tz)

@@ -21,7 +21,7 @@ import pytest
 from scheduler import campaigns, report
 from scheduler.campaigns import create_with_recipients
 from tests.conftest import IN_CI, _empty, wait_until
-from tests.console_stack import FAIL_PREFIX, PASSWORD, ConsoleStack, create_user, start_console_stack
+from tests.console_stack import FAIL_PREFIX, PASSWORD, ConsoleStack, start_console_stack
 from worker.models import utcnow
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,9 @@ def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201
     contexts = []
 
     def _page(role: str | None = None):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, accept_downloads=True)
+        # bypass_csp: Playwright's string wait_for_function evaluates code that the console's CSP forbids (no
+        # 'unsafe-eval'); the policy itself is held by tests/console/test_console_security.py, in contexts without it
+        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, accept_downloads=True, bypass_csp=True)
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
@@ -150,25 +152,6 @@ def test_log_in_and_out(page_for, stack: ConsoleStack) -> None:
     assert "/login" in page.url
 
 
-def test_five_wrong_passwords_lock_the_account_even_against_the_right_one(page_for, stack: ConsoleStack) -> None:
-    """Given a user, when five wrong passwords are tried, the account is locked: the right password is refused too."""
-    assert create_user(stack.env, "lockme@example.com", "viewer").returncode == 0
-    page = page_for()
-    for attempt in range(1, 6):
-        log_in(page, "lockme@example.com", f"wrong password {attempt}")
-        assert "/login" in page.url
-    assert "locked" in page.locator("#login-error").inner_text()
-    shoot(page, "login-locked")
-    log_in(page, "lockme@example.com", PASSWORD)
-    assert "locked until" in page.locator("#login-error").inner_text()
-    with stack.runtime.session_factory() as session:
-        from worker.audit import AuditEvent
-
-        actions = [a for (a,) in session.execute(
-            __import__("sqlalchemy").select(AuditEvent.action).where(AuditEvent.actor == "user:lockme@example.com"))]
-    assert actions.count("user.login_failed") == 4 and "user.locked" in actions and "user.login_refused" in actions
-
-
 def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, stack: ConsoleStack, tmp_path: Path) -> None:
     """Given a marketer on New campaign: a 21-character button title is refused by the counter (an emoji
     counts one); a CSV with bad rows shows its rejected lines before anything is sent; confirming
@@ -179,7 +162,6 @@ def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, 
     page.fill("#header_text", "Spring sale")
     page.fill("#body_text", "Hello {{name}} 🌷 20 % off this week")
     page.fill("#footer_text", "مرحبا — reply STOP to opt out")
-    page.fill("#button_id_1", "yes")
     page.fill("#button_title_1", "👍" * 20)
     assert page.inner_text("#button_title_1-count") == "20 / 20"  # an emoji is one, as the server counts
     page.fill("#button_title_1", "a" * 21)
@@ -194,7 +176,6 @@ def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, 
     assert page.eval_on_selector("#button_title_1", "e => e.validity.valid") is False
     assert "/campaigns/new" in page.url and page.locator("#rejected").count() == 0  # the browser refused to submit
     page.fill("#button_title_1", "Yes please")
-    page.fill("#button_id_2", "no")
     page.fill("#button_title_2", "No thanks")
     page.select_option("#preview-row", index=1)
     assert page.inner_text("#preview-body_text") == "Hello Name 1 🌷 20 % off this week"
@@ -224,35 +205,31 @@ def test_new_campaign_counters_import_report_schedule_and_live_counts(page_for, 
 
 
 def test_new_campaign_expiry_opt_out_button_and_open_window_rule_reach_the_review(page_for, stack: ConsoleStack, tmp_path: Path) -> None:
-    """Given a marketer on New campaign: an expiry without an offset and an opt-out button whose id is
-    not an opt-out id are refused by the server, each note next to its field; fixed, the review step
-    shows the expiry, the 24-hour window rule and the opt-out button, and the draft holds them."""
+    """Given a marketer on New campaign: an expiry already past and an opt-out button whose id is not
+    an opt-out id are refused by the server at once, each note next to its field; fixed (the CSV is
+    kept), the review step shows the expiry, the 24-hour window rule and the opt-out button, and the
+    draft holds them (the expiry picked in Asia/Riyadh, stored as UTC)."""
     page = page_for("marketer")
     page.goto("/campaigns/new")
     page.fill("#name", "Expiring offer")
     page.fill("#body_text", "Hello {{name}}, offer ends tonight")
-    page.fill("#button_id_1", "yes")
     page.fill("#button_title_1", "Yes please")
     upload = tmp_path / "expiring.csv"
     upload.write_text("phone,name\n" + "".join(f"9665150{i:05d},Name {i}\n" for i in range(3)), encoding="utf-8")
     page.set_input_files("#recipients", str(upload))
-    page.fill("#expires_at", "2031-01-01T21:00:00")
+    page.select_option("#tz", "Asia/Riyadh")
+    page.fill("#expires_at", "2001-01-01T21:00")
     page.fill("#opt_out_button", "halt:Halt")
     page.check("#require_open_window")
     page.click("#import")
     page.wait_for_selector("#expires_at-error")
-    assert "no UTC offset" in page.inner_text("#expires_at-error")
+    assert "before the campaign starts" in page.inner_text("#expires_at-error")
     assert page.get_attribute("#expires_at", "aria-invalid") == "true"
-    assert page.input_value("#expires_at") == "2031-01-01T21:00:00"  # what was typed is kept
+    assert page.input_value("#expires_at") == "2001-01-01T21:00"  # what was picked is kept
+    assert "OPT_OUT_BUTTON_IDS" in page.inner_text("#opt_out_button-error")   # in the same round trip
     assert page.is_checked("#require_open_window")
     shoot(page, "new-campaign-errors")
-    page.set_input_files("#recipients", str(upload))  # a file input is never refilled by the server
-    page.fill("#expires_at", "2031-01-01T21:00:00+03:00")
-    page.click("#import")
-    page.wait_for_selector("#opt_out_button-error")
-    assert "OPT_OUT_BUTTON_IDS" in page.inner_text("#opt_out_button-error")
-    assert page.locator("#expires_at-error").count() == 0
-    page.set_input_files("#recipients", str(upload))
+    page.fill("#expires_at", "2031-01-01T21:00")
     page.fill("#opt_out_button", "stop:Stop offers")
     page.click("#import")
     page.wait_for_selector("#review-expires, #form-problems")
@@ -433,7 +410,8 @@ def test_an_admin_adds_a_person_who_logs_in_and_disables_them(page_for, stack: C
     newcomer = page_for()
     log_in(newcomer, "new.marketer@example.com", PASSWORD)
     assert newcomer.locator("h1").inner_text() == "Campaigns" and newcomer.request.get("/people").status == 403
-    admin.click("tr[data-email='new.marketer@example.com'] button")
+    admin.click("tr[data-email='new.marketer@example.com'] a")
+    admin.click("dialog.confirm-dialog #confirm-yes")    # Disable asks first
     assert "is disabled" in admin.inner_text(".flash")
     assert admin.inner_text("tr[data-email='new.marketer@example.com'] .state") == "disabled"
     newcomer.goto("/")
@@ -479,7 +457,8 @@ def test_an_admin_creates_an_api_key_sees_it_once_it_works_and_revokes_it(page_f
         cells = admin.inner_text(row)
         assert "CRM sync" in cells and "campaigns" in cells and stack.emails["admin"] in cells and "never" not in cells
         shoot(admin, "keys")
-        admin.click(f"{row} button")
+        admin.click(f"{row} a")
+        admin.click("dialog.confirm-dialog #confirm-yes")    # Revoke asks first
         assert f"API key {prefix} (CRM sync) is revoked" in admin.inner_text(".flash")
         assert admin.inner_text(f"{row} .state").startswith("revoked")
         wait_until(lambda: client.get("/v1/campaigns").status_code == 401, timeout_s=10, what="the revoked key refused")

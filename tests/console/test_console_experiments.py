@@ -10,6 +10,7 @@ and /tmp/shots/ab_*.png for a person to look at; at 390 px nothing may scroll si
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201, F811 - the 
     contexts = []
 
     def _page(role: str):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url)
+        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, bypass_csp=True)
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
@@ -101,6 +102,9 @@ def fill_message(page, px: str, message: dict) -> None:  # noqa: ANN001
             page.fill(f"#{px}{name}", message[name])
     for i, button in enumerate(message["buttons"], start=1):
         page.fill(f"#{px}button_title_{i}", button["title"])
+    if page.get_attribute(f"#{px}button-ids", "open") is None:     # the ids are "Advanced"
+        page.click(f"#{px}button-ids summary")
+    for i, button in enumerate(message["buttons"], start=1):
         page.fill(f"#{px}button_id_{i}", button["id"])
 
 
@@ -155,7 +159,7 @@ def test_the_wizard_takes_two_variants_shows_a_variant_b_problem_next_to_it_and_
     assert named(stack, "Spring A/B") == []                    # nothing was created
     shoot(page, "wizard_error")
 
-    page.set_input_files("#recipients", str(upload))           # a file input is never refilled by the server
+    assert "ab.csv (40 rows) is kept" in page.inner_text("#kept-upload")    # not chosen again
     page.fill("#vb_button_title_2", "Maybe later")
     page.click("#import")
     page.wait_for_selector("#review-test, #form-problems")
@@ -242,14 +246,17 @@ def test_the_campaign_page_shows_the_variants_while_the_test_waits_and_an_admin_
     phase = admin.inner_text("#ab-phase")
     assert phase == f"Waiting until {x['decide_at']:%Y-%m-%d %H:%M:%S} UTC to choose the winner.", phase
     assert admin.inner_text("#ab-held").startswith(f"{held} recipient(s) held for the winner")
+    after = results(stack, cid)   # taps keep arriving from the sandbox: the page shows a count between the two reads
     rows = admin.locator("#variants-table tbody tr")
     assert rows.count() == 2
-    for row, v in zip(rows.all(), x["variants"]):
+    for row, v, w in zip(rows.all(), x["variants"], after["variants"]):
         assert row.get_attribute("data-variant") == v.letter
         assert row.locator("[data-figure=sent]").inner_text() == str(v.sent)
         if v.metric.rate is not None:
             rate = row.locator("[data-figure=rate]").inner_text()
-            assert f"{v.metric.successes} of {v.metric.trials}" in rate and "–" in rate
+            shown = re.search(r"\((\d+) of (\d+)\)", rate)
+            assert shown and v.metric.successes <= int(shown[1]) <= w.metric.successes, (rate, v.metric, w.metric)
+            assert int(shown[2]) == v.metric.trials and "–" in rate
     assert admin.locator("[data-count=waiting]").inner_text() == str(held)
     shoot(admin, "campaign_waiting")
     admin.select_option("#r-status", "held")                       # the filter offers `held` in words

@@ -42,7 +42,7 @@ def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201
     contexts = []
 
     def _page(role: str):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url)
+        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, bypass_csp=True)
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
@@ -171,7 +171,6 @@ def test_a_marketer_builds_a_segment_with_a_live_count_and_uses_it_in_a_campaign
     assert page.is_hidden("#recipients") and page.is_disabled("#recipients")
     page.fill("#name", "Riyadh VIP offer")
     page.fill("#body_text", "Hello {{name}}, a VIP offer in {{city}}")
-    page.fill("#button_id_1", "yes")
     page.fill("#button_title_1", "Yes please")
     shoot(page, "segment_campaign_new")
     page.click("#import")
@@ -204,7 +203,6 @@ def test_a_campaign_to_a_segment_repeats_weekly_and_its_page_links_its_runs(page
     page.click(f"tr[data-segment='{segment.id}'] >> text=Use in a campaign")
     page.fill("#name", "Weekly Jeddah news")
     page.fill("#body_text", "This week in Jeddah")
-    page.fill("#button_id_1", "more")
     page.fill("#button_title_1", "Tell me more")
     page.select_option("#every", "custom")
     page.fill("#every_custom", "30m")   # too short: refused next to the field
@@ -280,8 +278,9 @@ def test_follow_up_from_the_funnel_goes_to_everyone_who_tapped_the_button(page_f
     assert page.inner_text("#follow-up-count").startswith(f"{len(tapped)} contact(s)")
     page.fill("#body_text", "Thanks! Book your table now.")
     page.fill("#button_title_1", "Book a table")
-    assert page.input_value("#button_id_1") == "book_a_table"   # written from the title
+    assert page.get_attribute("#button_id_1", "placeholder") == "book_a_table"   # written from the title
     page.fill("#button_title_2", "Later")
+    page.click("#button-ids summary")                             # "Advanced": the ids
     page.fill("#button_id_2", "remind_me")                        # an id the person wrote stays theirs
     page.fill("#button_title_2", "Remind me later")
     assert page.input_value("#button_id_2") == "remind_me"

@@ -159,10 +159,11 @@ def test_without_the_pages_script_the_add_and_remove_buttons_post_and_the_server
             assert _shown(page, "variant-a") and not _shown(page, "variant-b") and not _shown(page, "variant-c")
             token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
             added = client.post("/campaigns/new", data={"csrf_token": token, "name": "No script", **A_FIELDS,
-                                                        "add_variant": "1"})
+                                                        "add_variant": "1"},
+                                files={"recipients": ("ab.csv", b"phone,name\n966500000001,Ann\n", "text/csv")})
             assert added.status_code == 200
             assert _shown(added.text, "variant-b") and not _shown(added.text, "variant-c")
-            assert 'value="Reserve"' in added.text and "Choose the recipients CSV again" in added.text
+            assert 'value="Reserve"' in added.text and "ab.csv</strong> (1 row) is kept" in added.text   # not chosen again
             assert '<fieldset id="ab-options" >' in added.text   # shown and enabled
             removed = client.post("/campaigns/new", data={"csrf_token": token, "name": "No script", **A_FIELDS,
                                                           **B_FIELDS, **OPTIONS, "remove_variant": "B"})

@@ -1,5 +1,6 @@
 """Who may act: `api_keys` (only a hash of each key), `api_idempotency` (Idempotency-Key records),
-`console_users` and `console_sessions` (only a hash of each session token).
+`console_users`, `console_sessions` (only a hash of each session token) and `login_throttle`
+(recent failed logins, which slow the next ones).
 
 Declared on `worker.models.Base` so the test fixtures and Alembic's metadata see them once imported.
 """
@@ -57,8 +58,6 @@ class ConsoleUser(Base):
     email: Mapped[str] = mapped_column(sa.String(254), unique=True)       # stored lower-cased
     role: Mapped[str] = mapped_column(sa.String(16))                      # admin | marketer | viewer
     password_hash: Mapped[str] = mapped_column(sa.String(200))            # argon2id, with its parameters
-    failed_logins: Mapped[int] = mapped_column(sa.Integer, default=0)     # wrong passwords since the last lock or login
-    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -72,3 +71,20 @@ class ConsoleSession(Base):
     user_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("console_users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LoginThrottle(Base):
+    """Recent failed console logins from one client address: over every account tried (`account`
+    ""), and for one account (`account`: the sha256 of the email tried, whether or not it has an
+    account, so the answer never tells which emails exist). worker.access.throttle turns `failures`
+    and `last_failed_at` into the wait before the next try; rows idle for CONSOLE_LOGIN_FORGET_S
+    are deleted."""
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (sa.Index("ix_login_throttle_last_failed_at", "last_failed_at"),
+                      sa.Index("ix_login_throttle_account", "account"))
+
+    address: Mapped[str] = mapped_column(sa.String(64), primary_key=True)   # the client address as uvicorn saw it
+    account: Mapped[str] = mapped_column(sa.String(64), primary_key=True)   # "" or sha256 hex of the email
+    failures: Mapped[int] = mapped_column(sa.Integer)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,35 +1,36 @@
 """The people who use the console: create, list, disable, reset a password, and log in.
 
-Passwords are hashed with argon2id (argon2-cffi's defaults). Five wrong passwords in a row lock
-the account for 15 minutes; a correct password during the lock is refused too, so guessing gains
-nothing. Every change and every login (or refusal) is in the audit trail, actor "user:<email>"
-for what a person did and the caller's actor ("cli") for what was done to them.
+Passwords are hashed with argon2id (argon2-cffi's defaults). Wrong passwords slow the next tries
+from the same client address down (worker.access.throttle); nothing locks an account, so nobody
+can lock its owner out. Every change and every login (or refusal) is in the audit trail, with the
+client address, actor "user:<email>" for what a person did and the caller's actor ("cli") for
+what was done to them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.orm import Session
 
+from worker.access import throttle
 from worker.access.models import ConsoleSession, ConsoleUser
 from worker.access.roles import Role
-from worker.audit import record_audit
+from worker.audit import client_address, record_audit
 from worker.errors import ButtoncastError, FieldProblem, MessageInvalid
 from worker.models import utcnow
 from worker.runtime import Runtime
 
-LOCK_AFTER_FAILURES = 5
-LOCK_DURATION_S = 15 * 60
 PASSWORD_MIN_CHARS = 10
 PASSWORD_MAX_CHARS = 1024       # argon2 hashes any length; this bounds the work one request costs
 EMAIL_MAX_CHARS = 254
 _hasher = PasswordHasher()
-#: verified against when the email is unknown, so an unknown email costs the same time as a wrong password
+#: verified against when the email is unknown, so an unknown email costs the same argon2 check as a wrong password
 _DUMMY_HASH = _hasher.hash("not a password anyone has")
 
 
@@ -45,7 +46,6 @@ class Person:
     email: str
     role: Role
     disabled: bool
-    locked_until: datetime | None
     created_at: datetime
     last_login_at: datetime | None
 
@@ -55,8 +55,8 @@ class Person:
 
     @classmethod
     def of(cls, user: ConsoleUser) -> "Person":
-        return cls(user.id, user.email, Role(user.role), user.disabled_at is not None, user.locked_until,
-                   user.created_at, user.last_login_at)
+        return cls(user.id, user.email, Role(user.role), user.disabled_at is not None, user.created_at,
+                   user.last_login_at)
 
 
 class UserNotFound(ButtoncastError):
@@ -65,11 +65,16 @@ class UserNotFound(ButtoncastError):
 
 
 class LoginRefused(ButtoncastError):
-    """Wrong email or password, a locked or a disabled account: the message says which may be retried."""
+    """Wrong email or password, a disabled account, or too many failures from this address: the
+    message says whether and when to try again (`retry_after_s`: not before that many seconds)."""
 
-    def __init__(self, message: str, *, locked_until: datetime | None = None) -> None:
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
-        self.locked_until = locked_until
+        self.retry_after_s = retry_after_s
+
+
+class TooManyFailures(LoginRefused):
+    """Refused before the password was checked: this address failed too often lately (HTTP 429)."""
 
 
 def normalize_email(email: str) -> str:
@@ -98,7 +103,7 @@ def create_user(rt: Runtime, *, email: str, role: str, password: str, actor: str
     with rt.session_factory.begin() as session:
         if session.scalar(sa.select(ConsoleUser.id).where(ConsoleUser.email == email)) is not None:
             raise MessageInvalid([FieldProblem("email", f"{email} already has an account")])
-        user = ConsoleUser(email=email, role=role_value.value, password_hash=_hasher.hash(password), failed_logins=0,
+        user = ConsoleUser(email=email, role=role_value.value, password_hash=_hasher.hash(password),
                            created_at=utcnow())
         session.add(user)
         session.flush()
@@ -128,13 +133,14 @@ def disable_user(rt: Runtime, email: str, *, actor: str | None) -> Person:
 
 
 def reset_password(rt: Runtime, email: str, password: str, *, actor: str | None) -> Person:
-    """A new password; lifts a lock, re-enables the account, and ends its open sessions (one
-    transaction of its own)."""
+    """A new password; re-enables the account, forgets the failed logins at it (every address may try
+    at once again), and ends its open sessions (one transaction of its own)."""
     check_password(password)
     with rt.session_factory.begin() as session:
         user = _user(session, email)
         user.password_hash = _hasher.hash(password)
-        user.failed_logins, user.locked_until, user.disabled_at = 0, None, None
+        user.disabled_at = None
+        throttle.forget_account(session, throttle.account_key(user.email))
         session.execute(sa.delete(ConsoleSession).where(ConsoleSession.user_id == user.id))
         record_audit(session, actor, "user.password_reset", "console_user", user.id, email=user.email)
         return Person.of(user)
@@ -147,47 +153,82 @@ def _verify(password_hash: str, password: str) -> bool:
         return False
 
 
-def log_in(rt: Runtime, email: str, password: str, now: datetime | None = None) -> Person:
-    """The person, if the password is right and the account neither locked nor disabled; else LoginRefused.
+def log_in(rt: Runtime, email: str, password: str, now: datetime | None = None, *, address: str | None) -> Person:
+    """The person, if the password is right, the account not disabled and `address` (the client's,
+    as the server saw it) not made to wait by its recent failures; else LoginRefused.
 
-    It owns its transaction: a refusal is committed (the failure count, the lock, the audit row)
-    before it is raised."""
+    Known and unknown emails get the same answers, the same throttling and the same one argon2
+    check. Three short transactions of its own: the try is counted (worker.access.throttle), the
+    password checked outside any transaction, then the outcome written (refusals audited, with the
+    address, before they are raised)."""
     now = now or utcnow()
+    address = throttle.address_of(address)
     try:
         email = normalize_email(email)
     except MessageInvalid:
         raise LoginRefused("wrong email or password") from None
-    with rt.session_factory.begin() as session:
-        outcome = _judge_login(session, email, password or "", now)
+    limits = throttle.Limits.of(rt.settings)
+    audited_from = client_address.set(address)
+    try:
+        with rt.session_factory.begin() as session:
+            claimed, stored_hash = _count_the_try(session, email, address, now, limits)
+        if isinstance(claimed, TooManyFailures):
+            raise claimed
+        ok = _verify(stored_hash or _DUMMY_HASH, (password or "")[:PASSWORD_MAX_CHARS])
+        with rt.session_factory.begin() as session:
+            outcome = _settle(session, email, stored_hash, password or "", ok, claimed, now)
+    finally:
+        client_address.reset(audited_from)
     if isinstance(outcome, LoginRefused):
         raise outcome
     return outcome
 
 
-def _judge_login(session: Session, email: str, password: str, now: datetime) -> Person | LoginRefused:
-    user = session.scalar(sa.select(ConsoleUser).where(ConsoleUser.email == email).with_for_update())
-    if user is None:
-        _verify(_DUMMY_HASH, password)
+def _count_the_try(session: Session, email: str, address: str, now: datetime,
+                   limits: throttle.Limits) -> tuple[throttle.Claim | TooManyFailures, str | None]:
+    """The try counted and the account's stored hash (None: no such account); or, when this address
+    must wait, the refusal (audited if the account exists) and no hash: no password is checked."""
+    claimed = throttle.claim(session, address, throttle.account_key(email), now, limits)
+    user = session.scalar(sa.select(ConsoleUser).where(ConsoleUser.email == email))
+    if isinstance(claimed, throttle.Claim):
+        return claimed, user.password_hash if user is not None else None
+    if user is not None:
+        record_audit(session, actor_of(email), "user.login_refused", "console_user", user.id, reason="slowed",
+                     wait_s=math.ceil(claimed))
+    return _too_many(claimed), None
+
+
+def _too_many(wait_s: float) -> TooManyFailures:
+    return TooManyFailures(f"too many failed logins from this address: try again in {throttle.in_words(wait_s)}",
+                           retry_after_s=max(1, math.ceil(wait_s)))
+
+
+def _wrong(claimed: throttle.Claim) -> LoginRefused:
+    if claimed.wait_if_failed_s <= 0:
         return LoginRefused("wrong email or password")
-    if user.locked_until is not None and user.locked_until > now:
-        record_audit(session, actor_of(email), "user.login_refused", "console_user", user.id, reason="locked")
-        return LoginRefused(f"too many wrong passwords: the account is locked until {user.locked_until:%H:%M} UTC; "
-                            "try again then, or ask an admin to reset the password", locked_until=user.locked_until)
-    ok = _verify(user.password_hash, password[:PASSWORD_MAX_CHARS])
+    return LoginRefused(f"wrong email or password; try again in {throttle.in_words(claimed.wait_if_failed_s)}",
+                        retry_after_s=max(1, math.ceil(claimed.wait_if_failed_s)))
+
+
+def _settle(session: Session, email: str, checked_hash: str | None, password: str, ok: bool, claimed: throttle.Claim,
+            now: datetime) -> Person | LoginRefused:
+    """The outcome of a checked password: a login (the claimed try given back) or a refusal (it stays
+    counted). The account is read again: disabled, or given a new password, while its old one was
+    being checked, it is refused."""
+    user = session.scalar(sa.select(ConsoleUser).where(ConsoleUser.email == email).with_for_update())
+    if user is None or checked_hash is None:
+        return _wrong(claimed)
+    ok = ok and user.password_hash == checked_hash
     if user.disabled_at is not None:
         record_audit(session, actor_of(email), "user.login_refused", "console_user", user.id, reason="disabled")
-        return LoginRefused("this account is disabled; ask an admin" if ok else "wrong email or password")
-    if ok:
-        user.failed_logins, user.locked_until, user.last_login_at = 0, None, now
-        if _hasher.check_needs_rehash(user.password_hash):
-            user.password_hash = _hasher.hash(password)
-        record_audit(session, actor_of(email), "user.logged_in", "console_user", user.id)
-        return Person.of(user)
-    user.failed_logins += 1
-    if user.failed_logins >= LOCK_AFTER_FAILURES:
-        user.failed_logins, user.locked_until = 0, now + timedelta(seconds=LOCK_DURATION_S)
-        record_audit(session, actor_of(email), "user.locked", "console_user", user.id, minutes=LOCK_DURATION_S // 60)
-        return LoginRefused(f"{LOCK_AFTER_FAILURES} wrong passwords: the account is locked for {LOCK_DURATION_S // 60} "
-                            f"minutes (until {user.locked_until:%H:%M} UTC)", locked_until=user.locked_until)
-    record_audit(session, actor_of(email), "user.login_failed", "console_user", user.id, failures=user.failed_logins)
-    return LoginRefused("wrong email or password")
+        return LoginRefused("this account is disabled; ask an admin") if ok else _wrong(claimed)
+    if not ok:
+        record_audit(session, actor_of(email), "user.login_failed", "console_user", user.id,
+                     wait_s=math.ceil(claimed.wait_if_failed_s))
+        return _wrong(claimed)
+    throttle.give_back(session, claimed)
+    user.last_login_at = now
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    record_audit(session, actor_of(email), "user.logged_in", "console_user", user.id)
+    return Person.of(user)

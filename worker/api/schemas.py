@@ -380,8 +380,11 @@ class DecideIn(BaseModel):
 class CampaignDetail(CampaignSummary):
     done: int
     left: int
-    rate_per_minute: int = Field(description="messages sent in the last minute")
-    eta: datetime | None = Field(description="best case: the whole rate limit for this campaign, window not counted")
+    rate_per_minute: int | None = Field(description="messages sent per minute over the last minute of sending time "
+                                                    "(since its latest start or resume, if more recent); null when "
+                                                    "it is not running or has just (re)started")
+    eta: datetime | None = Field(description="best case: the whole rate limit for this campaign, window not counted; "
+                                             "null when nothing is left or it is paused, completed or cancelled")
     funnel: FunnelOut
     late_failures: dict[str, int] = Field(description="sent, then reported failed by the vendor: count per failure class (window_closed, undeliverable, opted_out, ...; README \"Late failures, by class\")")
     counts_as_of: datetime | None = Field(None, description="when the counts, funnel, rate and late failures were "

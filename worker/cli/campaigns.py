@@ -382,7 +382,8 @@ def _watch(runtime: Runtime, campaign_id: int) -> None:
                 status = p.campaign.status
                 label = f"paused ({p.campaign.pause_reason}), still watching" if status == CampaignStatus.PAUSED.value else status
                 eta = p.eta()
-                detail = f"{p.rate_per_minute}/min" + (f", ETA {eta:%H:%M:%S} UTC" if eta and status != "paused" else "")
+                rate = p.rate_per_minute
+                detail = ("" if rate is None else f"{rate}/min") + (f", ETA {eta:%H:%M:%S} UTC" if eta else "")
                 bar.update(task, total=p.total or None, completed=p.done, description=f"campaign {campaign_id} {label}", detail=detail)
                 if status in ENDED or status == CampaignStatus.DRAFT.value:
                     break  # a draft does nothing until `campaign schedule`

@@ -44,16 +44,13 @@ def user_create(email: str, role: str, password_stdin: bool) -> None:
 def user_list() -> None:
     """Every user: email, role, state, last login."""
     from worker.access.users import list_users
-    from worker.models import utcnow
 
     runtime = load_runtime()
     with runtime.read_sessions() as session:
         people = list_users(session)
-    now = utcnow()
     click.echo(f"{'email':<32}  {'role':<8}  {'state':<24}  last login (UTC)")
     for p in people:
-        state = ("disabled" if p.disabled else
-                 f"locked until {p.locked_until:%H:%M}" if p.locked_until and p.locked_until > now else "active")
+        state = "disabled" if p.disabled else "active"
         last = f"{p.last_login_at:%Y-%m-%d %H:%M}" if p.last_login_at else "-"
         click.echo(f"{p.email:<32}  {p.role.value:<8}  {state:<24}  {last}")
 
@@ -78,7 +75,7 @@ def user_disable(email: str) -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the new password from standard input instead of a prompt.")
 @friendly_errors
 def user_reset_password(email: str, password_stdin: bool) -> None:
-    """Set a new password; also lifts a lock and re-enables a disabled account."""
+    """Set a new password; also re-enables a disabled account and lets every address try again at once."""
     from worker.access.users import UserNotFound, reset_password
 
     runtime = load_runtime()

@@ -8,6 +8,7 @@ shown as a page instead of JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -18,6 +19,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from worker.console import (
+    routes_audit,
     routes_campaigns,
     routes_contacts,
     routes_follow_up,
@@ -26,7 +28,10 @@ from worker.console import (
     routes_login,
     routes_messages,
     routes_new,
+    routes_opt_outs,
     routes_people,
+    routes_preview,
+    routes_retry,
     routes_segments,
 )
 from worker.console.web import PACKAGE_DIR, Denied, NotLoggedIn, denied, not_logged_in, render, templates
@@ -44,7 +49,8 @@ def is_console_path(path: str) -> bool:
 def install_console(app: FastAPI) -> None:
     """Call after the API's problem handlers are installed."""
     # routes_new first: its /campaigns/new must not be read as /campaigns/{campaign_id}
-    for module in (routes_login, routes_new, routes_campaigns, routes_follow_up, routes_segments, routes_messages, routes_contacts, routes_people, routes_keys, routes_health):
+    for module in (routes_login, routes_new, routes_campaigns, routes_preview, routes_follow_up, routes_segments, routes_messages, routes_contacts, routes_people, routes_keys, routes_health,
+                   routes_retry, routes_opt_outs, routes_audit):
         app.include_router(module.router)
     for name in templates.env.list_templates(extensions=["html"]):
         templates.env.get_template(name)  # compiled now, not on the first view after a start (~100 ms)
@@ -87,10 +93,10 @@ def _warm_routes(app: FastAPI) -> None:
 def _warm_queries() -> None:
     """Run the campaign page's queries once before serving (one-row reads), so the first view after
     a start does not pay for compiling them; a database not up yet is no error here."""
-    from scheduler import campaigns, report, snapshots
+    from scheduler import campaigns, recipient_preview, report, snapshots
     from worker.access.sessions import person_for
     from worker.runtime import get_runtime
-    from worker.sending.history import list_messages
+    from worker.sending.history import MessageNotFound, list_messages, message_history
 
     try:
         with get_runtime().read_sessions() as session:
@@ -100,7 +106,12 @@ def _warm_queries() -> None:
             snapshots.load_many(session, [0])
             campaigns.list_campaign_rows(session, after_id=0, limit=1)
             list_messages(session, campaign_id=0, limit=1)
+            list_messages(session, campaign_id=0, after_id=0, limit=1)   # the recipients table, in id order
             list_messages(session, limit=1)   # the newest message, if any: loading a row is compiled too
+            recipient_preview.preview(session, 0)   # the campaign page's message for its first recipient
+            recipient_preview.find_by_phone(session, 0, "9")
+            with contextlib.suppress(MessageNotFound):
+                message_history(session, 0)   # a message's page
     except Exception:  # noqa: BLE001 - the first real request reports a database problem properly
         log.info("console warm-up skipped: the database did not answer", exc_info=True)
 

@@ -8,13 +8,23 @@ function the CLI and the API call; errors from the service come back as a one-li
 from __future__ import annotations
 
 from typing import Callable, Iterator
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from scheduler import audience, campaigns, experiments, report, significance, snapshots
-from scheduler.retry import RetryRefused, RetrySelection, plan_retry, retry_messages
+from scheduler import (
+    audience,
+    campaigns,
+    caused_opt_outs,
+    experiments,
+    recipient_preview,
+    report,
+    significance,
+    snapshots,
+)
+from scheduler.retry import RetryRefused
 from worker.access.roles import Permission
 from worker.access.users import Person
 from worker.console.tallies import CURRENT_S, tallies_for
@@ -22,6 +32,7 @@ from worker.console.web import allowed, csrf_checked, redirect, render, runtime
 from worker.db import streamed_read
 from worker.downloads import DownloadResponse
 from worker.errors import ButtoncastError, MessageInvalid
+from worker.lifecycle import operator_may
 from worker.models import Campaign, Experiment, utcnow
 from worker.runtime import Runtime
 from worker.sending.history import list_messages
@@ -33,6 +44,9 @@ SEND = Depends(allowed(Permission.SEND))
 POSTED = [Depends(csrf_checked)]
 LIST_PAGE_SIZE = 50
 RECIPIENTS_PAGE_SIZE = 50
+RECIPIENTS_POLL_MS = 2000   # the recipients table's rows, re-read while the campaign may change them
+#: a campaign in these may still change its recipients' statuses: their rows are polled
+LIVE_STATUSES = (CampaignStatus.SCHEDULED.value, CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value)
 
 
 def _id_or_none(text: str | None) -> int | None:
@@ -58,7 +72,8 @@ def campaigns_page(request: Request, status: str = "", after: str = "", person: 
             progress.append(report.Progress(c, counted.get(c.id) or campaigns.empty_counts(), report.Funnel(0, 0, 0, 0, 0),
                                             per_second, now))
             continue
-        progress.append(report.Progress(c, snapshot.tally.counts, snapshot.tally.funnel, per_second, now))
+        progress.append(report.Progress(c, snapshot.tally.counts, snapshot.tally.funnel, per_second, now,
+                                        late_failures=snapshot.tally.late_failures))
         if snapshot.age_s(now) >= CURRENT_S:
             as_of[c.id] = snapshot.taken_at
     return render(request, "campaigns.html", rows=progress, as_of=as_of, status=wanted or "",
@@ -89,14 +104,20 @@ def _after_end(snapshot: snapshots.Snapshot | None, campaign: Campaign) -> bool:
     return snapshot is not None and (campaign.finished_at is None or snapshot.taken_at >= campaign.finished_at)
 
 
-def _recipients(session: Session, campaign_id: int, status: str, button: str, error_code: str, before: str) -> dict:
-    """One keyset page of the recipients table, newest first, with the filters as given."""
+def _recipients(session: Session, campaign: Campaign, status: str, button: str, error_code: str, after: str) -> dict:
+    """One keyset page of the recipients table in id order (a row keeps its place while the campaign
+    sends), with the filters as given. `rows_live`: its rows are polled (RECIPIENTS_POLL_MS) while
+    the campaign may change them; once it has ended the page refreshes them one last time."""
     wanted = status if status in {s.value for s in MessageStatus} else None
-    rows = list_messages(session, campaign_id=campaign_id, status=wanted, before_id=_id_or_none(before),
-                         reply_button_id=button or None, error_code=error_code or None, limit=RECIPIENTS_PAGE_SIZE)
-    return {"recipients": rows, "status": wanted or "", "button": button, "error_code": error_code,
-            "statuses": [s.value for s in MessageStatus], "paged": bool(before),
-            "next_before": rows[-1].id if len(rows) == RECIPIENTS_PAGE_SIZE else None}
+    after_id = _id_or_none(after) or 0
+    rows = list_messages(session, campaign_id=campaign.id, status=wanted, after_id=after_id,
+                         reply_button_id=button or None, error_code=error_code or None, limit=RECIPIENTS_PAGE_SIZE,
+                         late_failures=True)   # `failed` and an error code or reason find the late failures too
+    filters = {"status": wanted or "", "button": button, "error_code": error_code}
+    return {"recipients": rows, **filters, "statuses": [s.value for s in MessageStatus], "paged": bool(after_id),
+            "rows_query": urlencode({**filters, "after": after_id or ""}), "filters_query": urlencode(filters),
+            "rows_live": campaign.status in LIVE_STATUSES, "rows_poll_ms": RECIPIENTS_POLL_MS,
+            "next_after": rows[-1].id if len(rows) == RECIPIENTS_PAGE_SIZE else None}
 
 
 @router.get("/campaigns/{campaign_id}")
@@ -104,20 +125,33 @@ def campaign_page(request: Request, campaign_id: int, status: str = "", button: 
                   person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
     with rt.read_sessions() as session:
         context = _campaign_context(session, rt, campaign_id)
-        table = _recipients(session, campaign_id, status, button, error_code, "")
+        table = _recipients(session, context["c"], status, button, error_code, "")
         lines = audience.describe_lines(session, context["c"])   # its audience, follow-up source, series runs
         test = experiments.results(session, campaign_id, rt.settings.opt_out_button_ids)   # None: one message
-    return render(request, "campaign.html", **context, **table, audience_lines=lines, experiment=test)
+        opted_out = caused_opt_outs.caused_count(session, campaign_id)   # recipients it made opt out
+        picked = recipient_preview.preview(session, campaign_id)   # the first recipient's filled message
+    return render(request, "campaign.html", **context, **table, audience_lines=lines, experiment=test, picked=picked,
+                  caused_opt_outs=opted_out, opt_outs_definition=caused_opt_outs.DEFINITION)
 
 
 @router.get("/campaigns/{campaign_id}/recipients")
 def recipients_page(request: Request, campaign_id: int, status: str = "", button: str = "", error_code: str = "",
-                    before: str = "", person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+                    after: str = "", person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
     """The recipients table alone, any page: no counts to compute, so page 500 costs what page 1 does."""
     with rt.read_sessions() as session:
         c = campaigns.get_campaign(session, campaign_id)
-        table = _recipients(session, campaign_id, status, button, error_code, before)
+        table = _recipients(session, c, status, button, error_code, after)
     return render(request, "recipients.html", c=c, **table)
+
+
+@router.get("/campaigns/{campaign_id}/recipients/rows")
+def recipient_rows(request: Request, campaign_id: int, status: str = "", button: str = "", error_code: str = "",
+                   after: str = "", person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
+    """The rows of one page of the recipients table, as they are now: what the page polls while sending."""
+    with rt.read_sessions() as session:
+        c = campaigns.get_campaign(session, campaign_id)
+        table = _recipients(session, c, status, button, error_code, after)
+    return render(request, "_recipient_rows.html", c=c, **table)
 
 
 @router.get("/campaigns/{campaign_id}/live")
@@ -154,6 +188,22 @@ def pause(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime
 @router.post("/campaigns/{campaign_id}/resume", dependencies=POSTED)
 def resume(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
     return _act(rt, campaign_id, lambda: campaigns.resume_campaign(rt, campaign_id, actor=person.actor), "Resumed.")
+
+
+@router.get("/campaigns/{campaign_id}/cancel")
+def cancel_page(request: Request, campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
+    """The confirmation step of Cancel (console.js shows it in a dialog): how many recipients not yet
+    sent will never be, from the tally snapshot (its time shown when not current)."""
+    with rt.read_sessions() as session:
+        context = _campaign_context(session, rt, campaign_id)
+    c, p = context["c"], context["p"]
+    if not operator_may(CampaignStatus(c.status), CampaignStatus.CANCELLED):
+        return redirect(f"/campaigns/{campaign_id}", f"Not done: the campaign is {c.status}; only a scheduled, "
+                                                     "running or paused campaign can be cancelled.")
+    unsent = sum(p.counts.get(s, 0) for s in campaigns.CANCELLABLE) if p else None
+    return render(request, "confirm.html", kind="cancel", c=c, unsent=unsent, counts_as_of=context["counts_as_of"],
+                  sending=p.counts.get(MessageStatus.SENDING.value, 0) if p else 0,
+                  action=f"/campaigns/{campaign_id}/cancel", back=f"/campaigns/{campaign_id}")
 
 
 @router.post("/campaigns/{campaign_id}/cancel", dependencies=POSTED)
@@ -210,33 +260,6 @@ def decide_now(campaign_id: int, variant: str = Form(""), person: Person = SEND,
         released = (test.decision or {}).get("released", 0)
         return redirect(f"/campaigns/{campaign_id}", f"Decided: variant {test.sent_variant} goes to the {released} "
                                                      "recipient(s) who were held.")
-    return response
-
-
-def _failed_selection(campaign_id: int) -> RetrySelection:
-    return RetrySelection(campaign_id=campaign_id, status=MessageStatus.FAILED)
-
-
-@router.get("/campaigns/{campaign_id}/retry")
-def retry_page(request: Request, campaign_id: int, person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
-    """The dry run: how many failed messages would be sent again, by error code, before anything happens."""
-    with rt.read_sessions() as session:
-        c = campaigns.get_campaign(session, campaign_id)
-        plan = plan_retry(session, _failed_selection(campaign_id))
-    return render(request, "retry.html", c=c, plan=plan)
-
-
-@router.post("/campaigns/{campaign_id}/retry", dependencies=POSTED)
-def retry_failed(campaign_id: int, person: Person = SEND, rt: Runtime = Depends(runtime)) -> Response:
-    outcome: dict[str, int] = {}
-
-    def run() -> None:
-        _plan, result = retry_messages(rt, _failed_selection(campaign_id), actor=person.actor)
-        outcome["requeued"] = result.requeued if result else 0
-
-    response = _act(rt, campaign_id, run, "")
-    if "requeued" in outcome:
-        return redirect(f"/campaigns/{campaign_id}", f"{outcome['requeued']} failed message(s) requeued.")
     return response
 
 

@@ -1,5 +1,6 @@
-"""API keys (admins only): list, create (the key shown once, on the answer to the form), revoke.
-The same functions as `buttoncast apikey create|list|revoke` and the keys the /v1 API checks."""
+"""API keys (admins only): list, create (the key shown once, on the answer to the form), revoke
+(after a confirmation step). The same functions as `buttoncast apikey create|list|revoke` and the
+keys the /v1 API checks."""
 
 from __future__ import annotations
 
@@ -43,6 +44,17 @@ def create(request: Request, name: str = Form(""), scope: str = Form(""), person
         problems = {p.field: p.problem for p in exc.problems}
         return _page(request, rt, 422, problems=problems, values={"name": name, "scope": scope})
     return _page(request, rt, created=info, secret=key)
+
+
+@router.get("/keys/{key_id}/revoke")
+def revoke_page(request: Request, key_id: int, person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
+    """The confirmation step of Revoke (console.js shows it in a dialog)."""
+    with rt.read_sessions() as session:
+        key = next((k for k in list_keys(session) if k.id == key_id), None)
+    if key is None or key.revoked_at is not None:
+        return redirect("/keys", f"Not done: there is no active API key {key_id}.")
+    return render(request, "confirm.html", kind="revoke", key=key, cache_s=rt.settings.api_key_cache_s,
+                  action=f"/keys/{key_id}/revoke", back="/keys")
 
 
 @router.post("/keys/{key_id}/revoke", dependencies=POSTED)

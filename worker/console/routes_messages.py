@@ -5,10 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from scheduler import campaigns
 from worker.access.roles import Permission
 from worker.access.users import Person
+from worker.console.formats import campaign_zone
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
+from worker.failures import explain
 from worker.runtime import Runtime
 from worker.sending.history import list_messages, message_history, trail
 
@@ -37,4 +40,9 @@ def messages_page(request: Request, q: str = "", person: Person = VIEW, rt: Runt
 def message_page(request: Request, message_id: int, person: Person = VIEW, rt: Runtime = Depends(runtime)) -> Response:
     with rt.read_sessions() as session:
         history = message_history(session, message_id)
-    return render(request, "message.html", m=history.message, history=history, trail=trail(history))
+        # a campaign's message shows its times in the campaign's zone; an ad-hoc one in the console's
+        source = campaigns.get_campaign(session, history.message.campaign_id) if history.message.campaign_id else None
+    m = history.message   # a late failure: its vendor code, class and the vendor's words, as a person reads them
+    late = explain(m.failure_code, m.failure_class, m.delivery_error) if m.failure_class else None
+    return render(request, "message.html", m=m, history=history, trail=trail(history), late=late,
+                  zone=campaign_zone(source) if source else None)

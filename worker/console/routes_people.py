@@ -1,5 +1,5 @@
-"""People (admins only): who may log in, with which role; create, disable, set a new password.
-The same functions as `buttoncast user create|list|disable|reset-password`."""
+"""People (admins only): who may log in, with which role; create, disable (after a confirmation
+step), set a new password. The same functions as `buttoncast user create|list|disable|reset-password`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from worker.access.users import Person, UserNotFound, create_user, disable_user,
 from worker.console.routes_campaigns import POSTED
 from worker.console.web import allowed, redirect, render, runtime
 from worker.errors import MessageInvalid
-from worker.models import utcnow
 from worker.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
@@ -26,7 +25,7 @@ def _problem(exc: Exception) -> str:
 def people_page(request: Request, person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
     with rt.read_sessions() as session:
         people = list_users(session)
-    return render(request, "people.html", people=people, roles=[r.value for r in Role], now=utcnow())
+    return render(request, "people.html", people=people, roles=[r.value for r in Role])
 
 
 @router.post("/people", dependencies=POSTED)
@@ -37,6 +36,20 @@ def create(email: str = Form(""), role: str = Form(""), password: str = Form("")
     except MessageInvalid as exc:
         return redirect("/people", f"Not done: {_problem(exc)}")
     return redirect("/people", f"{created.email} ({created.role.value}) can log in now.")
+
+
+@router.get("/people/disable")
+def disable_page(request: Request, email: str = "", person: Person = ADMIN, rt: Runtime = Depends(runtime)) -> Response:
+    """The confirmation step of Disable (console.js shows it in a dialog)."""
+    wanted = email.strip().lower()
+    with rt.read_sessions() as session:
+        who = next((p for p in list_users(session) if p.email == wanted), None)
+    if who is None or who.disabled:
+        return redirect("/people", f"Not done: {email or 'nobody'} is not an active person here.")
+    if who.email == person.email:
+        return redirect("/people", "Not done: you cannot disable yourself.")
+    return render(request, "confirm.html", kind="disable", who=who, action="/people/disable", back="/people",
+                  fields={"email": who.email})
 
 
 @router.post("/people/disable", dependencies=POSTED)
@@ -56,4 +69,4 @@ def reset(email: str = Form(""), password: str = Form(""), person: Person = ADMI
         done = reset_password(rt, email, password, actor=person.actor)
     except (UserNotFound, MessageInvalid) as exc:
         return redirect("/people", f"Not done: {_problem(exc)}")
-    return redirect("/people", f"{done.email} has a new password (lock lifted, sessions ended).")
+    return redirect("/people", f"{done.email} has a new password (sessions ended; failed logins forgotten).")

@@ -34,7 +34,9 @@ SHARED_INPUTS = {"opt_out_button"}
 INPUT_WORDS = {"header_text": "header", "body_text": "body", "footer_text": "footer", "at": "start",
                "test_share_percent": "test group %", "decide_after": "choose the winner after",
                "metric": "the winner has the best rate of", "default_variant": "with no clear winner",
-               "phone_number_id": "sender", "every_custom": "custom interval", "segment": "saved segment"}
+               "phone_number_id": "sender", "every_custom": "custom interval", "segment": "saved segment",
+               "window": "daily window", "tz": "time zone", "until": "until",
+               "recipients": "recipients CSV", "name": "campaign name", "opt_out_button": "opt-out button"}
 _BUTTON_INPUT = re.compile(r"button_(title|id)_(\d+)")
 
 
@@ -96,16 +98,21 @@ def percent_to_share(text: str) -> tuple[float | str, str | None]:
     return percent / 100, None
 
 
-def bind(form: dict[str, str]) -> Bound:
-    """The message (A alone) or the variants and the test's options, as the service's keywords."""
+def bind(form: dict[str, str], reserved_ids: frozenset[str] = frozenset()) -> Bound:
+    """The message (A alone) or the variants and the test's options, as the service's keywords; a
+    button without an id gets one from its title (none of `reserved_ids`: the opt-out ids)."""
     letters = letters_in(form)
+
+    def message(fields: dict[str, str]) -> dict:
+        return template_from(fields, ids_from_titles=True, reserved_ids=reserved_ids)
+
     if len(letters) < 2:
-        return Bound(letters, template=template_from(form))
+        return Bound(letters, template=message(form))
     share, share_problem = percent_to_share(form.get("test_share_percent", ""))
     options = {"test_share": share, "decide_after": form.get("decide_after", "").strip() or None,
                "metric": form.get("metric") or None, "default_variant": form.get("default_variant") or None,
                "variant_labels": [LABELS[x] for x in letters]}
-    return Bound(letters, variants=[template_from(sub_form(form, x)) for x in letters], options=options,
+    return Bound(letters, variants=[message(sub_form(form, x)) for x in letters], options=options,
                  share_problem=share_problem)
 
 

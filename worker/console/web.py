@@ -18,6 +18,7 @@ from worker.access.roles import Permission
 from worker.access.sessions import COOKIE_NAME, resume_session
 from worker.access.users import Person
 from worker.console import csrf, formats
+from worker.console.security import foreign_origin
 from worker.runtime import Runtime, get_runtime
 
 PACKAGE_DIR = Path(__file__).parent
@@ -69,7 +70,11 @@ def allowed(permission: Permission) -> Callable[..., Person]:
 
 
 async def csrf_checked(request: Request, person: Person = Depends(current_person)) -> None:
-    """Every POST carries the form's token (or the X-CSRF-Token header for scripts)."""
+    """Every POST comes from a page of this site (its Origin or Referer, worker.console.security) and
+    carries the form's token (or the X-CSRF-Token header for scripts)."""
+    elsewhere = foreign_origin(request)
+    if elsewhere is not None:
+        raise Denied(elsewhere)
     given = request.headers.get(csrf.HEADER_NAME)
     if given is None:
         form = await request.form()
@@ -90,6 +95,7 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     person = getattr(request.state, "person", None)
     token = session_token(request)
     context.setdefault("csrf_token", csrf.token_for_session(token) if token and person else "")
+    context.setdefault("console_zone", get_runtime().settings.console_time_zone)   # formats.page_zone's last resort
     flash = unquote(request.cookies.get(FLASH_COOKIE) or "") or None
     response = templates.TemplateResponse(request, name, {"person": person, "flash": flash, **context}, status_code=status_code)
     if flash:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from worker.audit import record_audit
 from worker.contacts.attributes import attributes_of, tags_for
 from worker.contacts.keywords import match_keyword
 from worker.hooks import outbox as hooks_outbox
@@ -142,14 +143,28 @@ def operator_opt_out(rt: Runtime, phones: Iterable[str], *, reason: str | None =
     """An operator opts normalised phones out (source operator), all in one transaction, effective
     when this returns; returns the phones that were not opted out before, in order."""
     with rt.session_factory.begin() as session:
-        return [p for p in phones if opt_out(session, p, source=SOURCE_OPERATOR, reason=reason, actor=actor)]
+        changed = [p for p in phones if opt_out(session, p, source=SOURCE_OPERATOR, reason=reason, actor=actor)]
+        _audit_consent(session, actor, "contacts.opted_out", changed, reason=reason)
+        return changed
 
 
 def operator_opt_in(rt: Runtime, phones: Iterable[str], *, actor: str | None = None) -> list[str]:
     """An operator opts normalised phones back in (source operator), all in one transaction; returns
     the phones that were opted out, in order."""
     with rt.session_factory.begin() as session:
-        return [p for p in phones if opt_in(session, p, source=SOURCE_OPERATOR, actor=actor)]
+        changed = [p for p in phones if opt_in(session, p, source=SOURCE_OPERATOR, actor=actor)]
+        _audit_consent(session, actor, "contacts.opted_in", changed)
+        return changed
+
+
+#: an operator's consent change names at most this many phones in its audit row (the rest: contact_events)
+AUDIT_PHONES_MAX = 20
+
+
+def _audit_consent(session: Session, actor: str | None, action: str, phones: list[str], **detail: Any) -> None:
+    if phones:
+        record_audit(session, actor, action, "contact", None, count=len(phones), phones=phones[:AUDIT_PHONES_MAX],
+                     **{k: v for k, v in detail.items() if v})
 
 
 def _add_event(session: Session, phone: str, action: str, source: str, reason: str | None, actor: str | None,

@@ -1,11 +1,15 @@
 /* buttoncast console: the few things the server cannot do for the page. No library, no build step.
-   - [data-poll]: replace the element with a fresh copy from its URL every second until data-final="true"
+   - [data-poll]: replace the element with a fresh copy from its URL every second (or data-poll-ms) until data-final="true"
    - [data-max]: count code points as the server does (an emoji is one) and refuse the form past the limit
    - the new-campaign editor: placeholders from the CSV's header, and a preview bubble with a row's values
      beside each variant of the message; "Add a variant" shows the next one (B, C) and the A/B test's options
    - the new-campaign audience: a CSV or a saved segment (and how often it repeats)
    - the segment builder: rows of conditions, their JSON, and the live count (the server validates and counts)
-   - [data-id-from]: a button's id written from its title until the person edits the id */
+   - [data-id-from]: a button's id written from its title (its placeholder) unless the person types one
+   - a CSV kept from an earlier try of New campaign: its first rows come with the page (data-preview-rows)
+   - .table-wrap: marked data-scrolls while its table is wider than it (the stylesheet says so)
+   - the recipient picker: what one recipient, searched by phone among all of them, receives
+   - a[data-confirm]: the confirmation page it links to (Cancel, Revoke, Disable) shown in a dialog */
 (() => {
   "use strict";
   const POLL_MS = 1000;
@@ -27,9 +31,9 @@
           }
         }
       } catch (err) { /* the server restarted or the network blinked: try again next tick */ }
-      setTimeout(tick, POLL_MS);
+      setTimeout(tick, Number(el.dataset.pollMs) || POLL_MS);
     };
-    setTimeout(tick, POLL_MS);
+    setTimeout(tick, Number(el.dataset.pollMs) || POLL_MS);
   }
 
   /* Once the campaign is over, the rest of the page (the recipients table) is fetched once more. */
@@ -115,10 +119,8 @@
     form.addEventListener("input", render);
     select.addEventListener("change", render);
 
-    document.getElementById("recipients").addEventListener("change", async (event) => {
-      const file = event.target.files[0];
-      if (!file) return;
-      const parsed = parseCsv(await file.slice(0, HEAD_BYTES).text(), PREVIEW_ROWS + 1);
+    /* A CSV's header and first rows: placeholders to insert, rows to preview the message with. */
+    const useCsv = (parsed) => {
       header = (parsed.shift() || []).map((h) => h.trim().replace(/^\ufeff/, ""));
       rows = parsed.filter((r) => r.length > 1 || r[0]);
       chips.replaceChildren();
@@ -136,7 +138,16 @@
       const phoneAt = header.indexOf("phone");
       select.replaceChildren(...rows.map((r, i) => new Option(phoneAt >= 0 ? r[phoneAt] : `row ${i + 2}`, String(i))));
       render();
+    };
+    document.getElementById("recipients").addEventListener("change", async (event) => {
+      const file = event.target.files[0];
+      if (file) useCsv(parseCsv(await file.slice(0, HEAD_BYTES).text(), PREVIEW_ROWS + 1));
     });
+    const kept = document.getElementById("kept-upload");   // the file kept from an earlier try: its rows come with the page
+    if (kept && kept.dataset.previewRows) {
+      const head = JSON.parse(kept.dataset.previewRows);
+      useCsv([head.header].concat(head.rows));
+    }
     render();
   }
 
@@ -312,31 +323,137 @@
     rowsBox.querySelectorAll(".rule-row").forEach((row) => { showInputs(row); showButtons(row); });
   }
 
-  /* A button's id follows its title ("Book a table" -> book_a_table) until the person types an id. */
-  function startIdFromTitle(input) {
-    const title = document.getElementById(input.dataset.idFrom);
-    const max = Number(input.dataset.max) || 256;
-    let edited = input.value !== "" && input.value !== slug(title.value, max);
-    input.addEventListener("input", () => { edited = input.value !== ""; });
-    title.addEventListener("input", () => {
-      if (edited) return;
-      input.value = slug(title.value, max);
-      input.dispatchEvent(new Event("input"));
-      edited = false;
-    });
+  /* Button ids: each is written from its title ("Book a table" -> book_a_table), shown as the id
+     input's placeholder, unless the person types one. The server's rule (message_form.button_ids):
+     unique within the message (_2, _3), never one of the form's data-reserved-ids (the opt-out ids). */
+  function startButtonIds(group) {
+    const inputs = Array.from(group.querySelectorAll("[data-id-from]"));
+    const form = group.closest("form") || group;
+    const reserved = (form.dataset.reservedIds || "").split(" ").filter(Boolean);
+    const update = () => {
+      const taken = new Set(reserved.concat(inputs.map((input) => input.value.trim()).filter(Boolean)));
+      inputs.forEach((input) => {
+        const title = document.getElementById(input.dataset.idFrom);
+        const max = Number(input.dataset.max) || 256;
+        if (input.value.trim() || !title || !title.value) { input.placeholder = ""; return; }
+        const base = slug(title.value, max) || `button_${(input.id.match(/(\d+)$/) || ["", ""])[1]}`;
+        let candidate = base;
+        for (let n = 2; taken.has(candidate); n++) candidate = base.slice(0, max - String(n).length - 1) + "_" + n;
+        taken.add(candidate); input.placeholder = candidate;
+      });
+    };
+    group.addEventListener("input", update);
+    update();
   }
   function slug(text, max) {
-    return (text || "").normalize("NFKD").replace(/[\u0300-\u036f]/g, "").toLowerCase()
+    return (text || "").normalize("NFKD").replace(/\p{M}/gu, "").toLowerCase()
       .replace(/[^\p{L}\p{N}]+/gu, "_").replace(/^_+|_+$/g, "").slice(0, max);
   }
 
+  /* The recipient picker (review step, campaign page): as the person types the start of a phone
+     number, the server answers with the matching recipients among all of them and, once one is
+     chosen, that recipient's filled message (routes_preview, `fragment=1`). */
+  function startPicker(form) {
+    const DEBOUNCE_MS = 250;
+    const input = form.querySelector("input[name=phone]");
+    let timer = null; let sequence = 0;
+    const show = async (url) => {
+      const mine = ++sequence;
+      try {
+        const response = await fetch(url + (url.includes("?") ? "&" : "?") + "fragment=1",
+          { credentials: "same-origin", headers: { Accept: "text/html" } });
+        if (!response.ok || mine !== sequence) return;
+        const holder = document.createElement("template");
+        holder.innerHTML = (await response.text()).trim();
+        const fresh = holder.content.getElementById("recipient-preview");
+        const old = document.getElementById("recipient-preview");
+        if (fresh && old) old.replaceWith(fresh);
+      } catch (err) { /* the network blinked: the next keystroke asks again */ }
+    };
+    const search = () => show(form.action + "?phone=" + encodeURIComponent(input.value.trim()));
+    input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, DEBOUNCE_MS); });
+    form.addEventListener("submit", (event) => { event.preventDefault(); clearTimeout(timer); search(); });
+    document.addEventListener("click", (event) => {
+      const link = event.target.closest("#recipient-preview a[data-phone], #recipient-preview a[data-more]");
+      if (!link) return;
+      event.preventDefault();
+      if (link.dataset.phone) input.value = link.dataset.phone;
+      show(link.getAttribute("href"));
+    });
+  }
+
+  /* An action that cannot be undone links to its confirmation page (the whole step without script);
+     here that page's #confirm is shown in a modal dialog instead: "No" (data-dismiss) or Escape
+     closes it and changes nothing, "Yes" posts its form as the page would. The link is found by
+     delegation: a polled fragment replaces it every second. */
+  async function openConfirm(link) {
+    const fallback = () => location.assign(link.href);
+    let doc;
+    try {
+      const response = await fetch(link.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (!response.ok || response.redirected) return fallback();   // e.g. already cancelled: the page says why
+      doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    } catch (err) { return fallback(); }
+    const question = doc.getElementById("confirm");
+    if (!question) return fallback();
+    const title = question.querySelector("h1");
+    if (title) { const h2 = document.createElement("h2"); h2.id = title.id; h2.textContent = title.textContent; title.replaceWith(h2); }
+    const dialog = document.createElement("dialog");
+    dialog.className = "confirm-dialog";
+    dialog.setAttribute("aria-labelledby", "confirm-title");
+    dialog.appendChild(document.adoptNode(question));
+    document.body.appendChild(dialog);
+    const no = dialog.querySelector("[data-dismiss]");
+    no.addEventListener("click", (event) => { event.preventDefault(); dialog.close(); });
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      const back = document.getElementById(link.id) || link;
+      if (back.isConnected) back.focus();
+    });
+    dialog.showModal();
+    no.focus();
+  }
+
+  document.addEventListener("click", (event) => {
+    const link = event.target.closest && event.target.closest("a[data-confirm]");
+    if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+    event.preventDefault();
+    openConfirm(link);
+  });
+
+  /* A table wider than its box scrolls inside it (never the page): its box gets data-scrolls, which
+     the stylesheet turns into a "Scroll sideways for more" note; checked again when the window is
+     resized or a polled part of the page is replaced. */
+  function markScrollingTables() {
+    let queued = false;
+    const mark = () => {
+      queued = false;
+      document.querySelectorAll(".table-wrap").forEach((box) => {
+        const scrolls = box.scrollWidth > box.clientWidth + 1;
+        box.toggleAttribute("data-scrolls", scrolls);
+        // a box that scrolls is reachable by keyboard (arrow keys scroll it): WCAG 2.1.1
+        if (scrolls) box.setAttribute("tabindex", "0"); else box.removeAttribute("tabindex");
+      });
+    };
+    const soon = () => { if (!queued) { queued = true; requestAnimationFrame(mark); } };
+    window.addEventListener("resize", soon);
+    new MutationObserver((changes) => {
+      if (changes.some((c) => c.type === "childList")) soon();
+    }).observe(document.body, { childList: true, subtree: true });
+    mark();
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    markScrollingTables();
     document.querySelectorAll("[data-poll]").forEach(startPolling);
+    const picker = document.getElementById("preview-search");
+    if (picker) startPicker(picker);
     document.querySelectorAll("[data-max]").forEach(startCounter);
     const editor = document.getElementById("new-campaign");
     if (editor) { startEditor(editor); startAudienceChoice(editor); startVariants(editor); }
     const builder = document.getElementById("segment-builder");
     if (builder) startBuilder(builder);
-    document.querySelectorAll("[data-id-from]").forEach(startIdFromTitle);
+    new Set(Array.from(document.querySelectorAll("[data-id-from]"), (input) => input.closest("fieldset") || input.form))
+      .forEach(startButtonIds);
   });
 })();
