@@ -84,10 +84,15 @@ def _from_json(data: dict[str, Any]) -> report.Tally:
                         dict(data["late_failures"]))
 
 
-def take(read_sessions: sessionmaker[Session], campaign_id: int) -> Snapshot:
-    """Scan the campaign's rows now (report.tally) on a read session."""
+def take(read_sessions: sessionmaker[Session], campaign_id: int, *, serial: bool = False) -> Snapshot:
+    """Scan the campaign's rows now (report.tally) on a read session. `serial` (Postgres): without
+    parallel workers, for a scan in the background while people are served: a parallel scan of a
+    million rows took every core of a 2-core machine for ~275 ms, and the page requested meanwhile
+    waited for it (bench/console_pages.py: 250 ms instead of 10); one core is left for them."""
     started, clock = utcnow(), time.perf_counter()
     with read_sessions() as session:
+        if serial and session.get_bind().dialect.name == "postgresql":
+            session.execute(sa.text("SET LOCAL max_parallel_workers_per_gather = 0"))   # this transaction only
         tally = report.tally(session, campaign_id, started)
     return Snapshot(campaign_id, tally, started, round((time.perf_counter() - clock) * 1000))
 

@@ -162,7 +162,7 @@ def tallies_for(rt: "Runtime") -> TallyCache:
                     return snapshots.load(session, campaign_id)
 
             def refresh(campaign_id: int) -> Snapshot:
-                snapshot = snapshots.take(rt.read_sessions, campaign_id)
+                snapshot = snapshots.take(rt.read_sessions, campaign_id, serial=True)   # people are served meanwhile
                 try:
                     snapshots.store(rt, snapshot)
                 except Exception:  # noqa: BLE001 - this process still shows it; beat or the next scan stores one
