@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import socket
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
@@ -65,15 +66,15 @@ def browser(stack: ConsoleStack):  # noqa: ANN201
         chromium.close()
 
 
-@pytest.fixture()
-def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201
-    """page_for(role) -> a logged-in page in a fresh browser context (its own cookies)."""
+@contextmanager
+def browser_pages(browser, stack: ConsoleStack, **options):  # noqa: ANN001, ANN003, ANN201
+    """A factory page_for(role=None, **more) -> a page in a fresh browser context (its own cookies), at
+    desktop size on the stack, logged in as `role` (None: not logged in). `options` and `more` are
+    Playwright's context options; every console test module's `page_for` fixture is this."""
     contexts = []
 
-    def _page(role: str | None = None):  # noqa: ANN202
-        # bypass_csp: Playwright's string wait_for_function evaluates code that the console's CSP forbids (no
-        # 'unsafe-eval'); the policy itself is held by tests/console/test_console_security.py, in contexts without it
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, accept_downloads=True, bypass_csp=True)
+    def _page(role: str | None = None, **more):  # noqa: ANN003, ANN202
+        context = browser.new_context(**{"viewport": DESKTOP, "base_url": stack.base_url, **options, **more})
         context.set_default_timeout(20_000)
         contexts.append(context)
         page = context.new_page()
@@ -82,9 +83,20 @@ def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201
             assert page.url.rstrip("/") == stack.base_url, page.content()[:2000]
         return page
 
-    yield _page
-    for context in contexts:
-        context.close()
+    try:
+        yield _page
+    finally:
+        for context in contexts:
+            context.close()
+
+
+@pytest.fixture()
+def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201
+    """page_for(role) -> a logged-in page in a fresh browser context (its own cookies).
+    bypass_csp: Playwright's string wait_for_function evaluates code that the console's CSP forbids (no
+    'unsafe-eval'); the policy itself is held by tests/console/test_console_security.py, in contexts without it."""
+    with browser_pages(browser, stack, accept_downloads=True, bypass_csp=True) as make:
+        yield make
 
 
 def log_in(page, email: str, password: str) -> None:  # noqa: ANN001

@@ -29,8 +29,8 @@ from scheduler.report import progress
 from scheduler.retry import ForceNeeded, RetrySelection, retry_messages
 from scheduler.retry_choices import retry_choices
 from tests.conftest import make_runtime, wait_until
-from tests.console.test_console_browser import TEMPLATE, _chromium, browser, stack  # noqa: F401 - the same fixtures
-from tests.console_stack import FAIL_PREFIX, PASSWORD, ConsoleStack
+from tests.console.test_console_browser import TEMPLATE, _chromium, browser, browser_pages, stack  # noqa: F401 - the same fixtures
+from tests.console_stack import FAIL_PREFIX, ConsoleStack
 from tests.webhooks.test_late_failures import late_failed_campaign, running_campaign, sessions  # noqa: F401
 from worker.audit import AuditEvent, RecordClientAddress, client_address, record_audit
 from worker.contacts.service import SOURCE_KEYWORD, SOURCE_OPERATOR, opt_out
@@ -206,24 +206,8 @@ def test_every_request_carries_its_client_address_to_the_audit_trail() -> None:
 @pytest.fixture()
 def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201, F811 - the imported fixtures
     """page_for(role) -> a logged-in page in a fresh browser context (its own cookies)."""
-    contexts = []
-
-    def _page(role: str):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, accept_downloads=True)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#email", stack.emails[role])
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_load_state()
-        assert page.url.rstrip("/") == stack.base_url, page.content()[:2000]
-        return page
-
-    yield _page
-    for context in contexts:
-        context.close()
+    with browser_pages(browser, stack, accept_downloads=True) as make:
+        yield make
 
 
 @pytest.fixture()

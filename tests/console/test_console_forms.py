@@ -27,8 +27,8 @@ import sqlalchemy as sa
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from tests.conftest import wait_until
-from tests.console.test_console_browser import _chromium, browser, stack  # noqa: F401 - the same fixtures
-from tests.console_stack import PASSWORD, ConsoleStack
+from tests.console.test_console_browser import _chromium, browser, browser_pages, stack  # noqa: F401 - the same fixtures
+from tests.console_stack import ConsoleStack
 from worker import console
 from worker.access.keys import create_key
 from worker.console import kept_uploads, when_form
@@ -102,25 +102,9 @@ def test_a_kept_upload_is_its_owners_only_until_it_expires_and_the_area_stays_un
 
 @pytest.fixture()
 def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201, F811 - the imported fixtures
-    contexts = []
-
-    def _page(role: str | None):  # noqa: ANN202
-        context = browser.new_context(viewport={"width": 1366, "height": 800}, base_url=stack.base_url, bypass_csp=True)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        if role:
-            page.goto("/login")
-            page.fill("#email", stack.emails[role])
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_load_state()
-            assert page.url.rstrip("/") == stack.base_url, page.content()[:2000]
-        return page
-
-    yield _page
-    for context in contexts:
-        context.close()
+    """page_for(role) -> a logged-in page in a fresh browser context (its own cookies)."""
+    with browser_pages(browser, stack, viewport={"width": 1366, "height": 800}, bypass_csp=True) as make:
+        yield make
 
 
 def wider_than(page, width: int) -> str:  # noqa: ANN001

@@ -183,8 +183,8 @@ def test_the_recipients_pages_are_in_id_order_and_failed_merges_both_kinds_in_th
 
 from playwright.sync_api import expect  # noqa: E402
 
-from tests.console.test_console_browser import _chromium, browser, make_campaign, stack  # noqa: E402, F401 - the same fixtures
-from tests.console_stack import PASSWORD, ConsoleStack  # noqa: E402
+from tests.console.test_console_browser import _chromium, browser, browser_pages, make_campaign, stack  # noqa: E402, F401 - the same fixtures
+from tests.console_stack import ConsoleStack  # noqa: E402
 from worker.models import utcnow  # noqa: E402
 
 SHOTS = Path("/tmp/shots")
@@ -195,24 +195,8 @@ PHONE = {"width": 390, "height": 844}
 @pytest.fixture()
 def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201, F811 - the imported fixtures
     """page_for(role) -> a logged-in page in a fresh browser context (its own cookies)."""
-    contexts = []
-
-    def _page(role: str):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#email", stack.emails[role])
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_load_state()
-        assert page.url.rstrip("/") == stack.base_url, page.content()[:2000]
-        return page
-
-    yield _page
-    for context in contexts:
-        context.close()
+    with browser_pages(browser, stack) as make:
+        yield make
 
 
 def shoot(page, name: str, tmp_path: Path) -> None:  # noqa: ANN001

@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from tests.conftest import make_runtime, stack_env
-from tests.console.test_console_browser import _chromium, browser, stack  # noqa: F401 - the same fixtures
+from tests.console.test_console_browser import _chromium, browser, browser_pages, stack  # noqa: F401 - the same fixtures
 from tests.console_stack import PASSWORD, ConsoleStack
 from worker.access import users
 from worker.access.keys import create_key
@@ -296,25 +296,9 @@ def test_the_console_answers_a_slowed_login_with_429_and_retry_after(web_rt: Any
 
 @pytest.fixture()
 def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201, F811 - the imported fixtures
-    """page_for(role, js=True) -> a logged-in page in a fresh browser context."""
-    contexts = []
-
-    def _page(role: str, js: bool = True):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, java_script_enabled=js)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#email", stack.emails[role])
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_load_state()
-        assert page.url.rstrip("/") == stack.base_url, page.content()[:2000]
-        return page
-
-    yield _page
-    for context in contexts:
-        context.close()
+    """page_for(role, js=True) -> a logged-in page in a fresh browser context (no bypass of the CSP here)."""
+    with browser_pages(browser, stack) as make:
+        yield lambda role, js=True: make(role, java_script_enabled=js)
 
 
 def shoot(page, name: str, full_page: bool = False) -> None:  # noqa: ANN001

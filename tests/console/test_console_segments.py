@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from scheduler import campaigns
 from scheduler.campaigns import create_with_recipients
 from tests.conftest import wait_until
-from tests.console.test_console_browser import _chromium, browser, stack  # noqa: F401 - the same fixtures
-from tests.console_stack import PASSWORD, ConsoleStack
+from tests.console.test_console_browser import _chromium, browser, browser_pages, stack  # noqa: F401 - the same fixtures
+from tests.console_stack import ConsoleStack
 from worker.audit import AuditEvent
 from worker.contacts import segments
 from worker.contacts.attributes import edit_contact
@@ -39,24 +39,8 @@ PEOPLE = [("966581000001", "Riyadh", ["vip"]), ("966581000002", "Riyadh", ["vip"
 @pytest.fixture()
 def page_for(browser, stack: ConsoleStack):  # noqa: ANN001, ANN201
     """page_for(role) -> a logged-in page in a fresh browser context (its own cookies)."""
-    contexts = []
-
-    def _page(role: str):  # noqa: ANN202
-        context = browser.new_context(viewport=DESKTOP, base_url=stack.base_url, bypass_csp=True)
-        context.set_default_timeout(20_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#email", stack.emails[role])
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_load_state()
-        assert page.url.rstrip("/") == stack.base_url, page.content()[:2000]
-        return page
-
-    yield _page
-    for context in contexts:
-        context.close()
+    with browser_pages(browser, stack, bypass_csp=True) as make:
+        yield make
 
 
 def shoot(page, name: str) -> None:  # noqa: ANN001
