@@ -433,6 +433,12 @@ def results(session: Session, campaign_id: int, opt_out_button_ids: Iterable[str
             "winner": experiment.winner, "decision": experiment.decision, "held": held, "variants": variants}
 
 
+def verdict_now(result: Mapping[str, Any]) -> significance.Verdict:
+    """What the decision would say now, on the figures `results` returned (the same counts as
+    `metric_counts`: each variant's successes out of its sent messages)."""
+    return significance.decide({v.letter: (v.metric.successes, v.metric.trials) for v in result["variants"]})
+
+
 def describe_lines(result: Mapping[str, Any]) -> list[str]:
     """The test in words, for `campaign show` (one line each)."""
     lines = [f"A/B test: {len(result['variants'])} variants, metric {result['metric']}, "

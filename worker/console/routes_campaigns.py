@@ -21,7 +21,6 @@ from scheduler import (
     experiments,
     recipient_preview,
     report,
-    significance,
     snapshots,
 )
 from scheduler.retry import RetryRefused
@@ -240,8 +239,7 @@ def decide_page(request: Request, campaign_id: int, variant: str = "", person: P
     if chosen and chosen not in letters:
         return redirect(f"/campaigns/{campaign_id}",
                         f"Not done: {variant!r} is not one of its variants ({', '.join(letters)}).")
-    verdict = None if chosen else significance.decide({v.letter: (v.metric.successes, v.metric.trials)
-                                                        for v in test["variants"]})
+    verdict = None if chosen else experiments.verdict_now(test)
     return render(request, "decide.html", c=c, x=test, variant=chosen, verdict=verdict)
 
 
