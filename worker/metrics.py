@@ -7,6 +7,9 @@ buttoncast_rate_wait_seconds            histogram of time spent waiting for a ra
 buttoncast_queue_depth{campaign,status} messages pending/queued/sending per campaign (set by the sweep)
 buttoncast_late_failures_total{class}   `failed` status webhooks applied, by failure class (worker.failures)
 buttoncast_auto_pauses_total{rule}      campaigns paused by the late-failure breaker: quality_risk, late_failure_rate
+buttoncast_rate_blocks_total            429 blocks this process shared with every worker (no slot until Retry-After)
+buttoncast_outcome_batch_size           histogram of outcomes written per group commit (worker.sending.outcomes)
+buttoncast_outcome_commit_seconds       histogram of one group commit: the statement and its commit
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ RATE_WAIT_SECONDS = Histogram(
 )
 LATE_FAILURES = Counter("buttoncast_late_failures", "Late failures (failed status webhooks) by class", ["class"])
 AUTO_PAUSES = Counter("buttoncast_auto_pauses", "Campaigns paused by the late-failure breaker", ["rule"])
+RATE_BLOCKS = Counter("buttoncast_rate_blocks_total", "429 blocks shared with every worker")
+OUTCOME_BATCH_SIZE = Histogram(
+    "buttoncast_outcome_batch_size", "Outcomes written per group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+OUTCOME_COMMIT_SECONDS = Histogram(
+    "buttoncast_outcome_commit_seconds", "One group commit of outcomes: its statement and commit",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 QUEUE_DEPTH = Gauge("buttoncast_queue_depth", "Messages not yet final, per campaign and status", ["campaign", "status"])
 
 _started: set[tuple[str, int]] = set()

@@ -29,6 +29,8 @@ REQUEUE_BACKOFF_BASE_S = 15.0          # transient failure -> queued, not before
 REQUEUE_BACKOFF_MAX_S = 900.0
 RATE_WAIT_MAX_S = 5.0                  # longer waits for a rate slot go back to the database
 WORKER_CONCURRENCY = 64              # threads per worker process: flat from 0 to 200 ms vendor latency (bench/throughput.py)
+OUTCOME_BATCH_MAX = 64               # sent outcomes one group commit writes at most (worker.sending.outcomes)
+OUTCOME_BATCH_DELAY_S = 0.002        # how long a group commit waits for more outcomes after the first
 DATABASE_POOL_SIZE = 16              # Postgres connections a process keeps; threads hold one per statement, not per task
 WORKER_PROCESSES = 0                 # worker processes `buttoncast worker` starts; 0: one per core it may use
 DISPATCH_INTERVAL_S = 5.0
@@ -346,6 +348,8 @@ class Settings:
     rate_wait_max_s: float = RATE_WAIT_MAX_S
     worker_concurrency: int = WORKER_CONCURRENCY
     database_pool_size: int = DATABASE_POOL_SIZE
+    outcome_batch_max: int = OUTCOME_BATCH_MAX
+    outcome_batch_delay_s: float = OUTCOME_BATCH_DELAY_S
     worker_processes: int = WORKER_PROCESSES
     dispatch_interval_s: float = DISPATCH_INTERVAL_S
     dispatch_batch_size: int = DISPATCH_BATCH_SIZE
@@ -473,6 +477,8 @@ class Settings:
             rate_wait_max_s=_float(env, "RATE_WAIT_MAX_S", RATE_WAIT_MAX_S),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", WORKER_CONCURRENCY, 1),
             database_pool_size=_int(env, "DATABASE_POOL_SIZE", DATABASE_POOL_SIZE, 1),
+            outcome_batch_max=_int(env, "OUTCOME_BATCH_MAX", OUTCOME_BATCH_MAX, 1),
+            outcome_batch_delay_s=_float(env, "OUTCOME_BATCH_DELAY_S", OUTCOME_BATCH_DELAY_S),
             worker_processes=_int(env, "WORKER_PROCESSES", WORKER_PROCESSES, 0),
             dispatch_interval_s=_float(env, "DISPATCH_INTERVAL_S", DISPATCH_INTERVAL_S, 0.05),
             dispatch_batch_size=_int(env, "DISPATCH_BATCH_SIZE", DISPATCH_BATCH_SIZE, 1),

@@ -1,4 +1,4 @@
-"""The send task's body: load, skip if stopped, wait for a rate slot, claim, send, record.
+"""The send task's body: wait for a rate slot, claim (and load), send, record.
 
 It depends on two small protocols owned here (a client and a rate limiter), so tests hand in the
 sandbox-backed client or a stub, and the Redis and in-memory limiters are interchangeable.
@@ -38,6 +38,7 @@ from worker.sending import gate as consent_gate
 from worker.sending import journal, store
 from worker.sending.client import AttemptRecord, SendResult, client_of
 from worker.sending.journal import journal_of
+from worker.sending.outcomes import BatchRefused, OutcomeWriter, writer_of
 from worker.settings import Settings
 from worker.status import CampaignStatus, MessageStatus
 from worker.window import next_opening
@@ -106,6 +107,7 @@ class SendDeps:
     sleep: Callable[[float], None] = time.sleep
     journal: journal.OutcomeJournal | None = None   # outcomes the database refused (issue 12 item 13)
     hold_connection: bool = False   # keep a connection between a task's one-statement writes (Postgres; see _Statements)
+    outcomes: OutcomeWriter | None = None   # the process's group commit of sent outcomes (Postgres; worker.sending.outcomes)
 
 
 def send_deps(runtime: Runtime) -> SendDeps:
@@ -113,7 +115,7 @@ def send_deps(runtime: Runtime) -> SendDeps:
     return SendDeps(
         session_factory=runtime.session_factory, connect=runtime.single_statements, client=client_of(runtime),
         limiter=runtime.limiter, scope=runtime.scope, settings=runtime.settings, worker_name=runtime.worker_name,
-        journal=journal_of(runtime), hold_connection=not runtime.settings.sqlite,
+        journal=journal_of(runtime), hold_connection=not runtime.settings.sqlite, outcomes=writer_of(runtime),
     )
 
 
@@ -156,54 +158,38 @@ class _Statements:
 
 
 def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
+    """A rate slot, then the claim that returns the message (one statement on Postgres), the
+    request, and the record (a group commit on Postgres): two round trips to the database."""
     s = deps.settings
-    with connect() as conn:
-        job = store.load_job(conn, message_id)
-    if job is None or job.status != MessageStatus.QUEUED.value:
-        return _done(Outcome.SKIPPED, job, message_id)
-    if job.not_before is not None and job.not_before > utcnow():
-        return _done(Outcome.SKIPPED, job, message_id)  # a stale copy; the dispatcher re-publishes when due
-    if job.campaign_status in (CampaignStatus.PAUSED.value, CampaignStatus.CANCELLED.value):
-        connect.release()   # a thread never holds two connections: with all of a bounded pool's held, it would wait forever
-    if job.campaign_status == CampaignStatus.PAUSED.value:
-        with deps.session_factory.begin() as session:  # only if still queued: a conditional UPDATE
-            store.return_to_pending(session, job.id, reason="campaign paused", actor=deps.worker_name)
-        return _done(Outcome.PAUSED, job, message_id)
-    if job.campaign_status == CampaignStatus.CANCELLED.value:
-        with deps.session_factory.begin() as session:
-            store.cancel_one(session, job.id, actor=deps.worker_name)
-        return _done(Outcome.CANCELLED, job, message_id)
-    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow(), group=job.zone)
-    if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
-        with connect() as conn:
-            store.defer(conn, job.id, not_before=opens_at.astimezone(timezone.utc), actor=deps.worker_name)
-        log.info("message %s outside its campaign's send window; due again at %s", job.id, opens_at.isoformat())
-        return _done(Outcome.DEFERRED, job, message_id)
-
-    message = _build(job)
-    if message is None:
-        connect.release()
-        return _record_invalid(job, deps)
-
     try:
         reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
-        if reservation.wait_s > 0:
-            connect.release()   # no connection held while sleeping for a slot
         wait_s = reservation.wait_s if not reservation.granted else _sleep_for_slot(deps, reservation.wait_s)
     except LimiterUnavailable as exc:
-        log.warning("message %s deferred: %s", job.id, exc.message)
+        log.warning("message %s deferred: %s", message_id, exc.message)
         wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
-    if wait_s:
+    if wait_s:   # no rate slot soon: back to the database, due then (only a queued, due row: else not ours)
         with connect() as conn:
-            store.defer(conn, job.id, not_before=utcnow() + timedelta(seconds=wait_s), actor=deps.worker_name)  # no rate slot soon
-        return _done(Outcome.DEFERRED, job, message_id)
+            deferred = store.defer(conn, message_id, not_before=utcnow() + timedelta(seconds=wait_s),
+                                   actor=deps.worker_name)
+        return _done(Outcome.DEFERRED if deferred else Outcome.SKIPPED, None, message_id)
 
     gate = consent_gate.Gate(frequency_cap=s.marketing_frequency_cap)
     with connect() as conn:
-        token = store.claim(conn, job.id, worker=deps.worker_name, gate=gate)
-    connect.release()   # none held while the vendor answers
-    if token is None:
-        return _hold_or_skip(job, deps, gate)
+        claimed = store.claim_job(conn, message_id, worker=deps.worker_name, gate=gate)
+    connect.release()   # none held while the vendor answers (nor on the slow path: one connection a thread)
+    if claimed is None:
+        return _not_claimed(message_id, deps, gate)
+    token, job = claimed
+
+    opens_at = next_opening(job.window_start, job.window_end, job.window_tz, utcnow(), group=job.zone)
+    if opens_at is not None:   # a task that outlived its window on the broker: back, due when it reopens
+        with deps.connect() as conn:
+            store.unclaim(conn, job.id, token, not_before=opens_at.astimezone(timezone.utc))
+        log.info("message %s outside its campaign's send window; due again at %s", job.id, opens_at.isoformat())
+        return _done(Outcome.DEFERRED, job, message_id)
+    message = _build(job)
+    if message is None:
+        return _record_invalid(job, token, deps)
 
     attempts: list[AttemptRecord] = []
     try:
@@ -217,12 +203,35 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
     # Logged before the write, so the vendor's ids are on record whatever happens to the write.
     log_outcome(log, logging.INFO, "sent", campaign_id=job.campaign_id, message_id=job.id, status="sent",
                 vendor_message_id=result.message_id, vendor_id=result.vendor_id, attempts=len(attempts))
-    # One attempt (the usual case): one statement on Postgres. After in-client retries: a transaction.
+    # One attempt (the usual case): the process's group commit on Postgres. After in-client retries: a transaction.
+    batched = (store.SentOutcome(job.id, token, result, attempts[0], deps.worker_name, utcnow())
+               if deps.outcomes is not None and len(attempts) == 1 else None)
     _record(deps, lambda unit: store.record_sent(unit, job.id, token, result, attempts, deps.worker_name, job.campaign_id,
                                                     job.phone),
-            job, result, unit=connect if len(attempts) == 1 else None,
+            job, result, unit=connect if len(attempts) == 1 else None, batched=batched,
             entry=journal.JournalEntry.sent(job.id, token, result, attempts, deps.worker_name, job.campaign_id))
     return _done(Outcome.SENT, job, message_id)
+
+
+def _not_claimed(message_id: int, deps: SendDeps, gate: consent_gate.Gate) -> Outcome:
+    """The claim did not take the row. Only now (the rare case) ask why: not queued or not due
+    (a duplicate or stale task: not ours), its campaign paused (back to pending, untouched) or
+    cancelled, or the gate bars it (suppressed or expired)."""
+    with deps.connect() as conn:
+        job = store.load_job(conn, message_id)
+    if job is None or job.status != MessageStatus.QUEUED.value:
+        return _done(Outcome.SKIPPED, job, message_id)
+    if job.not_before is not None and job.not_before > utcnow():
+        return _done(Outcome.SKIPPED, job, message_id)  # a stale copy; the dispatcher re-publishes when due
+    if job.campaign_status == CampaignStatus.PAUSED.value:
+        with deps.session_factory.begin() as session:  # only if still queued: a conditional UPDATE
+            store.return_to_pending(session, job.id, reason="campaign paused", actor=deps.worker_name)
+        return _done(Outcome.PAUSED, job, message_id)
+    if job.campaign_status == CampaignStatus.CANCELLED.value:
+        with deps.session_factory.begin() as session:
+            store.cancel_one(session, job.id, actor=deps.worker_name)
+        return _done(Outcome.CANCELLED, job, message_id)
+    return _hold_or_skip(job, deps, gate)
 
 
 def _hold_or_skip(job: store.SendJob, deps: SendDeps, gate: consent_gate.Gate) -> Outcome:
@@ -246,7 +255,7 @@ def _build(job: store.SendJob) -> ButtonMessage | None:
         return None
 
 
-def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
+def _record_invalid(job: store.SendJob, token: str, deps: SendDeps) -> Outcome:
     """Stored content that no longer validates never reaches the vendor (e.g. limits tightened)."""
     content = MessageContent.from_dict(job.content, validate=False)
     try:
@@ -254,13 +263,8 @@ def _record_invalid(job: store.SendJob, deps: SendDeps) -> Outcome:
     except MessageInvalid as exc:
         problem = str(exc)
     with deps.session_factory.begin() as session:
-        gate = consent_gate.Gate(frequency_cap=deps.settings.marketing_frequency_cap)
-        token = store.claim(session, job.id, worker=deps.worker_name, gate=gate)
-        if token is None:   # a held message ends held; never left queued
-            consent_gate.hold(session, job.id, gate=gate, actor=deps.worker_name)
-        if token:
-            store.record_error(session, job.id, token, status=MessageStatus.REJECTED,
-                               error=PermanentError(problem, code="invalid_message"), attempts=[], worker=deps.worker_name)
+        if store.record_error(session, job.id, token, status=MessageStatus.REJECTED,
+                              error=PermanentError(problem, code="invalid_message"), attempts=[], worker=deps.worker_name):
             store.add_event(session, job.id, MessageStatus.SENDING.value, MessageStatus.REJECTED.value,
                             f"stored content no longer validates: {problem}", deps.worker_name)
     return _done(Outcome.FAILED, job, job.id)
@@ -306,6 +310,7 @@ def _block_everyone(deps: SendDeps, retry_after_s: float) -> None:
     try:
         limiter_now = deps.limiter.state(deps.scope).as_of or time.time()
         deps.limiter.block(deps.scope, until=limiter_now + retry_after_s)
+        metrics.RATE_BLOCKS.inc()
     except LimiterUnavailable as exc:  # this message's not_before still holds it back
         log.warning("could not share a 429 block with other workers: %s", exc.message)
 
@@ -444,9 +449,11 @@ def _record_held(job: store.SendJob, token: str, error: GateClosed, attempts: li
 
 def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.SendJob, result: SendResult | None = None,
             unit: Callable[[], AbstractContextManager[store.Unit]] | None = None,
-            entry: journal.JournalEntry | None = None) -> None:
+            entry: journal.JournalEntry | None = None, batched: store.SentOutcome | None = None) -> None:
     """Write an outcome in one unit (a transaction; `deps.connect` for a one-statement write),
-    retrying while the database is unreachable (RECORD_RETRY_MAX_S).
+    retrying while the database is unreachable (RECORD_RETRY_MAX_S). `batched`: first through the
+    process's group commit (worker.sending.outcomes), which returns once the outcome is durable;
+    a batch refused for any reason but an outage is written alone here.
 
     Issue 12 item 13: on the FIRST failed write the vendor ids go to a WARNING line and `entry` (the
     outcome, if the caller gave one) to the outcome journal, which the sweep applies once the
@@ -454,6 +461,8 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
     ERROR line says so; the journal (when it took the entry) records the outcome later (`sent` with its ids, or the failure).
     """
     try:
+        if batched is not None and deps.outcomes is not None and _record_batched(deps.outcomes, batched):
+            return
         with (unit or deps.session_factory.begin)() as opened:   # the usual case: written at once, no retry machinery
             write(opened)
         return
@@ -483,6 +492,15 @@ def _record(deps: SendDeps, write: Callable[[store.Unit], object], job: store.Se
         raise
     if kept:
         journal.forget(deps.journal, entry)
+
+
+def _record_batched(writer: OutcomeWriter, outcome: store.SentOutcome) -> bool:
+    """True once the group commit holds the outcome; False when its batch was refused (write alone)."""
+    try:
+        writer.record(outcome)
+    except BatchRefused:
+        return False
+    return True
 
 
 def _done(outcome: Outcome, job: store.SendJob | None, message_id: int) -> Outcome:

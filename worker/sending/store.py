@@ -7,11 +7,12 @@ worker coming back cannot move a message it no longer owns.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -20,7 +21,8 @@ from worker import lifecycle
 from worker.errors import AwalError
 from worker.fit import fit
 from worker.hooks import outbox as hooks_outbox
-from worker.hooks.events import HookEvent
+from worker.hooks.events import HookEvent, new_event_id
+from worker.hooks.models import OutboxStatus
 from worker.models import Attempt, Campaign, Contact, Message, MessageEvent, UTCDateTime, utcnow
 from worker.sending import gate as consent_gate
 from worker.sending.client import AttemptRecord, SendResult
@@ -97,6 +99,72 @@ class SendJob:
     window_end: str | None = None
     window_tz: str | None = None
     zone: str | None = None           # window_tz "recipient": the number's zone group (worker.window)
+
+
+_CAMPAIGN_STOPPED = (   # a paused or cancelled campaign's message is not claimed: the slow path puts it back
+    sa.select(Campaign.id)
+    .where(Campaign.id == Message.campaign_id,
+           Campaign.status.in_([CampaignStatus.PAUSED.value, CampaignStatus.CANCELLED.value]))
+    .exists()
+)
+
+
+def _claim_job_statement(*, capped: bool) -> sa.Select:
+    """Postgres: the claim and the load as ONE statement (issue 26 item 1). The UPDATE ... RETURNING
+    of `_claim_statement` (queued -> sending, the gate's conditions, the campaign neither paused nor
+    cancelled) as a CTE, joined to its campaign for the send window: a row is a claimed SendJob."""
+    claimed = (
+        _claim_statement(capped=capped)
+        .where(~_CAMPAIGN_STOPPED)
+        .returning(Message.id, Message.campaign_id, Message.phone_number_id, Message.phone, Message.content,
+                   Message.attempts, Message.not_before, Message.zone)
+        .cte("claimed")
+    )
+    c = claimed.c
+    return (
+        sa.select(c.id, sa.literal(S, sa.String()), c.campaign_id, Campaign.status, c.phone_number_id, c.phone,
+                  c.content, c.attempts, c.not_before, Campaign.window_start, Campaign.window_end,
+                  Campaign.window_tz, c.zone)
+        .select_from(claimed.outerjoin(Campaign, Campaign.id == c.campaign_id))
+    )
+
+
+_CLAIM_JOB = _claim_job_statement(capped=False)
+_CLAIM_JOB_CAPPED = _claim_job_statement(capped=True)
+_CLAIM_UNLESS_STOPPED = _CLAIM.where(~_CAMPAIGN_STOPPED)
+_CLAIM_UNLESS_STOPPED_CAPPED = _CLAIM_CAPPED.where(~_CAMPAIGN_STOPPED)
+
+
+def claim_job(unit: Unit, message_id: int, *, worker: str, gate: Gate = NO_CAP,
+              now: datetime | None = None) -> tuple[str, SendJob] | None:
+    """Claim a message and read what sending it needs: (claim token, job), or None when the claim
+    did not take the row (not queued, not due, its campaign paused or cancelled, or the gate bars
+    it: the caller's slow path asks `load_job` and `gate.hold` why).
+
+    Postgres: one statement and one round trip. SQLite (one writer, no UPDATE ... RETURNING in a
+    CTE): the claim, then the load, in the caller's unit."""
+    token = uuid.uuid4().hex
+    now = now or utcnow()
+    params = {"p_message_id": message_id, "p_now": now, "p_token": token, "p_worker": worker, **gate.params(now)}
+    conn = _core(unit)
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(_CLAIM_JOB_CAPPED if gate.frequency_cap else _CLAIM_JOB, params).one_or_none()
+        return (token, SendJob(*row)) if row else None
+    if conn.execute(_CLAIM_UNLESS_STOPPED_CAPPED if gate.frequency_cap else _CLAIM_UNLESS_STOPPED, params).rowcount != 1:
+        return None
+    job = load_job(conn, message_id)
+    return (token, job) if job else None
+
+
+def unclaim(unit: Unit, message_id: int, token: str, *, not_before: datetime) -> bool:
+    """A claimed message that must not go now after all (its send window closed while its task
+    waited on the broker): back to queued, due at `not_before`, untouched otherwise."""
+    written = _back_unless_cancelled(
+        unit, _owned(message_id, token),
+        dict(status=Q, claim_token=None, not_before=not_before, enqueued_at=None, updated_at=utcnow()),
+        from_status=S, actor=None, now=utcnow(),
+    )
+    return written == Q
 
 
 def load_job(unit: Unit, message_id: int) -> SendJob | None:
@@ -306,6 +374,107 @@ def _write_sent(conn: sa.Connection, params: dict, result: SendResult, attempts:
     return done == 1
 
 
+@dataclass(frozen=True)
+class SentOutcome:
+    """One `sent` answer on its way to the database in a group commit (worker.sending.outcomes):
+    a message the vendor accepted at its first attempt, still owned by `token`."""
+
+    message_id: int
+    token: str
+    result: SendResult
+    attempt: AttemptRecord
+    worker: str
+    at: datetime        # when the vendor answered: the row's sent_at
+
+
+def _batch_sql(with_hook: bool) -> sa.TextClause:
+    """Postgres: every outcome of a batch in ONE statement (issue 26 item 2), the batch form of
+    `_record_sent_statement`: one UPDATE of the message rows from arrays (only where the claim token
+    still owns the row), their attempt rows, the campaigns' streaks broken, the contacts' last-sent
+    stamps and (`with_hook`) the message.sent outbox rows. Returns the ids written."""
+    hook = f""",
+hook AS (
+  INSERT INTO hook_outbox (endpoint_id, event_id, event_type, message_id, phone, data, created_at, status,
+                           attempts, next_attempt_at, retry_since)
+  SELECT hs.endpoint_id, s.event_id, '{HookEvent.MESSAGE_SENT.value}', s.id, NULL, s.hook_data, s.at,
+         '{OutboxStatus.PENDING.value}', 0, s.at, s.at
+  FROM sent AS s JOIN hook_subscriptions AS hs ON hs.event_type = '{HookEvent.MESSAGE_SENT.value}'
+)""" if with_hook else ""
+    return sa.text(f"""
+WITH input AS (
+  SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:tokens AS varchar[]), CAST(:vendor_ids AS bigint[]),
+                       CAST(:vendor_message_ids AS varchar[]), CAST(:vendor_statuses AS varchar[]),
+                       CAST(:counted AS integer[]), CAST(:ats AS timestamp[]), CAST(:event_ids AS varchar[]),
+                       CAST(:hook_data AS text[]))
+         AS i(id, token, vendor_id, vendor_message_id, vendor_status, counted, at, event_id, hook_data)
+),
+sent AS (
+  UPDATE messages AS m
+  SET status = '{MessageStatus.SENT.value}', vendor_id = i.vendor_id, vendor_message_id = i.vendor_message_id,
+      vendor_status = i.vendor_status, sent_at = i.at, finished_at = i.at, updated_at = i.at,
+      attempts = m.attempts + i.counted, last_error_code = NULL, last_error_message = NULL,
+      last_request_id = NULL, not_before = NULL
+  FROM input AS i
+  WHERE m.id = i.id AND m.claim_token = i.token AND m.status IN ('{S}', '{MessageStatus.UNKNOWN.value}')
+  RETURNING m.id, m.campaign_id, m.phone, i.at, i.event_id, i.hook_data
+),
+attempt AS (
+  INSERT INTO attempts (message_id, worker, {", ".join(_ATTEMPT_FIELDS)})
+  SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:workers AS varchar[]), CAST(:a_started_at AS timestamp[]),
+                       CAST(:a_duration_ms AS integer[]), CAST(:a_http_status AS integer[]),
+                       CAST(:a_outcome AS varchar[]), CAST(:a_error_code AS varchar[]),
+                       CAST(:a_error_message AS text[]), CAST(:a_request_id AS varchar[]),
+                       CAST(:a_vendor_message_id AS varchar[]))
+),
+streak AS (
+  UPDATE campaigns SET consecutive_failures = 0, consecutive_unknown = 0, updated_at = (SELECT max(at) FROM sent)
+  WHERE id IN (SELECT campaign_id FROM sent) AND (consecutive_failures <> 0 OR consecutive_unknown <> 0)
+),
+contact AS (
+  UPDATE contacts AS c SET last_sent_at = s.at FROM sent AS s WHERE c.phone = s.phone
+){hook}
+SELECT id FROM sent""")
+
+
+_BATCH = {False: _batch_sql(False), True: _batch_sql(True)}
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    """A text statement skips UTCDateTime's bind processing: the columns hold naive UTC."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value is not None else None
+
+
+def record_sent_batch(conn: sa.Connection, outcomes: list[SentOutcome]) -> set[int]:
+    """Postgres, on an autocommit connection: record every outcome as `record_sent` would, in one
+    statement (atomic: all or none). Returns the ids written; an id missing is a row its token no
+    longer owned (its evidence, the attempt row, is kept as `record_sent` keeps it).
+
+    A messageId another message already holds makes the whole statement fail (IntegrityError): the
+    caller records that batch one by one, where `record_sent` handles it."""
+    with_hook = hooks_outbox.subscribed(conn, HookEvent.MESSAGE_SENT)
+    params: dict[str, list] = {k: [] for k in ("ids", "tokens", "vendor_ids", "vendor_message_ids", "vendor_statuses",
+                                               "counted", "ats", "event_ids", "hook_data", "workers",
+                                               *(f"a_{c}" for c in _ATTEMPT_FIELDS))}
+    for o in outcomes:
+        vendor_message_id = fit(Message.vendor_message_id, o.result.message_id)
+        vendor_status = fit(Message.vendor_status, o.result.vendor_status)
+        params["ids"].append(o.message_id)
+        params["tokens"].append(o.token)
+        params["vendor_ids"].append(o.result.vendor_id)
+        params["vendor_message_ids"].append(vendor_message_id)
+        params["vendor_statuses"].append(vendor_status)
+        params["counted"].append(_counted([o.attempt]))
+        params["ats"].append(_naive_utc(o.at))
+        params["workers"].append(o.worker)
+        params["event_ids"].append(new_event_id() if with_hook else None)
+        params["hook_data"].append(json.dumps(hooks_outbox.sent_data(
+            vendor_id=o.result.vendor_id, vendor_message_id=vendor_message_id, vendor_status=vendor_status, now=o.at),
+            sort_keys=True, default=str) if with_hook else None)
+        for c, v in _attempt_values(o.attempt).items():
+            params[f"a_{c}"].append(_naive_utc(v) if c == "started_at" else v)
+    return set(conn.execute(_BATCH[with_hook], params).scalars())
+
+
 def record_error(
     session: Session,
     message_id: int,
@@ -383,11 +552,14 @@ def _back_unless_cancelled(unit: Unit, where: sa.ColumnElement[bool], values: di
 def defer(unit: Unit, message_id: int, *, not_before: datetime, from_status: str = Q, actor: str | None = None) -> bool:
     """A queued message that could not get a rate slot soon: back to the database, due later.
 
-    Its task is done; the dispatcher publishes a new one when `not_before` has passed. (On a
+    Its task is done; the dispatcher publishes a new one when `not_before` has passed. Only a due
+    row: a stale copy of a task must not bring forward a later not_before (a backoff's). (On a
     Postgres autocommit connection the rare cancelled case is two statements: the row first.)
     """
+    now = utcnow()
     written = _back_unless_cancelled(
-        unit, sa.and_(Message.id == message_id, Message.status == from_status),
+        unit, sa.and_(Message.id == message_id, Message.status == from_status,
+                      sa.or_(Message.not_before.is_(None), Message.not_before <= now)),
         dict(status=Q, not_before=not_before, enqueued_at=None, updated_at=utcnow()),
         from_status=from_status, actor=actor, now=utcnow(),
     )
