@@ -14,7 +14,7 @@
   raced the completion) is reopened, so the dispatcher serves that message.
 Both are single conditional UPDATEs: safe when two sweeps run at once or race a live worker (a
 worker that does come back with an answer still records it; see worker.sending.store).
-It also matches early webhook events, refreshes the queue-depth gauge, and recounts the tally
+It also matches early webhook events, refreshes the queue depth and lag gauges, and recounts the tally
 snapshots of campaigns with recent activity (scheduler.snapshots), last and within a time budget.
 """
 
@@ -29,11 +29,11 @@ from sqlalchemy.orm import Session
 
 from scheduler import snapshots
 from worker import lifecycle, metrics
-from worker.models import Message, MessageEvent, utcnow
+from worker.models import Campaign, Message, MessageEvent, utcnow
 from worker.queues import QUEUE_ADHOC, QUEUE_CAMPAIGN
 from worker.runtime import Runtime
 from worker.sending import broker_epoch, journal
-from worker.status import MessageStatus
+from worker.status import CampaignStatus, MessageStatus
 
 log = logging.getLogger("buttoncast.sweeper")
 ACTOR = "sweeper"
@@ -85,10 +85,13 @@ def sweep(runtime: Runtime, now: datetime | None = None) -> SweepReport:
                 for mid in lost
             ])
         report.unknown = len(lost)
+    metrics.WORKER_LOST.inc(report.unknown)
     report.reopened = reopen_raced_campaigns(runtime, now)
     report.matched_events = match_webhook_events(runtime)
     with runtime.read_sessions() as session:   # a read: on SQLite it does not take the write lock
         update_queue_depth_metric(session)
+        update_queue_lag_metric(session, now)
+    metrics.SWEEP_TIMESTAMP.set(now.timestamp())
     try:
         report.tallies_refreshed = snapshots.refresh_due(runtime, now)
     except Exception as exc:  # noqa: BLE001 - counts for the console must not stop the recovery above
@@ -202,3 +205,37 @@ def update_queue_depth_metric(session: Session) -> None:
     metrics.QUEUE_DEPTH.clear()
     for campaign_id, status, count in rows:
         metrics.QUEUE_DEPTH.labels(campaign=str(campaign_id) if campaign_id else "adhoc", status=status).set(count)
+
+
+def update_queue_lag_metric(session: Session, now: datetime) -> None:
+    """The buttoncast_queue_lag_seconds gauge: how long the oldest due message has waited, among
+    ad-hoc messages and those of running campaigns (0 when none waits).
+
+    queued: due since its not-before time, else since it was first queued; one deferred to a time
+    still ahead is not due. Queued rows are few (the dispatcher publishes a few ticks of the rate
+    limit), found through the status-led index of unfinished messages. A lag that grows here is the
+    workers falling behind.
+    pending: per running campaign, the next message the dispatcher takes (its lowest pending id: one
+    index probe of (status, campaign_id, id) per campaign), waiting since the campaign started or
+    since the message went back to pending (updated_at), whichever is later. At the rate limit this
+    grows with a big campaign on purpose, and through the night for one outside its send window;
+    read it beside the depth.
+    """
+    running = sa.select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value)
+    live = sa.or_(Message.campaign_id.is_(None), Message.campaign_id.in_(running))
+    queued_since = session.scalar(
+        sa.select(sa.func.min(sa.func.coalesce(Message.not_before, Message.queued_at, Message.updated_at)))
+        .where(Message.status == MessageStatus.QUEUED.value,
+               sa.or_(Message.not_before.is_(None), Message.not_before <= now), live))
+
+    def next_pending(campaign: sa.ColumnElement) -> sa.ScalarSelect:
+        return (sa.select(Message.updated_at).where(campaign, Message.status == MessageStatus.PENDING.value)
+                .order_by(Message.id).limit(1).scalar_subquery())
+
+    waiting = [max(started or put_back, put_back) for started, put_back in session.execute(
+        sa.select(Campaign.started_at, next_pending(Message.campaign_id == Campaign.id))
+        .where(Campaign.status == CampaignStatus.RUNNING.value)) if put_back is not None]
+    adhoc = session.scalar(sa.select(next_pending(Message.campaign_id.is_(None))))
+    pending_since = min([*waiting, *([adhoc] if adhoc is not None else [])], default=None)
+    for status, since in (("queued", queued_since), ("pending", pending_since)):
+        metrics.QUEUE_LAG.labels(status=status).set(max(0.0, (now - since).total_seconds()) if since else 0.0)

@@ -10,6 +10,11 @@ buttoncast_auto_pauses_total{rule}      campaigns paused by the late-failure bre
 buttoncast_rate_blocks_total            429 blocks this process shared with every worker (no slot until Retry-After)
 buttoncast_outcome_batch_size           histogram of outcomes written per group commit (worker.sending.outcomes)
 buttoncast_outcome_commit_seconds       histogram of one group commit: the statement and its commit
+buttoncast_rate_limit_per_second        the account's limit (AWAL_RATE_LIMIT) per second, set when a worker starts
+buttoncast_rate_pace_per_second         what the limiter paces to: that limit less AWAL_RATE_HEADROOM, per second
+buttoncast_queue_lag_seconds{status}    age of the oldest due queued / pending message of a running campaign (the sweep)
+buttoncast_sweep_timestamp_seconds      unix time of this process's latest sweep: whose depth and lag are current
+buttoncast_worker_lost_total            `sending` messages the sweep made `unknown`: their worker was lost mid-request
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ OUTCOME_COMMIT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 QUEUE_DEPTH = Gauge("buttoncast_queue_depth", "Messages not yet final, per campaign and status", ["campaign", "status"])
+RATE_LIMIT_PER_S = Gauge("buttoncast_rate_limit_per_second", "The account's rate limit (AWAL_RATE_LIMIT), per second")
+RATE_PACE_PER_S = Gauge("buttoncast_rate_pace_per_second",
+                        "What the limiter paces to: the limit less AWAL_RATE_HEADROOM, per second")
+# Every worker runs a sweep now and then and keeps what it measured: the dashboard reads depth and lag
+# from the process whose sweep is the latest (SWEEP_TIMESTAMP), not a stale copy on another worker.
+QUEUE_LAG = Gauge("buttoncast_queue_lag_seconds",
+                  "Seconds the oldest due message has waited: queued (to be sent) or pending (to be dispatched)",
+                  ["status"])
+SWEEP_TIMESTAMP = Gauge("buttoncast_sweep_timestamp_seconds", "Unix time of this process's latest sweep")
+WORKER_LOST = Counter("buttoncast_worker_lost", "Messages left `sending` by a lost worker, made `unknown` by the sweep")
 
 _started: set[tuple[str, int]] = set()
 log = logging.getLogger("buttoncast.metrics")

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import click
 
+from worker import metrics
 from worker.cli.common import ensure_schema, fail, friendly_errors, load_runtime
 from worker.metrics import serve_metrics
 from worker.queues import ALL_QUEUES
@@ -50,12 +51,19 @@ def worker_command(processes: int | None, concurrency: int | None, queues: str, 
         from worker.runtime import Runtime, install_runtime
 
         install_runtime(Runtime(replace(runtime.settings, worker_concurrency=threads), celery=runtime.celery))
-    serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
+    serve_worker_metrics(runtime.settings)
     import scheduler.tasks  # noqa: F401
     import worker.sending.tasks  # noqa: F401 - registers the tasks
     from worker.cli.embedded import worker_argv
 
     runtime.celery.worker_main(worker_argv(threads, tuple(queues.split(",")), loglevel, hostname))
+
+
+def serve_worker_metrics(settings: Settings) -> None:
+    """A worker's /metrics, with the rate it paces to: the dashboard draws sends against these."""
+    metrics.RATE_LIMIT_PER_S.set(settings.rate_limit.per_second)
+    metrics.RATE_PACE_PER_S.set(settings.pacing_rate.per_second)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
 
 
 def _child_argv(index: int, threads: int, queues: str, loglevel: str) -> list[str]:
@@ -101,7 +109,7 @@ def run_command(concurrency: int | None, until_idle: bool) -> None:
         runtime = Runtime(settings)
         install_runtime(runtime)
     ensure_schema(runtime)
-    serve_metrics(runtime.settings.metrics_port, runtime.settings.metrics_host)
+    serve_worker_metrics(runtime.settings)
     click.echo(how_long_it_takes(runtime, source), err=True)
     threads = concurrency or runtime.settings.worker_concurrency
     if runtime.settings.sqlite:
