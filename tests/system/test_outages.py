@@ -36,6 +36,7 @@ from worker.ratelimit import MemoryRateLimiter
 from worker.runtime import install_runtime
 from worker.sending.client import client_of
 from worker.sending.journal import journal_of
+from worker.sending.outcomes import OutcomeWriter
 from worker.sending.send import Outcome, send_deps, send_message
 
 CONTENT = {"body_text": "Hello", "buttons": [{"id": "yes", "title": "Yes"}]}
@@ -158,6 +159,9 @@ def deps_with_outage(rt, outage_s: float, record_retry_max_s: float, error=None)
     deps = send_deps(rt)
     sessions = DatabaseGoesAway(rt.session_factory, rt.single_statements, error)
     deps.session_factory, deps.connect = sessions, sessions.connect
+    if deps.outcomes is not None:   # Postgres: the group commit's connections go away too
+        deps.outcomes = OutcomeWriter(sessions.connect, max_batch=rt.settings.outcome_batch_max,
+                                      max_delay_s=rt.settings.outcome_batch_delay_s)
     deps.client = OutageAfterAnswer(client_of(rt), sessions, outage_s)
     deps.settings = rt.settings.replace(record_retry_max_s=record_retry_max_s)
     return deps
