@@ -73,7 +73,13 @@ class TickReport:
 
 
 def tick_budget(runtime: Runtime, in_flight: int) -> int:
-    """How many tasks this tick may publish: the rate for the look-ahead, less what is in flight."""
+    """How many tasks this tick may publish: the rate for the look-ahead, less what is in flight.
+
+    It agrees with the workers' intake (worker.ratelimit.intake): together they hold at most what
+    the limit sends within RATE_WAIT_MAX_S (5 s) and take only that from the broker; the look-ahead
+    (3 ticks of 5 s: 15 s of sends) keeps at least that plus a tick's sends out, so no process runs
+    dry between ticks, and what is beyond their intake waits on the broker, not in the database.
+    """
     s = runtime.settings
     capacity = s.rate_limit.per_second * s.dispatch_interval_s * s.dispatch_lookahead_ticks
     capacity = max(capacity, float(s.rate_burst))

@@ -24,13 +24,13 @@ from worker.queues import (
     TASK_PRUNE,
     TASK_SWEEP,
 )
+from worker.ratelimit.intake import PREFETCH_MULTIPLIER, intake_step
 from worker.settings import Settings
 from worker.watchdog import broker_watchdog_step
 
 # Redis broker: a task not acked within this time is delivered again. Send tasks finish in seconds
 # and no task carries a long ETA, so an hour only matters for a worker that died mid-task.
 VISIBILITY_TIMEOUT_S = 3600
-PREFETCH_MULTIPLIER = 4
 MEMORY_POLLING_INTERVAL_S = 0.05
 PRUNE_INTERVAL_S = 86400.0   # retention runs daily; each run deletes in batches (scheduler/retention.py)
 
@@ -94,6 +94,7 @@ def create_celery(settings: Settings) -> Celery:
     )
     if not settings.embedded:
         app.steps["consumer"].add(broker_watchdog_step(settings.broker_stall_exit_s))
+        app.steps["consumer"].add(intake_step(settings))   # prefetch = this process's share of the limit
     return app
 
 

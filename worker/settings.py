@@ -19,7 +19,7 @@ DEFAULT_DATABASE_URL = "sqlite:///buttoncast.db"
 EMBEDDED_BROKER_URL = "memory://"
 DEFAULT_RATE_LIMIT = "1000/h"          # documented plan: Send Button Message, 1000 per hour
 DEFAULT_RATE_BURST = 1                 # requests that may go back to back before pacing starts
-RATE_HEADROOM = 0.02                   # pace 2 % under the limit: absorbs network jitter at window edges
+RATE_HEADROOM = 0.02                   # share of each vendor window kept free at its end (20 ms of 1 s): a late request stays in its window
 SEND_CONNECT_TIMEOUT_S = 3.05
 SEND_READ_TIMEOUT_S = 15.0
 SEND_RETRY_ATTEMPTS = 3                # in-client tenacity tries for transient failures (seconds)
@@ -417,12 +417,13 @@ class Settings:
 
     @property
     def pacing_rate(self) -> RateLimit:
-        """What the limiter paces to: the vendor's limit less the headroom.
+        """What the limiter sends at: the vendor's whole limit in every window.
 
-        A request granted just before the vendor's window closes can arrive just after it; the
-        headroom leaves room for that jitter instead of spending it on a 429.
+        The headroom no longer lowers the rate: it keeps the end of each window free
+        (worker.ratelimit.base.Pacing), so a request granted late in a window and delayed on its
+        way still arrives inside it.
         """
-        return RateLimit(limit=self.rate_limit.limit * (1.0 - self.rate_headroom), period_s=self.rate_limit.period_s)
+        return self.rate_limit
 
     @property
     def embedded(self) -> bool:

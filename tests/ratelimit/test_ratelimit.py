@@ -35,7 +35,7 @@ from worker.ratelimit import (
     build_rate_limiter,
 )
 from worker.ratelimit.base import VENDOR_REPORT_DEFER_MAX_S
-from worker.ratelimit.redis import SCOPES_KEY, _Report, hash_tag, scope_keys
+from worker.ratelimit.redis import SCOPES_KEY, _Report, hash_tag, processes_key, scope_keys
 from worker.settings import RateLimit, Settings
 
 HOUR_RATE = "1000/h"        # the documented plan: a slot every 3.6 s
@@ -270,8 +270,9 @@ def test_build_rate_limiter_picks_redis_when_configured(redis_url: str) -> None:
     assert isinstance(build_rate_limiter(settings), MemoryRateLimiter)
     shared = build_rate_limiter(settings.replace(redis_url=redis_url))
     assert isinstance(shared, RedisRateLimiter)
-    # paced 2 % under the vendor limit (AWAL_RATE_HEADROOM), so window-edge jitter does not cost a 429
-    assert (shared.state("ws:button").limit, shared.state("ws:button").burst) == ("78.4/s", 4)
+    # the vendor's whole limit per window; AWAL_RATE_HEADROOM keeps the end of each window free instead
+    assert (shared.state("ws:button").limit, shared.state("ws:button").burst) == ("80/s", 4)
+    assert shared.pacing.guard_s == approx(settings.rate_headroom)
 
 
 def test_raising_the_configured_rate_takes_effect_at_once(redis_url: str, scope: str) -> None:
@@ -296,8 +297,9 @@ def test_redis_keys_expire_when_idle(redis_url: str, scope: str) -> None:
     limiter.observe(scope, limit=1000, remaining=10, reset_at=time.time() + 60)
     limiter.block(scope, until=time.time() + 5)
     keys = [key for key in scope_keys(scope) if client.exists(key)]
-    assert len(keys) == 3
+    assert len(keys) == 4
     assert all(0 < client.pttl(key) for key in keys)
+    assert client.pttl(scope_keys(scope).windows) <= 3600 * 1000   # the end of the slot's window
     assert client.pttl(scope_keys(scope).tat) <= SLOT_S * 1000
 
 
@@ -319,7 +321,8 @@ def test_every_key_of_one_scope_maps_to_one_cluster_slot(scope_name: str) -> Non
     puts them in one slot (CRC16 as redis-py computes it), whatever braces the scope holds."""
     keys = scope_keys(scope_name)
     assert len({key_slot(key.encode()) for key in keys}) == 1, keys
-    assert len(set(keys)) == 3
+    assert len(set(keys)) == 4
+    assert key_slot(processes_key(scope_name).encode()) == key_slot(keys[0].encode())
     tag = hash_tag(scope_name)
     assert tag and "{" not in tag and "}" not in tag
     assert all(f"{{{tag}}}" in key for key in keys)

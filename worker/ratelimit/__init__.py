@@ -15,8 +15,9 @@ from worker.settings import Settings
 def build_rate_limiter(settings: Settings) -> RateLimiter:
     """RedisRateLimiter when settings.redis_url is set, else MemoryRateLimiter (one process)."""
     if settings.redis_url:
-        return RedisRateLimiter.from_url(settings.redis_url, rate=settings.pacing_rate, burst=settings.rate_burst)
-    return MemoryRateLimiter(rate=settings.pacing_rate, burst=settings.rate_burst)
+        return RedisRateLimiter.from_url(settings.redis_url, rate=settings.rate_limit, burst=settings.rate_burst,
+                                         headroom=settings.rate_headroom)
+    return MemoryRateLimiter(rate=settings.rate_limit, burst=settings.rate_burst, headroom=settings.rate_headroom)
 
 
 __all__ = [

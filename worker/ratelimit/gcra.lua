@@ -7,17 +7,18 @@ ARGV[2] may carry a clock for tests ("" = TIME).
 KEYS[1] <prefix>:tat      string  GCRA theoretical arrival time; expires when it passes
 KEYS[2] <prefix>:vendor   hash    limit, remaining, reset_at, last_at (last slot granted in the window)
 KEYS[3] <prefix>:blocked  hash    until, reason; expires at `until`
+KEYS[4] <prefix>:windows  hash    vendor window index (floor(t / window)) -> slots granted in it
 <prefix> is buttoncast:ratelimit:{<scope>}: one hash tag, so one Redis Cluster slot. The script
 touches no key it is not handed in KEYS (the index of scopes is scopes.lua's, in another slot).
 
 ARGV[1] op, ARGV[2] now or "", ARGV[3..4] the TTLs named below (from base.py), then per op:
-  acquire  interval_s tolerance_s max_wait_s   -> {granted 0|1, wait_s, reason}
+  acquire  interval_s tolerance_s window_s window_limit guard_s max_wait_s   -> {granted 0|1, wait_s, reason}
   observe+acquire, observe+state: limit remaining reset_at, then that op's arguments: a vendor
            report a worker held back (redis.py, "deferred reports"), applied first, exactly as an
            observe call just before the op would be; one round trip instead of two
   observe  limit remaining reset_at ("" = missing header)
   block    until reason
-  state    interval_s tolerance_s              -> {next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason}
+  state    interval_s tolerance_s window_s window_limit guard_s   -> {next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason}
   (numbers go out as strings: Redis would truncate a Lua number to an integer)
 
 The rules (MemoryRateLimiter in memory.py mirrors them line for line):
@@ -27,7 +28,10 @@ The rules (MemoryRateLimiter in memory.py mirrors them line for line):
   the next slot is last_at + (reset_at - last_at) / (remaining + 1). A slot granted inside the
   window decrements remaining.
 - block: no slot before `until`.
-- the slot is the latest of the three; granted only if slot - now <= max_wait_s, else nothing is
+- vendor windows (the assumption in base.py: fixed, aligned to the epoch): at most window_limit
+  slots per window and none in its last guard_s seconds; a slot that would break either moves to
+  the next window's start.
+- the slot is the latest of these; granted only if slot - now <= max_wait_s, else nothing is
   written.
 ]]
 
@@ -107,8 +111,36 @@ local function load_block()
   return nil, nil
 end
 
+-- The first time at or after `at` in a vendor window with a slot left and outside its guard.
+local function fit_window(at, window, wlimit, guard)
+  for _ = 1, 1000 do
+    local k = math.floor(at / window)
+    local start = k * window
+    if at < start + window - guard then
+      local n = tonumber(redis.call('HGET', KEYS[4], string.format('%d', k)) or '0')
+      if n < wlimit then return at, k end
+    end
+    at = start + window
+  end
+  return at, math.floor(at / window)
+end
+
+local function count_window(k, at, window)
+  local field = string.format('%d', k)
+  if redis.call('HINCRBY', KEYS[4], field, 1) == 1 then
+    -- a window's first slot: forget the windows that have ended (a handful: slots lie at most
+    -- max_wait ahead)
+    local current = math.floor(now / window)
+    for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
+      if tonumber(f) < current then redis.call('HDEL', KEYS[4], f) end
+    end
+  end
+  local ttl = math.max((k + 1) * window - now, tonumber(redis.call('PTTL', KEYS[4])) / 1000)   -- to the window's end
+  redis.call('PEXPIRE', KEYS[4], ttl_ms(ttl))
+end
+
 -- When the next slot could go and which constraint decides it.
-local function earliest(interval, tolerance)
+local function earliest(interval, tolerance, window, wlimit, guard)
   local tat = num(redis.call('GET', KEYS[1])) or now
   local v = load_vendor()
   local at = math.max(now, tat - tolerance)
@@ -120,8 +152,10 @@ local function earliest(interval, tolerance)
   end
   local blocked_until, blocked_reason = load_block()
   if blocked_until ~= nil and blocked_until >= at then at = blocked_until; reason = 'blocked' end
+  local fitted, k = fit_window(at, window, wlimit, guard)
+  if fitted > at then at = fitted end
   if at <= now then reason = 'ok' end
-  return at, reason, tat, v, blocked_until, blocked_reason
+  return at, reason, tat, v, blocked_until, blocked_reason, k
 end
 
 local function observe(limit, remaining, reset_at)
@@ -142,18 +176,20 @@ end
 if folded then observe(num(ARGV[5]), num(ARGV[6]), num(ARGV[7])) end
 
 if op == 'acquire' then
-  local interval, tolerance, max_wait = tonumber(arg(1)), tonumber(arg(2)), tonumber(arg(3))
+  local interval, tolerance, window, wlimit, guard = tonumber(arg(1)), tonumber(arg(2)), tonumber(arg(3)), tonumber(arg(4)), tonumber(arg(5))
+  local max_wait = tonumber(arg(6))
   -- A reservation never lies further ahead than max_wait + one interval (+ the burst), so a tat
   -- beyond that was set under a slower rate: after AWAL_RATE_LIMIT is raised it must not hold
   -- every worker back until the old rate's slot comes round.
   local stale = num(redis.call('GET', KEYS[1]))
   local horizon = now + math.max(0, max_wait) + interval + tolerance
   if stale ~= nil and stale > horizon then redis.call('SET', KEYS[1], fmt(horizon), 'PX', ttl_ms(horizon - now)) end
-  local at, reason, tat, v = earliest(interval, tolerance)
+  local at, reason, tat, v, _, _, k = earliest(interval, tolerance, window, wlimit, guard)
   local wait = at - now
   if wait > math.max(0, max_wait) then return {0, fmt(wait), reason} end
   local new_tat = math.max(tat, at) + interval
   redis.call('SET', KEYS[1], fmt(new_tat), 'PX', ttl_ms(new_tat - now))
+  count_window(k, at, window)
   if window_open(v) and at < v.reset_at and v.remaining > 0 then
     v.remaining = v.remaining - 1
     v.last_at = at
@@ -175,8 +211,8 @@ elseif op == 'block' then
   return 1
 
 elseif op == 'state' then
-  local interval, tolerance = tonumber(arg(1)), tonumber(arg(2))
-  local at, _, _, v, blocked_until, blocked_reason = earliest(interval, tolerance)
+  local interval, tolerance, window, wlimit, guard = tonumber(arg(1)), tonumber(arg(2)), tonumber(arg(3)), tonumber(arg(4)), tonumber(arg(5))
+  local at, _, _, v, blocked_until, blocked_reason = earliest(interval, tolerance, window, wlimit, guard)
   local limit, remaining = '', ''
   if v.limit ~= nil then limit = string.format('%d', v.limit) end
   if v.remaining ~= nil then remaining = string.format('%d', v.remaining) end

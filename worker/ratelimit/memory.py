@@ -6,9 +6,10 @@ time.time(). Keep the two in step: tests/ratelimit/test_ratelimit.py runs the sa
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from worker.ratelimit.base import (
@@ -16,6 +17,7 @@ from worker.ratelimit.base import (
     REASON_OK,
     REASON_PACED,
     REASON_VENDOR_EXHAUSTED,
+    WAIT_FLOORS,
     LimiterState,
     Pacing,
     Reservation,
@@ -32,6 +34,7 @@ class _ScopeState:
     vendor_last_at: float | None = None    # the last slot granted inside the current vendor window
     blocked_until: float = 0.0
     blocked_reason: str | None = None
+    windows: dict[int, int] = field(default_factory=dict)   # vendor window index -> slots granted in it
 
     def vendor_window_open(self, now: float) -> bool:
         return self.vendor_remaining is not None and self.vendor_reset_at is not None and self.vendor_reset_at > now
@@ -45,10 +48,11 @@ class MemoryRateLimiter:
         *,
         rate: RateLimit,
         burst: int,
+        headroom: float = 0.0,
         scopes: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._pacing = Pacing(rate=rate, burst=burst)
+        self._pacing = Pacing(rate=rate, burst=burst, headroom=headroom)
         self._clock = clock
         self._lock = threading.Lock()
         self._configured = set(scopes)
@@ -60,9 +64,12 @@ class MemoryRateLimiter:
             state = self._state(scope)
             at, reason = self._earliest(state, now)
             wait = at - now
-            if wait > max(0.0, max_wait_s):
+            if wait > max(0.0, max_wait_s, WAIT_FLOORS.get(scope, 0.0)):
                 return Reservation(granted=False, wait_s=wait, reason=reason)
             state.tat = max(state.tat, at) + self._pacing.interval_s
+            window = math.floor(at / self._pacing.window_s)
+            state.windows = {k: n for k, n in state.windows.items() if k >= math.floor(now / self._pacing.window_s)}
+            state.windows[window] = state.windows.get(window, 0) + 1
             if state.vendor_window_open(now) and at < state.vendor_reset_at and state.vendor_remaining > 0:  # type: ignore[operator]
                 state.vendor_remaining -= 1  # type: ignore[operator]
                 state.vendor_last_at = at
@@ -126,7 +133,33 @@ class MemoryRateLimiter:
             at, reason = vendor_at, (REASON_VENDOR_EXHAUSTED if exhausted else REASON_PACED)
         if state.blocked_until > now and state.blocked_until >= at:
             at, reason = state.blocked_until, REASON_BLOCKED
+        at = self._fit_window(state, at)
         return at, (REASON_OK if at <= now else reason)
+
+    def _fit_window(self, state: _ScopeState, at: float) -> float:
+        """The first time at or after `at` in a vendor window with a slot left and outside its guard."""
+        p = self._pacing
+        for _ in range(1000):
+            k = math.floor(at / p.window_s)
+            start = k * p.window_s
+            if at < start + p.window_s - p.guard_s and state.windows.get(k, 0) < p.window_limit:
+                return at
+            at = start + p.window_s
+        return at
+
+    def register(self, scope: str, member: str, *, ttl_s: float) -> int:
+        """One process: it is the only one alive on the scope."""
+        return 1
+
+    def unregister(self, scope: str, member: str) -> None:
+        return None
+
+    def live_processes(self, scope: str) -> int:
+        return 1
+
+    @property
+    def pacing(self) -> Pacing:
+        return self._pacing
 
     def _vendor_at(self, state: _ScopeState, now: float) -> tuple[float, bool]:
         """The vendor's constraint: nothing until reset when exhausted; else spread what is left."""

@@ -36,17 +36,18 @@ from typing import Callable, Iterable, NamedTuple
 
 import redis
 
+from worker.errors import LimiterUnavailable
 from worker.ratelimit.base import (
     SCOPES_TTL_S,
     VENDOR_GRACE_S,
     VENDOR_NO_RESET_TTL_S,
     VENDOR_REPORT_DEFER_MAX_S,
     VENDOR_REPORT_DEFER_MIN_REMAINING,
+    WAIT_FLOORS,
     LimiterState,
     Pacing,
     Reservation,
 )
-from worker.errors import LimiterUnavailable
 from worker.settings import RateLimit
 
 KEY_PREFIX = "buttoncast:ratelimit:"
@@ -64,6 +65,7 @@ class ScopeKeys(NamedTuple):
     tat: str
     vendor: str
     blocked: str
+    windows: str
 
 
 def hash_tag(scope: str) -> str:
@@ -75,7 +77,26 @@ def hash_tag(scope: str) -> str:
 
 def scope_keys(scope: str) -> ScopeKeys:
     prefix = f"{KEY_PREFIX}{{{hash_tag(scope)}}}:"
-    return ScopeKeys(tat=prefix + "tat", vendor=prefix + "vendor", blocked=prefix + "blocked")
+    return ScopeKeys(tat=prefix + "tat", vendor=prefix + "vendor", blocked=prefix + "blocked", windows=prefix + "windows")
+
+
+def processes_key(scope: str) -> str:
+    """The scope's live worker processes (worker.ratelimit.intake), in the scope's cluster slot."""
+    return f"{KEY_PREFIX}{{{hash_tag(scope)}}}:processes"
+
+
+# KEYS[1] processes zset (member -> expiry); ARGV: now or "", member, ttl_s ("" = leave: remove it)
+_PROCESSES_SCRIPT = """
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[2]) else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
 
 
 def _number(value: float | int | None) -> str:
@@ -129,11 +150,13 @@ class RedisRateLimiter:
         *,
         rate: RateLimit,
         burst: int,
+        headroom: float = 0.0,
         scopes: Iterable[str] = (),
         clock: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
-        self._pacing = Pacing(rate=rate, burst=burst)
+        self._pacing = Pacing(rate=rate, burst=burst, headroom=headroom)
+        self._processes_script = client.register_script(_PROCESSES_SCRIPT)
         self._configured = set(scopes)
         self._clock = clock
         self._script = client.register_script(_SCRIPT)
@@ -145,16 +168,43 @@ class RedisRateLimiter:
         self._window: dict[str, tuple[int | None, float | None]] = {}   # scope -> (limit, reset_at) last sent
 
     @classmethod
-    def from_url(cls, url: str, *, rate: RateLimit, burst: int, scopes: Iterable[str] = ()) -> "RedisRateLimiter":
+    def from_url(cls, url: str, *, rate: RateLimit, burst: int, headroom: float = 0.0,
+                 scopes: Iterable[str] = ()) -> "RedisRateLimiter":
         client = redis.Redis.from_url(
             url, socket_timeout=REDIS_SOCKET_TIMEOUT_S, socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S
         )
-        return cls(client, rate=rate, burst=burst, scopes=scopes)
+        return cls(client, rate=rate, burst=burst, headroom=headroom, scopes=scopes)
+
+    @property
+    def pacing(self) -> Pacing:
+        return self._pacing
+
+    def register(self, scope: str, member: str, *, ttl_s: float) -> int:
+        """This process is alive on `scope` for ttl_s more seconds; returns how many are."""
+        return int(self._processes(scope, member, ttl_s))
+
+    def unregister(self, scope: str, member: str) -> None:
+        self._processes(scope, member, "")
+
+    def live_processes(self, scope: str) -> int:
+        """Worker processes whose heartbeat on `scope` has not lapsed."""
+        now = time.time() if self._clock is None else self._clock()
+        try:
+            return int(self._client.zcount(processes_key(scope), now, "+inf"))
+        except redis.RedisError as exc:
+            raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
+
+    def _processes(self, scope: str, member: str, ttl_s: float | str) -> int:
+        now = "" if self._clock is None else _number(self._clock())
+        try:
+            return self._processes_script(keys=[processes_key(scope)], args=[now, member, ttl_s])
+        except redis.RedisError as exc:
+            raise LimiterUnavailable(f"rate limiter unreachable ({type(exc).__name__})") from exc
 
     def acquire(self, scope: str, *, max_wait_s: float) -> Reservation:
         self._touch(scope)
         granted, wait, reason = self._run_with_held(
-            "acquire", scope, self._pacing.interval_s, self._pacing.tolerance_s, max_wait_s
+            "acquire", scope, *self._pacing.script_args(), max(max_wait_s, WAIT_FLOORS.get(scope, 0.0))
         )
         return Reservation(granted=bool(granted), wait_s=float(wait), reason=_text(reason))
 
@@ -190,7 +240,7 @@ class RedisRateLimiter:
 
     def state(self, scope: str) -> LimiterState:
         next_free_at, now, limit, remaining, reset_at, blocked_until, blocked_reason = self._run_with_held(
-            "state", scope, self._pacing.interval_s, self._pacing.tolerance_s
+            "state", scope, *self._pacing.script_args()
         )
         return LimiterState(
             scope=scope,

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import BaseAdapter, HTTPAdapter
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from worker.errors import (
     AmbiguousError,
@@ -53,6 +53,17 @@ MAX_RETRY_AFTER_S = 86_400.0
 MAX_VENDOR_ID = 2**63 - 1
 #: vendor text kept from an error body that is not JSON (an HTML error page)
 RAW_TEXT_CHARS = 300
+
+
+class WindowFull(RateLimited):
+    """A 429 whose wait is only the vendor window's reset (Retry-After is that reset rounded up).
+
+    The same response's X-RateLimit-* headers (remaining 0 until the reset) reach the limiter, so
+    the next slot it grants anyone is after the reset: the client retries the message in-process
+    with such a slot (the send's before_request takes it), when the reset is at most
+    RATE_WAIT_MAX_S away, instead of sending it back through the database and the dispatcher's
+    tick. A longer or unexplained Retry-After stays a plain RateLimited.
+    """
 
 
 @dataclass(frozen=True)
@@ -192,9 +203,21 @@ def retry_after_seconds(response: requests.Response, rate: RateHeaders, now: flo
     if retry_after is None:
         return min(until_reset, MAX_RETRY_AFTER_S) if until_reset is not None else DEFAULT_RETRY_AFTER_S
     retry_after = min(retry_after, MAX_RETRY_AFTER_S)
-    if until_reset is not None and until_reset <= retry_after < until_reset + 1.0:
+    if _rounded_reset(retry_after, until_reset):
         return until_reset
     return retry_after
+
+
+def _rounded_reset(retry_after: float, until_reset: float | None) -> bool:
+    """Retry-After (whole seconds) is the window's reset rounded up, nothing more."""
+    return until_reset is not None and until_reset <= retry_after < until_reset + 1.0
+
+
+def _window_full(response: requests.Response, rate: RateHeaders, now: float, retry_after: float) -> bool:
+    """The 429 asks for nothing but the window's reset (see WindowFull)."""
+    if rate.reset_at is None or rate.reset_at <= now or rate.remaining != 0:
+        return False
+    return retry_after == rate.reset_at - now
 
 
 def classify_response(response: requests.Response, now: float | None = None) -> SendResult:
@@ -232,7 +255,8 @@ def classify_response(response: requests.Response, now: float | None = None) -> 
     kwargs = dict(http_status=status, request_id=request_id, details=details)
     if status == 429:
         retry_after = retry_after_seconds(response, rate, now)
-        raise RateLimited(text or "rate limit exceeded", retry_after=retry_after, code=code or "rate_limit_exceeded", **kwargs)
+        kind = WindowFull if _window_full(response, rate, now, retry_after) else RateLimited
+        raise kind(text or "rate limit exceeded", retry_after=retry_after, code=code or "rate_limit_exceeded", **kwargs)
     if status == 401:
         raise AuthenticationFailed(text or "authentication failed", code=code or "authentication_failed", **kwargs)
     if 400 <= status < 500:
@@ -288,6 +312,7 @@ class AwalClient:
         read_timeout_s: float,
         retry_attempts: int,
         retry_max_wait_s: float,
+        rate_retry_max_s: float = 0.0,
         pool_maxsize: int = POOL_MAXSIZE_MIN,
         clock: Callable[[], float] = time.time,
         transport: BaseAdapter | None = None,
@@ -302,12 +327,20 @@ class AwalClient:
         self._timeout = (connect_timeout_s, read_timeout_s)
         # Built once and shared by every thread: tenacity keeps each run's state per thread (>= 9),
         # and building it cost more than an unretried send's own Python work.
-        self._retrying = Retrying(
-            stop=stop_after_attempt(retry_attempts),
-            wait=wait_random_exponential(multiplier=0.25, max=retry_max_wait_s),
-            retry=retry_if_exception_type((ConnectionNotMade, ServerError)),
-            reraise=True,
-        )
+        # A WindowFull 429 whose reset is at most rate_retry_max_s away is retried too, at once:
+        # the before_request hook's rate slot is the wait. Its tries count in retry_attempts.
+        backoff = wait_random_exponential(multiplier=0.25, max=retry_max_wait_s)
+
+        def retryable(error: BaseException) -> bool:
+            if isinstance(error, WindowFull):
+                return error.retry_after <= rate_retry_max_s
+            return isinstance(error, (ConnectionNotMade, ServerError))
+
+        def wait(state: RetryCallState) -> float:
+            return 0.0 if isinstance(state.outcome.exception(), WindowFull) else backoff(state)
+
+        self._retrying = Retrying(stop=stop_after_attempt(retry_attempts), wait=wait,
+                                  retry=retry_if_exception(retryable), reraise=True)
         self._clock = clock
         self._session = requests.Session()
         # `transport`: a stub adapter for tests that script raw replies (tests/webhooks/test_replies.py)
@@ -431,6 +464,7 @@ def build_client(settings) -> AwalClient:  # noqa: ANN001 - worker.settings.Sett
         read_timeout_s=settings.send_read_timeout_s,
         retry_attempts=settings.send_retry_attempts,
         retry_max_wait_s=settings.send_retry_max_wait_s,
+        rate_retry_max_s=settings.rate_wait_max_s,
         pool_maxsize=max(POOL_MAXSIZE_MIN, settings.worker_concurrency),
     )
 
@@ -448,6 +482,7 @@ __all__ = [
     "SendResult",
     "TransientError",
     "TransportConfigError",
+    "WindowFull",
     "build_client",
     "classify_response",
     "classify_transport_error",

@@ -333,6 +333,8 @@ def _sleep_for_slot(deps: SendDeps, wait_s: float) -> float:
 def _observe(deps: SendDeps, attempts: list[AttemptRecord], attempt: AttemptRecord) -> None:
     attempts.append(attempt)
     metrics.SEND_SECONDS.observe(attempt.duration_ms / 1000)
+    if attempt.http_status == 429:   # every one: a full window's 429 is retried in the task (client.WindowFull)
+        metrics.RATE_LIMITED.inc()
     if attempt.rate.present:
         try:
             deps.limiter.observe(deps.scope, limit=attempt.rate.limit, remaining=attempt.rate.remaining,
@@ -357,8 +359,7 @@ def _record_error(job: store.SendJob, token: str, error: AwalError, attempts: li
     if isinstance(error, GateClosed):
         return _record_held(job, token, error, attempts, deps)
 
-    if isinstance(error, RateLimited):
-        metrics.RATE_LIMITED.inc()
+    if isinstance(error, RateLimited):   # (counted in _observe, with the 429s retried in the task)
         _block_everyone(deps, error.retry_after)
         due = utcnow() + timedelta(seconds=error.retry_after)
         _record(deps, lambda ss: store.record_error(ss, job.id, token, status=MessageStatus.QUEUED, error=error,
