@@ -319,3 +319,57 @@ def test_with_the_limiters_redis_down_when_the_200_arrives_the_message_is_still_
         msg = load(rt, mid)
         [received] = sandbox[1].received(phone=msg.phone)
         assert msg.status == "sent" and msg.vendor_message_id == received["message_id"]
+
+
+def test_a_claim_whose_answer_is_lost_with_its_connection_puts_the_message_back_unsent(rt, sandbox, monkeypatch) -> None:
+    """Found by the chaos bench (issue 26): the database went away just after committing a claim,
+    so the worker never heard it took the row. The row was `sending`, never sent, and the sweep
+    made it `unknown` (a lost worker's). Now the worker puts it back under its own token."""
+    from worker.sending import send as send_module
+    from worker.sending import store
+
+    mid = add_queued(rt)
+    real_claim = store.claim_job
+
+    def claim_then_lose_the_answer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_claim(*args, **kwargs)   # committed...
+        raise OperationalError("claim", {}, ConnectionResetError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(send_module.store, "claim_job", claim_then_lose_the_answer)
+    assert send_message(mid, send_deps(rt)) is Outcome.DEFERRED
+
+    msg = load(rt, mid)
+    assert (msg.status, msg.claim_token) == ("queued", None) and sandbox[1].received(phone=msg.phone) == []
+    monkeypatch.setattr(send_module.store, "claim_job", real_claim)
+    assert send_message(mid, send_deps(rt)) is Outcome.SENT   # and it goes out once, later
+    assert len(sandbox[1].received(phone=msg.phone)) == 1
+
+
+def test_a_lost_claim_answer_during_a_long_outage_is_put_back_by_the_sweep_from_the_journal(rt, sandbox, monkeypatch) -> None:
+    from worker.sending import send as send_module
+    from worker.sending import store
+
+    mid = add_queued(rt)
+    real_claim = store.claim_job
+    deps = send_deps(rt)
+    sessions = DatabaseGoesAway(rt.session_factory, rt.single_statements)
+    deps.connect = sessions.connect
+    deps.settings = rt.settings.replace(record_retry_max_s=0.3)
+
+    def claim_then_the_database_goes(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_claim(*args, **kwargs)
+        sessions.down_until = time.monotonic() + 60
+        raise OperationalError("claim", {}, ConnectionResetError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(send_module.store, "claim_job", claim_then_the_database_goes)
+    with pytest.raises(OperationalError):
+        send_message(mid, deps)
+    # (Postgres: the claim was its own transaction, committed. SQLite: it rolled back with the error.)
+    assert load(rt, mid).status == ("queued" if rt.settings.sqlite else "sending")
+    assert [e.message_id for e in journal_of(rt).entries()] == [mid]
+
+    # The sweep, even after SENDING_TIMEOUT_S, applies the journal first: queued, not unknown
+    sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.sending_timeout_s + 1))
+    msg = load(rt, mid)
+    assert msg.status == "queued" and msg.last_error_code == (None if rt.settings.sqlite else "claim_answer_lost")
+    assert sandbox[1].received(phone=msg.phone) == [] and journal_of(rt).entries() == []

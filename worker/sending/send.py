@@ -174,8 +174,15 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
         return _done(Outcome.DEFERRED if deferred else Outcome.SKIPPED, None, message_id)
 
     gate = consent_gate.Gate(frequency_cap=s.marketing_frequency_cap)
-    with connect() as conn:
-        claimed = store.claim_job(conn, message_id, worker=deps.worker_name, gate=gate)
+    token = store.new_token()
+    try:
+        with connect() as conn:
+            claimed = store.claim_job(conn, message_id, worker=deps.worker_name, gate=gate, token=token)
+    except DATABASE_UNAVAILABLE:
+        connect.release()
+        if _release_lost_claim(deps, message_id, token):
+            return _done(Outcome.DEFERRED, None, message_id)
+        raise
     connect.release()   # none held while the vendor answers (nor on the slow path: one connection a thread)
     if claimed is None:
         return _not_claimed(message_id, deps, gate)
@@ -211,6 +218,40 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
             job, result, unit=connect if len(attempts) == 1 else None, batched=batched,
             entry=journal.JournalEntry.sent(job.id, token, result, attempts, deps.worker_name, job.campaign_id))
     return _done(Outcome.SENT, job, message_id)
+
+
+class ClaimAnswerLost(TransientError):
+    """The claim's connection broke before its answer came back: nothing was sent."""
+
+    code = "claim_answer_lost"
+
+
+def _release_lost_claim(deps: SendDeps, message_id: int, token: str) -> bool:
+    """The claim's connection broke before its answer came back (found by the chaos bench: a
+    database outage that began mid-claim). The server may have committed it: the row would be
+    `sending` under our token and never sent, and the sweep would take it for a lost worker's
+    (`unknown`). Put it back, due now, if our token holds it: at once, retrying for
+    RECORD_RETRY_MAX_S, and through the outcome journal, which the sweep applies before it gives
+    up on `sending` rows, for a longer outage. True once the database answered."""
+    error = ClaimAnswerLost("the answer to the claim was lost with its connection; nothing was sent")
+    entry = journal.JournalEntry.failure(message_id, token, MessageStatus.QUEUED, error, [], deps.worker_name, None,
+                                         utcnow())
+    kept = journal.keep(deps.journal, entry)
+    try:
+        for attempt in Retrying(stop=stop_after_delay(deps.settings.record_retry_max_s),
+                                wait=wait_exponential(multiplier=0.2, max=5),
+                                retry=retry_if_exception_type(DATABASE_UNAVAILABLE), reraise=True):
+            with attempt, deps.connect() as conn:
+                store.unclaim(conn, message_id, token, not_before=utcnow())
+    except DATABASE_UNAVAILABLE:
+        log.warning("message %s: the answer to its claim was lost with the database; NOT sent; %s", message_id,
+                    "kept in the outcome journal: the sweep puts it back when the database returns" if kept else
+                    "if the claim took the row the sweep marks it unknown, but it was not sent")
+        return False
+    if kept:
+        journal.forget(deps.journal, entry)
+    log.info("message %s: the answer to its claim was lost with its connection; back to queued, not sent", message_id)
+    return True
 
 
 def _not_claimed(message_id: int, deps: SendDeps, gate: consent_gate.Gate) -> Outcome:

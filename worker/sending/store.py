@@ -171,15 +171,21 @@ _CLAIM_UNLESS_STOPPED = _CLAIM.where(~_CAMPAIGN_STOPPED)
 _CLAIM_UNLESS_STOPPED_CAPPED = _CLAIM_CAPPED.where(~_CAMPAIGN_STOPPED)
 
 
-def claim_job(unit: Unit, message_id: int, *, worker: str, gate: Gate = NO_CAP,
-              now: datetime | None = None) -> tuple[str, SendJob] | None:
+def new_token() -> str:
+    """A claim token: who holds a `sending` row, checked by every write that follows the claim."""
+    return uuid.uuid4().hex
+
+
+def claim_job(unit: Unit, message_id: int, *, worker: str, gate: Gate = NO_CAP, now: datetime | None = None,
+              token: str | None = None) -> tuple[str, SendJob] | None:
     """Claim a message and read what sending it needs: (claim token, job), or None when the claim
     did not take the row (not queued, not due, its campaign paused or cancelled, or the gate bars
-    it: the caller's slow path asks `load_job` and `gate.hold` why).
+    it: the caller's slow path asks `load_job` and `gate.hold` why). `token`: the caller's (it can
+    release a claim whose answer was lost, see `unclaim`), else a new one.
 
     Postgres: one statement and one round trip. SQLite (one writer, no UPDATE ... RETURNING in a
     CTE): the claim, then the load, in the caller's unit."""
-    token = uuid.uuid4().hex
+    token = token or new_token()
     now = now or utcnow()
     params = {"p_message_id": message_id, "p_now": now, "p_token": token, "p_worker": worker, **gate.params(now)}
     conn = _core(unit)
@@ -197,8 +203,10 @@ def claim_job(unit: Unit, message_id: int, *, worker: str, gate: Gate = NO_CAP,
 
 
 def unclaim(unit: Unit, message_id: int, token: str, *, not_before: datetime) -> bool:
-    """A claimed message that must not go now after all (its send window closed while its task
-    waited on the broker): back to queued, due at `not_before`, untouched otherwise."""
+    """A claimed message that must not go now after all: back to queued, due at `not_before`,
+    untouched otherwise; only while `token` holds it. Used when its send window closed while its
+    task waited on the broker, and when the claim's answer was lost with its connection (the
+    claim may have committed: the row would be `sending`, never sent)."""
     written = _back_unless_cancelled(
         unit, _owned(message_id, token),
         dict(status=Q, claim_token=None, not_before=not_before, enqueued_at=None, updated_at=utcnow()),
