@@ -325,3 +325,34 @@ def test_a_worker_process_shares_a_bounded_pool_among_many_threads_without_waiti
     finally:
         install_runtime(None)
         rt.close()
+
+
+def test_a_thread_that_wakes_inside_a_429_block_takes_a_slot_after_it_instead_of_going_back_to_the_database(runtime) -> None:
+    """Issue 26: slots are reserved ahead; another worker's 429 may start a block while this thread
+    sleeps for its slot. It used to send its message back to the database (due after the block, so
+    after a dispatcher tick too); it now asks for a slot after the block and sends."""
+    import time
+
+    from worker.ratelimit import MemoryRateLimiter, RedisRateLimiter
+    from worker.settings import RateLimit
+
+    mid = enqueue(runtime)
+    deps = send_deps(runtime)
+    rate = RateLimit.parse("20/s", "AWAL_RATE_LIMIT")
+    if runtime.settings.redis_url:
+        deps.limiter = RedisRateLimiter.from_url(runtime.settings.redis_url, rate=rate, burst=1)
+    else:
+        deps.limiter = MemoryRateLimiter(rate=rate, burst=1)
+    deps.limiter.acquire(deps.scope, max_wait_s=5)   # another message took the slot at hand: ours is ahead
+    blocks: list[float] = []
+
+    def sleep_while_another_worker_meets_a_429(seconds: float) -> None:
+        if not blocks:
+            now = deps.limiter.state(deps.scope).as_of or time.time()
+            deps.limiter.block(deps.scope, until=now + 0.3)
+            blocks.append(now)
+        time.sleep(seconds)
+
+    deps.sleep = sleep_while_another_worker_meets_a_429
+    assert send_message(mid, deps) is Outcome.SENT
+    assert blocks and load(runtime, mid).status == "sent"

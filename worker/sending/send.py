@@ -161,12 +161,7 @@ def _send(message_id: int, deps: SendDeps, connect: _Statements) -> Outcome:
     """A rate slot, then the claim that returns the message (one statement on Postgres), the
     request, and the record (a group commit on Postgres): two round trips to the database."""
     s = deps.settings
-    try:
-        reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
-        wait_s = reservation.wait_s if not reservation.granted else _sleep_for_slot(deps, reservation.wait_s)
-    except LimiterUnavailable as exc:
-        log.warning("message %s deferred: %s", message_id, exc.message)
-        wait_s = s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
+    wait_s = _take_slot(deps, message_id)
     if wait_s:   # no rate slot soon: back to the database, due then (only a queued, due row: else not ours)
         with connect() as conn:
             deferred = store.defer(conn, message_id, not_before=utcnow() + timedelta(seconds=wait_s),
@@ -252,6 +247,27 @@ def _release_lost_claim(deps: SendDeps, message_id: int, token: str) -> bool:
         journal.forget(deps.journal, entry)
     log.info("message %s: the answer to its claim was lost with its connection; back to queued, not sent", message_id)
     return True
+
+
+def _take_slot(deps: SendDeps, message_id: int) -> float:
+    """Sleep until this message's rate slot: 0 to go on, else how long until one could be had (the
+    message goes back to the database, due then). A thread that wakes inside a 429 block another
+    worker started meanwhile asks once more, for a slot after the block, instead of sending the
+    message back through the database and the dispatcher's tick (issue 26: a 429 cost a tick)."""
+    s = deps.settings
+    wait_s = 0.0
+    for _ in range(2):
+        try:
+            reservation = deps.limiter.acquire(deps.scope, max_wait_s=s.rate_wait_max_s)
+            if not reservation.granted:
+                return reservation.wait_s
+            wait_s = _sleep_for_slot(deps, reservation.wait_s)
+        except LimiterUnavailable as exc:
+            log.warning("message %s deferred: %s", message_id, exc.message)
+            return s.rate_wait_max_s  # nothing was sent; the dispatcher re-publishes it shortly
+        if not wait_s:
+            return 0.0
+    return wait_s
 
 
 def _not_claimed(message_id: int, deps: SendDeps, gate: consent_gate.Gate) -> Outcome:
