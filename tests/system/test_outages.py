@@ -373,3 +373,23 @@ def test_a_lost_claim_answer_during_a_long_outage_is_put_back_by_the_sweep_from_
     msg = load(rt, mid)
     assert msg.status == "queued" and msg.last_error_code == (None if rt.settings.sqlite else "claim_answer_lost")
     assert sandbox[1].received(phone=msg.phone) == [] and journal_of(rt).entries() == []
+
+
+def test_a_claim_that_never_reached_the_database_leaves_the_message_for_the_next_tick(rt, sandbox, monkeypatch) -> None:
+    """The same error before the claim ran (e.g. a pool timeout): nothing to undo, but the task is
+    done, so the row is handed back to the dispatcher (no task of its own) instead of waiting
+    QUEUED_TASK_TIMEOUT_S for the sweep."""
+    from worker.sending import send as send_module
+
+    mid = add_queued(rt)
+    with rt.session_factory.begin() as s:   # as the dispatcher leaves it: its task is on the broker
+        s.execute(sa.update(Message).where(Message.id == mid).values(enqueued_at=utcnow()))
+
+    def never_reaches_it(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OperationalError("claim", {}, ConnectionRefusedError("database unreachable"))
+
+    monkeypatch.setattr(send_module.store, "claim_job", never_reaches_it)
+    assert send_message(mid, send_deps(rt)) is Outcome.DEFERRED
+    msg = load(rt, mid)
+    assert (msg.status, msg.enqueued_at, msg.claim_token) == ("queued", None, None)
+    assert sandbox[1].received(phone=msg.phone) == []

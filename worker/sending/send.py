@@ -237,7 +237,8 @@ def _release_lost_claim(deps: SendDeps, message_id: int, token: str) -> bool:
                                 wait=wait_exponential(multiplier=0.2, max=5),
                                 retry=retry_if_exception_type(DATABASE_UNAVAILABLE), reraise=True):
             with attempt, deps.connect() as conn:
-                store.unclaim(conn, message_id, token, not_before=utcnow())
+                if not store.unclaim(conn, message_id, token, not_before=utcnow()):   # the claim did not take it:
+                    store.defer(conn, message_id, not_before=utcnow(), actor=deps.worker_name)   # a new task, next tick
     except DATABASE_UNAVAILABLE:
         log.warning("message %s: the answer to its claim was lost with the database; NOT sent; %s", message_id,
                     "kept in the outcome journal: the sweep puts it back when the database returns" if kept else
