@@ -93,7 +93,7 @@ def test_limits_shows_the_configured_limit_the_vendors_report_and_a_429_block(en
     assert result.exit_code == 0
     out = result.stdout
     assert "sandbox.local:button" in out
-    assert "configured limit:  1000/h (paced at 980/h, burst 1)" in out
+    assert "configured limit:  1000/h (paced at 1000/h, burst 1)" in out   # the headroom frees each window's end, not pace
     assert "vendor limit:      1000" in out and "vendor remaining:  412" in out
     assert "sending:           blocked until" in out
 

@@ -288,7 +288,7 @@ def test_a_41_char_status_and_a_124_char_request_id_still_end_sent_with_the_mess
 def test_the_sent_log_line_carries_the_vendor_ids_before_the_write_is_tried(stack: Stack, caplog, monkeypatch) -> None:  # noqa: ANN001
     """Issue 12 item 2: if recording an accepted send fails for any reason, the vendor's ids are
     already in the log line for the send."""
-    from worker.sending import store
+    from worker.sending import outcomes, store
 
     _, mid = queued(stack.runtime)
     stack.vendor.reply = (200, encode({"status": True, "message": {"id": 99, "messageId": "wamid.LOGGED"}}, True), {})
@@ -296,6 +296,7 @@ def test_the_sent_log_line_carries_the_vendor_ids_before_the_write_is_tried(stac
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise sa.exc.DataError("UPDATE", {}, Exception("value too long"))
     monkeypatch.setattr(store, "record_sent", broken)
+    monkeypatch.setattr(outcomes, "record_sent_batch", broken)   # Postgres: the group commit first, then alone
     with caplog.at_level(logging.INFO, logger="buttoncast.send"), pytest.raises(sa.exc.DataError):
         send_message(mid, stack.fresh_deps())
 
