@@ -49,3 +49,20 @@ def test_three_workers_never_put_more_than_the_limit_in_a_window_even_when_reque
     # and every full window between the first and the last gets the whole limit (no rate lost to headroom)
     full = {k: sum(1 for s in slots if k <= s < k + 1) for k in range(first + 1, last)}
     assert full and set(full.values()) == {LIMIT}, full
+
+
+def test_the_free_end_of_a_long_window_is_short_so_an_hourly_limit_still_sends_in_its_last_minute() -> None:
+    """Found by CI at 12:59 UTC: 2 % of an hourly window is 72 s, and a 1000/h send in the hour's last
+    72 s waited for the next hour (past RATE_WAIT_MAX_S: back to the database). The free end is the
+    headroom's share of the window, at most GUARD_MAX_S: jitter is milliseconds."""
+    from worker.ratelimit import MemoryRateLimiter
+    from worker.ratelimit.base import GUARD_MAX_S, Pacing
+    from worker.settings import RateLimit
+
+    hourly, per_second = RateLimit.parse("1000/h", "AWAL_RATE_LIMIT"), RateLimit.parse("20/s", "AWAL_RATE_LIMIT")
+    assert Pacing(rate=hourly, burst=1, headroom=0.02).guard_s == GUARD_MAX_S == 1.0
+    assert Pacing(rate=per_second, burst=1, headroom=0.02).guard_s == 0.02
+    thirty_s_before_the_hour = 1_796_472_000.0 - 30.0   # a whole hour since the epoch, less 30 s
+    limiter = MemoryRateLimiter(rate=hourly, burst=1, headroom=0.02, clock=lambda: thirty_s_before_the_hour)
+    reservation = limiter.acquire("w:button", max_wait_s=5.0)
+    assert reservation.granted and reservation.wait_s <= 5.0

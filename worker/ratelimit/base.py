@@ -90,6 +90,11 @@ class RateLimiter(Protocol):
         ...
 
 
+#: the longest free end of a vendor window (Pacing.guard_s): far above a request's delay on its way
+#: (thread wake-up, the claim, the network: tens of ms), far below a window of an hour
+GUARD_MAX_S = 1.0
+
+
 @dataclass(frozen=True)
 class Pacing:
     """How slots are spread: at most the limit's count per vendor window, one every `interval_s`.
@@ -132,7 +137,9 @@ class Pacing:
 
     @property
     def guard_s(self) -> float:
-        return self.headroom * self.rate.period_s if self.whole else 0.0
+        """The free end of each window: the headroom's share, at most GUARD_MAX_S (a request's delay
+        on its way is milliseconds; 2 % of an hourly window would hold every send back 72 s an hour)."""
+        return min(self.headroom * self.rate.period_s, GUARD_MAX_S) if self.whole else 0.0
 
     @property
     def interval_s(self) -> float:
